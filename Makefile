@@ -1,0 +1,38 @@
+# Everything from a fresh clone: `make run` (the service on :8000) and `make test` (the suite).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: install run test bench lint redis clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard csrc/*)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	# the pinned torch first: on this machine a local CPU build; an unpinned torch would pull CUDA
+	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/python -m pip install -q -e '.[engine,dev]'
+	touch $(STAMP)
+
+redis:
+	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
+
+run: install
+	$(BIN)/bbcu serve --host 0.0.0.0 --port 8000
+
+test: install redis
+	$(BIN)/python -m pytest -q
+
+bench: install redis
+	$(BIN)/python -m benchmarks.run
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,79 @@
+"""BBCU denoising and JPEG-deblocking networks (DnCNN-like, full resolution).
+
+Xia et al., "Basic Binary Convolution Unit for Binarized Image Restoration Network", ICLR 2023.
+``model.0`` a head conv (float, or a BBCU-H unit on the repeated input), ``model.1`` ReLU,
+``model.2 .. model.{depth-1}`` binary units, ``model.{depth}`` the tail conv (float, or a binary
+unit). The network predicts the scaled degradation and subtracts it. Module names follow KAIR.
+"""
+
+from __future__ import annotations
+
+import re
+
+from torch import Tensor, nn
+
+from models.archs.sr import repeat_channels
+from models.blocks import BinaryConv2d
+from models.config import NetworkConfig
+
+
+class BBCUDnCNN(nn.Module):
+    def __init__(self, config: NetworkConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.k = c.k
+        head: nn.Module = (BinaryConv2d(c.nf, c.nf, bias=c.bias) if "head" in c.binary
+                           else nn.Conv2d(c.in_nc, c.nf, 3, 1, 1, bias=c.bias))
+        units = [BinaryConv2d(c.nf, c.nf, bias=c.bias) for _ in range(c.depth - 2)]
+        tail: nn.Module = (BinaryConv2d(c.nf, c.out_nc, bias=c.bias) if "tail" in c.binary
+                           else nn.Conv2d(c.nf, c.out_nc, 3, 1, 1, bias=c.bias))
+        self.model = nn.Sequential(head, nn.ReLU(inplace=True), *units, tail)
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = img * self.k
+        head, relu, *units, tail = self.model
+        binary = self.config.binary
+        feat = relu(head(repeat_channels(x, self.config.nf)) if "head" in binary else head(x))
+        for unit in units:
+            feat = unit(feat)
+        noise = tail(feat, residual=feat.new_zeros(())) if "tail" in binary else tail(feat)
+        return (x - noise) / self.k
+
+
+def build(config: NetworkConfig) -> BBCUDnCNN:
+    return BBCUDnCNN(config)
+
+
+def receptive_radius(config: NetworkConfig) -> int:
+    return config.depth
+
+
+_IDX = re.compile(r"^model\.(\d+)\.")
+
+
+def detect(sd: dict[str, Tensor]) -> NetworkConfig | None:
+    """Read a DnCNN-style network's configuration from its state dict alone; None if not one."""
+    idx = {int(m.group(1)) for k in sd if (m := _IDX.match(k))}
+    if not idx or 0 not in idx or "model.2.move0.bias" not in sd:
+        return None
+    depth = max(idx)
+    parts = {"body"}
+    if "model.0.move0.bias" in sd:
+        parts.add("head")
+        nf = int(sd["model.0.binary_conv.weight"].shape[0])
+        bias = "model.0.binary_conv.bias" in sd
+    else:
+        w0 = sd["model.0.weight"]
+        nf, in_nc = int(w0.shape[0]), int(w0.shape[1])
+        bias = "model.0.bias" in sd
+    if f"model.{depth}.move0.bias" in sd:
+        parts.add("tail")
+        out_nc = int(sd[f"model.{depth}.binary_conv.weight"].shape[0])
+    else:
+        out_nc = int(sd[f"model.{depth}.weight"].shape[0])
+    if "head" in parts:
+        in_nc = out_nc
+    task = "deblock" if in_nc == 1 else "denoise"
+    return NetworkConfig(task=task, scale=1, in_nc=in_nc, out_nc=out_nc, nf=nf, depth=depth,
+                         binary=frozenset(parts), bias=bias, k=130.0 * nf / 64.0)

@@ -1,0 +1,134 @@
+"""BBCU super-resolution networks (BBCU-L, BBCU-M and custom binary-part choices).
+
+Xia et al., "Basic Binary Convolution Unit for Binarized Image Restoration Network", ICLR 2023.
+An EDSR/SRResNet-like network: float or binary head, a body of binary blocks, pixel-shuffle
+upsampling (float, or BBCU-U units), conv_hr and conv_last (float, or BBCU / BBCU-T units).
+Module names follow the official BasicSR implementation so official checkpoints load strictly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.blocks import BinaryBlock, BinaryConv2d, BinaryUpConv2d
+from models.config import NetworkConfig
+from models.errors import UnsupportedCheckpointError
+
+
+def _float_conv(cin: int, cout: int) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, 1, 1)
+
+
+def _init_float(conv: nn.Module, scale: float = 0.1) -> None:
+    if isinstance(conv, nn.Conv2d):
+        nn.init.kaiming_normal_(conv.weight)
+        conv.weight.data.mul_(scale)
+        if conv.bias is not None:
+            conv.bias.data.zero_()
+
+
+def repeat_channels(x: Tensor, n: int) -> Tensor:
+    """BBCU-H input: the image channels repeated until there are n of them."""
+    reps = math.ceil(n / x.shape[1])
+    return x.repeat(1, reps, 1, 1)[:, :n]
+
+
+class BBCUSR(nn.Module):
+    def __init__(self, config: NetworkConfig) -> None:
+        super().__init__()
+        c = config
+        self.config = c
+        self.upscale = c.scale
+        self.k = c.k
+        nf, parts = c.nf, c.binary
+        self.conv_first = BinaryConv2d(nf, nf) if "head" in parts else _float_conv(c.in_nc, nf)
+        self.body = nn.Sequential(*[BinaryBlock(nf) for _ in range(c.depth)])
+        steps = [2, 2] if c.scale == 4 else [c.scale]
+        for i, r in enumerate(steps, start=1):
+            up = BinaryUpConv2d(nf, r) if "up" in parts else _float_conv(nf, nf * r * r)
+            self.add_module(f"upconv{i}", up)
+        self.conv_hr = BinaryConv2d(nf, nf) if "up" in parts else _float_conv(nf, nf)
+        self.conv_last = BinaryConv2d(nf, c.out_nc) if "tail" in parts else _float_conv(nf, c.out_nc)
+        self.lrelu = nn.LeakyReLU(0.1, inplace=True)
+        self.steps = steps
+        for m in (self.conv_first, self.conv_hr, self.conv_last, self.upconv1,
+                  getattr(self, "upconv2", None)):
+            _init_float(m)
+
+    def forward(self, img: Tensor) -> Tensor:
+        x = img * self.k
+        if "head" in self.config.binary:
+            feat = self.lrelu(self.conv_first(repeat_channels(x, self.config.nf)))
+        else:
+            feat = self.lrelu(self.conv_first(x))
+        out = self.body(feat)
+        for i, r in enumerate(self.steps, start=1):
+            up = getattr(self, f"upconv{i}")
+            out = up(out) if "up" in self.config.binary else self.lrelu(F.pixel_shuffle(up(out), r))
+        out = self.lrelu(self.conv_hr(out))
+        base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        if "tail" in self.config.binary:
+            out = self.conv_last(out, residual=base)
+        else:
+            out = self.conv_last(out) + base
+        return out / self.k
+
+
+def build(config: NetworkConfig) -> BBCUSR:
+    return BBCUSR(config)
+
+
+def receptive_radius(config: NetworkConfig) -> int:
+    """Input pixels on each side that influence one output pixel (an upper bound)."""
+    # conv_first, 2 per block, up convs, conv_hr, conv_last and the bilinear base: all 3x3 or smaller
+    return 1 + 2 * config.depth + len([2, 2] if config.scale == 4 else [config.scale]) + 2 + 1
+
+
+_BODY = re.compile(r"^body\.(\d+)\.body\.([01])\.")
+
+
+def detect(sd: dict[str, Tensor]) -> NetworkConfig | None:
+    """Read an SR network's configuration from its state dict alone; None if not this family."""
+    if not any(_BODY.match(k) for k in sd) or not any(k.startswith("conv_first.") for k in sd):
+        return None
+    depth = 1 + max(int(m.group(1)) for k in sd if (m := _BODY.match(k)))
+    nf = int(sd["body.0.body.0.move0.bias"].shape[1])
+    parts = {"body"}
+    if "conv_first.move0.bias" in sd:
+        parts.add("head")
+        in_nc = 3
+    else:
+        in_nc = int(sd["conv_first.weight"].shape[1])
+    up_binary = "upconv1.move0.bias" in sd
+    hr_binary = "conv_hr.move0.bias" in sd
+    if up_binary != hr_binary:
+        raise UnsupportedCheckpointError(
+            "SR checkpoint has binary " + ("upconvs but a float conv_hr" if up_binary
+                                            else "conv_hr but float upconvs")
+            + "; only both-binary (BBCU-M) or both-float (BBCU-L) are supported")
+    if up_binary:
+        parts.add("up")
+        up_out = int(sd["upconv1.binary_conv.weight"].shape[0])
+    else:
+        up_out = int(sd["upconv1.weight"].shape[0])
+    if "upconv2.weight" in sd or "upconv2.move0.bias" in sd:
+        scale = 4
+    else:
+        r = math.isqrt(up_out // nf)
+        if r * r * nf != up_out or r not in (2, 3):
+            raise UnsupportedCheckpointError(
+                f"upconv1 has {up_out} output channels for {nf} features: not a x2/x3 upsampler")
+        scale = r
+    if "conv_last.move0.bias" in sd:
+        parts.add("tail")
+        out_nc = int(sd["conv_last.binary_conv.weight"].shape[0])
+    else:
+        out_nc = int(sd["conv_last.weight"].shape[0])
+    bias = "body.0.body.0.binary_conv.bias" in sd
+    k = 130.0 * nf / 64.0
+    return NetworkConfig(task="sr", scale=scale, in_nc=in_nc, out_nc=out_nc, nf=nf, depth=depth,
+                         binary=frozenset(parts), bias=bias, k=k)

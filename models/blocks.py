@@ -1,0 +1,133 @@
+"""Binary building blocks of BBCU (Xia et al., "Basic Binary Convolution Unit for Binarized Image
+Restoration Network", ICLR 2023).
+
+These are the *training-mode* modules: their parameter names match the official state dicts
+(``move0.bias``, ``binary_conv.weight``, ``relu.pr_bias0.bias`` ...) and their forward uses the
+straight-through estimators of the paper. Each STE is one autograd function whose backward is a
+single fused expression (no chain of masked elementwise ops). The inference engine
+(``models.engine``) replaces these modules by deploy versions without any STE arithmetic.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class _SignSTE(torch.autograd.Function):
+    """sign(a) forward; backward d/da ~ max(0, 2 - 2|a|) (the piecewise-quadratic approximation)."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: Tensor) -> Tensor:
+        ctx.save_for_backward(a)
+        return torch.sign(a)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (a,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * (2.0 - 2.0 * a.abs()).clamp_(min=0.0)
+
+
+class _WeightSTE(torch.autograd.Function):
+    """alpha * sign(W) forward; gradient flows to W as through clamp(W, -1, 1); alpha is detached."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, w: Tensor) -> Tensor:
+        ctx.save_for_backward(w)
+        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
+        return alpha * torch.sign(w)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+        (w,) = ctx.saved_tensors  # type: ignore[attr-defined]
+        return grad * (w.abs() <= 1.0).to(grad.dtype)
+
+
+def sign_ste(a: Tensor) -> Tensor:
+    return _SignSTE.apply(a)  # type: ignore[no-any-return]
+
+
+def binarize_weight_ste(w: Tensor) -> Tensor:
+    return _WeightSTE.apply(w)  # type: ignore[no-any-return]
+
+
+def weight_scale(w: Tensor) -> Tensor:
+    """Per-output-channel scale alpha = mean |W| over (in, kh, kw), shape (C_out,)."""
+    return w.detach().abs().mean(dim=(1, 2, 3))
+
+
+class LearnableBias(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.bias
+
+
+class RPReLU(nn.Module):
+    """PReLU with learnable shifts before and after (ReActNet's RPReLU)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pr_bias0 = LearnableBias(channels)
+        self.pr_prelu = nn.PReLU(channels, init=0.25)
+        self.pr_bias1 = LearnableBias(channels)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pr_bias1(self.pr_prelu(self.pr_bias0(x)))
+
+
+class HardBinaryConv(nn.Conv2d):
+    """3x3 convolution of binary activations with alpha-scaled binary weights (zero padding)."""
+
+    def __init__(self, in_ch: int, out_ch: int, bias: bool = False) -> None:
+        super().__init__(in_ch, out_ch, 3, padding=1, bias=bias)
+
+    def forward(self, s: Tensor) -> Tensor:
+        return F.conv2d(s, binarize_weight_ste(self.weight), self.bias, padding=1)
+
+
+class BinaryConv2d(nn.Module):
+    """The basic binary convolution unit (BBCU): shift, sign, binary conv, RPReLU, residual.
+
+    ``residual`` selects what is added back: the input itself (C_out == C_in), or, for the
+    tail unit BBCU-T, an externally supplied tensor passed to ``forward``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, bias: bool = False) -> None:
+        super().__init__()
+        self.move0 = LearnableBias(in_ch)
+        self.binary_conv = HardBinaryConv(in_ch, out_ch, bias=bias)
+        self.relu = RPReLU(out_ch)
+
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        y = self.relu(self.binary_conv(sign_ste(self.move0(x))))
+        return y + (x if residual is None else residual)
+
+
+class BinaryUpConv2d(nn.Module):
+    """BBCU-U: a unit with C*r*r outputs, pixel shuffle, and a nearest-upsampled residual."""
+
+    def __init__(self, channels: int, upscale: int) -> None:
+        super().__init__()
+        self.upscale = upscale
+        self.move0 = LearnableBias(channels)
+        self.binary_conv = HardBinaryConv(channels, channels * upscale * upscale)
+        self.relu = RPReLU(channels * upscale * upscale)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.pixel_shuffle(self.relu(self.binary_conv(sign_ste(self.move0(x)))), self.upscale)
+        return y + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
+
+
+class BinaryBlock(nn.Module):
+    """Body block of the SR networks: two BBCUs in sequence (no block-level skip)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(BinaryConv2d(channels, channels), BinaryConv2d(channels, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.body(x)  # type: ignore[no-any-return]

@@ -1,0 +1,97 @@
+"""The catalogue of shipped weights in ``models/weights`` (torch-free: reads safetensors headers).
+
+Every ``*.safetensors`` file there is an entry named after its stem; its metadata (written by
+``models.checkpoints.save``) gives task, scale, variant, training and evaluation facts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.errors import UnknownModelError
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+_MAX_HEADER = 16 << 20
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    name: str
+    path: Path
+    task: str
+    scale: int
+    variant: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def sha256(self) -> str:
+        h = hashlib.sha256()
+        with self.path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        return h.hexdigest()
+
+    def summary(self) -> dict[str, Any]:
+        meta = self.metadata
+        return {"name": self.name, "task": self.task, "scale": self.scale, "variant": self.variant,
+                "file": self.path.name, "size_bytes": self.path.stat().st_size,
+                "config": meta.get("config"), "eval": meta.get("eval"),
+                "training": meta.get("training"), "provenance": meta.get("provenance")}
+
+
+def read_safetensors_metadata(path: Path) -> dict[str, Any]:
+    """The ``__metadata__`` of a safetensors file, JSON values decoded, without loading tensors."""
+    with path.open("rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise ValueError(f"{path.name}: too short for a safetensors file")
+        (n,) = struct.unpack("<Q", raw)
+        if n > _MAX_HEADER:
+            raise ValueError(f"{path.name}: safetensors header of {n} bytes is implausible")
+        header = json.loads(f.read(n))
+    out: dict[str, Any] = {}
+    for k, v in (header.get("__metadata__") or {}).items():
+        try:
+            out[k] = json.loads(v)
+        except json.JSONDecodeError:
+            out[k] = v
+    return out
+
+
+def entries(weights_dir: Path = WEIGHTS_DIR) -> list[CatalogEntry]:
+    found = []
+    for p in sorted(weights_dir.glob("*.safetensors")):
+        meta = read_safetensors_metadata(p)
+        cfg = meta.get("config") or {}
+        found.append(CatalogEntry(
+            name=p.stem, path=p, task=str(meta.get("task", cfg.get("task", "?"))),
+            scale=int(meta.get("scale", cfg.get("scale", 1))),
+            variant=str(meta.get("variant", "l")), metadata=meta))
+    return found
+
+
+def find(task: str, scale: int | None = None, variant: str | None = None,
+         weights_dir: Path = WEIGHTS_DIR) -> CatalogEntry:
+    """The shipped entry for a task (and scale / variant); a clear error if there is none."""
+    want_scale = (scale or 4) if task == "sr" else 1
+    pool = [e for e in entries(weights_dir) if e.task == task and e.scale == want_scale]
+    if variant is not None:
+        pool = [e for e in pool if e.variant == variant.lower()]
+    if not pool:
+        have = ", ".join(f"{e.name} ({e.task} x{e.scale} {e.variant})" for e in entries(weights_dir))
+        raise UnknownModelError(
+            f"no shipped weights for task={task} scale={want_scale}"
+            + (f" variant={variant}" if variant else "") + f"; available: {have or 'none'}")
+    return pool[0]
+
+
+def by_name(name: str, weights_dir: Path = WEIGHTS_DIR) -> CatalogEntry:
+    for e in entries(weights_dir):
+        if e.name == name:
+            return e
+    names = [e.name for e in entries(weights_dir)]
+    raise UnknownModelError(f"unknown model {name!r}; available: {names or 'none'}")

@@ -1,0 +1,205 @@
+"""The inference engine: a typed model descriptor around a deploy-form BBCU network.
+
+``load_model(name_or_path, device=...)`` returns a ``RestorationModel``; calling it maps an NCHW
+float tensor in 0..1 to the restored tensor. ``model.restore`` does the same on a host tensor of
+any size in seam-free tiles. ``model.info`` describes the network (task, scale, variant, counts,
+OPs, weights checksum, which compute path runs).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from models import archs, catalog, checkpoints, deploy
+from models.archs import dncnn, sr
+from models.complexity import count
+from models.config import NetworkConfig
+from models.errors import UnknownModelError
+from models.tiling import Progress, run_tiled
+
+BACKENDS = ("auto", "float", "fp16", "bitpacked")
+# Measured peak bytes of live activations per input pixel and feature channel (see tests):
+# a few tensors of nf channels at the input resolution, and more at the output for SR.
+_ACT_TENSORS = 6
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    task: str
+    scale: int
+    variant: str
+    in_channels: int
+    out_channels: int
+    features: int
+    depth: int
+    k: float
+    binary_parts: list[str]
+    float_params: int
+    binary_params: int
+    unit_params: int
+    params_paper: float
+    sha256: str
+    source: str
+    device: str
+    backend: str
+    receptive_radius: int
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def ops(self, height: int = 180, width: int = 320) -> dict[str, float]:
+        """FLOPs, BOPs and OPs (paper convention) for one input of the given size."""
+        c = count(self.config, height, width)
+        return {"flops": c.flops, "bops": c.bops, "ops_paper": c.ops_paper,
+                "height": height, "width": width}
+
+    @property
+    def config(self) -> NetworkConfig:
+        return NetworkConfig(task=self.task, scale=self.scale, in_nc=self.in_channels,  # type: ignore[arg-type]
+                             out_nc=self.out_channels, nf=self.features, depth=self.depth,
+                             binary=frozenset(self.binary_parts), bias=bool(self.metadata.get("_bias")),
+                             k=self.k)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["metadata"] = {k: v for k, v in self.metadata.items() if not k.startswith("_")}
+        d["ops_320x180"] = self.ops()
+        return d
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UnknownModelError("device 'cuda' requested but no CUDA device is available")
+    return dev
+
+
+def _resolve_backend(backend: str, device: torch.device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {BACKENDS}")
+    if device.type == "cuda":
+        if backend == "bitpacked":
+            raise ValueError("the bitpacked backend runs on the CPU only")
+        return "fp16" if backend == "auto" else backend
+    if backend == "fp16":
+        raise ValueError("the fp16 backend runs on CUDA only")
+    if backend in ("auto", "bitpacked"):
+        from models import kernels
+
+        if kernels.available():
+            return "bitpacked"
+        if backend == "bitpacked":
+            raise ValueError(f"bitpacked kernels unavailable: {kernels.unavailable_reason()}")
+    return "float"
+
+
+def radius_of(config: NetworkConfig) -> int:
+    return sr.receptive_radius(config) if config.family == "sr" else dncnn.receptive_radius(config)
+
+
+class RestorationModel:
+    """A loaded network ready for inference; one call runs at a time per instance."""
+
+    def __init__(self, net: nn.Module, config: NetworkConfig, *, name: str, sha256: str,
+                 source: str, device: str | torch.device = "cpu", backend: str = "auto",
+                 metadata: dict[str, Any] | None = None) -> None:
+        self.device = resolve_device(device)
+        self.config = config
+        self.backend = _resolve_backend(backend, self.device)
+        net = deploy.to_deploy(net, deploy.counts_fp16 if self.backend == "fp16" else deploy.counts_float)
+        if self.backend == "bitpacked":
+            from models import kernels
+
+            net = kernels.to_bitpacked(net)
+        self.net = net.to(self.device)
+        self._lock = threading.Lock()
+        c = count(config)
+        meta = dict(metadata or {})
+        meta["_bias"] = config.bias
+        self.info = ModelInfo(
+            name=name, task=config.task, scale=config.scale, variant=config.variant,
+            in_channels=config.in_nc, out_channels=config.out_nc, features=config.nf,
+            depth=config.depth, k=config.k, binary_parts=sorted(config.binary),
+            float_params=c.float_params, binary_params=c.binary_params, unit_params=c.unit_params,
+            params_paper=c.params_paper, sha256=sha256, source=source, device=str(self.device),
+            backend=self.backend, receptive_radius=radius_of(config), metadata=meta)
+
+    @property
+    def scale(self) -> int:
+        return self.config.scale
+
+    def __call__(self, batch: Tensor) -> Tensor:
+        """Restore an NCHW float batch in 0..1; the result is on the batch's device."""
+        if batch.ndim != 4 or batch.shape[1] != self.config.in_nc:
+            raise ValueError(f"expected an N x {self.config.in_nc} x H x W tensor, "
+                             f"got shape {tuple(batch.shape)}")
+        with self._lock, torch.inference_mode():
+            out = self.net(batch.to(self.device, torch.float32))
+        return out.to(batch.device)
+
+    def auto_tile(self, memory_bytes: int) -> int:
+        """The largest square tile whose activations fit in ``memory_bytes``."""
+        per_px = 4 * self.config.nf * _ACT_TENSORS * max(1, self.config.scale ** 2)
+        side = int((memory_bytes / per_px) ** 0.5) - 2 * self.info.receptive_radius
+        return max(64, side)
+
+    def restore(self, image: Tensor, tile: int | None = None,
+                progress: Progress | None = None) -> Tensor:
+        """Restore a host NCHW tensor of any size, in seam-free tiles when ``tile`` is given."""
+        h, w = image.shape[-2:]
+        if tile is None or (h <= tile and w <= tile):
+            out = self(image.to(self.device)).cpu()
+            if progress is not None:
+                progress(1, 1)
+            return out
+        return run_tiled(self, image, scale=self.scale, radius=self.info.receptive_radius,
+                         tile=tile, device=self.device, progress=progress)
+
+
+def from_checkpoint(ckpt: checkpoints.Checkpoint, *, name: str | None = None,
+                    device: str | torch.device = "cpu", backend: str = "auto") -> RestorationModel:
+    net = checkpoints.build_network(ckpt)
+    return RestorationModel(net, ckpt.config, name=name or Path(ckpt.source).stem,
+                            sha256=ckpt.sha256, source=ckpt.source, device=device,
+                            backend=backend, metadata=ckpt.metadata)
+
+
+def from_network(net: nn.Module, config: NetworkConfig, *, name: str = "in-memory",
+                 device: str | torch.device = "cpu", backend: str = "auto") -> RestorationModel:
+    """Wrap a training-mode network (its weights are copied into the deploy form)."""
+    clone = archs.build(config)
+    clone.load_state_dict(net.state_dict())
+    return RestorationModel(clone, config, name=name, sha256="", source="memory",
+                            device=device, backend=backend)
+
+
+def load_model(name_or_path: str | Path, device: str | torch.device = "cpu",
+               backend: str = "auto") -> RestorationModel:
+    """Load a checkpoint file (official or ours) or a shipped catalogue entry by name."""
+    p = Path(name_or_path)
+    if p.suffix in (".pth", ".pt", ".safetensors", ".bin") or p.exists():
+        return from_checkpoint(checkpoints.read(p), device=device, backend=backend)
+    entry = catalog.by_name(str(name_or_path))
+    return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device,
+                           backend=backend)
+
+
+def load_for_task(task: str, scale: int | None = None, variant: str | None = None,
+                  weights: str | Path | None = None, device: str | torch.device = "cpu",
+                  backend: str = "auto") -> RestorationModel:
+    """The model serving a request: explicit weights, else the shipped entry for the task."""
+    if weights is not None:
+        model = load_model(weights, device=device, backend=backend)
+        if model.config.task != task or (task == "sr" and scale and model.scale != scale):
+            raise UnknownModelError(
+                f"weights {weights} hold a {model.config.task} x{model.scale} network, "
+                f"not {task}" + (f" x{scale}" if task == "sr" and scale else ""))
+        return model
+    entry = catalog.find(task, scale, variant)
+    return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device,
+                           backend=backend)
