@@ -191,7 +191,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu",
 
 def load_for_task(task: str, scale: int | None = None, variant: str | None = None,
                   weights: str | Path | None = None, device: str | torch.device = "cpu",
-                  backend: str = "auto") -> RestorationModel:
+                  backend: str = "auto", weights_dir: Path | None = None) -> RestorationModel:
     """The model serving a request: explicit weights, else the shipped entry for the task."""
     if weights is not None:
         model = load_model(weights, device=device, backend=backend)
@@ -200,6 +200,6 @@ def load_for_task(task: str, scale: int | None = None, variant: str | None = Non
                 f"weights {weights} hold a {model.config.task} x{model.scale} network, "
                 f"not {task}" + (f" x{scale}" if task == "sr" and scale else ""))
         return model
-    entry = catalog.find(task, scale, variant)
+    entry = catalog.find(task, scale, variant, weights_dir or catalog.WEIGHTS_DIR)
     return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device,
                            backend=backend)
