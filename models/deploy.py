@@ -11,7 +11,7 @@ passes over memory. The counts come from a *backend*:
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F

@@ -1,0 +1,200 @@
+"""Decoding and encoding images: every mode Pillow opens, alpha, EXIF orientation, bit depth.
+
+Pixels are held as float32 H x W x C arrays in 0..1 with C = 1 (gray) or 3 (RGB); an alpha plane,
+if any, separately. Torch-free, so the HTTP front end can use ``probe`` to check uploads.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+from models.errors import ImageDecodeError, ImageTooLargeError
+
+FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG", "jpg": "JPEG"}
+MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
+                  PILImage.DecompressionBombError, struct.error)
+
+
+@dataclass(frozen=True)
+class Image:
+    """Decoded pixels in 0..1 plus what is needed to write them back faithfully."""
+
+    pixels: np.ndarray  # float32, H x W x C, C in (1, 3)
+    alpha: np.ndarray | None = None  # float32, H x W
+    bit_depth: int = 8
+    source_format: str | None = None
+    source_mode: str = "RGB"
+    icc_profile: bytes | None = None
+
+    @property
+    def height(self) -> int:
+        return int(self.pixels.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.pixels.shape[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.pixels.shape[2])
+
+    @property
+    def mode(self) -> str:
+        base = "L" if self.channels == 1 else "RGB"
+        return base + ("A" if self.alpha is not None else "")
+
+    def with_pixels(self, pixels: np.ndarray, alpha: np.ndarray | None) -> Image:
+        return replace(self, pixels=pixels, alpha=alpha)
+
+
+def _open(data: bytes, max_pixels: int) -> PILImage.Image:
+    if not data:
+        raise ImageDecodeError("empty upload: no image data")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            im = PILImage.open(io.BytesIO(data))
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"image too large: {e}", pixels=-1, max_pixels=max_pixels) from e
+    except _DECODE_ERRORS as e:
+        raise ImageDecodeError(f"not a readable image ({type(e).__name__}: {e})") from e
+    w, h = im.size
+    if w < 1 or h < 1:
+        raise ImageDecodeError(f"image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels} pixels",
+            pixels=w * h, max_pixels=max_pixels)
+    return im
+
+
+def probe(data: bytes, *, max_pixels: int) -> tuple[int, int, str]:
+    """Width, height and format from the header alone (cheap); raises the same errors as decode."""
+    im = _open(data, max_pixels)
+    return im.size[0], im.size[1], str(im.format or "unknown")
+
+
+def _to_float(im: PILImage.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Pixels (H x W x C float32), alpha or None, bit depth, for any Pillow mode."""
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        a = np.asarray(im, dtype=np.float64)
+        return (np.clip(a, 0, 65535) / 65535.0).astype(np.float32)[..., None], None, 16
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float32)
+        return np.clip(a / 255.0, 0, 1)[..., None], None, 16
+    if mode == "1":
+        im = im.convert("L")
+    elif mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    elif mode == "PA":
+        im = im.convert("RGBA")
+    elif mode == "La":
+        im = im.convert("LA")
+    elif mode in ("RGBa",):
+        im = im.convert("RGBA")
+    elif mode not in ("L", "LA", "RGB", "RGBA"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: Pillow's conversion to RGB
+    a = np.asarray(im, dtype=np.float32) / 255.0
+    if a.ndim == 2:
+        return a[..., None], None, 8
+    if im.mode == "LA":
+        return a[..., :1].copy(), a[..., 1].copy(), 8
+    if im.mode == "RGBA":
+        return a[..., :3].copy(), a[..., 3].copy(), 8
+    return a, None, 8
+
+
+def decode(data: bytes, *, max_pixels: int) -> Image:
+    """Decode an upload: EXIF orientation applied, first frame of animations, alpha kept."""
+    im = _open(data, max_pixels)
+    try:
+        im.load()
+        src_format, src_mode = im.format, im.mode
+        icc = im.info.get("icc_profile")
+        im = ImageOps.exif_transpose(im) or im
+        pixels, alpha, depth = _to_float(im)
+    except _DECODE_ERRORS as e:
+        raise ImageDecodeError(f"corrupt or truncated image ({type(e).__name__}: {e})") from e
+    return Image(pixels=pixels, alpha=alpha, bit_depth=depth, source_format=src_format,
+                 source_mode=src_mode, icc_profile=icc if isinstance(icc, bytes) else None)
+
+
+def read(path: str) -> Image:
+    with open(path, "rb") as f:
+        return decode(f.read(), max_pixels=1 << 40)
+
+
+def _quantize(a: np.ndarray, depth: int) -> np.ndarray:
+    top = 65535 if depth == 16 else 255
+    return np.rint(np.clip(a, 0.0, 1.0) * top).astype(np.uint16 if depth == 16 else np.uint8)
+
+
+def to_pil(img: Image, fmt: str) -> PILImage.Image:
+    if img.channels == 1 and img.bit_depth == 16 and img.alpha is None and fmt == "PNG":
+        return PILImage.fromarray(_quantize(img.pixels[..., 0], 16), mode="I;16")
+    rgb = _quantize(img.pixels, 8)
+    if img.alpha is None:
+        return PILImage.fromarray(rgb[..., 0] if img.channels == 1 else rgb,
+                                  mode="L" if img.channels == 1 else "RGB")
+    alpha = _quantize(img.alpha, 8)[..., None]
+    if fmt == "JPEG":  # no alpha in JPEG: composite over white
+        a = img.alpha[..., None]
+        flat = _quantize(img.pixels * a + (1.0 - a), 8)
+        return PILImage.fromarray(flat[..., 0] if img.channels == 1 else flat,
+                                  mode="L" if img.channels == 1 else "RGB")
+    return PILImage.fromarray(np.concatenate([rgb, alpha], axis=2),
+                              mode="LA" if img.channels == 1 else "RGBA")
+
+
+def encode(img: Image, fmt: str = "png") -> bytes:
+    """PNG (16-bit gray kept), WebP, or JPEG (alpha composited over white)."""
+    key = fmt.lower()
+    if key not in FORMATS:
+        raise ValueError(f"unsupported output format {fmt!r}; choose png, webp or jpeg")
+    pil_fmt = FORMATS[key]
+    im = to_pil(img, pil_fmt)
+    buf = io.BytesIO()
+    opts: dict[str, object] = {}
+    if img.icc_profile:
+        opts["icc_profile"] = img.icc_profile
+    if pil_fmt == "JPEG":
+        opts["quality"] = 95
+    elif pil_fmt == "WEBP":
+        opts.update(quality=95, method=4)
+    elif pil_fmt == "PNG":
+        opts["compress_level"] = 6
+    im.save(buf, format=pil_fmt, **opts)
+    return buf.getvalue()
+
+
+def write(img: Image, path: str, fmt: str | None = None) -> None:
+    ext = fmt or path.rsplit(".", 1)[-1]
+    data = encode(img, ext)
+    with open(path, "wb") as f:
+        f.write(data)
+
+
+def rgb_to_ycbcr(rgb: np.ndarray) -> np.ndarray:
+    """Full-range BT.601 YCbCr (as JPEG stores it), all planes in 0..1."""
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 0.299 * r + 0.587 * g + 0.114 * b
+    cb = 0.5 - 0.168736 * r - 0.331264 * g + 0.5 * b
+    cr = 0.5 + 0.5 * r - 0.418688 * g - 0.081312 * b
+    return np.stack([y, cb, cr], axis=-1).astype(np.float32)
+
+
+def ycbcr_to_rgb(ycc: np.ndarray) -> np.ndarray:
+    y, cb, cr = ycc[..., 0], ycc[..., 1] - 0.5, ycc[..., 2] - 0.5
+    r = y + 1.402 * cr
+    g = y - 0.344136 * cb - 0.714136 * cr
+    b = y + 1.772 * cb
+    return np.clip(np.stack([r, g, b], axis=-1), 0.0, 1.0).astype(np.float32)
