@@ -140,19 +140,19 @@ def _quantize(a: np.ndarray, depth: int) -> np.ndarray:
 
 def to_pil(img: Image, fmt: str) -> PILImage.Image:
     if img.channels == 1 and img.bit_depth == 16 and img.alpha is None and fmt == "PNG":
-        return PILImage.fromarray(_quantize(img.pixels[..., 0], 16), mode="I;16")
+        return PILImage.fromarray(_quantize(img.pixels[..., 0], 16))
     rgb = _quantize(img.pixels, 8)
     if img.alpha is None:
-        return PILImage.fromarray(rgb[..., 0] if img.channels == 1 else rgb,
-                                  mode="L" if img.channels == 1 else "RGB")
+        return PILImage.fromarray(rgb[..., 0] if img.channels == 1 else rgb)
     alpha = _quantize(img.alpha, 8)[..., None]
     if fmt == "JPEG":  # no alpha in JPEG: composite over white
         a = img.alpha[..., None]
         flat = _quantize(img.pixels * a + (1.0 - a), 8)
-        return PILImage.fromarray(flat[..., 0] if img.channels == 1 else flat,
-                                  mode="L" if img.channels == 1 else "RGB")
-    return PILImage.fromarray(np.concatenate([rgb, alpha], axis=2),
-                              mode="LA" if img.channels == 1 else "RGBA")
+        return PILImage.fromarray(flat[..., 0] if img.channels == 1 else flat)
+    both = np.concatenate([rgb, alpha], axis=2)
+    if img.channels == 1:  # Pillow infers no LA mode from a 2-plane array
+        return PILImage.merge("LA", [PILImage.fromarray(both[..., 0]), PILImage.fromarray(both[..., 1])])
+    return PILImage.fromarray(both)
 
 
 def encode(img: Image, fmt: str = "png") -> bytes:

@@ -27,7 +27,7 @@ def _run(model: RestorationModel, planes: np.ndarray, tile: int | None,
 
 def _resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     h, w = alpha.shape
-    im = PILImage.fromarray(alpha.astype(np.float32), mode="F")
+    im = PILImage.fromarray(alpha.astype(np.float32))
     return np.clip(np.asarray(im.resize((w * scale, h * scale), PILImage.Resampling.BICUBIC)), 0, 1)
 
 
