@@ -87,7 +87,7 @@ def _read_torch(path: Path) -> object:
         raise CheckpointReadError(
             f"{path.name}: refused to load (only tensors and plain containers are accepted): "
             f"{str(e).splitlines()[0]}") from e
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as e:
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as e:
         raise CheckpointReadError(
             f"{path.name}: not a readable PyTorch checkpoint ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'truncated'})") from e

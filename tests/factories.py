@@ -1,0 +1,57 @@
+"""Small random-init BBCU networks for tests (every variant), saved in the official formats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from models import archs, checkpoints
+from models.config import NetworkConfig, deblock_config, denoise_config, sr_config
+
+
+def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
+    """Give every shift, bias and slope a random value so that signs and outputs vary."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("prelu.weight"):
+                p.copy_(torch.rand(p.shape, generator=g) * 0.5)
+            elif "bias" in name:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    return net.eval()
+
+
+def small_configs(nf: int = 16) -> dict[str, NetworkConfig]:
+    return {
+        "sr-l-x2": sr_config(2, "l", nf=nf, depth=2),
+        "sr-l-x3": sr_config(3, "l", nf=nf, depth=2),
+        "sr-l-x4": sr_config(4, "l", nf=nf, depth=2),
+        "sr-m-x2": sr_config(2, "m", nf=nf, depth=2),
+        "sr-m-x3": sr_config(3, "m", nf=nf, depth=2),
+        "sr-m-x4": sr_config(4, "m", nf=nf, depth=2),
+        "sr-all-x2": sr_config(2, "head+body+up+tail", nf=nf, depth=1),
+        "denoise": denoise_config(nf=nf, depth=5),
+        "deblock": deblock_config(nf=nf, depth=5),
+    }
+
+
+def random_net(config: NetworkConfig, seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return randomize(archs.build(config), seed)
+
+
+def save_official(tmp: Path, config: NetworkConfig, seed: int = 0, *, key: str = "params",
+                  prefix: str = "") -> tuple[Path, nn.Module]:
+    net = random_net(config, seed)
+    sd = {prefix + k: v for k, v in net.state_dict().items()}
+    path = tmp / f"{config.task}-x{config.scale}-{config.variant.replace(':', '_')}-{seed}.pth"
+    torch.save({key: sd} if config.task == "sr" else sd, path)
+    return path, net
+
+
+def save_ours(weights_dir: Path, name: str, config: NetworkConfig, seed: int = 0) -> Path:
+    net = random_net(config, seed)
+    return checkpoints.save(weights_dir / f"{name}.safetensors", net, config,
+                            {"provenance": "random init for tests"})
