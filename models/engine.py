@@ -138,7 +138,7 @@ class RestorationModel:
         if batch.ndim != 4 or batch.shape[1] != self.config.in_nc:
             raise ValueError(f"expected an N x {self.config.in_nc} x H x W tensor, "
                              f"got shape {tuple(batch.shape)}")
-        with self._lock, torch.inference_mode():
+        with self._lock, torch.no_grad():
             out = self.net(batch.to(self.device, torch.float32))
         return out.to(batch.device)
 
