@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from cli.common import fail
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
             dst.write_bytes(imageio.encode(out, fmt))
         except BBCUError as e:
             failures += 1
-            tqdm.write(f"bbcu: {src}: {e}")
+            tqdm.write(f"bbcu: {src}: {e}", file=sys.stderr)
         finally:
             bar.close()
     if failures:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import struct
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -87,7 +88,9 @@ def _read_torch(path: Path) -> object:
         raise CheckpointReadError(
             f"{path.name}: refused to load (only tensors and plain containers are accepted): "
             f"{str(e).splitlines()[0]}") from e
-    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, UnicodeDecodeError) as e:
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, UnicodeDecodeError,
+            struct.error, KeyError, IndexError, TypeError, AttributeError, AssertionError) as e:
+        # torch raises all of these (asserts included) on malformed archives
         raise CheckpointReadError(
             f"{path.name}: not a readable PyTorch checkpoint ({type(e).__name__}: "
             f"{str(e).splitlines()[0] if str(e) else 'truncated'})") from e
