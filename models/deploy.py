@@ -51,7 +51,9 @@ class DeployUnit(nn.Module):
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
         c = self.counts(torch.sign(x + self.shift), self.wsign)
-        y = F.prelu(torch.addcmul(self.pre, c, self.alpha), self.slope).add_(self.post)
+        # One rounding per operation, in this order (count * alpha, + pre, PReLU, + post, + residual):
+        # the bit-packed kernel (models.kernels) does the same and its outputs are bitwise equal.
+        y = F.prelu(c.mul_(self.alpha).add_(self.pre), self.slope).add_(self.post)
         if self.upscale > 1:
             y = F.pixel_shuffle(y, self.upscale)
             return y.add_(F.interpolate(x, scale_factor=self.upscale, mode="nearest"))

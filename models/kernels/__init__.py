@@ -1,17 +1,55 @@
-"""Bit-packed XNOR/popcount kernels for the binary convolutions (CPU)."""
+"""Bit-packed XNOR/popcount kernels for the binary convolutions (CPU).
+
+The C extension ``models.kernels._bitpacked`` is built from ``csrc/bitpacked.c`` by
+``pip install -e .`` / ``make install`` when a C compiler is present. Without it the engine runs
+the float path (``model.info.backend == 'float'``) and ``unavailable_reason()`` says why.
+
+``BBCU_KERNEL_ISA`` (``scalar``, ``avx2`` or ``avx512``) forces a conv core; by default the best one
+the CPU supports is chosen at import.
+"""
 
 from __future__ import annotations
 
+import os
+
 from torch import nn
+
+_reason: str | None = None
+try:
+    from models.kernels import _bitpacked as _ext  # type: ignore[attr-defined]
+except ImportError as e:  # the optional extension was not built
+    _ext = None
+    _reason = (f"the C extension models.kernels._bitpacked is not built ({e}); build it with "
+               "`pip install -e .` or `python setup.py build_ext --inplace` (needs a C compiler)")
+
+if _ext is not None and os.environ.get("BBCU_KERNEL_ISA"):
+    _ext.set_isa(os.environ["BBCU_KERNEL_ISA"])
 
 
 def available() -> bool:
-    return False
+    return _ext is not None
 
 
 def unavailable_reason() -> str:
-    return "the bitpacked extension is not built yet"
+    return _reason or ""
+
+
+def isa() -> str:
+    """The conv core in use ('avx512', 'avx2' or 'scalar'); '' when unavailable."""
+    return _ext.isa()[0] if _ext is not None else ""
+
+
+def set_isa(name: str) -> None:
+    """Select the conv core ('scalar', 'avx2', 'avx512'); raises ValueError if the CPU lacks it."""
+    if _ext is None:
+        raise RuntimeError(unavailable_reason())
+    _ext.set_isa(name)
 
 
 def to_bitpacked(net: nn.Module) -> nn.Module:
-    raise NotImplementedError(unavailable_reason())
+    """Replace the deploy units of a deploy-form network by bit-packed units (in place)."""
+    if _ext is None:
+        raise RuntimeError(unavailable_reason())
+    from models.kernels.bitpacked import convert
+
+    return convert(net)

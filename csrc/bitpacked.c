@@ -1,0 +1,553 @@
+/*
+ * Bit-packed XNOR/popcount 3x3 binary convolutions for BBCU units (CPU).
+ *
+ * Activations: for every pixel, ceil(C/64) pairs of 64-bit words (sign plane, nonzero plane), stored
+ * NHWC-like with a one-pixel border of zero words: [N][H+2][W+2][K][2]. A zero nonzero-bit makes a
+ * channel contribute nothing, which reproduces both zero padding and torch.sign(0) == 0 exactly.
+ * Weights: sign bits of W, packed once, [Cout/16][9 taps][K][16 outputs] (1 = negative), padded
+ * outputs and channels are zero. Every weight must be nonzero (checked at pack time).
+ *
+ *   count[o] = sum_{tap,k} popcount(nz) - 2 * popcount(nz & (xs ^ ws[o]))
+ *
+ * The epilogue applies, per output channel, the float arithmetic of models/deploy.py in the same
+ * order and without contraction (compiled with -ffp-contract=off):
+ *   v = count * alpha; v = v + pre; v = v > 0 ? v : v * slope; v = v + post; v = v + residual
+ * and packs sign(v + next_shift) for the next unit. An upsampling unit (r > 1) has its outputs
+ * ordered sub-pixel major (o = (i*r + j)*C + c, reordered at pack time by the Python wrapper) and
+ * writes the pixel-shuffled result with the nearest-upsampled input as residual.
+ *
+ * The conv core exists in three builds selected at run time: AVX-512 (VPOPCNTDQ), AVX2 (nibble
+ * lookup popcount) and portable C. Rows are distributed over OpenMP threads.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define BP_X86 1
+#include <immintrin.h>
+#else
+#define BP_X86 0
+#endif
+
+#define GROUP 16   /* outputs per weight group */
+#define MAX_OUT 4096
+
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+static const char *ISA_NAMES[] = {"scalar", "avx2", "avx512"};
+static int g_isa = ISA_SCALAR;
+static int g_best = ISA_SCALAR;
+
+typedef struct {
+    int N, H, W, K;          /* input batch, size, words of input channels */
+    int ng;                  /* weight groups of 16 outputs */
+    int cout;                /* real outputs = r*r*C */
+    int r, C;                /* upscale and channels per sub-pixel (C == cout when r == 1) */
+    const uint64_t *act;     /* [N][H+2][W+2][K][2] */
+    const uint64_t *wp;      /* [ng][9][K][16] */
+    const float *alpha, *pre, *slope, *post;   /* [cout] (sub-pixel major when r > 1) */
+    const float *resid;      /* [N][H][W][C] or NULL */
+    float *out;              /* [N][H*r][W*r][C] or NULL */
+    const float *nshift;     /* [C] or NULL: pack sign(out + nshift) into nact */
+    uint64_t *nact;          /* [N][H*r+2][W*r+2][Kn][2] */
+    int32_t *counts;         /* raw counts [N][H][W][cout] instead of the epilogue, or NULL */
+} unit_args;
+
+/* ------------------------------------------------------------------------------------------ */
+/* portable core */
+
+static inline int popc64(uint64_t v) { return __builtin_popcountll(v); }
+
+static inline void core_scalar(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
+    const int K = a->K;
+    int P = 0;
+    for (int t = 0; t < 9; t++)
+        for (int k = 0; k < K; k++) P += popc64(taps[t][2 * k + 1]);
+    for (int g = 0; g < a->ng; g++) {
+        const uint64_t *w = a->wp + (size_t)g * 9 * K * GROUP;
+        int acc[GROUP] = {0};
+        for (int t = 0; t < 9; t++) {
+            for (int k = 0; k < K; k++) {
+                const uint64_t xs = taps[t][2 * k], nz = taps[t][2 * k + 1];
+                for (int j = 0; j < GROUP; j++) acc[j] += popc64(nz & (xs ^ w[j]));
+                w += GROUP;
+            }
+        }
+        for (int j = 0; j < GROUP; j++) cnt[g * GROUP + j] = P - 2 * acc[j];
+    }
+}
+
+static inline void pack_bits_scalar(const float *v, const float *shift, int n, uint64_t *sw, uint64_t *nw,
+                                    int bit0) {
+    uint64_t s = 0, z = 0;
+    for (int c = 0; c < n; c++) {
+        const float x = v[c] + shift[c];
+        s |= (uint64_t)(x < 0.0f) << (bit0 + c);
+        z |= (uint64_t)(x != 0.0f) << (bit0 + c);
+    }
+    *sw |= s;
+    *nw |= z;
+}
+
+/* Epilogue of one input pixel (n, y, x): counts of all outputs in cnt. */
+static inline void epilogue_scalar(const unit_args *a, int n, int y, int x, const int32_t *cnt) {
+    const int r = a->r, C = a->C, Kn = (C + 63) / 64;
+    const int Ho = a->H * r, Wo = a->W * r;
+    const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
+    for (int i = 0; i < r; i++) {
+        for (int j = 0; j < r; j++) {
+            const int s = i * r + j;
+            const size_t op = ((size_t)n * Ho + (size_t)y * r + i) * Wo + (size_t)x * r + j;
+            float *out = a->out + op * C;
+            uint64_t *na = a->nshift
+                ? a->nact + (((size_t)n * (Ho + 2) + (size_t)y * r + i + 1) * (Wo + 2) + (size_t)x * r + j + 1)
+                      * 2 * Kn
+                : NULL;
+            for (int c = 0; c < C; c++) {
+                const int o = s * C + c;
+                float v = (float)cnt[o] * a->alpha[o];
+                v = v + a->pre[o];
+                v = v > 0.0f ? v : v * a->slope[o];
+                v = v + a->post[o];
+                if (res) v = v + res[c];
+                out[c] = v;
+            }
+            if (na) {
+                for (int k = 0; k < Kn; k++) {
+                    const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+                    uint64_t sw = 0, nw = 0;
+                    pack_bits_scalar(out + c0, a->nshift + c0, c1 - c0, &sw, &nw, 0);
+                    na[2 * k] = sw;
+                    na[2 * k + 1] = nw;
+                }
+            }
+        }
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ */
+#if BP_X86
+
+#define T_AVX2 __attribute__((target("avx2,popcnt")))
+#define T_AVX512 __attribute__((target("avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
+
+T_AVX2 static inline __m256i popcnt8_avx2(__m256i v) {
+    const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
+                                         0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4);
+    const __m256i low = _mm256_set1_epi8(0x0f);
+    const __m256i lo = _mm256_shuffle_epi8(lut, _mm256_and_si256(v, low));
+    const __m256i hi = _mm256_shuffle_epi8(lut, _mm256_and_si256(_mm256_srli_epi16(v, 4), low));
+    return _mm256_add_epi8(lo, hi);
+}
+
+T_AVX2 static inline void core_avx2(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
+    const int K = a->K;
+    long long P = 0;
+    for (int t = 0; t < 9; t++)
+        for (int k = 0; k < K; k++) P += _mm_popcnt_u64(taps[t][2 * k + 1]);
+    const __m256i zero = _mm256_setzero_si256();
+    for (int g = 0; g < a->ng; g++) {
+        const uint64_t *w = a->wp + (size_t)g * 9 * K * GROUP;
+        __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+        __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero;
+        int pending = 0;
+        for (int t = 0; t < 9; t++) {
+            const uint64_t *xp = taps[t];
+            for (int k = 0; k < K; k++) {
+                const __m256i xs = _mm256_set1_epi64x((long long)xp[2 * k]);
+                const __m256i nz = _mm256_set1_epi64x((long long)xp[2 * k + 1]);
+                const __m256i *wv = (const __m256i *)w;
+                b0 = _mm256_add_epi8(b0, popcnt8_avx2(_mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(wv), xs), nz)));
+                b1 = _mm256_add_epi8(b1, popcnt8_avx2(_mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(wv + 1), xs), nz)));
+                b2 = _mm256_add_epi8(b2, popcnt8_avx2(_mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(wv + 2), xs), nz)));
+                b3 = _mm256_add_epi8(b3, popcnt8_avx2(_mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(wv + 3), xs), nz)));
+                w += GROUP;
+                if (++pending == 31) { /* 31 * 8 <= 255: bytes cannot overflow */
+                    s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
+                    s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
+                    s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
+                    s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
+                    b0 = b1 = b2 = b3 = zero;
+                    pending = 0;
+                }
+            }
+        }
+        s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
+        s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
+        s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
+        s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
+        /* the low 32 bits of each 64-bit lane hold the sum: gather them into 8 int32 */
+        const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+        const __m256i lo01 = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s0, idx),
+                                                        _mm256_permutevar8x32_epi32(s1, idx), 0x20);
+        const __m256i lo23 = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s2, idx),
+                                                        _mm256_permutevar8x32_epi32(s3, idx), 0x20);
+        const __m256i pv = _mm256_set1_epi32((int)P);
+        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP), _mm256_sub_epi32(pv, _mm256_slli_epi32(lo01, 1)));
+        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 8), _mm256_sub_epi32(pv, _mm256_slli_epi32(lo23, 1)));
+    }
+}
+
+T_AVX512 static inline void core_avx512(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
+    const int K = a->K;
+    long long P = 0;
+    for (int t = 0; t < 9; t++)
+        for (int k = 0; k < K; k++) P += _mm_popcnt_u64(taps[t][2 * k + 1]);
+    const __m512i zero = _mm512_setzero_si512();
+    const size_t gstride = (size_t)9 * K * GROUP;
+    int g = 0;
+    for (; g + 2 <= a->ng; g += 2) {
+        const uint64_t *w = a->wp + (size_t)g * gstride;
+        const uint64_t *w2 = w + gstride;
+        __m512i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+        for (int t = 0; t < 9; t++) {
+            const uint64_t *xp = taps[t];
+            for (int k = 0; k < K; k++) {
+                const __m512i xs = _mm512_set1_epi64((long long)xp[2 * k]);
+                const __m512i nz = _mm512_set1_epi64((long long)xp[2 * k + 1]);
+                /* imm 0x28: nz & (w ^ xs) with (a, b, c) = (w, xs, nz) */
+                s0 = _mm512_add_epi64(s0, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w), xs, nz, 0x28)));
+                s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w + 8), xs, nz, 0x28)));
+                s2 = _mm512_add_epi64(s2, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w2), xs, nz, 0x28)));
+                s3 = _mm512_add_epi64(s3, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w2 + 8), xs, nz, 0x28)));
+                w += GROUP;
+                w2 += GROUP;
+            }
+        }
+        const __m256i pv = _mm256_set1_epi32((int)P);
+        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s0), 1)));
+        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 8), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s1), 1)));
+        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 16), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s2), 1)));
+        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 24), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s3), 1)));
+    }
+    for (; g < a->ng; g++) {
+        const uint64_t *w = a->wp + (size_t)g * gstride;
+        __m512i s0 = zero, s1 = zero;
+        for (int t = 0; t < 9; t++) {
+            const uint64_t *xp = taps[t];
+            for (int k = 0; k < K; k++) {
+                const __m512i xs = _mm512_set1_epi64((long long)xp[2 * k]);
+                const __m512i nz = _mm512_set1_epi64((long long)xp[2 * k + 1]);
+                s0 = _mm512_add_epi64(s0, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w), xs, nz, 0x28)));
+                s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w + 8), xs, nz, 0x28)));
+                w += GROUP;
+            }
+        }
+        const __m256i pv = _mm256_set1_epi32((int)P);
+        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s0), 1)));
+        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 8), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s1), 1)));
+    }
+}
+
+/* Epilogue, 8 channels at a time; the same float operations as the scalar version. */
+T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x, const int32_t *cnt) {
+    const int r = a->r, C = a->C, Kn = (C + 63) / 64;
+    const int Ho = a->H * r, Wo = a->W * r;
+    const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
+    const __m256 zero = _mm256_setzero_ps();
+    for (int i = 0; i < r; i++) {
+        for (int j = 0; j < r; j++) {
+            const int s = i * r + j;
+            const size_t op = ((size_t)n * Ho + (size_t)y * r + i) * Wo + (size_t)x * r + j;
+            float *out = a->out + op * C;
+            uint64_t *na = a->nshift
+                ? a->nact + (((size_t)n * (Ho + 2) + (size_t)y * r + i + 1) * (Wo + 2) + (size_t)x * r + j + 1)
+                      * 2 * Kn
+                : NULL;
+            const int32_t *cs = cnt + s * C;
+            const float *al = a->alpha + s * C, *pr = a->pre + s * C, *sl = a->slope + s * C,
+                        *po = a->post + s * C;
+            for (int k = 0; k < Kn; k++) {
+                const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+                uint64_t sw = 0, nw = 0;
+                int c = c0;
+                for (; c + 8 <= c1; c += 8) {
+                    __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(cs + c)));
+                    v = _mm256_mul_ps(v, _mm256_loadu_ps(al + c));
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(pr + c));
+                    const __m256 neg = _mm256_mul_ps(v, _mm256_loadu_ps(sl + c));
+                    v = _mm256_blendv_ps(neg, v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+                    v = _mm256_add_ps(v, _mm256_loadu_ps(po + c));
+                    if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + c));
+                    _mm256_storeu_ps(out + c, v);
+                    if (na) {
+                        const __m256 q = _mm256_add_ps(v, _mm256_loadu_ps(a->nshift + c));
+                        sw |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(q, zero, _CMP_LT_OQ)) << (c - c0);
+                        nw |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(q, zero, _CMP_NEQ_UQ)) << (c - c0);
+                    }
+                }
+                for (; c < c1; c++) {
+                    float v = (float)cs[c] * al[c];
+                    v = v + pr[c];
+                    v = v > 0.0f ? v : v * sl[c];
+                    v = v + po[c];
+                    if (res) v = v + res[c];
+                    out[c] = v;
+                    if (na) {
+                        const float q = v + a->nshift[c];
+                        sw |= (uint64_t)(q < 0.0f) << (c - c0);
+                        nw |= (uint64_t)(q != 0.0f) << (c - c0);
+                    }
+                }
+                if (na) {
+                    na[2 * k] = sw;
+                    na[2 * k + 1] = nw;
+                }
+            }
+        }
+    }
+}
+#endif /* BP_X86 */
+
+/* ------------------------------------------------------------------------------------------ */
+/* one output row of one image: conv core + epilogue (or raw counts) for every pixel */
+
+#define DEFINE_ROW(NAME, ATTR, CORE, EPI)                                                          \
+    ATTR static void NAME(const unit_args *a, int n, int y, int32_t *cnt) {                        \
+        const size_t pw = (size_t)2 * a->K, rs = (size_t)(a->W + 2) * pw;                          \
+        const uint64_t *base = a->act + ((size_t)n * (a->H + 2) + y) * rs;                         \
+        for (int x = 0; x < a->W; x++) {                                                           \
+            const uint64_t *p = base + (size_t)x * pw;                                             \
+            const uint64_t *const taps[9] = {p, p + pw, p + 2 * pw,                                \
+                                             p + rs, p + rs + pw, p + rs + 2 * pw,                 \
+                                             p + 2 * rs, p + 2 * rs + pw, p + 2 * rs + 2 * pw};    \
+            if (a->counts) {                                                                       \
+                int32_t *dst = a->counts + (((size_t)n * a->H + y) * a->W + x) * a->cout;          \
+                CORE(a, taps, cnt);                                                                \
+                memcpy(dst, cnt, sizeof(int32_t) * (size_t)a->cout);                               \
+            } else {                                                                               \
+                CORE(a, taps, cnt);                                                                \
+                EPI(a, n, y, x, cnt);                                                              \
+            }                                                                                      \
+        }                                                                                          \
+    }
+
+DEFINE_ROW(row_scalar, , core_scalar, epilogue_scalar)
+#if BP_X86
+DEFINE_ROW(row_avx2, T_AVX2, core_avx2, epilogue_avx2)
+DEFINE_ROW(row_avx512, T_AVX512, core_avx512, epilogue_avx2)
+#endif
+
+typedef void (*row_fn)(const unit_args *, int, int, int32_t *);
+
+static row_fn pick_row(void) {
+#if BP_X86
+    if (g_isa == ISA_AVX512) return row_avx512;
+    if (g_isa == ISA_AVX2) return row_avx2;
+#endif
+    return row_scalar;
+}
+
+static void zero_border(uint64_t *act, int N, int H, int W, int K) {
+    const size_t pw = (size_t)2 * K, rs = (size_t)(W + 2) * pw;
+    for (int n = 0; n < N; n++) {
+        uint64_t *img = act + (size_t)n * (H + 2) * rs;
+        memset(img, 0, rs * sizeof(uint64_t));
+        memset(img + (size_t)(H + 1) * rs, 0, rs * sizeof(uint64_t));
+        for (int y = 1; y <= H; y++) {
+            memset(img + (size_t)y * rs, 0, pw * sizeof(uint64_t));
+            memset(img + (size_t)y * rs + (size_t)(W + 1) * pw, 0, pw * sizeof(uint64_t));
+        }
+    }
+}
+
+static void run_unit(const unit_args *a, int nthreads) {
+    if (a->nshift) zero_border(a->nact, a->N, a->H * a->r, a->W * a->r, (a->C + 63) / 64);
+    const row_fn row = pick_row();
+    const int rows = a->N * a->H;
+    const int ncnt = a->ng * GROUP;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nthreads)
+#endif
+    {
+        int32_t cnt[MAX_OUT + GROUP];
+        (void)ncnt;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+        for (int ry = 0; ry < rows; ry++) row(a, ry / a->H, ry % a->H, cnt);
+    }
+    (void)nthreads;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* Python interface: tensors are passed as data pointers (int) with their sizes. */
+
+static PyObject *py_set_isa(PyObject *self, PyObject *args) {
+    const char *name;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
+    for (int i = 0; i < 3; i++) {
+        if (strcmp(name, ISA_NAMES[i]) == 0) {
+            if (i > g_best) {
+                PyErr_Format(PyExc_ValueError, "this CPU does not support %s (best: %s)", name,
+                             ISA_NAMES[g_best]);
+                return NULL;
+            }
+            g_isa = i;
+            Py_RETURN_NONE;
+        }
+    }
+    PyErr_Format(PyExc_ValueError, "unknown ISA %s", name);
+    return NULL;
+}
+
+static PyObject *py_isa(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+    return Py_BuildValue("(ss)", ISA_NAMES[g_isa], ISA_NAMES[g_best]);
+}
+
+static PyObject *py_openmp(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+#ifdef _OPENMP
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* pack_weights(w_ptr, cout, cin, out_ptr) -> number of zero weights (the packing is then invalid)
+ * w: float [cout][cin][3][3]; out: uint64 [ceil(cout/16)][9][ceil(cin/64)][16] */
+static PyObject *py_pack_weights(PyObject *self, PyObject *args) {
+    unsigned long long wptr, optr;
+    int cout, cin;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KiiK", &wptr, &cout, &cin, &optr)) return NULL;
+    if (cout < 1 || cin < 1 || cout > MAX_OUT) {
+        PyErr_SetString(PyExc_ValueError, "channel counts out of range");
+        return NULL;
+    }
+    const float *w = (const float *)(uintptr_t)wptr;
+    uint64_t *o = (uint64_t *)(uintptr_t)optr;
+    const int K = (cin + 63) / 64, ng = (cout + GROUP - 1) / GROUP;
+    memset(o, 0, sizeof(uint64_t) * (size_t)ng * 9 * K * GROUP);
+    long zeros = 0;
+    for (int oc = 0; oc < cout; oc++) {
+        const int g = oc / GROUP, j = oc % GROUP;
+        for (int ic = 0; ic < cin; ic++) {
+            for (int t = 0; t < 9; t++) {
+                const float v = w[((size_t)oc * cin + ic) * 9 + t];
+                if (v == 0.0f) zeros++;
+                if (v < 0.0f)
+                    o[(((size_t)g * 9 + t) * K + ic / 64) * GROUP + j] |= (uint64_t)1 << (ic % 64);
+            }
+        }
+    }
+    return PyLong_FromLong(zeros);
+}
+
+/* pack_act(x_ptr, N, H, W, C, shift_ptr, out_ptr, nthreads): x float NHWC, out [N][H+2][W+2][K][2] */
+static PyObject *py_pack_act(PyObject *self, PyObject *args) {
+    unsigned long long xptr, sptr, optr;
+    int N, H, W, C, nthreads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KiiiiKKi", &xptr, &N, &H, &W, &C, &sptr, &optr, &nthreads)) return NULL;
+    const float *x = (const float *)(uintptr_t)xptr, *shift = (const float *)(uintptr_t)sptr;
+    uint64_t *o = (uint64_t *)(uintptr_t)optr;
+    const int K = (C + 63) / 64;
+    Py_BEGIN_ALLOW_THREADS
+    zero_border(o, N, H, W, K);
+    const int rows = N * H;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(nthreads)
+#endif
+    for (int ry = 0; ry < rows; ry++) {
+        const int n = ry / H, y = ry % H;
+        for (int xx = 0; xx < W; xx++) {
+            const float *px = x + (((size_t)n * H + y) * W + xx) * C;
+            uint64_t *po = o + (((size_t)n * (H + 2) + y + 1) * (W + 2) + xx + 1) * 2 * K;
+            for (int k = 0; k < K; k++) {
+                const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+                uint64_t sw = 0, nw = 0;
+                pack_bits_scalar(px + c0, shift + c0, c1 - c0, &sw, &nw, 0);
+                po[2 * k] = sw;
+                po[2 * k + 1] = nw;
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    (void)nthreads;
+    Py_RETURN_NONE;
+}
+
+/* unit(act, N, H, W, cin, wp, cout, r, alpha, pre, slope, post, resid, out, nshift, nact, counts, nthreads)
+ * Pointers may be 0 for: resid (no residual), nshift/nact (no packing), out (when counts != 0). */
+static PyObject *py_unit(PyObject *self, PyObject *args) {
+    unsigned long long act, wp, al, pr, sl, po, res, out, ns, na, cn;
+    int N, H, W, cin, cout, r, nthreads;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KiiiiKiiKKKKKKKKKi", &act, &N, &H, &W, &cin, &wp, &cout, &r, &al, &pr, &sl,
+                          &po, &res, &out, &ns, &na, &cn, &nthreads))
+        return NULL;
+    if (N < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || cout > MAX_OUT || r < 1 || cout % (r * r)) {
+        PyErr_SetString(PyExc_ValueError, "bad unit shape");
+        return NULL;
+    }
+    unit_args a;
+    a.N = N;
+    a.H = H;
+    a.W = W;
+    a.K = (cin + 63) / 64;
+    a.ng = (cout + GROUP - 1) / GROUP;
+    a.cout = cout;
+    a.r = r;
+    a.C = cout / (r * r);
+    a.act = (const uint64_t *)(uintptr_t)act;
+    a.wp = (const uint64_t *)(uintptr_t)wp;
+    a.alpha = (const float *)(uintptr_t)al;
+    a.pre = (const float *)(uintptr_t)pr;
+    a.slope = (const float *)(uintptr_t)sl;
+    a.post = (const float *)(uintptr_t)po;
+    a.resid = (const float *)(uintptr_t)res;
+    a.out = (float *)(uintptr_t)out;
+    a.nshift = (const float *)(uintptr_t)ns;
+    a.nact = (uint64_t *)(uintptr_t)na;
+    a.counts = (int32_t *)(uintptr_t)cn;
+    if (!a.counts && (!a.out || !a.alpha || !a.pre || !a.slope || !a.post)) {
+        PyErr_SetString(PyExc_ValueError, "missing epilogue pointers");
+        return NULL;
+    }
+    if (a.nshift && !a.nact) {
+        PyErr_SetString(PyExc_ValueError, "next shift given without a packed output");
+        return NULL;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    run_unit(&a, nthreads);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2' or 'avx512'."},
+    {"isa", py_isa, METH_NOARGS, "(selected ISA, best ISA this CPU supports)."},
+    {"openmp", py_openmp, METH_NOARGS, "Whether the extension was built with OpenMP."},
+    {"pack_weights", py_pack_weights, METH_VARARGS, "Pack the sign bits of a 3x3 weight tensor."},
+    {"pack_act", py_pack_act, METH_VARARGS, "Pack sign(x + shift) of an NHWC float tensor."},
+    {"unit", py_unit, METH_VARARGS, "Binary conv + fused epilogue of one unit."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bitpacked",
+                                    "Bit-packed XNOR/popcount BBCU kernels.", -1, methods,
+                                    NULL, NULL, NULL, NULL};
+
+PyMODINIT_FUNC PyInit__bitpacked(void) {
+#if BP_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) g_best = ISA_AVX2;
+    if (g_best == ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq"))
+        g_best = ISA_AVX512;
+#endif
+    g_isa = g_best;
+    return PyModule_Create(&module);
+}

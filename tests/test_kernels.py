@@ -1,0 +1,143 @@
+"""Bit-packed kernels: exact integer counts, and whole networks bitwise equal to the float engine."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models import kernels
+from models.config import NetworkConfig
+from models.engine import from_network
+from tests.factories import random_net, small_configs
+
+pytestmark = pytest.mark.skipif(not kernels.available(), reason=kernels.unavailable_reason())
+
+
+def _isas() -> list[str]:
+    if not kernels.available():
+        return []
+    from models.kernels import _bitpacked
+
+    best = _bitpacked.isa()[1]
+    return ["scalar", "avx2", "avx512"][: ["scalar", "avx2", "avx512"].index(best) + 1]
+
+
+ISAS = _isas()
+
+
+@pytest.fixture(params=ISAS)
+def isa(request: pytest.FixtureRequest):  # type: ignore[no-untyped-def]
+    before = kernels.isa()
+    kernels.set_isa(request.param)
+    yield request.param
+    kernels.set_isa(before)
+
+
+@pytest.mark.parametrize("cin,cout", [(64, 64), (12, 12), (70, 70), (130, 16), (3, 5), (64, 256)])
+def test_counts_equal_float_conv_of_signs(isa: str, cin: int, cout: int) -> None:
+    from models.kernels.bitpacked import binary_counts
+
+    g = torch.Generator().manual_seed(cin * 1000 + cout)
+    x = torch.randn(2, cin, 17, 23, generator=g)
+    x[x.abs() < 0.4] = 0.0                       # exact zeros: sign 0, contribute nothing
+    x[:, :, 5:9, 2:6] = 0.0
+    shift = torch.zeros(cin)
+    w = torch.sign(torch.randn(cout, cin, 3, 3, generator=g))
+    ref = F.conv2d(torch.sign(x), w, padding=1)  # zero padding: borders contribute 0, not -1
+    got = binary_counts(x, shift, w)
+    assert got.dtype == torch.int32
+    assert torch.equal(got.float(), ref)
+    assert (ref == 0).any()
+
+
+def test_zero_weights_refused() -> None:
+    from models.kernels.bitpacked import pack_weights
+
+    w = torch.sign(torch.randn(16, 8, 3, 3))
+    w[3, 2, 1, 1] = 0.0
+    assert pack_weights(w)[1] == 1
+
+
+def _configs() -> dict[str, NetworkConfig]:
+    out = dict(small_configs(nf=12))
+    for name in ("sr-l-x4", "sr-m-x3", "sr-all-x2", "denoise", "deblock"):
+        cfg = small_configs()[name]
+        out[f"{name}-nf70"] = NetworkConfig.from_dict({**cfg.to_dict(), "nf": 70})
+    for name in ("sr-m-x4", "denoise"):
+        cfg = small_configs()[name]
+        out[f"{name}-nf64"] = NetworkConfig.from_dict({**cfg.to_dict(), "nf": 64})
+    return out
+
+
+CONFIGS = _configs()
+
+
+def _zero_some_shifts(net: torch.nn.Module) -> None:
+    """Zero the shift of some channels so that exactly-zero activations reach the sign."""
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("move0.bias"):
+                p[:, ::3] = 0.0
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_network_bitwise_equal_to_float_engine(isa: str, name: str) -> None:
+    cfg = CONFIGS[name]
+    net = random_net(cfg, seed=7)
+    _zero_some_shifts(net)
+    fm = from_network(net, cfg, backend="float")
+    bm = from_network(net, cfg, backend="bitpacked")
+    assert bm.info.backend == "bitpacked" and fm.info.backend == "float"
+    x = torch.rand(2, cfg.in_nc, 17, 23, generator=torch.Generator().manual_seed(3))
+    x[:, :, 4:9, 6:12] = 0.0   # zero input: zero features where the head has no bias
+    ref, out = fm(x), bm(x)
+    assert out.shape == ref.shape and out.is_contiguous()
+    assert (out - ref).abs().max().item() <= 1e-5
+    assert torch.equal(out, ref)  # same float operations in the same order: bitwise equal
+
+
+def test_exact_zero_activations_reach_the_kernel() -> None:
+    """With zero input and zero shifts, a denoise body unit sees exactly-zero activations."""
+    cfg = small_configs(nf=12)["denoise"]
+    net = random_net(cfg, seed=1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("move0.bias"):
+                p.zero_()
+    fm = from_network(net, cfg, backend="float")
+    bm = from_network(net, cfg, backend="bitpacked")
+    x = torch.zeros(1, cfg.in_nc, 9, 11)
+    x[:, :, 4, 5] = 0.5
+    assert torch.equal(fm(x), bm(x))
+
+
+def test_chain_passes_packed_activations(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a chain only the first unit packs its input; the others get bits from the epilogue."""
+    from models.kernels import bitpacked
+
+    cfg = small_configs(nf=12)["sr-m-x4"]
+    bm = from_network(random_net(cfg, 2), cfg, backend="bitpacked")
+    calls = {"pack_act": 0, "unit": 0}
+
+    class Spy:
+        def __getattr__(self, attr: str):  # type: ignore[no-untyped-def]
+            fn = getattr(kernels._ext, attr)
+            if attr in calls:
+                def wrapped(*a):  # type: ignore[no-untyped-def]
+                    calls[attr] += 1
+                    return fn(*a)
+                return wrapped
+            return fn
+
+    monkeypatch.setattr(bitpacked, "_ext", Spy())
+    bm(torch.rand(1, 3, 8, 9))
+    # body 2 blocks x 2 units, upconv1, upconv2, conv_hr: 7 units, one chain
+    assert calls == {"pack_act": 1, "unit": 7}
+
+
+def test_unavailable_reason_and_backend_when_float() -> None:
+    cfg = small_configs(nf=8)["denoise"]
+    m = from_network(random_net(cfg), cfg, backend="auto")
+    assert m.info.backend == "bitpacked"
+    assert kernels.unavailable_reason() == ""
