@@ -1,0 +1,1 @@
+"""The HTTP front end (FastAPI): validate, stream uploads under limits, enqueue, answer."""

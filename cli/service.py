@@ -1,0 +1,89 @@
+"""``bbcu serve`` (the HTTP API) and ``bbcu worker`` (a Celery worker): thin shells over app/ and workers/."""
+
+from __future__ import annotations
+
+import argparse
+
+from cli.common import fail
+from workers.contract import QUEUES
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("serve", help="run the HTTP API",
+                       description="Run the API. Without BBCU_BROKER_URL jobs run in an embedded pool in "
+                                   "this process; with it they go to Celery workers.")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="API processes (Celery mode only; the embedded mode needs one process)")
+    p.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    p.set_defaults(handler=serve)
+
+    w = sub.add_parser("worker", help="run a Celery worker",
+                       description="Run a worker taking jobs from the given queues (needs BBCU_BROKER_URL).")
+    w.add_argument("--queues", default="cpu", help="comma list of queues: cpu, gpu (default cpu)")
+    w.add_argument("--concurrency", type=int, default=None,
+                   help="worker processes or threads (default: CPU count for cpu, 1 for gpu)")
+    w.add_argument("--pool", choices=("prefork", "solo", "threads"), default=None,
+                   help="default prefork for cpu; gpu workers run solo or threads (no CUDA before a fork)")
+    w.add_argument("--hostname", default=None, help="Celery node name (default celery@<host>)")
+    w.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
+    w.set_defaults(handler=worker)
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from workers.settings import get_settings
+
+    settings = get_settings()
+    if settings.embedded and args.workers != 1:
+        return fail("the embedded mode runs one process; set BBCU_BROKER_URL to scale out")
+    uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level=args.log_level, proxy_headers=True)
+    return 0
+
+
+def worker(args: argparse.Namespace) -> int:
+    import os
+
+    from celery.signals import worker_ready, worker_shutdown
+
+    from workers.celery_app import Heartbeat, create_celery
+    from workers.settings import get_settings
+    from workers.store import RedisStore
+
+    settings = get_settings()
+    if not settings.broker_url:
+        return fail("set BBCU_BROKER_URL (e.g. redis://localhost:6379/0)")
+    queues = [q.strip() for q in args.queues.split(",") if q.strip()]
+    unknown = sorted(set(queues) - set(QUEUES))
+    if not queues or unknown:
+        return fail(f"unknown queue(s) {unknown}; choose from {list(QUEUES)}")
+    gpu = "gpu" in queues
+    pool = args.pool or ("solo" if gpu else "prefork")
+    if gpu and pool == "prefork":
+        return fail("gpu workers run --pool solo or threads (CUDA must not be initialized "
+                    "before a fork)")
+    if gpu:
+        import torch  # no fork follows: solo and thread pools run jobs in this process
+
+        if not torch.cuda.is_available():
+            return fail("queue gpu needs a CUDA device; none is available")
+    concurrency = args.concurrency or (1 if gpu or pool == "solo" else (os.cpu_count() or 1))
+    app = create_celery(settings)
+    import workers.tasks  # noqa: F401  (registers the task with this app)
+
+    store = RedisStore(settings.broker_url, settings.result_ttl_s, settings.job_ttl_s,
+                       settings.redis_timeout_s)
+    beat = Heartbeat(store, queues, settings.heartbeat_s, {"pool": pool, "concurrency": concurrency,
+                                                           "device": "cuda" if gpu else "cpu"})
+    worker_ready.connect(lambda **_: beat.start(), weak=False)
+    worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
+    argv = ["worker", f"--queues={','.join(queues)}", f"--pool={pool}", f"--concurrency={concurrency}",
+            f"--loglevel={args.log_level.upper()}", "--without-gossip", "--without-mingle",
+            "--without-heartbeat"]
+    if args.hostname:
+        argv.append(f"--hostname={args.hostname}")
+    app.worker_main(argv)
+    return 0

@@ -1,0 +1,126 @@
+"""The Celery application on Redis and the dispatcher the API uses to enqueue jobs.
+
+Messages are JSON and carry a job id only. Queues ``cpu`` and ``gpu`` are declared up front
+(no queue is created by accident); late acks, one prefetched message per process, rejection
+when a worker process dies, soft and hard time limits, and a visibility timeout above the hard
+limit so Redis never hands a running job to a second worker.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+from workers.contract import QUEUES, TASK_NAME
+from workers.errors import NoWorker, StoreUnavailable
+from workers.settings import Settings
+from workers.store import RedisStore
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app configured from the settings (the tasks module registers the task)."""
+    if not settings.broker_url:
+        raise ValueError("Celery mode needs BBCU_BROKER_URL")
+    app = Celery("bbcu", broker=settings.broker_url, backend=settings.broker_url, set_as_current=True)
+    app.conf.update(
+        task_queues=[Queue(q, routing_key=q) for q in QUEUES],
+        task_default_queue="cpu",
+        task_create_missing_queues=False,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_soft_time_limit=settings.soft_time_limit_s,
+        task_time_limit=settings.hard_time_limit_s,
+        task_ignore_result=True,
+        result_expires=settings.result_ttl_s,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
+        broker_connection_timeout=settings.redis_timeout_s,
+        broker_connection_retry_on_startup=True,
+        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
+                                   "interval_max": 0.5},
+        worker_hijack_root_logger=False,
+        worker_send_task_events=False,
+        include=["workers.tasks"],
+    )
+    return app
+
+
+class CeleryDispatcher:
+    """Enqueues job ids to Celery; knows which queues have live workers from their heartbeats."""
+
+    mode = "celery"
+
+    def __init__(self, settings: Settings, store: RedisStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.celery = create_celery(settings)
+
+    def pick_queue(self, device: str) -> str:
+        """``auto``: the GPU queue when a GPU worker is alive, else the CPU queue."""
+        if device == "cpu":
+            return "cpu"
+        has_gpu = bool(self.store.workers("gpu"))
+        if device == "gpu" and not has_gpu:
+            raise NoWorker("device=gpu requested but no GPU worker is running")
+        return "gpu" if has_gpu else "cpu"
+
+    def submit(self, job_id: str, queue: str) -> None:
+        from kombu.exceptions import OperationalError
+
+        try:
+            self.celery.send_task(TASK_NAME, args=[job_id], queue=queue, ignore_result=True)
+        except OperationalError as e:
+            raise StoreUnavailable(f"broker unreachable: {e}") from e
+
+    def workers(self) -> dict[str, list[dict[str, Any]]]:
+        return {q: self.store.workers(q) for q in QUEUES}
+
+    def queue_lengths(self) -> dict[str, int]:
+        return {q: self.store.queue_length(q) for q in QUEUES}
+
+    def close(self) -> None:
+        self.celery.close()
+
+
+class Heartbeat:
+    """A thread in the worker's main process announcing it in Redis until stopped."""
+
+    def __init__(self, store: RedisStore, queues: list[str], period_s: float, info: dict[str, Any]) -> None:
+        self.store = store
+        self.queues = queues
+        self.period_s = period_s
+        self.name = f"{socket.gethostname()}:{os.getpid()}"
+        self.info = {"worker": self.name, "queues": queues, **info}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bbcu-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                for q in self.queues:
+                    self.store.beat(q, self.name, self.info, ttl_s=3 * self.period_s)
+            except StoreUnavailable:
+                pass  # Redis is down: the beat lapses, readiness says so; next round retries
+            if self._stop.wait(self.period_s):
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.period_s)
+        try:
+            for q in self.queues:
+                self.store.forget_worker(q, self.name)
+        except StoreUnavailable:
+            pass  # the keys expire on their own

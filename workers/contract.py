@@ -1,0 +1,119 @@
+"""The job contract shared by the API and the workers (plain pydantic, no torch).
+
+A job is a spec (what to do) plus a record (what happened). Image bytes live in the store under
+the job id; broker messages carry the id only.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+Task = Literal["sr", "denoise", "deblock"]
+Format = Literal["png", "webp", "jpeg"]
+Device = Literal["auto", "cpu", "gpu"]
+TASKS: tuple[str, ...] = ("sr", "denoise", "deblock")
+FORMATS: tuple[str, ...] = ("png", "webp", "jpeg")
+QUEUES: tuple[str, ...] = ("cpu", "gpu")
+SCALES: tuple[int, ...] = (2, 3, 4)
+CONTENT_TYPES: dict[str, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+TASK_NAME = "bbcu.restore"
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
+
+
+class ErrorCode(str, Enum):
+    """Why a job failed; the API maps each code to an HTTP status."""
+
+    bad_image = "bad_image"
+    too_large = "too_large"
+    unknown_model = "unknown_model"
+    timeout = "timeout"
+    cancelled = "cancelled"
+    worker_lost = "worker_lost"
+    internal = "internal"
+
+
+def new_job_id() -> str:
+    """Server-side ids only: a client can never collide with an existing job."""
+    return uuid.uuid4().hex
+
+
+def now() -> float:
+    return time.time()
+
+
+class JobSpec(BaseModel):
+    """What a worker needs to run a job (the input image is the blob stored under ``id``)."""
+
+    id: str
+    task: Task
+    scale: int = 1
+    variant: str | None = None
+    format: Format = "png"
+    queue: Literal["cpu", "gpu"] = "cpu"
+    tile: int | None = None
+
+
+class ImageFacts(BaseModel):
+    width: int
+    height: int
+    bytes: int
+    format: str
+
+
+class JobError(BaseModel):
+    code: ErrorCode
+    detail: str
+
+
+class Timings(BaseModel):
+    """Milliseconds spent in each stage (the Server-Timing header shows the same numbers)."""
+
+    queue: float | None = None
+    load: float | None = None
+    decode: float | None = None
+    inference: float | None = None
+    encode: float | None = None
+    total: float | None = None
+
+    def server_timing(self) -> str:
+        parts = [f"{k};dur={v:.1f}" for k, v in self.model_dump().items() if v is not None]
+        return ", ".join(parts)
+
+
+class JobRecord(BaseModel):
+    """The public state of a job, as ``GET /jobs/{id}`` shows it."""
+
+    id: str
+    status: JobStatus
+    task: Task
+    queue: str
+    progress: float = Field(0.0, ge=0.0, le=1.0)
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    timings: Timings = Field(default_factory=Timings)
+    model: dict[str, Any] | None = None
+    input: ImageFacts | None = None
+    output: ImageFacts | None = None
+    error: JobError | None = None
+    spec: JobSpec
+
+    @property
+    def content_type(self) -> str:
+        return CONTENT_TYPES[self.spec.format]

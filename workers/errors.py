@@ -1,0 +1,17 @@
+"""Errors of the job layer that the API turns into HTTP answers."""
+
+
+class ServiceError(Exception):
+    """Base class of the job layer's deliberate errors."""
+
+
+class StoreUnavailable(ServiceError):
+    """Redis (the broker and blob store) cannot be reached."""
+
+
+class QueueFull(ServiceError):
+    """The embedded pool holds as many waiting jobs as it may."""
+
+
+class NoWorker(ServiceError):
+    """The requested device has no worker to run the job."""

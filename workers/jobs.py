@@ -1,0 +1,172 @@
+"""The job function every worker runs: fetch blob -> decode -> engine -> encode -> store.
+
+``JobRunner`` holds one model cache per process (a Celery worker child, or the embedded pool);
+torch and the engine are imported on first use, never before a worker pool forks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from workers.contract import ErrorCode, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, Timings, now
+from workers.settings import Settings
+from workers.store import ACTIVE, JobStore
+
+if TYPE_CHECKING:
+    from models.engine import RestorationModel
+
+QUEUE_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
+_PROGRESS_EVERY_S = 0.25
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while it ran."""
+
+
+class JobTimeout(Exception):
+    """The job ran past the soft time limit."""
+
+
+class ModelCache:
+    """Loaded models by (task, scale, variant, device); each is built once per process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._models: dict[tuple[str, int, str | None, str], RestorationModel] = {}
+
+    def get(self, task: str, scale: int, variant: str | None, device: str) -> RestorationModel:
+        key = (task, scale, variant, device)
+        with self._lock:
+            model = self._models.get(key)
+            if model is None:
+                import torch
+
+                from models.engine import load_for_task
+
+                if self._settings.torch_threads:
+                    torch.set_num_threads(self._settings.torch_threads)
+                model = load_for_task(task, scale if task == "sr" else None, variant, device=device,
+                                      backend=self._settings.backend,
+                                      weights_dir=self._settings.weights_dir)
+                self._models[key] = model
+            return model
+
+
+def model_facts(model: RestorationModel, width: int, height: int) -> dict[str, Any]:
+    """The model metadata a job reports: identity, size, cost on this input, where it ran."""
+    info = model.info
+    return {"name": info.name, "task": info.task, "variant": info.variant, "scale": info.scale,
+            "params": info.float_params + info.binary_params, "float_params": info.float_params,
+            "binary_params": info.binary_params, "ops": info.ops(height, width),
+            "sha256": info.sha256, "device": info.device, "backend": info.backend}
+
+
+class JobRunner:
+    """Runs jobs from a store; one instance per process, shared by that process's threads."""
+
+    def __init__(self, settings: Settings, store: JobStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.models = ModelCache(settings)
+
+    def run(self, job_id: str, *, limit_errors: tuple[type[BaseException], ...] = ()) -> JobRecord | None:
+        """Run one job to a terminal state; a second delivery of a finished job does nothing."""
+        rec = self.store.get(job_id)
+        if rec is None:
+            return None
+        started = now()
+        queued_ms = (started - rec.created_at) * 1000
+        rec = self.store.transition(job_id, JobStatus.running, ACTIVE, started_at=started,
+                                    timings=Timings(queue=queued_ms))
+        if rec is None:  # cancelled while queued, or already finished by an earlier delivery
+            return self.store.get(job_id)
+        try:
+            return self._execute(rec)
+        except JobCancelled:
+            self.store.drop_result(job_id)
+            self.store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now())
+        except (JobTimeout, *limit_errors):
+            self._fail(job_id, ErrorCode.timeout,
+                       f"the job ran past the time limit of {self.settings.soft_time_limit_s} s")
+        except Exception as e:
+            from models.errors import ImageDecodeError, ImageTooLargeError, UnknownModelError
+
+            if isinstance(e, ImageDecodeError):
+                self._fail(job_id, ErrorCode.bad_image, str(e))
+            elif isinstance(e, ImageTooLargeError):
+                self._fail(job_id, ErrorCode.too_large, str(e))
+            elif isinstance(e, UnknownModelError):
+                self._fail(job_id, ErrorCode.unknown_model, str(e))
+            else:
+                self._fail(job_id, ErrorCode.internal, f"{type(e).__name__}: {e}")
+                raise
+        finally:
+            self.store.drop_input(job_id)
+        return self.store.get(job_id)
+
+    def _fail(self, job_id: str, code: ErrorCode, detail: str) -> None:
+        self.store.transition(job_id, JobStatus.failed, ACTIVE, finished_at=now(),
+                              error=JobError(code=code, detail=detail))
+
+    def _execute(self, rec: JobRecord) -> JobRecord | None:
+        from models import imageio, pipeline
+
+        spec: JobSpec = rec.spec
+        t_start = time.perf_counter()
+        deadline = t_start + self.settings.soft_time_limit_s
+        data = self.store.input(spec.id)
+        if data is None:
+            raise JobTimeout("the input expired before a worker took the job")
+        t0 = time.perf_counter()
+        model = self.models.get(spec.task, spec.scale, spec.variant, QUEUE_DEVICES[spec.queue])
+        t1 = time.perf_counter()
+        img = imageio.decode(data, max_pixels=self.settings.max_pixels)
+        t2 = time.perf_counter()
+        tile = spec.tile or model.auto_tile(self.settings.tile_memory_mb << 20)
+        out = pipeline.restore_image(model, img, tile=tile, progress=self._progress(spec.id, deadline))
+        t3 = time.perf_counter()
+        self._check(spec.id, deadline)
+        encoded = imageio.encode(out, spec.format)
+        t4 = time.perf_counter()
+        self.store.put_result(spec.id, encoded)
+        self._release_gpu(model, img.width * img.height)
+        ms = 1000.0
+        timings = Timings(queue=rec.timings.queue, load=(t1 - t0) * ms, decode=(t2 - t1) * ms,
+                          inference=(t3 - t2) * ms, encode=(t4 - t3) * ms,
+                          total=(rec.timings.queue or 0.0) + (time.perf_counter() - t_start) * ms)
+        output = ImageFacts(width=out.width, height=out.height, bytes=len(encoded), format=spec.format)
+        done = self.store.transition(spec.id, JobStatus.succeeded, (JobStatus.running,), progress=1.0,
+                                     finished_at=now(), timings=timings, output=output,
+                                     model=model_facts(model, img.width, img.height))
+        if done is None:  # cancelled during the last stage: nobody may download it
+            raise JobCancelled(spec.id)
+        return done
+
+    def _check(self, job_id: str, deadline: float) -> None:
+        if time.perf_counter() > deadline:
+            raise JobTimeout(job_id)
+        rec = self.store.get(job_id)
+        if rec is None or rec.status == JobStatus.cancelled:
+            raise JobCancelled(job_id)
+
+    def _progress(self, job_id: str, deadline: float):  # type: ignore[no-untyped-def]
+        last = [0.0]
+
+        def report(done: int, total: int) -> None:
+            t = time.perf_counter()
+            if t - last[0] < _PROGRESS_EVERY_S and done < total:
+                return
+            last[0] = t
+            self._check(job_id, deadline)
+            self.store.set_progress(job_id, 0.99 * done / max(total, 1))
+
+        return report
+
+    def _release_gpu(self, model: RestorationModel, pixels: int) -> None:
+        if model.device.type == "cuda" and pixels >= self.settings.gpu_release_pixels:
+            import torch
+
+            torch.cuda.empty_cache()

@@ -1,0 +1,69 @@
+"""The service settings: one pydantic-settings class read from ``BBCU_*`` environment variables.
+
+It lives in ``workers`` (the lower room) because the API and the workers both read it.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from models.catalog import WEIGHTS_DIR
+
+
+class Settings(BaseSettings):
+    """Every knob of the service; the README's settings table lists the same fields."""
+
+    model_config = SettingsConfigDict(env_prefix="BBCU_", extra="ignore")
+
+    broker_url: str | None = Field(
+        None, description="Redis URL (broker, result backend and blob store); unset: embedded mode")
+    weights_dir: Path = Field(WEIGHTS_DIR, description="Directory of *.safetensors model files")
+    max_upload_bytes: int = Field(32 << 20, gt=0, description="Largest accepted request body")
+    max_pixels: int = Field(2048 * 2048, gt=0, description="Largest accepted input (width x height)")
+    result_ttl_s: int = Field(3600, gt=0, description="How long inputs and results are kept")
+    job_ttl_s: int = Field(86400, gt=0, description="How long job records are kept (410 once results expire)")
+    sync_wait_s: float = Field(30.0, ge=0, description="Synchronous requests wait this long, then get 202")
+    soft_time_limit_s: int = Field(300, gt=0, description="A job running longer fails (time limit)")
+    hard_time_limit_s: int = Field(360, gt=0, description="A worker process running a job longer is replaced")
+    backend: str = Field("auto", description="Engine backend: auto, float, fp16, bitpacked")
+    tile_memory_mb: int = Field(512, gt=0, description="Activation memory per tile (sets the tile size)")
+    gpu_release_pixels: int = Field(
+        2048 * 2048, gt=0, description="Free cached GPU memory after jobs with more input pixels")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads per worker process; 0: torch default")
+    embedded_workers: int = Field(2, gt=0, description="Threads of the embedded pool")
+    embedded_queue: int = Field(64, gt=0, description="Jobs waiting in the embedded pool before 503")
+    required_queues: str = Field("cpu", description="Comma list of queues /readyz needs a live worker for")
+    heartbeat_s: float = Field(5.0, gt=0, description="Worker heartbeat period (expires after 3 periods)")
+    retry_after_s: int = Field(5, gt=0, description="Retry-After sent with 503 answers")
+    redis_timeout_s: float = Field(3.0, gt=0, description="Socket timeout of Redis connections")
+
+    @model_validator(mode="after")
+    def _limits_ordered(self) -> Settings:
+        if self.hard_time_limit_s <= self.soft_time_limit_s:
+            raise ValueError("hard_time_limit_s must exceed soft_time_limit_s")
+        if self.job_ttl_s < self.result_ttl_s:
+            raise ValueError("job_ttl_s must be at least result_ttl_s")
+        return self
+
+    @property
+    def embedded(self) -> bool:
+        return not self.broker_url
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Above the hard limit, so Redis never redelivers a job that is still running."""
+        return self.hard_time_limit_s * 2 + 60
+
+    @property
+    def required_queue_list(self) -> list[str]:
+        return [q.strip() for q in self.required_queues.split(",") if q.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings from the environment, read once per process."""
+    return Settings()

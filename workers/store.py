@@ -1,0 +1,306 @@
+"""Job records and image blobs, in Redis or in process memory, behind one interface.
+
+Every key written has a TTL: inputs and results ``result_ttl_s``, job records ``job_ttl_s``
+(longer, so an expired result answers 410 rather than 404), worker heartbeats three periods.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, now
+from workers.errors import StoreUnavailable
+
+ACTIVE = (JobStatus.queued, JobStatus.running)
+PREFIX = "bbcu"
+
+
+class JobStore(ABC):
+    """Where jobs and their bytes live between the API and the workers."""
+
+    def __init__(self, result_ttl_s: int, job_ttl_s: int) -> None:
+        self.result_ttl_s = result_ttl_s
+        self.job_ttl_s = job_ttl_s
+
+    def create(self, spec: JobSpec, facts: ImageFacts, data: bytes) -> JobRecord:
+        """Store the input blob and a queued record for a new job."""
+        record = JobRecord(id=spec.id, status=JobStatus.queued, task=spec.task, queue=spec.queue,
+                           created_at=now(), input=facts, spec=spec)
+        self._put_blob("in", spec.id, data)
+        self._put_record(record, create=True)
+        return record
+
+    @abstractmethod
+    def get(self, job_id: str) -> JobRecord | None:
+        """The record, or None when unknown or expired."""
+
+    @abstractmethod
+    def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+        """Apply ``change`` atomically; it returns the new record or None to leave it as is."""
+
+    def transition(self, job_id: str, to: JobStatus, allowed: tuple[JobStatus, ...],
+                   **fields: Any) -> JobRecord | None:
+        """Move a job to ``to`` if its status is in ``allowed``; None if it was not."""
+
+        def change(rec: JobRecord) -> JobRecord | None:
+            if rec.status not in allowed:
+                return None
+            return rec.model_copy(update={"status": to, **fields})
+
+        return self.update(job_id, change)
+
+    def set_progress(self, job_id: str, progress: float) -> None:
+        self.update(job_id, lambda r: r.model_copy(update={"progress": min(1.0, max(0.0, progress))})
+                    if r.status == JobStatus.running else None)
+
+    def input(self, job_id: str) -> bytes | None:
+        return self._get_blob("in", job_id)
+
+    def drop_input(self, job_id: str) -> None:
+        self._del_blob("in", job_id)
+
+    def put_result(self, job_id: str, data: bytes) -> None:
+        """Idempotent: a job that runs twice writes the same key twice."""
+        self._put_blob("out", job_id, data)
+
+    def result(self, job_id: str) -> bytes | None:
+        return self._get_blob("out", job_id)
+
+    def drop_result(self, job_id: str) -> None:
+        self._del_blob("out", job_id)
+
+    @abstractmethod
+    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        """Block until the job is terminal or ``timeout`` passes; the latest record."""
+
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot be reached."""
+
+    @abstractmethod
+    def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
+        """Announce a live worker for ``queue`` for ``ttl_s`` seconds."""
+
+    @abstractmethod
+    def forget_worker(self, queue: str, worker: str) -> None: ...
+
+    @abstractmethod
+    def workers(self, queue: str) -> list[dict[str, Any]]:
+        """The live workers of a queue (their heartbeat info)."""
+
+    @abstractmethod
+    def _put_record(self, record: JobRecord, *, create: bool = False) -> None: ...
+
+    @abstractmethod
+    def _put_blob(self, kind: str, job_id: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def _get_blob(self, kind: str, job_id: str) -> bytes | None: ...
+
+    @abstractmethod
+    def _del_blob(self, kind: str, job_id: str) -> None: ...
+
+
+class MemoryStore(JobStore):
+    """The embedded mode's store: dictionaries with expiry times, one condition for waiters."""
+
+    def __init__(self, result_ttl_s: int, job_ttl_s: int) -> None:
+        super().__init__(result_ttl_s, job_ttl_s)
+        self._cond = threading.Condition()
+        self._records: dict[str, tuple[float, JobRecord]] = {}
+        self._blobs: dict[tuple[str, str], tuple[float, bytes]] = {}
+        self._beats: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+
+    def _sweep(self) -> None:
+        t = time.monotonic()
+        for store in (self._records, self._blobs, self._beats):
+            for key in [k for k, (exp, _) in store.items() if exp <= t]:  # type: ignore[attr-defined]
+                del store[key]  # type: ignore[attr-defined]
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._cond:
+            self._sweep()
+            item = self._records.get(job_id)
+            return item[1] if item else None
+
+    def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+        with self._cond:
+            self._sweep()
+            item = self._records.get(job_id)
+            if item is None:
+                return None
+            new = change(item[1])
+            if new is None:
+                return None
+            self._records[job_id] = (item[0], new)
+            if new.status.terminal:
+                self._cond.notify_all()
+            return new
+
+    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                item = self._records.get(job_id)
+                if item is None or item[1].status.terminal:
+                    return item[1] if item else None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return item[1]
+                self._cond.wait(left)
+
+    def ping(self) -> None:
+        return None
+
+    def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
+        with self._cond:
+            self._beats[(queue, worker)] = (time.monotonic() + ttl_s, info)
+
+    def forget_worker(self, queue: str, worker: str) -> None:
+        with self._cond:
+            self._beats.pop((queue, worker), None)
+
+    def workers(self, queue: str) -> list[dict[str, Any]]:
+        with self._cond:
+            self._sweep()
+            return [info for (q, _), (_, info) in self._beats.items() if q == queue]
+
+    def _put_record(self, record: JobRecord, *, create: bool = False) -> None:
+        with self._cond:
+            self._sweep()
+            self._records[record.id] = (time.monotonic() + self.job_ttl_s, record)
+
+    def _put_blob(self, kind: str, job_id: str, data: bytes) -> None:
+        with self._cond:
+            self._blobs[(kind, job_id)] = (time.monotonic() + self.result_ttl_s, data)
+
+    def _get_blob(self, kind: str, job_id: str) -> bytes | None:
+        with self._cond:
+            self._sweep()
+            item = self._blobs.get((kind, job_id))
+            return item[1] if item else None
+
+    def _del_blob(self, kind: str, job_id: str) -> None:
+        with self._cond:
+            self._blobs.pop((kind, job_id), None)
+
+
+class RedisStore(JobStore):
+    """Records as JSON strings updated with WATCH/MULTI; a ``done`` list wakes synchronous waiters."""
+
+    _POLL_S = 1.0
+
+    def __init__(self, url: str, result_ttl_s: int, job_ttl_s: int, timeout_s: float = 3.0) -> None:
+        import redis
+
+        super().__init__(result_ttl_s, job_ttl_s)
+        self._redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._watch_error = redis.exceptions.WatchError
+        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s + self._POLL_S,
+                                           socket_connect_timeout=timeout_s, health_check_interval=30)
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        try:
+            yield
+        except self._redis_errors as e:
+            raise StoreUnavailable(f"Redis unreachable: {e}") from e
+
+    @staticmethod
+    def _key(*parts: str) -> str:
+        return ":".join((PREFIX, *parts))
+
+    def get(self, job_id: str) -> JobRecord | None:
+        with self._guard():
+            raw = self.client.get(self._key("job", job_id))
+        return JobRecord.model_validate_json(raw) if raw else None
+
+    def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
+        key = self._key("job", job_id)
+        with self._guard(), self.client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = pipe.get(key)
+                    if not raw:
+                        return None
+                    new = change(JobRecord.model_validate_json(raw))
+                    if new is None:
+                        return None
+                    pipe.multi()
+                    pipe.set(key, new.model_dump_json(), keepttl=True)
+                    if new.status.terminal:
+                        done = self._key("done", job_id)
+                        pipe.lpush(done, "1")
+                        pipe.expire(done, self.job_ttl_s)
+                    pipe.execute()
+                    return new
+                except self._watch_error:
+                    continue
+
+    def wait(self, job_id: str, timeout: float) -> JobRecord | None:
+        deadline = time.monotonic() + timeout
+        done = self._key("done", job_id)
+        while True:
+            rec = self.get(job_id)
+            left = deadline - time.monotonic()
+            if rec is None or rec.status.terminal or left <= 0:
+                return rec
+            with self._guard():
+                # rotating the list onto itself leaves the marker for every other waiter
+                self.client.blmove(done, done, min(left, self._POLL_S), "RIGHT", "LEFT")
+
+    def ping(self) -> None:
+        with self._guard():
+            self.client.ping()
+
+    def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
+        with self._guard():
+            self.client.set(self._key("worker", queue, worker), json.dumps(info), px=int(ttl_s * 1000))
+
+    def forget_worker(self, queue: str, worker: str) -> None:
+        with self._guard():
+            self.client.delete(self._key("worker", queue, worker))
+
+    def workers(self, queue: str) -> list[dict[str, Any]]:
+        with self._guard():
+            keys = list(self.client.scan_iter(match=self._key("worker", queue, "*"), count=100))
+            values = self.client.mget(keys) if keys else []
+        return [json.loads(v) for v in values if v]
+
+    def queue_length(self, queue: str) -> int:
+        """Messages waiting in a Celery queue (kombu keeps a Redis list named after the queue)."""
+        with self._guard():
+            return int(self.client.llen(queue))
+
+    def _put_record(self, record: JobRecord, *, create: bool = False) -> None:
+        with self._guard():
+            self.client.set(self._key("job", record.id), record.model_dump_json(), ex=self.job_ttl_s,
+                            nx=create)
+
+    def _put_blob(self, kind: str, job_id: str, data: bytes) -> None:
+        with self._guard():
+            self.client.set(self._key(kind, job_id), data, ex=self.result_ttl_s)
+
+    def _get_blob(self, kind: str, job_id: str) -> bytes | None:
+        with self._guard():
+            raw = self.client.get(self._key(kind, job_id))
+        return bytes(raw) if raw is not None else None
+
+    def _del_blob(self, kind: str, job_id: str) -> None:
+        with self._guard():
+            self.client.delete(self._key(kind, job_id))
+
+
+def create_store(broker_url: str | None, result_ttl_s: int, job_ttl_s: int,
+                 timeout_s: float = 3.0) -> JobStore:
+    """Redis when a broker URL is configured, else process memory."""
+    if broker_url:
+        return RedisStore(broker_url, result_ttl_s, job_ttl_s, timeout_s)
+    return MemoryStore(result_ttl_s, job_ttl_s)

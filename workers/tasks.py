@@ -1,0 +1,31 @@
+"""The Celery task: a thin shell over ``JobRunner.run``."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from workers.contract import TASK_NAME
+from workers.jobs import JobRunner
+from workers.settings import get_settings
+from workers.store import RedisStore
+
+
+class RestoreTask(Task):  # type: ignore[misc]
+    """Celery instantiates a task once per process, so the runner (and its models) is per process."""
+
+    @cached_property
+    def runner(self) -> JobRunner:
+        s = get_settings()
+        if not s.broker_url:
+            raise RuntimeError("Celery workers need BBCU_BROKER_URL")
+        return JobRunner(s, RedisStore(s.broker_url, s.result_ttl_s, s.job_ttl_s, s.redis_timeout_s))
+
+
+@shared_task(name=TASK_NAME, base=RestoreTask, bind=True, ignore_result=True)
+def restore(self: RestoreTask, job_id: str) -> str | None:
+    """Run the job stored under ``job_id``; returns its final status."""
+    rec = self.runner.run(job_id, limit_errors=(SoftTimeLimitExceeded,))
+    return rec.status.value if rec else None
