@@ -1,0 +1,339 @@
+"""End-to-end HTTP tests of the service, run against both modes (Celery + Redis, and embedded)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import MAX_PIXELS, MAX_UPLOAD_BYTES, TINY_MODELS, Service
+
+TASKS = [("denoise", None, "tiny_denoise_l", 1), ("deblock", None, "tiny_deblock_l", 1),
+         ("sr", 2, "tiny_sr_x2_l", 2), ("sr", None, "tiny_sr_x4_l", 4)]
+HEX32 = re.compile(r"^[0-9a-f]{32}$")
+
+
+def make_image(w: int, h: int, seed: int = 0, fmt: str = "PNG", mode: str = "RGB") -> bytes:
+    rng = np.random.default_rng(seed)
+    shape = (h, w) if mode == "L" else (h, w, 3)
+    a = rng.integers(0, 256, shape, dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data))).astype(np.int16)
+
+
+@lru_cache(maxsize=8)
+def _model(weights: Path, task: str, scale: int | None):  # type: ignore[no-untyped-def]
+    from models.engine import load_for_task
+
+    return load_for_task(task, scale, weights_dir=weights)
+
+
+def reference(weights: Path, task: str, scale: int | None, data: bytes, fmt: str = "png") -> np.ndarray:
+    """The engine alone on the same image and weights."""
+    from models import imageio, pipeline
+
+    out = pipeline.restore_image(_model(weights, task, scale), imageio.decode(data, max_pixels=1 << 30))
+    return pixels(imageio.encode(out, fmt))
+
+
+def assert_same_image(got: bytes, want: np.ndarray) -> None:
+    a = pixels(got)
+    assert a.shape == want.shape
+    diff = np.abs(a - want)
+    assert diff.max() <= 1 and diff.mean() < 0.01, f"max {diff.max()} mean {diff.mean()}"
+
+
+def assert_problem(r, status: int) -> dict:  # type: ignore[no-untyped-def]
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"] == "application/problem+json"
+    body = r.json()
+    assert body["status"] == status and body["title"] and body["detail"] and body["type"].startswith("urn:")
+    return body  # type: ignore[no-any-return]
+
+
+def wait_job(c, job_id: str, timeout: float = 60.0) -> dict:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = c.get(f"/jobs/{job_id}").json()
+        if body["status"] in ("succeeded", "failed", "cancelled"):
+            return body  # type: ignore[no-any-return]
+        time.sleep(0.05)
+    raise TimeoutError(f"job {job_id} still {body['status']}")
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.parametrize("task,scale,name,factor", TASKS)
+def test_sync_restore_every_task(service: Service, tiny_weights: Path, task: str, scale: int | None,
+                                 name: str, factor: int) -> None:
+    data = make_image(40, 24, seed=factor)
+    params = {"task": task, **({"scale": scale} if scale else {})}
+    with service.client() as c:
+        r = c.post("/restore", params=params, files={"image": ("in.png", data, "image/png")})
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "image/png"
+    job_id = r.headers["x-job-id"]
+    assert HEX32.match(job_id)
+    assert r.headers["link"] == f'</jobs/{job_id}>; rel="monitor"'
+    assert r.headers["x-model"] == f"{name}; sha256={sha256(tiny_weights / (name + '.safetensors'))}"
+    timing = dict(re.findall(r"(\w+);dur=([\d.]+)", r.headers["server-timing"]))
+    assert {"queue", "decode", "inference", "encode", "total"} <= set(timing)
+    assert float(timing["total"]) >= float(timing["inference"])
+    out = pixels(r.content)
+    assert out.shape[:2] == (24 * factor, 40 * factor)
+    assert_same_image(r.content, reference(tiny_weights, task, scale, data))
+
+
+@pytest.mark.parametrize("task,scale,name,factor", TASKS)
+def test_async_restore_every_task(service: Service, tiny_weights: Path, task: str, scale: int | None,
+                                  name: str, factor: int) -> None:
+    data = make_image(32, 20, seed=10 + factor)
+    params = {"task": task, **({"scale": scale} if scale else {})}
+    with service.client() as c:
+        r = c.post("/restore", params=params, content=data, headers={"Content-Type": "image/png",
+                                                                      "Prefer": "respond-async"})
+        assert r.status_code == 202, r.text
+        assert r.headers["preference-applied"] == "respond-async"
+        job_id = r.json()["id"]
+        assert r.headers["location"] == f"/jobs/{job_id}"
+        assert r.json()["status"] in ("queued", "running", "succeeded")
+        job = wait_job(c, job_id)
+        assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["error"] is None
+        assert job["input"] == {"width": 32, "height": 20, "bytes": len(data), "format": "PNG"}
+        assert job["output"]["width"] == 32 * factor and job["output"]["height"] == 20 * factor
+        model = job["model"]
+        assert model["name"] == name and model["device"] == "cpu" and model["scale"] == factor
+        assert model["sha256"] == sha256(tiny_weights / (name + ".safetensors"))
+        assert model["params"] > 0 and model["ops"]["height"] == 20 and model["ops"]["ops_paper"] > 0
+        assert set(job["timings"]) >= {"queue", "decode", "inference", "encode", "total"}
+        assert job["links"]["result"] == f"/jobs/{job_id}/result"
+        res = c.get(f"/jobs/{job_id}/result")
+        assert res.status_code == 200 and res.headers["content-type"] == "image/png"
+        assert res.headers["x-job-id"] == job_id
+        assert job["output"]["bytes"] == len(res.content)
+        assert_same_image(res.content, reference(tiny_weights, task, scale, data))
+
+
+def test_async_query_flag_and_gray_input(service: Service, tiny_weights: Path) -> None:
+    data = make_image(30, 30, seed=5, mode="L")
+    with service.client() as c:
+        r = c.post("/restore", params={"task": "deblock", "async": "true"},
+                   files={"image": ("g.png", data, "image/png")})
+        assert r.status_code == 202 and "preference-applied" not in r.headers
+        job = wait_job(c, r.json()["id"])
+        res = c.get(f"/jobs/{job['id']}/result")
+    assert_same_image(res.content, reference(tiny_weights, "deblock", None, data))
+    assert pixels(res.content).ndim == 2  # gray in, gray out
+
+
+@pytest.mark.parametrize("how,ctype", [({"params": {"format": "jpeg"}}, "image/jpeg"),
+                                       ({"headers": {"Accept": "image/webp"}}, "image/webp"),
+                                       ({"headers": {"Accept": "image/jpeg;q=0.5, image/webp;q=0.9"}},
+                                        "image/webp"),
+                                       ({"headers": {"Accept": "*/*"}}, "image/png")])
+def test_output_format(service: Service, tiny_weights: Path, how: dict, ctype: str) -> None:
+    data = make_image(24, 24, seed=3)
+    params = {"task": "denoise", **how.get("params", {})}
+    with service.client() as c:
+        r = c.post("/restore", params=params, headers=how.get("headers", {}),
+                   files={"image": ("x.png", data, "image/png")})
+    assert r.status_code == 200 and r.headers["content-type"] == ctype
+    fmt = ctype.split("/")[1]
+    assert Image.open(io.BytesIO(r.content)).format == fmt.upper()
+    want = reference(tiny_weights, "denoise", None, data, fmt)
+    assert pixels(r.content).shape == want.shape
+
+
+def test_twenty_concurrent_requests(service: Service, tiny_weights: Path) -> None:
+    images = [make_image(32, 32, seed=100 + i) for i in range(20)]
+
+    def one(data: bytes) -> tuple[int, bytes]:
+        with service.client() as c:
+            r = c.post("/restore", params={"task": "denoise"}, files={"image": ("i.png", data, "image/png")})
+        return r.status_code, r.content
+
+    with ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, images))
+    assert [s for s, _ in results] == [200] * 20
+    for data, (_, out) in zip(images, results, strict=True):
+        assert_same_image(out, reference(tiny_weights, "denoise", None, data))
+
+
+def test_cancel_and_not_ready(service: Service) -> None:
+    data = make_image(512, 512, seed=7)  # exactly the pixel budget; x4 in 32-pixel tiles runs a while
+    assert 512 * 512 <= MAX_PIXELS
+    with service.client() as c:
+        r = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                   files={"image": ("big.png", data, "image/png")})
+        assert r.status_code == 202
+        job_id = r.json()["id"]
+        nr = c.get(f"/jobs/{job_id}/result")
+        body = assert_problem(nr, 409)
+        assert body["status_of_job"] in ("queued", "running") and nr.headers["retry-after"] == "1"
+        d = c.delete(f"/jobs/{job_id}")
+        assert d.status_code == 200, d.text
+        assert d.json()["status"] == "cancelled" and d.json()["error"]["code"] == "cancelled"
+        time.sleep(1.0)  # let the worker reach its next tile and give up
+        job = c.get(f"/jobs/{job_id}").json()
+        assert job["status"] == "cancelled" and job["output"] is None
+        assert_problem(c.get(f"/jobs/{job_id}/result"), 409)
+        again = assert_problem(c.delete(f"/jobs/{job_id}"), 409)
+        assert again["status_of_job"] == "cancelled"
+        # the service keeps working after a cancellation
+        ok = c.post("/restore", params={"task": "denoise"}, files={"image": ("s.png", make_image(8, 8),
+                                                                              "image/png")})
+        assert ok.status_code == 200
+
+
+@pytest.mark.parametrize("params,fragment", [
+    ({"task": "paint"}, "task"),
+    ({"task": "sr", "scale": 5}, "scale 5"),
+    ({"task": "sr", "scale": 3}, "no shipped weights"),
+    ({"task": "sr", "variant": "z"}, "variant=z"),
+    ({"task": "denoise", "scale": 2}, "sr only"),
+    ({"task": "denoise", "format": "gif"}, "format"),
+    ({"task": "denoise", "device": "tpu"}, "device"),
+    ({"task": "denoise", "tile": 8}, "tile"),
+    ({}, "task"),
+])
+def test_invalid_options_422(service: Service, params: dict, fragment: str) -> None:
+    with service.client() as c:
+        r = c.post("/restore", params=params, files={"image": ("x.png", make_image(8, 8), "image/png")})
+    body = assert_problem(r, 422)
+    assert fragment in body["detail"]
+
+
+def test_not_an_image_415(service: Service) -> None:
+    with service.client() as c:
+        r1 = c.post("/restore", params={"task": "denoise"}, files={"image": ("x.png", b"hello", "image/png")})
+        r2 = c.post("/restore", params={"task": "denoise"}, content=b"plain text",
+                    headers={"Content-Type": "text/plain"})
+        r3 = c.post("/restore", params={"task": "denoise"}, content=make_image(16, 16)[:60],
+                    headers={"Content-Type": "image/png"})
+        r4 = c.post("/restore", params={"task": "denoise"}, content=b"",
+                    headers={"Content-Type": "image/png"})
+    assert "not a readable image" in assert_problem(r1, 415)["detail"]
+    assert "multipart/form-data" in assert_problem(r2, 415)["detail"]
+    assert r3.status_code == 415, r3.text  # a truncated PNG: the header reads, the pixels do not
+    assert_problem(r4, 415)
+
+
+def test_missing_field_and_bad_multipart(service: Service) -> None:
+    with service.client() as c:
+        r = c.post("/restore", params={"task": "denoise"}, files={"picture": ("x.png", make_image(8, 8),
+                                                                              "image/png")})
+        bad = c.post("/restore", params={"task": "denoise"}, content=b"--zz\r\nnonsense",
+                     headers={"Content-Type": "multipart/form-data"})
+    assert "'image'" in assert_problem(r, 422)["detail"]
+    assert_problem(bad, 400)
+
+
+def test_pixel_budget_413(service: Service) -> None:
+    data = _flat_png(600, 600)
+    assert len(data) < MAX_UPLOAD_BYTES
+    with service.client() as c:
+        r = c.post("/restore", params={"task": "denoise"}, files={"image": ("big.png", data, "image/png")})
+    body = assert_problem(r, 413)
+    assert body["pixels"] == 360000 and body["max_pixels"] == MAX_PIXELS
+
+
+def _flat_png(w: int, h: int) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (w, h), (120, 30, 200)).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _raw_http(url: str, head: bytes, chunks: list[bytes]) -> bytes:
+    """Send a request head and some body, without finishing it; return what the server answers."""
+    u = urlparse(url)
+    with socket.create_connection((u.hostname, u.port), timeout=20) as s:
+        s.sendall(head)
+        for chunk in chunks:
+            s.sendall(chunk)
+        answer = b""
+        while b"\r\n\r\n" not in answer or len(answer.split(b"\r\n\r\n", 1)[1]) < _length(answer):
+            data = s.recv(65536)
+            if not data:
+                break
+            answer += data
+        return answer
+
+
+def _length(answer: bytes) -> int:
+    m = re.search(rb"content-length: (\d+)", answer, re.I)
+    return int(m.group(1)) if m else 0
+
+
+def test_upload_limit_declared_413(service: Service) -> None:
+    head = (f"POST /restore?task=denoise HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+            f"Content-Length: {MAX_UPLOAD_BYTES + 1}\r\n\r\n").encode()
+    answer = _raw_http(service.url, head, [])
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"max_upload_bytes" in answer
+
+
+def test_upload_limit_enforced_while_streaming(service: Service) -> None:
+    """A chunked body that never ends: only a limit checked while it streams can answer."""
+    head = b"POST /restore?task=denoise HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n" \
+           b"Transfer-Encoding: chunked\r\n\r\n"
+    piece = b"\x89PNG" + b"\0" * (64 * 1024 - 4)
+    n = MAX_UPLOAD_BYTES // len(piece) + 2
+    chunks = [f"{len(piece):x}\r\n".encode() + piece + b"\r\n" for _ in range(n)]  # no final 0-chunk
+    answer = _raw_http(service.url, head, chunks)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert f'"max_upload_bytes":{MAX_UPLOAD_BYTES}'.encode() in answer
+
+
+def test_unknown_job_404(service: Service) -> None:
+    with service.client() as c:
+        for r in (c.get("/jobs/" + "0" * 32), c.get("/jobs/nope/result"), c.delete("/jobs/" + "f" * 32)):
+            assert_problem(r, 404)
+        assert_problem(c.get("/no/such/path"), 404)
+
+
+def test_models_catalogue(service: Service, tiny_weights: Path) -> None:
+    with service.client() as c:
+        body = c.get("/models").json()
+    by_name = {m["name"]: m for m in body["models"]}
+    assert sorted(by_name) == sorted(TINY_MODELS)
+    m = by_name["tiny_sr_x4_l"]
+    assert (m["task"], m["scale"], m["variant"]) == ("sr", 4, "l")
+    assert m["sha256"] == sha256(tiny_weights / "tiny_sr_x4_l.safetensors")
+
+
+def test_health_ready_metrics_docs(service: Service) -> None:
+    with service.client() as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+        ready = c.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json()["ready"] is True and ready.json()["mode"] == service.mode
+        assert ready.json()["workers"]["cpu"] >= 1
+        c.post("/restore", params={"task": "denoise"},
+               files={"image": ("m.png", make_image(8, 8), "image/png")})
+        text = c.get("/metrics").text
+        assert 'bbcu_workers{queue="cpu"}' in text and "bbcu_broker_up 1" in text
+        assert re.search(r'bbcu_http_requests_total\{method="POST",route="/restore",status="200"\} \d+', text)
+        assert re.search(r'bbcu_jobs_submitted_total\{queue="cpu",task="denoise"\} \d+', text)
+        assert "bbcu_http_request_duration_seconds_bucket" in text
+        spec = c.get("/openapi.json").json()
+        post = spec["paths"]["/restore"]["post"]
+        assert "multipart/form-data" in post["requestBody"]["content"]
+        assert "example" in post["responses"]["413"]["content"]["application/problem+json"]
+        assert c.get("/docs").status_code == 200
