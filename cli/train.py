@@ -1,0 +1,127 @@
+"""``bbcu train`` and ``bbcu corpus``: train BBCU networks (Xia et al., ICLR 2023) and fetch open data."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cli.common import fail
+from models.train.corpus import CorpusError
+
+
+def _milestones(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"milestones must be comma-separated integers: {text!r}") from e
+    if any(v <= 0 for v in values):
+        raise argparse.ArgumentTypeError("milestones must be positive")
+    return values
+
+
+def _positive(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from e
+    if v <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("train", help="train a BBCU network (paper recipe by default)",
+                       description="Train a BBCU network. Defaults follow the paper (BBCU.md section 6); "
+                                   "every value can be overridden.")
+    p.add_argument("--task", required=True, choices=("sr", "denoise", "deblock"))
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="SR scale (default 4)")
+    p.add_argument("--variant", default="l", help="l, m, or binary parts joined by '+' (SR only)")
+    p.add_argument("--data", nargs="+", required=True, type=Path, help="folders of HR training images")
+    p.add_argument("--iters", type=_positive, help="iterations (paper: SR 300k, others 500k)")
+    p.add_argument("--batch", type=_positive, help="batch size (paper: SR 16, others 32)")
+    p.add_argument("--patch", type=_positive, help="HR patch size (paper: SR 128, others 64)")
+    p.add_argument("--lr", type=float, help="initial learning rate (paper 1e-4)")
+    p.add_argument("--milestones", type=_milestones, help="iterations at which lr halves, e.g. 200000")
+    p.add_argument("--gamma", type=float, default=0.5, help="lr factor at each milestone")
+    p.add_argument("--width", type=_positive, default=64, help="feature channels n (paper 64)")
+    p.add_argument("--depth", type=_positive, help="SR body blocks (16) / DnCNN layers (20)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--threads", type=_positive, help="torch CPU threads")
+    p.add_argument("--val-every", type=_positive, default=100, help="validate every N iterations")
+    p.add_argument("--val-images", type=int, default=3, help="training images held out for validation")
+    p.add_argument("--save-every", type=_positive, default=25, help="write the training state every N")
+    p.add_argument("--max-minutes", type=float, help="stop (and save) after this much wall time")
+    p.add_argument("--min-gradient", type=float, default=2.0,
+                   help="re-draw patches whose mean gradient (8-bit levels) is below this")
+    p.add_argument("--init", help="initialise matching tensors from this checkpoint (e.g. x2 for x4)")
+    p.add_argument("--run-dir", type=Path, help="where the training state goes (default runs/<task>)")
+    p.add_argument("--resume", action="store_true", help="continue from <run-dir>/state.pt")
+    p.add_argument("--out", type=Path, help="weights file to write (.safetensors)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=run_train)
+
+    c = sub.add_parser("corpus", help="assemble the open training corpus from package registries",
+                       description="Fetch wallpaper photos from Debian packages (apt-get download, "
+                                   "dpkg-deb -x) and mvtb-data from PyPI, add extra folders, and write "
+                                   "manifest.json with every file's SHA-256.")
+    c.add_argument("--out", required=True, type=Path, help="output folder")
+    c.add_argument("--extra", nargs="*", type=Path, default=None,
+                   help="extra image folders to include (default: ../shared/datasets/train-extra if present)")
+    c.add_argument("--no-debs", action="store_true", help="skip the Debian packages")
+    c.add_argument("--no-pypi", action="store_true", help="skip the PyPI wheel")
+    c.set_defaults(handler=run_corpus)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from models.train.loop import TrainConfig, recipe, train
+
+    if args.task != "sr" and args.scale not in (None, 1):
+        return fail(f"--scale applies to sr only, not {args.task}")
+    if args.task != "sr" and args.variant != "l":
+        return fail(f"--variant applies to sr only; the {args.task} network has one layout")
+    missing = [str(d) for d in args.data if not d.is_dir()]
+    if missing:
+        return fail(f"--data: not a folder: {', '.join(missing)}")
+    if args.out is not None and args.out.suffix != ".safetensors":
+        return fail("--out must end in .safetensors")
+    if args.init is not None and not Path(args.init).is_file():
+        return fail(f"--init: no such file: {args.init}")
+    base = recipe(args.task, args.scale)
+    run_dir = args.run_dir or Path("runs") / (f"sr-x{base['scale']}" if args.task == "sr" else args.task)
+    if args.resume and not (run_dir / "state.pt").is_file():
+        return fail(f"--resume: no training state at {run_dir / 'state.pt'}")
+    overrides = {k: v for k, v in {"iters": args.iters, "batch": args.batch, "patch": args.patch,
+                                   "lr": args.lr, "milestones": args.milestones}.items() if v is not None}
+    try:
+        cfg = TrainConfig(task=args.task, data=tuple(str(d) for d in args.data), variant=args.variant,
+                          nf=args.width, depth=args.depth, gamma=args.gamma, seed=args.seed,
+                          device=args.device, threads=args.threads, val_every=args.val_every,
+                          val_images=args.val_images, save_every=args.save_every,
+                          max_minutes=args.max_minutes, min_gradient=args.min_gradient, init=args.init,
+                          run_dir=str(run_dir), out=str(args.out) if args.out else None,
+                          **{**base, **overrides})
+        cfg.network()
+        result = train(cfg, resume=args.resume, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        return fail(str(e))
+    last = f", last val PSNR {result.val_psnr[-1][1]:.2f} dB" if result.val_psnr else ""
+    print(f"trained {result.iterations} iterations in {result.wall_seconds / 60:.1f} min, "
+          f"final loss {result.final_loss:.4f}{last}; state {result.state}"
+          + (f"; weights {result.weights}" if result.weights else ""))
+    return 0
+
+
+def run_corpus(args: argparse.Namespace) -> int:
+    from models.train.corpus import build_corpus
+
+    extra = args.extra
+    if extra is None:
+        default = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "train-extra"
+        extra = [default] if default.is_dir() else []
+    try:
+        manifest = build_corpus(args.out, extra, debs=not args.no_debs, pypi=not args.no_pypi)
+    except (CorpusError, OSError) as e:
+        return fail(str(e))
+    print(f"wrote {manifest}")
+    return 0

@@ -1,0 +1,262 @@
+"""The BBCU training loop (Xia et al., ICLR 2023, recipe of BBCU.md section 6), CPU or CUDA.
+
+L1 loss, Adam (betas 0.9, 0.99), step-wise learning-rate halving, a fixed seed, periodic
+validation PSNR on held-out images (never a benchmark image), a tqdm progress bar (loss, lr, ETA),
+a resumable training-state file written often (``state.pt`` in the run folder), optional
+initialisation from another checkpoint (tensors matching in name and shape are copied, e.g. the body
+and ``conv_first`` of an x2 network into an x3/x4 one), and the final weights written with
+``models.checkpoints.save`` together with the training metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from models import archs, checkpoints
+from models.config import NetworkConfig, config_for
+from models.train.data import (
+    DegradeSpec,
+    PatchSampler,
+    data_manifest_sha256,
+    list_images,
+    load_rgb,
+    split_holdout,
+    validation_pairs,
+)
+
+Log = Callable[[str], None]
+STATE_FORMAT = "bbcu-train-state-1"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a run; :func:`recipe` fills the paper's defaults per task."""
+
+    task: str
+    data: tuple[str, ...]
+    scale: int = 1
+    variant: str = "l"
+    nf: int = 64
+    depth: int | None = None
+    iters: int = 300_000
+    batch: int = 16
+    patch: int = 128
+    lr: float = 1e-4
+    milestones: tuple[int, ...] = (200_000,)
+    gamma: float = 0.5
+    betas: tuple[float, float] = (0.9, 0.99)
+    seed: int = 0
+    val_every: int = 100
+    val_images: int = 3
+    save_every: int = 25
+    max_minutes: float | None = None
+    min_gradient: float = 2.0
+    device: str = "cpu"
+    threads: int | None = None
+    init: str | None = None
+    run_dir: str = "runs/train"
+    out: str | None = None
+
+    def network(self) -> NetworkConfig:
+        return config_for(self.task, self.scale if self.task == "sr" else None, self.variant, self.nf,
+                          self.depth)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def recipe(task: str, scale: int | None = None) -> dict[str, Any]:
+    """The paper's defaults (BBCU.md section 6) for a task."""
+    if task == "sr":
+        return {"scale": scale or 4, "batch": 16, "patch": 128, "iters": 300_000, "lr": 1e-4,
+                "milestones": (200_000,)}
+    if task in ("denoise", "deblock"):
+        return {"scale": 1, "batch": 32, "patch": 64, "iters": 500_000, "lr": 1e-4,
+                "milestones": (200_000, 300_000, 400_000)}
+    raise ValueError(f"unknown task {task!r}; expected sr, denoise or deblock")
+
+
+@dataclass
+class TrainResult:
+    weights: Path | None
+    state: Path
+    iterations: int
+    wall_seconds: float
+    final_loss: float
+    val_psnr: list[tuple[int, float]] = field(default_factory=list)
+
+
+def lr_at(cfg: TrainConfig, it: int) -> float:
+    """Learning rate for iteration ``it`` (0-based): halved at each milestone passed."""
+    return cfg.lr * cfg.gamma ** sum(1 for m in cfg.milestones if it >= m)
+
+
+def init_from(net: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Copy the tensors of a checkpoint whose names and shapes match; returns (copied, skipped)."""
+    src = checkpoints.read(path).state_dict
+    own = net.state_dict()
+    copied = [k for k, v in src.items() if k in own and own[k].shape == v.shape]
+    skipped = sorted(set(own) - set(copied))
+    net.load_state_dict({**own, **{k: src[k] for k in copied}})
+    return copied, skipped
+
+
+def psnr_tensor(out: Tensor, gt: Tensor, border: int, luma: bool) -> float:
+    """PSNR of 8-bit-quantized output, on BT.601 Y (``luma``) or on all channels."""
+    a = (out.clamp(0, 1) * 255).round()
+    b = (gt.clamp(0, 1) * 255).round()
+    if luma and a.shape[1] == 3:
+        w = torch.tensor([65.481, 128.553, 24.966], device=a.device).view(1, 3, 1, 1) / 255
+        a, b = (a * w).sum(1, keepdim=True) + 16, (b * w).sum(1, keepdim=True) + 16
+    if border:
+        a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
+    mse = float(((a - b) ** 2).mean())
+    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def validate(net: nn.Module, pairs: list[tuple[Tensor, Tensor]], cfg: TrainConfig,
+             device: torch.device) -> float:
+    net.eval()
+    scores = []
+    with torch.no_grad():
+        for lq, gt in pairs:
+            out = net(lq.to(device)).cpu()
+            scores.append(psnr_tensor(out, gt, cfg.scale if cfg.task == "sr" else 0, cfg.task == "sr"))
+    net.train()
+    return float(np.mean(scores))
+
+
+def _state_path(cfg: TrainConfig) -> Path:
+    return Path(cfg.run_dir) / "state.pt"
+
+
+def save_state(path: Path, net: nn.Module, opt: torch.optim.Optimizer, sampler: PatchSampler,
+               cfg: TrainConfig, it: int, elapsed: float, history: list[tuple[int, float]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {"format": STATE_FORMAT, "iteration": it, "elapsed": elapsed, "net": net.state_dict(),
+             "optimizer": opt.state_dict(), "sampler": sampler.get_state(),
+             "torch_rng": torch.get_rng_state(), "config": cfg.network().to_dict(),
+             "val": [list(v) for v in history]}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: not a BBCU training-state file")
+    return state
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, log: Log = print,
+          progress: bool = True) -> TrainResult:
+    """Run (or resume) a training run; returns where the weights and state went."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda requested but CUDA is not available")
+    torch.manual_seed(cfg.seed)
+    ncfg = cfg.network()
+    dirs = [Path(d) for d in cfg.data]
+    train_files, held = split_holdout(list_images(dirs), cfg.val_images)
+    log(f"data: {len(train_files)} training images, {len(held)} held out for validation")
+    spec = DegradeSpec(cfg.task, cfg.patch, ncfg.scale, min_gradient=cfg.min_gradient)
+    images = [im for im in (load_rgb(p) for p in train_files) if min(im.shape[:2]) >= cfg.patch]
+    sampler = PatchSampler(images, spec, seed=cfg.seed)
+    pairs = validation_pairs([load_rgb(p) for p in held], spec)
+    net = archs.build(ncfg).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
+    start, elapsed, history = 0, 0.0, []
+    state_path = _state_path(cfg)
+    if resume:
+        st = load_state(state_path)
+        if st["config"] != ncfg.to_dict():
+            raise ValueError(f"{state_path}: the saved network {st['config']} differs from this run's")
+        net.load_state_dict(st["net"])
+        opt.load_state_dict(st["optimizer"])
+        sampler.set_state(st["sampler"])
+        torch.set_rng_state(st["torch_rng"])
+        start, elapsed = int(st["iteration"]), float(st["elapsed"])
+        history = [(int(i), float(p)) for i, p in st["val"]]
+        log(f"resumed {state_path} at iteration {start}")
+    elif cfg.init:
+        copied, skipped = init_from(net, cfg.init)
+        log(f"initialised {len(copied)} tensors from {cfg.init}; {len(skipped)} left as built")
+    loss_fn = nn.L1Loss()
+    t0 = time.monotonic() - elapsed
+    it, loss_v = start, float("nan")
+    bar = tqdm(total=cfg.iters, initial=start, disable=not progress, dynamic_ncols=True, mininterval=5)
+    net.train()
+    while it < cfg.iters:
+        lr = lr_at(cfg, it)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        lq, gt = sampler.sample(cfg.batch)
+        out = net(lq.to(device, non_blocking=True))
+        loss = loss_fn(out, gt.to(device, non_blocking=True))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        it += 1
+        loss_v = float(loss.detach())
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_v:.4f}", lr=f"{lr:.1e}", refresh=False)
+        out_of_time = cfg.max_minutes is not None and time.monotonic() - t0 > cfg.max_minutes * 60
+        if pairs and (it % cfg.val_every == 0 or it == cfg.iters or out_of_time):
+            v = validate(net, pairs, cfg, device)
+            history.append((it, v))
+            bar.write(f"iter {it}: loss {loss_v:.4f} lr {lr:.1e} val PSNR {v:.2f} dB "
+                      f"({time.monotonic() - t0:.0f} s)")
+        if it % cfg.save_every == 0 or it == cfg.iters or out_of_time:
+            save_state(state_path, net, opt, sampler, cfg, it, time.monotonic() - t0, history)
+        if out_of_time:
+            bar.write(f"stopping at iteration {it}: time limit of {cfg.max_minutes} min reached")
+            break
+    bar.close()
+    wall = time.monotonic() - t0
+    save_state(state_path, net, opt, sampler, cfg, it, wall, history)
+    weights = None
+    if cfg.out:
+        weights = save_weights(Path(cfg.out), net, cfg, it, wall, history, dirs, device)
+        log(f"wrote {weights}")
+    return TrainResult(weights, state_path, it, wall, loss_v, history)
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.get_device_name(device)}"
+    return f"cpu:{platform.processor() or platform.machine()} x{torch.get_num_threads()} threads"
+
+
+def save_weights(path: Path, net: nn.Module, cfg: TrainConfig, iterations: int, wall: float,
+                 history: list[tuple[int, float]], dirs: list[Path], device: torch.device,
+                 provenance: dict[str, Any] | None = None) -> Path:
+    """Write the shipped-format weights with training metadata (the ``eval`` key comes later)."""
+    net_cpu = archs.build(cfg.network())
+    net_cpu.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
+    training = {"config": replace(cfg, out=None).to_dict(), "iterations": iterations,
+                "wall_seconds": round(wall, 1), "device": device_name(device),
+                "data_manifest_sha256": data_manifest_sha256(dirs),
+                "data": [d.name for d in dirs], "val_psnr": [list(v) for v in history],
+                "torch": torch.__version__}
+    prov = provenance or {
+        "method": "BBCU (Xia et al., ICLR 2023), trained from scratch by this project"
+                  + (f", initialised from {Path(cfg.init).name}" if cfg.init else ""),
+        "data": "open corpus (bbcu corpus: Debian wallpaper photos, PyPI mvtb-data, train-extra); "
+                "no benchmark image",
+        "license": "MIT (weights); training images keep their own licences"}
+    return checkpoints.save(path, net_cpu, cfg.network(), metadata={"training": training,
+                                                                    "provenance": prov})
