@@ -50,7 +50,7 @@ class DeployUnit(nn.Module):
         self.counts = counts
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        c = self.counts(torch.sign(x + self.shift), self.wsign)
+        c = self.counts(torch.add(x, self.shift).sign_(), self.wsign)
         # One rounding per operation, in this order (count * alpha, + pre, PReLU, + post, + residual):
         # the bit-packed kernel (models.kernels) does the same and its outputs are bitwise equal.
         y = F.prelu(c.mul_(self.alpha).add_(self.pre), self.slope).add_(self.post)
