@@ -47,9 +47,10 @@ def serve(args: argparse.Namespace) -> int:
 def worker(args: argparse.Namespace) -> int:
     import os
 
-    from celery.signals import worker_ready, worker_shutdown
+    from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
     from workers.celery_app import Heartbeat, create_celery
+    from workers.jobs import preload
     from workers.settings import get_settings
     from workers.store import RedisStore
 
@@ -78,6 +79,10 @@ def worker(args: argparse.Namespace) -> int:
                        settings.redis_timeout_s)
     beat = Heartbeat(store, queues, settings.heartbeat_s, {"pool": pool, "concurrency": concurrency,
                                                            "device": "cuda" if gpu else "cpu"})
+    if pool == "prefork":  # torch is imported in each child after the fork, never in the parent
+        worker_process_init.connect(lambda **_: preload(settings.torch_threads), weak=False)
+    else:
+        preload(settings.torch_threads)
     worker_ready.connect(lambda **_: beat.start(), weak=False)
     worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
     argv = ["worker", f"--queues={','.join(queues)}", f"--pool={pool}", f"--concurrency={concurrency}",

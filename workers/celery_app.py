@@ -38,7 +38,10 @@ def create_celery(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        task_soft_time_limit=settings.soft_time_limit_s,
+        # the job checks the soft limit itself between tiles (a clean failure at a safe point);
+        # Celery's soft limit, halfway to the hard one, interrupts a job stuck elsewhere, and the hard
+        # limit replaces the process
+        task_soft_time_limit=(settings.soft_time_limit_s + settings.hard_time_limit_s) / 2,
         task_time_limit=settings.hard_time_limit_s,
         task_ignore_result=True,
         result_expires=settings.result_ttl_s,
@@ -48,6 +51,7 @@ def create_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
                                    "interval_max": 0.5},
         worker_hijack_root_logger=False,
+        worker_proc_alive_timeout=120.0,  # a child imports torch before it reports ready
         worker_send_task_events=False,
         include=["workers.tasks"],
     )

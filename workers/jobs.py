@@ -10,6 +10,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from workers.contract import ErrorCode, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, Timings, now
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
@@ -19,6 +21,26 @@ if TYPE_CHECKING:
 
 QUEUE_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
 _PROGRESS_EVERY_S = 0.25
+
+
+def preload(torch_threads: int = 0) -> None:
+    """Import torch and the engine in a worker process before its first job.
+
+    Called in each pool process after the fork (and in solo/thread workers before they start), so
+    a soft time limit can never interrupt the import halfway and leave a broken module behind.
+    """
+    import torch
+
+    from models import archs, engine, imageio, pipeline
+    from models.config import denoise_config
+
+    if torch_threads:
+        torch.set_num_threads(torch_threads)
+    # one tiny network through the whole path also runs torch's own lazy imports
+    config = denoise_config(nf=4, depth=3)
+    model = engine.from_network(archs.build(config), config)
+    image = imageio.Image(pixels=np.zeros((8, 8, 3), np.float32))
+    imageio.encode(pipeline.restore_image(model, image), "png")
 
 
 class JobCancelled(Exception):
@@ -42,12 +64,9 @@ class ModelCache:
         with self._lock:
             model = self._models.get(key)
             if model is None:
-                import torch
-
                 from models.engine import load_for_task
 
-                if self._settings.torch_threads:
-                    torch.set_num_threads(self._settings.torch_threads)
+                preload(self._settings.torch_threads)
                 model = load_for_task(task, scale if task == "sr" else None, variant, device=device,
                                       backend=self._settings.backend,
                                       weights_dir=self._settings.weights_dir)
@@ -116,13 +135,14 @@ class JobRunner:
 
         spec: JobSpec = rec.spec
         t_start = time.perf_counter()
-        deadline = t_start + self.settings.soft_time_limit_s
         data = self.store.input(spec.id)
         if data is None:
             raise JobTimeout("the input expired before a worker took the job")
         t0 = time.perf_counter()
         model = self.models.get(spec.task, spec.scale, spec.variant, QUEUE_DEVICES[spec.queue])
         t1 = time.perf_counter()
+        # loading a model is a once-per-process cost: the job's own time starts after it
+        deadline = t1 + self.settings.soft_time_limit_s
         img = imageio.decode(data, max_pixels=self.settings.max_pixels)
         t2 = time.perf_counter()
         tile = spec.tile or model.auto_tile(self.settings.tile_memory_mb << 20)

@@ -1,0 +1,228 @@
+"""Celery-mode specifics: no torch in the API, jobs waiting for a worker, time limits, the broker
+down, result expiry, key TTLs, what travels in broker messages, and the compose file."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import yaml
+
+from tests.conftest import (
+    ROOT,
+    Service,
+    bbcu,
+    free_port,
+    service_env,
+    start_api,
+    start_worker,
+    wait_ready,
+)
+from tests.test_service_api import assert_problem, assert_same_image, make_image, reference, wait_job
+from workers.celery_app import create_celery
+from workers.settings import Settings
+
+NO_TORCH_SCRIPT = """
+import io
+import sys
+from fastapi.testclient import TestClient
+from PIL import Image
+from app.main import create_app
+
+buf = io.BytesIO()
+Image.new("RGB", (16, 16), (10, 200, 30)).save(buf, format="PNG")
+with TestClient(create_app()) as c:
+    r = c.post("/restore?task=denoise", files={"image": ("a.png", buf.getvalue(), "image/png")})
+    assert r.status_code == 200, r.text
+    job = "/jobs/" + r.headers["x-job-id"]
+    for path in ("/models", "/readyz", "/metrics", job, job + "/result", "/openapi.json"):
+        assert c.get(path).status_code == 200, path
+import cli.main
+cli.main.build_parser()
+print("TORCH_MODULES", sorted(m for m in sys.modules if m == "torch" or m.startswith("torch.")))
+"""
+
+
+def test_api_process_never_imports_torch(celery_service: Service) -> None:
+    out = subprocess.run([sys.executable, "-c", NO_TORCH_SCRIPT], cwd=ROOT, env=_env(celery_service.env),
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "TORCH_MODULES []" in out.stdout
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    import os
+
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("BBCU_")}, **extra}
+
+
+def test_job_waits_for_a_worker_and_messages_carry_no_image(tiny_weights: Path, redis_port: int,
+                                                            logdir: Path) -> None:
+    """A job queued while no worker runs completes once one starts; time limits fail a job cleanly."""
+    redis_url = f"redis://127.0.0.1:{redis_port}/1"
+    env = service_env(tiny_weights, BBCU_BROKER_URL=redis_url)
+    url, api = start_api("api-db1", env, logdir)
+    procs = [api]
+    r = redis.Redis.from_url(redis_url)
+    try:
+        data = make_image(48, 40, seed=42)
+        with httpx.Client(base_url=url, timeout=60) as c:
+            assert c.get("/readyz").status_code == 503
+            assert c.get("/readyz").json()["detail"] == "no live worker for queue(s): cpu"
+            resp = c.post("/restore", params={"task": "denoise", "async": "true"},
+                          files={"image": ("q.png", data, "image/png")})
+            assert resp.status_code == 202
+            job_id = resp.json()["id"]
+            # the broker message holds the job id only, never the image bytes
+            messages = r.lrange("cpu", 0, -1)
+            assert len(messages) == 1 and len(messages[0]) < 4096 < len(data)
+            body = json.loads(base64.b64decode(json.loads(messages[0])["body"]))
+            assert body[0] == [job_id]
+            time.sleep(1.0)
+            assert c.get(f"/jobs/{job_id}").json()["status"] == "queued"
+            worker = start_worker("worker-db1", env, logdir, "--concurrency", "1")
+            procs.append(worker)
+            job = wait_job(c, job_id, timeout=90)
+            assert job["status"] == "succeeded", job
+            wait_ready(url, worker)
+            res = c.get(f"/jobs/{job_id}/result")
+            assert_same_image(res.content, reference(tiny_weights, "denoise", None, data))
+            worker.stop()
+            procs.remove(worker)
+
+            # a worker whose soft limit is 1 s fails a long job with a reason, then takes the next one
+            limited = start_worker("worker-db1-limited", {**env, "BBCU_SOFT_TIME_LIMIT_S": "1",
+                                                          "BBCU_HARD_TIME_LIMIT_S": "6"}, logdir,
+                                   "--concurrency", "1")
+            procs.append(limited)
+            big = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                         files={"image": ("b.png", make_image(512, 512, seed=1), "image/png")})
+            failed = wait_job(c, big.json()["id"], timeout=90)
+            assert failed["status"] == "failed" and failed["error"]["code"] == "timeout", failed
+            assert "time limit" in failed["error"]["detail"]
+            ok = c.post("/restore", params={"task": "denoise"}, files={"image": ("s.png", data, "image/png")})
+            assert ok.status_code == 200
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        r.flushdb()
+
+
+def test_sync_wait_limit_gives_202(tiny_weights: Path, redis_port: int, logdir: Path) -> None:
+    redis_url = f"redis://127.0.0.1:{redis_port}/2"
+    env = service_env(tiny_weights, BBCU_BROKER_URL=redis_url, BBCU_SYNC_WAIT_S="0.5")
+    url, api = start_api("api-db2", env, logdir)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            t = time.monotonic()
+            resp = c.post("/restore", params={"task": "denoise"},
+                          files={"image": ("q.png", make_image(8, 8), "image/png")})
+            assert resp.status_code == 202 and 0.5 <= time.monotonic() - t < 5
+            assert resp.headers["location"] == f"/jobs/{resp.json()['id']}"
+            assert "preference-applied" not in resp.headers
+    finally:
+        api.stop()
+        redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_broker_unreachable_503(tiny_weights: Path, logdir: Path) -> None:
+    env = service_env(tiny_weights, BBCU_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+                      BBCU_RETRY_AFTER_S="7", BBCU_REDIS_TIMEOUT_S="1")
+    url, api = start_api("api-nobroker", env, logdir)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            r = c.post("/restore", params={"task": "denoise"},
+                       files={"image": ("x.png", make_image(8, 8), "image/png")})
+            body = assert_problem(r, 503)
+            assert r.headers["retry-after"] == "7" and body["retry_after_s"] == 7
+            assert "unreachable" in body["detail"]
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["broker"] == "unreachable"
+            assert c.get("/healthz").status_code == 200
+            assert "bbcu_broker_up 0" in c.get("/metrics").text
+            assert_problem(c.get("/jobs/" + "a" * 32), 503)
+    finally:
+        api.stop()
+
+
+def test_result_expiry_410_and_every_key_has_ttl(celery_service: Service) -> None:
+    r = redis.Redis.from_url(celery_service.redis_url or "")
+    with celery_service.client() as c:
+        resp = c.post("/restore", params={"task": "denoise", "async": "true"},
+                      files={"image": ("x.png", make_image(16, 16), "image/png")})
+        job_id = resp.json()["id"]
+        assert wait_job(c, job_id)["status"] == "succeeded"
+        ours = [k.decode() for k in r.scan_iter(match="bbcu:*")]
+        assert f"bbcu:job:{job_id}" in ours and f"bbcu:out:{job_id}" in ours
+        assert f"bbcu:in:{job_id}" not in ours  # the input is dropped once the job ends
+        no_ttl = [k for k in ours if r.ttl(k) < 0]
+        assert no_ttl == []
+        assert 3500 <= r.ttl(f"bbcu:out:{job_id}") <= 3600
+        assert r.ttl(f"bbcu:job:{job_id}") > 3600
+        r.pexpire(f"bbcu:out:{job_id}", 1)
+        time.sleep(0.05)
+        body = assert_problem(c.get(f"/jobs/{job_id}/result"), 410)
+        assert body["job_id"] == job_id
+        assert c.get(f"/jobs/{job_id}").json()["status"] == "succeeded"
+
+
+def test_celery_configuration() -> None:
+    s = Settings(broker_url="redis://127.0.0.1:1/0", soft_time_limit_s=100, hard_time_limit_s=120)
+    conf = create_celery(s).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost
+    assert conf.worker_prefetch_multiplier == 1 and conf.task_create_missing_queues is False
+    assert conf.task_serializer == "json" and list(conf.accept_content) == ["json"]
+    assert (conf.task_soft_time_limit, conf.task_time_limit) == (110, 120)
+    assert conf.worker_proc_alive_timeout >= 60
+    assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
+    assert sorted(q.name for q in conf.task_queues) == ["cpu", "gpu"]
+    with pytest.raises(ValueError):
+        Settings(soft_time_limit_s=10, hard_time_limit_s=5)
+
+
+def test_worker_command_refusals(logdir: Path) -> None:
+    def run(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(bbcu("worker", *args), cwd=ROOT, env=_env(env), capture_output=True,
+                              text=True, timeout=120)
+
+    broker = {"BBCU_BROKER_URL": "redis://127.0.0.1:1/0"}
+    assert "BBCU_BROKER_URL" in run(env={}).stderr
+    bad = run("--queues", "tpu", env=broker)
+    assert bad.returncode == 2 and "unknown queue" in bad.stderr
+    fork = run("--queues", "gpu", "--pool", "prefork", env=broker)
+    assert fork.returncode == 2 and "solo or threads" in fork.stderr
+
+
+def test_compose_file_matches_the_commands_and_settings() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) >= {"redis", "api", "worker-cpu", "worker-gpu"}
+    assert "ports" not in services["redis"] and "healthcheck" in services["redis"]
+    assert services["api"]["ports"] == ["8000:8000"]
+    assert "/readyz" in " ".join(services["api"]["healthcheck"]["test"])
+    assert services["worker-gpu"]["profiles"] == ["gpu"]
+    devices = services["worker-gpu"]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["driver"] == "nvidia" and "gpu" in devices[0]["capabilities"]
+    # the same CLI the tests run, and only settings the settings class knows
+    assert services["api"]["command"][:1] == ["serve"]
+    assert services["worker-cpu"]["command"][:3] == ["worker", "--queues", "cpu"]
+    assert services["worker-gpu"]["command"][:3] == ["worker", "--queues", "gpu"]
+    fields = set(Settings.model_fields)
+    for name, svc in services.items():
+        for key in (svc.get("environment") or {}):
+            if key.startswith("BBCU_"):
+                assert key.removeprefix("BBCU_").lower() in fields, (name, key)
+    for name in ("api", "worker-cpu", "worker-gpu"):
+        dockerfile = ROOT / services[name]["build"]["dockerfile"]
+        text = dockerfile.read_text()
+        assert "USER " in text and "ENTRYPOINT" in text, dockerfile
+    api_runs = [ln for ln in (ROOT / services["api"]["build"]["dockerfile"]).read_text().splitlines()
+                if ln.startswith("RUN")]
+    assert not any("torch" in ln or "engine" in ln for ln in api_runs)
