@@ -1,0 +1,157 @@
+"""The job stores (Redis and memory, one contract) and the embedded pool's own limits over HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+import uvicorn
+
+from app.main import create_app
+from tests.conftest import free_port
+from tests.test_service_api import assert_problem, make_image, wait_job
+from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
+from workers.settings import Settings
+from workers.store import ACTIVE, JobStore, MemoryStore, RedisStore
+
+FACTS = ImageFacts(width=1, height=1, bytes=3, format="PNG")
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request: pytest.FixtureRequest) -> Iterator[JobStore]:
+    if request.param == "memory":
+        yield MemoryStore(result_ttl_s=2, job_ttl_s=30)
+        return
+    port = request.getfixturevalue("redis_port")
+    url = f"redis://127.0.0.1:{port}/5"
+    yield RedisStore(url, result_ttl_s=2, job_ttl_s=30)
+    redis.Redis.from_url(url).flushdb()
+
+
+def new_job(store: JobStore) -> str:
+    spec = JobSpec(id=new_job_id(), task="denoise")
+    store.create(spec, FACTS, b"abc")
+    return spec.id
+
+
+def test_transitions_are_guarded_and_idempotent(store: JobStore) -> None:
+    job = new_job(store)
+    rec = store.get(job)
+    assert rec is not None and rec.status == JobStatus.queued and store.input(job) == b"abc"
+    assert store.transition(job, JobStatus.running, ACTIVE) is not None
+    assert store.transition(job, JobStatus.running, ACTIVE) is not None  # a redelivery may run it again
+    store.set_progress(job, 0.5)
+    assert store.get(job).progress == 0.5  # type: ignore[union-attr]
+    store.put_result(job, b"out")
+    store.put_result(job, b"out")
+    assert store.transition(job, JobStatus.succeeded, (JobStatus.running,), progress=1.0) is not None
+    assert store.transition(job, JobStatus.running, ACTIVE) is None  # finished jobs never restart
+    assert store.transition(job, JobStatus.cancelled, ACTIVE) is None
+    assert store.get(job).status == JobStatus.succeeded and store.result(job) == b"out"  # type: ignore[union-attr]
+    assert store.get("0" * 32) is None and store.transition("0" * 32, JobStatus.running, ACTIVE) is None
+
+
+def test_every_waiter_wakes_when_a_job_ends(store: JobStore) -> None:
+    job = new_job(store)
+    results: list[JobStatus | None] = []
+
+    def waiter() -> None:
+        rec = store.wait(job, 20)
+        results.append(rec.status if rec else None)
+
+    threads = [threading.Thread(target=waiter) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    store.transition(job, JobStatus.failed, ACTIVE)
+    for t in threads:
+        t.join(20)
+    assert results == [JobStatus.failed] * 3 and time.monotonic() - t0 < 3
+    other = new_job(store)
+    t0 = time.monotonic()
+    assert store.wait(other, 0.3).status == JobStatus.queued  # type: ignore[union-attr]
+    assert 0.25 < time.monotonic() - t0 < 2
+
+
+def test_blobs_expire_before_records(store: JobStore) -> None:
+    job = new_job(store)
+    store.put_result(job, b"out")
+    if isinstance(store, RedisStore):
+        for kind, ttl in (("in", 2), ("out", 2), ("job", 30)):
+            assert 0 < store.client.ttl(f"bbcu:{kind}:{job}") <= ttl
+    time.sleep(2.1)
+    assert store.result(job) is None and store.input(job) is None
+    assert store.get(job) is not None  # so the API can answer 410 rather than 404
+
+
+def test_heartbeats_expire(store: JobStore) -> None:
+    store.beat("gpu", "w1", {"worker": "w1"}, ttl_s=0.5)
+    assert store.workers("gpu") == [{"worker": "w1"}] and store.workers("cpu") == []
+    time.sleep(0.7)
+    assert store.workers("gpu") == []
+    store.beat("cpu", "w2", {"worker": "w2"}, ttl_s=5)
+    store.forget_worker("cpu", "w2")
+    assert store.workers("cpu") == []
+
+
+@contextmanager
+def serve_in_thread(settings: Settings) -> Iterator[str]:
+    """Real HTTP to an embedded-mode app in this process (settings a subprocess would be slow to get)."""
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
+                                           log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def test_embedded_result_expiry_and_bounded_queue(tiny_weights: Path) -> None:
+    settings = Settings(weights_dir=tiny_weights, result_ttl_s=1, job_ttl_s=60, embedded_workers=1,
+                        embedded_queue=1, retry_after_s=3, torch_threads=1)
+    with serve_in_thread(settings) as url, httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/restore", params={"task": "denoise", "async": "true"},
+                   files={"image": ("x.png", make_image(16, 16), "image/png")})
+        job = wait_job(c, r.json()["id"])
+        assert job["status"] == "succeeded"
+        time.sleep(1.2)
+        assert_problem(c.get(f"/jobs/{job['id']}/result"), 410)
+        # one job running, one waiting: the third is refused with Retry-After, not queued without bound
+        big = make_image(512, 512, seed=2)
+        ids = []
+        for _ in range(2):
+            a = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                       files={"image": ("b.png", big, "image/png")})
+            assert a.status_code == 202
+            ids.append(a.json()["id"])
+        full = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                      files={"image": ("b.png", big, "image/png")})
+        assert_problem(full, 503)
+        assert full.headers["retry-after"] == "3"
+        for job_id in ids:
+            assert c.delete(f"/jobs/{job_id}").json()["status"] == "cancelled"
+        for job_id in ids:
+            assert wait_job(c, job_id)["status"] == "cancelled"
+        # slots come back once the cancelled jobs stop
+        deadline = time.monotonic() + 30
+        while True:
+            ok = c.post("/restore", params={"task": "denoise"},
+                        files={"image": ("s.png", make_image(8, 8), "image/png")})
+            if ok.status_code != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert ok.status_code == 200
