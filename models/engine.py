@@ -27,6 +27,8 @@ BACKENDS = ("auto", "float", "fp16", "bitpacked")
 # Measured peak bytes of live activations per input pixel and feature channel (see tests):
 # a few tensors of nf channels at the input resolution, and more at the output for SR.
 _ACT_TENSORS = 6
+DEFAULT_TILE_BYTES = 256 << 20
+MIN_TILE = 32
 
 
 @dataclass(frozen=True)
@@ -146,17 +148,22 @@ class RestorationModel:
             out = self.net(x)
         return out.to(batch.device).contiguous()
 
-    def auto_tile(self, memory_bytes: int) -> int:
-        """The largest square tile whose activations fit in ``memory_bytes``."""
+    def auto_tile(self, memory_bytes: int = DEFAULT_TILE_BYTES) -> int:
+        """The largest square tile (input pixels, overlap excluded) whose activations fit."""
         per_px = 4 * self.config.nf * _ACT_TENSORS * max(1, self.config.scale ** 2)
         side = int((memory_bytes / per_px) ** 0.5) - 2 * self.info.receptive_radius
-        return max(64, side)
+        return max(MIN_TILE, side)
 
-    def restore(self, image: Tensor, tile: int | None = None,
-                progress: Progress | None = None) -> Tensor:
-        """Restore a host NCHW tensor of any size, in seam-free tiles when ``tile`` is given."""
+    def restore(self, image: Tensor, tile: int | None = None, progress: Progress | None = None,
+                *, memory_bytes: int = DEFAULT_TILE_BYTES) -> Tensor:
+        """Restore a host NCHW tensor of any size in seam-free tiles.
+
+        ``tile`` is the tile side in input pixels; by default it is derived from ``memory_bytes``
+        so that the activations of one tile stay within that budget whatever the image size.
+        """
+        tile = tile or self.auto_tile(memory_bytes)
         h, w = image.shape[-2:]
-        if tile is None or (h <= tile and w <= tile):
+        if h <= tile and w <= tile:
             out = self(image.to(self.device)).cpu()
             if progress is not None:
                 progress(1, 1)
