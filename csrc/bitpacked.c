@@ -53,8 +53,9 @@ typedef struct {
     const uint64_t *act;     /* [N][H+2][W+2][K][2] */
     const uint64_t *wp;      /* [ng][9][K][16] */
     const float *alpha, *pre, *slope, *post;   /* [cout] (sub-pixel major when r > 1) */
-    const float *resid;      /* [N][H][W][C] or NULL */
-    float *out;              /* [N][H*r][W*r][C] or NULL */
+    const float *resid;      /* [N][H][W][C] (NHWC) or [N][C][H][W] (resid_nchw), or NULL */
+    float *out;              /* [N][H*r][W*r][C] (NHWC) or [N][C][H*r][W*r] (out_nchw) */
+    int resid_nchw, out_nchw;
     const float *nshift;     /* [C] or NULL: pack sign(out + nshift) into nact */
     uint64_t *nact;          /* [N][H*r+2][W*r+2][Kn][2] */
     int32_t *counts;         /* raw counts [N][H][W][cout] instead of the epilogue, or NULL */
@@ -94,42 +95,6 @@ static inline void pack_bits_scalar(const float *v, const float *shift, int n, u
     }
     *sw |= s;
     *nw |= z;
-}
-
-/* Epilogue of one input pixel (n, y, x): counts of all outputs in cnt. */
-static inline void epilogue_scalar(const unit_args *a, int n, int y, int x, const int32_t *cnt) {
-    const int r = a->r, C = a->C, Kn = (C + 63) / 64;
-    const int Ho = a->H * r, Wo = a->W * r;
-    const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
-    for (int i = 0; i < r; i++) {
-        for (int j = 0; j < r; j++) {
-            const int s = i * r + j;
-            const size_t op = ((size_t)n * Ho + (size_t)y * r + i) * Wo + (size_t)x * r + j;
-            float *out = a->out + op * C;
-            uint64_t *na = a->nshift
-                ? a->nact + (((size_t)n * (Ho + 2) + (size_t)y * r + i + 1) * (Wo + 2) + (size_t)x * r + j + 1)
-                      * 2 * Kn
-                : NULL;
-            for (int c = 0; c < C; c++) {
-                const int o = s * C + c;
-                float v = (float)cnt[o] * a->alpha[o];
-                v = v + a->pre[o];
-                v = v > 0.0f ? v : v * a->slope[o];
-                v = v + a->post[o];
-                if (res) v = v + res[c];
-                out[c] = v;
-            }
-            if (na) {
-                for (int k = 0; k < Kn; k++) {
-                    const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
-                    uint64_t sw = 0, nw = 0;
-                    pack_bits_scalar(out + c0, a->nshift + c0, c1 - c0, &sw, &nw, 0);
-                    na[2 * k] = sw;
-                    na[2 * k + 1] = nw;
-                }
-            }
-        }
-    }
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -246,65 +211,149 @@ T_AVX512 static inline void core_avx512(const unit_args *a, const uint64_t *cons
     }
 }
 
+/* Pack sign/nonzero bits of v[c] + shift[c] for c in [c0, c1), 8 at a time; returns the next c. */
+T_AVX2 static inline int pack8_avx2(const float *v, const float *shift, int c0, int c1, uint64_t *sw,
+                                    uint64_t *nw) {
+    const __m256 zero = _mm256_setzero_ps();
+    int c = c0;
+    for (; c + 8 <= c1; c += 8) {
+        const __m256 q = _mm256_add_ps(_mm256_loadu_ps(v + c), _mm256_loadu_ps(shift + c));
+        *sw |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(q, zero, _CMP_LT_OQ)) << (c - c0);
+        *nw |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(q, zero, _CMP_NEQ_UQ)) << (c - c0);
+    }
+    return c;
+}
+
+static inline void finish_pixel(const unit_args *a, int n, int y, int x, int i, int j, float *v, int vec);
+
 /* Epilogue, 8 channels at a time; the same float operations as the scalar version. */
 T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x, const int32_t *cnt) {
-    const int r = a->r, C = a->C, Kn = (C + 63) / 64;
-    const int Ho = a->H * r, Wo = a->W * r;
-    const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
+    const int r = a->r, C = a->C;
     const __m256 zero = _mm256_setzero_ps();
+    float v[MAX_OUT];
     for (int i = 0; i < r; i++) {
         for (int j = 0; j < r; j++) {
             const int s = i * r + j;
-            const size_t op = ((size_t)n * Ho + (size_t)y * r + i) * Wo + (size_t)x * r + j;
-            float *out = a->out + op * C;
-            uint64_t *na = a->nshift
-                ? a->nact + (((size_t)n * (Ho + 2) + (size_t)y * r + i + 1) * (Wo + 2) + (size_t)x * r + j + 1)
-                      * 2 * Kn
-                : NULL;
             const int32_t *cs = cnt + s * C;
             const float *al = a->alpha + s * C, *pr = a->pre + s * C, *sl = a->slope + s * C,
                         *po = a->post + s * C;
-            for (int k = 0; k < Kn; k++) {
-                const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
-                uint64_t sw = 0, nw = 0;
-                int c = c0;
-                for (; c + 8 <= c1; c += 8) {
-                    __m256 v = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(cs + c)));
-                    v = _mm256_mul_ps(v, _mm256_loadu_ps(al + c));
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(pr + c));
-                    const __m256 neg = _mm256_mul_ps(v, _mm256_loadu_ps(sl + c));
-                    v = _mm256_blendv_ps(neg, v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
-                    v = _mm256_add_ps(v, _mm256_loadu_ps(po + c));
-                    if (res) v = _mm256_add_ps(v, _mm256_loadu_ps(res + c));
-                    _mm256_storeu_ps(out + c, v);
+            if (!a->resid_nchw && !a->out_nchw && C % 8 == 0) {
+                /* fast path, everything NHWC: one pass per 64 channels */
+                const int Kn = (C + 63) / 64;
+                const size_t Ho = (size_t)a->H * r, Wo = (size_t)a->W * r;
+                const size_t oy = (size_t)y * r + i, ox = (size_t)x * r + j;
+                const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
+                float *out = a->out + (((size_t)n * Ho + oy) * Wo + ox) * C;
+                uint64_t *na = a->nshift
+                    ? a->nact + (((size_t)n * (Ho + 2) + oy + 1) * (Wo + 2) + ox + 1) * 2 * Kn : NULL;
+                for (int k = 0; k < Kn; k++) {
+                    const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+                    uint32_t sw[2] = {0, 0}, nw[2] = {0, 0};
+                    for (int c = c0; c < c1; c += 8) {
+                        __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(cs + c)));
+                        t = _mm256_mul_ps(t, _mm256_loadu_ps(al + c));
+                        t = _mm256_add_ps(t, _mm256_loadu_ps(pr + c));
+                        const __m256 neg = _mm256_mul_ps(t, _mm256_loadu_ps(sl + c));
+                        t = _mm256_blendv_ps(neg, t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
+                        t = _mm256_add_ps(t, _mm256_loadu_ps(po + c));
+                        if (res) t = _mm256_add_ps(t, _mm256_loadu_ps(res + c));
+                        _mm256_storeu_ps(out + c, t);
+                        if (na) {
+                            const __m256 q = _mm256_add_ps(t, _mm256_loadu_ps(a->nshift + c));
+                            const int b = c - c0;
+                            sw[b >> 5] |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(q, zero, _CMP_LT_OQ)) << (b & 31);
+                            nw[b >> 5] |= (uint32_t)_mm256_movemask_ps(_mm256_cmp_ps(q, zero, _CMP_NEQ_UQ)) << (b & 31);
+                        }
+                    }
                     if (na) {
-                        const __m256 q = _mm256_add_ps(v, _mm256_loadu_ps(a->nshift + c));
-                        sw |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(q, zero, _CMP_LT_OQ)) << (c - c0);
-                        nw |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(q, zero, _CMP_NEQ_UQ)) << (c - c0);
+                        na[2 * k] = (uint64_t)sw[0] | (uint64_t)sw[1] << 32;
+                        na[2 * k + 1] = (uint64_t)nw[0] | (uint64_t)nw[1] << 32;
                     }
                 }
-                for (; c < c1; c++) {
-                    float v = (float)cs[c] * al[c];
-                    v = v + pr[c];
-                    v = v > 0.0f ? v : v * sl[c];
-                    v = v + po[c];
-                    if (res) v = v + res[c];
-                    out[c] = v;
-                    if (na) {
-                        const float q = v + a->nshift[c];
-                        sw |= (uint64_t)(q < 0.0f) << (c - c0);
-                        nw |= (uint64_t)(q != 0.0f) << (c - c0);
-                    }
-                }
-                if (na) {
-                    na[2 * k] = sw;
-                    na[2 * k + 1] = nw;
-                }
+                continue;
             }
+            int c = 0;
+            for (; c + 8 <= C; c += 8) {
+                __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(cs + c)));
+                t = _mm256_mul_ps(t, _mm256_loadu_ps(al + c));
+                t = _mm256_add_ps(t, _mm256_loadu_ps(pr + c));
+                const __m256 neg = _mm256_mul_ps(t, _mm256_loadu_ps(sl + c));
+                t = _mm256_blendv_ps(neg, t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
+                _mm256_storeu_ps(v + c, _mm256_add_ps(t, _mm256_loadu_ps(po + c)));
+            }
+            for (; c < C; c++) {
+                float t = (float)cs[c] * al[c];
+                t = t + pr[c];
+                t = t > 0.0f ? t : t * sl[c];
+                v[c] = t + po[c];
+            }
+            finish_pixel(a, n, y, x, i, j, v, 1);
         }
     }
 }
 #endif /* BP_X86 */
+
+/* The float part of the epilogue, shared by every ISA: v[] already holds prelu(c*alpha + pre) + post
+ * for the C channels of one output pixel; add the residual, store, pack the next unit's bits. */
+static inline void finish_pixel(const unit_args *a, int n, int y, int x, int i, int j, float *v, int vec) {
+    const int r = a->r, C = a->C, Kn = (C + 63) / 64;
+    const size_t Ho = (size_t)a->H * r, Wo = (size_t)a->W * r;
+    const size_t oy = (size_t)y * r + i, ox = (size_t)x * r + j;
+    if (a->resid) {
+        if (a->resid_nchw) {
+            const size_t hw = (size_t)a->H * a->W;
+            const float *res = a->resid + (size_t)n * C * hw + (size_t)y * a->W + x;
+            for (int c = 0; c < C; c++) v[c] = v[c] + res[c * hw];
+        } else {
+            const float *res = a->resid + (((size_t)n * a->H + y) * a->W + x) * C;
+            for (int c = 0; c < C; c++) v[c] = v[c] + res[c];
+        }
+    }
+    if (a->out_nchw) {
+        float *out = a->out + (size_t)n * C * Ho * Wo + oy * Wo + ox;
+        for (int c = 0; c < C; c++) out[c * Ho * Wo] = v[c];
+    } else {
+        memcpy(a->out + ((n * Ho + oy) * Wo + ox) * C, v, sizeof(float) * (size_t)C);
+    }
+    if (!a->nshift) return;
+    uint64_t *na = a->nact + (((size_t)n * (Ho + 2) + oy + 1) * (Wo + 2) + ox + 1) * 2 * Kn;
+    for (int k = 0; k < Kn; k++) {
+        const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+        uint64_t sw = 0, nw = 0;
+        int c = c0;
+#if BP_X86
+        if (vec) c = pack8_avx2(v, a->nshift, c0, c1, &sw, &nw);
+#else
+        (void)vec;
+#endif
+        for (; c < c1; c++) {
+            const float q = v[c] + a->nshift[c];
+            sw |= (uint64_t)(q < 0.0f) << (c - c0);
+            nw |= (uint64_t)(q != 0.0f) << (c - c0);
+        }
+        na[2 * k] = sw;
+        na[2 * k + 1] = nw;
+    }
+}
+
+static inline void epilogue_scalar(const unit_args *a, int n, int y, int x, const int32_t *cnt) {
+    const int r = a->r, C = a->C;
+    float v[MAX_OUT];
+    for (int i = 0; i < r; i++) {
+        for (int j = 0; j < r; j++) {
+            const int s = i * r + j;
+            for (int c = 0; c < C; c++) {
+                const int o = s * C + c;
+                float t = (float)cnt[o] * a->alpha[o];
+                t = t + a->pre[o];
+                t = t > 0.0f ? t : t * a->slope[o];
+                v[c] = t + a->post[o];
+            }
+            finish_pixel(a, n, y, x, i, j, v, 0);
+        }
+    }
+}
+
 
 /* ------------------------------------------------------------------------------------------ */
 /* one output row of one image: conv core + epilogue (or raw counts) for every pixel */
@@ -445,15 +494,20 @@ static PyObject *py_pack_weights(PyObject *self, PyObject *args) {
     return PyLong_FromLong(zeros);
 }
 
-/* pack_act(x_ptr, N, H, W, C, shift_ptr, out_ptr, nthreads): x float NHWC, out [N][H+2][W+2][K][2] */
+/* pack_act(x_ptr, N, H, W, C, shift_ptr, out_ptr, nthreads, nchw): x float NHWC (or NCHW when nchw),
+ * out [N][H+2][W+2][K][2] */
 static PyObject *py_pack_act(PyObject *self, PyObject *args) {
     unsigned long long xptr, sptr, optr;
-    int N, H, W, C, nthreads;
+    int N, H, W, C, nthreads, nchw;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KiiiiKKi", &xptr, &N, &H, &W, &C, &sptr, &optr, &nthreads)) return NULL;
+    if (!PyArg_ParseTuple(args, "KiiiiKKii", &xptr, &N, &H, &W, &C, &sptr, &optr, &nthreads, &nchw)) return NULL;
     const float *x = (const float *)(uintptr_t)xptr, *shift = (const float *)(uintptr_t)sptr;
     uint64_t *o = (uint64_t *)(uintptr_t)optr;
     const int K = (C + 63) / 64;
+    if (C < 1 || C > MAX_OUT) {
+        PyErr_SetString(PyExc_ValueError, "channel count out of range");
+        return NULL;
+    }
     Py_BEGIN_ALLOW_THREADS
     zero_border(o, N, H, W, K);
     const int rows = N * H;
@@ -462,8 +516,15 @@ static PyObject *py_pack_act(PyObject *self, PyObject *args) {
 #endif
     for (int ry = 0; ry < rows; ry++) {
         const int n = ry / H, y = ry % H;
+        float tmp[MAX_OUT];
         for (int xx = 0; xx < W; xx++) {
             const float *px = x + (((size_t)n * H + y) * W + xx) * C;
+            if (nchw) {
+                const size_t hw = (size_t)H * W;
+                const float *q = x + (size_t)n * C * hw + (size_t)y * W + xx;
+                for (int c = 0; c < C; c++) tmp[c] = q[c * hw];
+                px = tmp;
+            }
             uint64_t *po = o + (((size_t)n * (H + 2) + y + 1) * (W + 2) + xx + 1) * 2 * K;
             for (int k = 0; k < K; k++) {
                 const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
@@ -479,14 +540,16 @@ static PyObject *py_pack_act(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* unit(act, N, H, W, cin, wp, cout, r, alpha, pre, slope, post, resid, out, nshift, nact, counts, nthreads)
- * Pointers may be 0 for: resid (no residual), nshift/nact (no packing), out (when counts != 0). */
+/* unit(act, N, H, W, cin, wp, cout, r, alpha, pre, slope, post, resid, out, nshift, nact, counts, nthreads,
+ *      resid_nchw, out_nchw)
+ * Pointers may be 0 for: resid (no residual), nshift/nact (no packing), out (when counts != 0).
+ * out may equal resid (in place) when r == 1 and both have the same layout. */
 static PyObject *py_unit(PyObject *self, PyObject *args) {
     unsigned long long act, wp, al, pr, sl, po, res, out, ns, na, cn;
-    int N, H, W, cin, cout, r, nthreads;
+    int N, H, W, cin, cout, r, nthreads, resid_nchw, out_nchw;
     (void)self;
-    if (!PyArg_ParseTuple(args, "KiiiiKiiKKKKKKKKKi", &act, &N, &H, &W, &cin, &wp, &cout, &r, &al, &pr, &sl,
-                          &po, &res, &out, &ns, &na, &cn, &nthreads))
+    if (!PyArg_ParseTuple(args, "KiiiiKiiKKKKKKKKKiii", &act, &N, &H, &W, &cin, &wp, &cout, &r, &al, &pr, &sl,
+                          &po, &res, &out, &ns, &na, &cn, &nthreads, &resid_nchw, &out_nchw))
         return NULL;
     if (N < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || cout > MAX_OUT || r < 1 || cout % (r * r)) {
         PyErr_SetString(PyExc_ValueError, "bad unit shape");
@@ -512,6 +575,8 @@ static PyObject *py_unit(PyObject *self, PyObject *args) {
     a.nshift = (const float *)(uintptr_t)ns;
     a.nact = (uint64_t *)(uintptr_t)na;
     a.counts = (int32_t *)(uintptr_t)cn;
+    a.resid_nchw = resid_nchw;
+    a.out_nchw = out_nchw;
     if (!a.counts && (!a.out || !a.alpha || !a.pre || !a.slope || !a.post)) {
         PyErr_SetString(PyExc_ValueError, "missing epilogue pointers");
         return NULL;

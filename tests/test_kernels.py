@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from models import kernels
+from models import deploy, kernels
 from models.config import NetworkConfig
 from models.engine import from_network
 from tests.factories import random_net, small_configs
 
 pytestmark = pytest.mark.skipif(not kernels.available(), reason=kernels.unavailable_reason())
+if kernels.available():
+    from models.kernels.bitpacked import BitUnit
 
 
 def _isas() -> list[str]:
@@ -81,20 +85,47 @@ def _zero_some_shifts(net: torch.nn.Module) -> None:
                 p[:, ::3] = 0.0
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_network_bitwise_equal_to_float_engine(isa: str, name: str) -> None:
+# every variant with the best conv core; a few with the other cores (they share the epilogue code)
+_CASES = [(ISAS[-1], name) for name in CONFIGS] + [
+    (i, name) for i in ISAS[:-1] for name in ("sr-m-x3", "sr-all-x2-nf70", "deblock-nf70", "sr-l-x4")]
+
+
+@pytest.mark.parametrize("core,name", _CASES)
+def test_network_bitwise_equal_to_float_engine(core: str, name: str) -> None:
+    before = kernels.isa()
+    kernels.set_isa(core)
+    try:
+        _check_network(name, full=core == ISAS[-1])
+    finally:
+        kernels.set_isa(before)
+
+
+def _check_network(name: str, full: bool) -> None:
     cfg = CONFIGS[name]
     net = random_net(cfg, seed=7)
     _zero_some_shifts(net)
+    x = torch.rand(2, cfg.in_nc, 17, 23, generator=torch.Generator().manual_seed(3))
+    x[:, :, 4:9, 6:12] = 0.0   # zero input: zero features where the head has no bias
+    # the deploy-form network with float units vs the same with bit-packed units, in both memory
+    # formats: the same float operations in the same order, so bitwise equal
+    for fmt in (torch.contiguous_format, torch.channels_last)[: 2 if full else 1]:
+        ref_net = deploy.to_deploy(copy.deepcopy(net)).to(memory_format=fmt)
+        bit_net = kernels.to_bitpacked(deploy.to_deploy(copy.deepcopy(net))).to(memory_format=fmt)
+        assert any(isinstance(m, BitUnit) for m in bit_net.modules())
+        with torch.inference_mode():
+            xf = x.contiguous(memory_format=fmt)
+            ref, out = ref_net(xf), bit_net(xf)
+        assert out.shape == ref.shape
+        assert torch.equal(out, ref), f"{fmt}: max diff {(out - ref).abs().max().item()}"
+    if not full:
+        return
+    # the engines (which may pick different memory formats for their float convs): within 1e-5
     fm = from_network(net, cfg, backend="float")
     bm = from_network(net, cfg, backend="bitpacked")
     assert bm.info.backend == "bitpacked" and fm.info.backend == "float"
-    x = torch.rand(2, cfg.in_nc, 17, 23, generator=torch.Generator().manual_seed(3))
-    x[:, :, 4:9, 6:12] = 0.0   # zero input: zero features where the head has no bias
-    ref, out = fm(x), bm(x)
-    assert out.shape == ref.shape and out.is_contiguous()
-    assert (out - ref).abs().max().item() <= 1e-5
-    assert torch.equal(out, ref)  # same float operations in the same order: bitwise equal
+    a, b = fm(x), bm(x)
+    assert b.shape == a.shape and b.is_contiguous()
+    assert (a - b).abs().max().item() <= 1e-5
 
 
 def test_exact_zero_activations_reach_the_kernel() -> None:
@@ -105,11 +136,14 @@ def test_exact_zero_activations_reach_the_kernel() -> None:
         for name, p in net.named_parameters():
             if name.endswith("move0.bias"):
                 p.zero_()
-    fm = from_network(net, cfg, backend="float")
-    bm = from_network(net, cfg, backend="bitpacked")
+    ref_net = deploy.to_deploy(copy.deepcopy(net))
+    bit_net = kernels.to_bitpacked(deploy.to_deploy(copy.deepcopy(net)))
     x = torch.zeros(1, cfg.in_nc, 9, 11)
     x[:, :, 4, 5] = 0.5
-    assert torch.equal(fm(x), bm(x))
+    with torch.inference_mode():
+        feat = ref_net.model[1](ref_net.model[0](x * cfg.k))
+        assert (torch.sign(feat + ref_net.model[2].shift) == 0).float().mean() > 0.5
+        assert torch.equal(ref_net(x), bit_net(x))
 
 
 def test_chain_passes_packed_activations(monkeypatch: pytest.MonkeyPatch) -> None:

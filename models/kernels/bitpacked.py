@@ -4,7 +4,11 @@ A unit's output is an NHWC (``channels_last``) float tensor; when the next binar
 known chain consumes that very tensor, the kernel has already packed ``sign(out + next.shift)``
 in its epilogue and the next unit uses those bits directly (a *link*). A unit whose input was not
 produced by its linked predecessor packs its input itself, so links only save work: results never
-depend on them. The last unit of a chain returns an ordinary contiguous NCHW tensor.
+depend on them. The last unit of a chain returns a tensor in the memory format the chain's first
+unit was given (NCHW or channels_last), as the float deploy units would, so that the float
+convolutions that follow pick the same algorithm in both engines. Inside a chain, a unit whose
+input is the previous unit's output writes its own output in place over it (nothing else holds
+the intermediate tensors of the known architectures).
 
 Every float operation of the epilogue follows ``models.deploy.DeployUnit`` one rounding at a time,
 so the outputs are bitwise equal to the float engine's.
@@ -46,7 +50,7 @@ def pack_activations(x: Tensor, shift: Tensor) -> Tensor:
     n, c, h, w = (int(s) for s in x.shape)
     xc = x.contiguous(memory_format=torch.channels_last)
     act = torch.empty((n, h + 2, w + 2, 2 * _words(c)), dtype=torch.int64)
-    _ext.pack_act(_ptr(xc), n, h, w, c, _ptr(shift), _ptr(act), torch.get_num_threads())
+    _ext.pack_act(_ptr(xc), n, h, w, c, _ptr(shift), _ptr(act), torch.get_num_threads(), 0)
     return act
 
 
@@ -60,7 +64,7 @@ def binary_counts(x: Tensor, shift: Tensor, wsign: Tensor) -> Tensor:
     act = pack_activations(x, shift)
     counts = torch.empty((n, h, w, cout), dtype=torch.int32)
     _ext.unit(_ptr(act), n, h, w, cin, _ptr(wp), cout, 1, 0, 0, 0, 0, 0, 0, 0, 0, _ptr(counts),
-              torch.get_num_threads())
+              torch.get_num_threads(), 0, 0)
     return counts.permute(0, 3, 1, 2)
 
 
@@ -70,6 +74,7 @@ class Link:
     def __init__(self) -> None:
         self.tensor: Tensor | None = None
         self.act: Tensor | None = None
+        self.nchw = 1  # memory format of the chain's input, given to the chain's output
 
     def take(self, x: Tensor) -> Tensor | None:
         act = self.act if self.tensor is x else None
@@ -111,12 +116,16 @@ class BitUnit(nn.Module):
             raise ValueError(f"expected {self.cin} input channels, got {cin}")
         x = x.float()
         act = self.link_in.take(x) if self.link_in is not None else None
-        xc = x.contiguous(memory_format=torch.channels_last)
+        owned = act is not None  # x is the NHWC output of the previous unit of this chain
+        xl, x_nchw = _layout(x)
+        entry_nchw = self.link_in.nchw if owned and self.link_in is not None else x_nchw
+        nthreads = torch.get_num_threads()
         if act is None:
             act = torch.empty((n, h + 2, w + 2, 2 * _words(cin)), dtype=torch.int64)
-            _ext.pack_act(_ptr(xc), n, h, w, cin, _ptr(self.shift), _ptr(act), torch.get_num_threads())
+            _ext.pack_act(_ptr(xl), n, h, w, cin, _ptr(self.shift), _ptr(act), nthreads, x_nchw)
         r, c = self.upscale, self.channels
-        resid: Tensor | None = xc
+        resid: Tensor | None = xl
+        resid_nchw = x_nchw
         add_after: Tensor | None = None
         if residual is not None:
             if r > 1:
@@ -124,23 +133,34 @@ class BitUnit(nn.Module):
             if residual.numel() == 1:
                 resid, add_after = None, residual
             else:
-                resid = residual.float().expand(n, c, h, w).contiguous(memory_format=torch.channels_last)
-        out = torch.empty((n, c, h * r, w * r), memory_format=torch.channels_last)
-        nact: Tensor | None = None
-        nshift = self.next_shift if add_after is None else None
-        if self.link_out is not None and nshift is not None:
-            nact = torch.empty((n, h * r + 2, w * r + 2, 2 * _words(c)), dtype=torch.int64)
+                resid, resid_nchw = _layout(residual.float().expand(n, c, h, w))
+        last = self.link_out is None or self.next_shift is None or add_after is not None
+        out_nchw = int(last and entry_nchw)
+        if out_nchw:
+            # the end of a chain given NCHW: NCHW, for the float ops that follow (as the float units)
+            out = torch.empty((n, c, h * r, w * r))
+        elif owned and r == 1 and resid is xl and not x_nchw:
+            out = xl  # in place: each pixel's residual is read before its output is written
         else:
-            nshift = None
+            out = torch.empty((n, c, h * r, w * r), memory_format=torch.channels_last)
+        nact: Tensor | None = None
+        if not last:
+            nact = torch.empty((n, h * r + 2, w * r + 2, 2 * _words(c)), dtype=torch.int64)
         _ext.unit(_ptr(act), n, h, w, cin, _ptr(self.wpacked), self.cout, r, _ptr(self.alpha),
                   _ptr(self.pre), _ptr(self.slope), _ptr(self.post), _ptr(resid), _ptr(out),
-                  _ptr(nshift), _ptr(nact), 0, torch.get_num_threads())
+                  _ptr(None if last else self.next_shift), _ptr(nact), 0, nthreads, resid_nchw, out_nchw)
         if add_after is not None:
             out = out.add_(add_after)
-        if nact is not None and self.link_out is not None:
-            self.link_out.tensor, self.link_out.act = out, nact
-            return out
-        return out.contiguous()
+        if not last and self.link_out is not None:
+            self.link_out.tensor, self.link_out.act, self.link_out.nchw = out, nact, entry_nchw
+        return out
+
+
+def _layout(x: Tensor) -> tuple[Tensor, int]:
+    """(tensor, 1 if NCHW else 0): an NHWC or NCHW contiguous view of x, copying only if neither."""
+    if x.is_contiguous(memory_format=torch.channels_last):
+        return x, 0
+    return x.contiguous(), 1
 
 
 # Units whose input is not the previous unit's output unmodified (an in-place activation or other
