@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -51,36 +52,49 @@ class JobTimeout(Exception):
     """The job ran past the soft time limit."""
 
 
+_OPS_SIDE = 64
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A model and its operation counts on a 64x64 input (every conv's cost scales with pixels)."""
+
+    model: RestorationModel
+    ops_64: dict[str, float]
+
+    def facts(self, width: int, height: int) -> dict[str, Any]:
+        """The model metadata a job reports: identity, size, cost on this input, where it ran."""
+        info = self.model.info
+        ratio = width * height / (_OPS_SIDE * _OPS_SIDE)
+        ops = {k: self.ops_64[k] * ratio for k in ("flops", "bops", "ops_paper")}
+        return {"name": info.name, "task": info.task, "variant": info.variant, "scale": info.scale,
+                "params": info.float_params + info.binary_params, "float_params": info.float_params,
+                "binary_params": info.binary_params, "ops": {**ops, "height": height, "width": width},
+                "sha256": info.sha256, "device": info.device, "backend": info.backend}
+
+
 class ModelCache:
     """Loaded models by (task, scale, variant, device); each is built once per process."""
 
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
-        self._models: dict[tuple[str, int, str | None, str], RestorationModel] = {}
+        self._models: dict[tuple[str, int, str | None, str], Loaded] = {}
 
-    def get(self, task: str, scale: int, variant: str | None, device: str) -> RestorationModel:
+    def get(self, task: str, scale: int, variant: str | None, device: str) -> Loaded:
         key = (task, scale, variant, device)
         with self._lock:
-            model = self._models.get(key)
-            if model is None:
+            loaded = self._models.get(key)
+            if loaded is None:
                 from models.engine import load_for_task
 
                 preload(self._settings.torch_threads)
                 model = load_for_task(task, scale if task == "sr" else None, variant, device=device,
                                       backend=self._settings.backend,
                                       weights_dir=self._settings.weights_dir)
-                self._models[key] = model
-            return model
-
-
-def model_facts(model: RestorationModel, width: int, height: int) -> dict[str, Any]:
-    """The model metadata a job reports: identity, size, cost on this input, where it ran."""
-    info = model.info
-    return {"name": info.name, "task": info.task, "variant": info.variant, "scale": info.scale,
-            "params": info.float_params + info.binary_params, "float_params": info.float_params,
-            "binary_params": info.binary_params, "ops": info.ops(height, width),
-            "sha256": info.sha256, "device": info.device, "backend": info.backend}
+                loaded = Loaded(model, model.info.ops(_OPS_SIDE, _OPS_SIDE))
+                self._models[key] = loaded
+            return loaded
 
 
 class JobRunner:
@@ -139,7 +153,8 @@ class JobRunner:
         if data is None:
             raise JobTimeout("the input expired before a worker took the job")
         t0 = time.perf_counter()
-        model = self.models.get(spec.task, spec.scale, spec.variant, QUEUE_DEVICES[spec.queue])
+        loaded = self.models.get(spec.task, spec.scale, spec.variant, QUEUE_DEVICES[spec.queue])
+        model = loaded.model
         t1 = time.perf_counter()
         # loading a model is a once-per-process cost: the job's own time starts after it
         deadline = t1 + self.settings.soft_time_limit_s
@@ -158,9 +173,9 @@ class JobRunner:
                           inference=(t3 - t2) * ms, encode=(t4 - t3) * ms,
                           total=(rec.timings.queue or 0.0) + (time.perf_counter() - t_start) * ms)
         output = ImageFacts(width=out.width, height=out.height, bytes=len(encoded), format=spec.format)
+        facts = loaded.facts(img.width, img.height)
         done = self.store.transition(spec.id, JobStatus.succeeded, (JobStatus.running,), progress=1.0,
-                                     finished_at=now(), timings=timings, output=output,
-                                     model=model_facts(model, img.width, img.height))
+                                     finished_at=now(), timings=timings, output=output, model=facts)
         if done is None:  # cancelled during the last stage: nobody may download it
             raise JobCancelled(spec.id)
         return done
