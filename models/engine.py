@@ -121,7 +121,7 @@ class RestorationModel:
         # NHWC lets oneDNN pick faster convolution kernels for the float paths (measured ~15%)
         self._memory_format = (torch.contiguous_format if self.backend == "bitpacked"
                                else torch.channels_last)
-        self.net = net.to(self.device, memory_format=self._memory_format)
+        self.net = net.to(self.device).to(memory_format=self._memory_format)  # type: ignore[call-overload]
         self._lock = threading.Lock()
         c = count(config)
         meta = dict(metadata or {})

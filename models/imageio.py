@@ -103,7 +103,7 @@ def _to_float(im: PILImage.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
         im = im.convert("RGBA")
     elif mode not in ("L", "LA", "RGB", "RGBA"):
         im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, RGBX: Pillow's conversion to RGB
-    a = np.asarray(im, dtype=np.float32) / 255.0
+    a = (np.asarray(im, dtype=np.float32) / np.float32(255.0)).astype(np.float32)
     if a.ndim == 2:
         return a[..., None], None, 8
     if im.mode == "LA":

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from models.archs.sr import repeat_channels
 from models.blocks import BinaryConv2d
-from models.config import NetworkConfig
+from models.config import NetworkConfig, Task
 
 
 class BBCUDnCNN(nn.Module):
@@ -74,6 +74,6 @@ def detect(sd: dict[str, Tensor]) -> NetworkConfig | None:
         out_nc = int(sd[f"model.{depth}.weight"].shape[0])
     if "head" in parts:
         in_nc = out_nc
-    task = "deblock" if in_nc == 1 else "denoise"
+    task: Task = "deblock" if in_nc == 1 else "denoise"
     return NetworkConfig(task=task, scale=1, in_nc=in_nc, out_nc=out_nc, nf=nf, depth=depth,
                          binary=frozenset(parts), bias=bias, k=130.0 * nf / 64.0)

@@ -24,6 +24,7 @@ def _float_conv(cin: int, cout: int) -> nn.Conv2d:
 
 
 def _init_float(conv: nn.Module, scale: float = 0.1) -> None:
+    """Kaiming-normal init scaled by ``scale`` for a float conv; binary units keep torch defaults."""
     if isinstance(conv, nn.Conv2d):
         nn.init.kaiming_normal_(conv.weight)
         conv.weight.data.mul_(scale)
@@ -55,9 +56,8 @@ class BBCUSR(nn.Module):
         self.conv_last = BinaryConv2d(nf, c.out_nc) if "tail" in parts else _float_conv(nf, c.out_nc)
         self.lrelu = nn.LeakyReLU(0.1, inplace=True)
         self.steps = steps
-        for m in (self.conv_first, self.conv_hr, self.conv_last, self.upconv1,
-                  getattr(self, "upconv2", None)):
-            _init_float(m)
+        for m in self.children():
+            _init_float(m)  # kaiming x 0.1 for the float convs, as the official code
 
     def forward(self, img: Tensor) -> Tensor:
         x = img * self.k

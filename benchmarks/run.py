@@ -1,0 +1,38 @@
+"""``make bench``: every benchmark section, one run, printed as markdown and saved to .bench/."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import platform
+import sys
+import time
+from pathlib import Path
+
+SECTIONS = {
+    "engine": ("Engine vs paper-style float simulation", "benchmarks.engine"),
+    "kernels": ("Bit-packed 1-bit kernels", "benchmarks.kernels"),
+    "service": ("Service overhead (API + Celery + Redis vs engine alone)", "benchmarks.service"),
+}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("sections", nargs="*", default=list(SECTIONS), choices=list(SECTIONS))
+    args = parser.parse_args()
+    machine = platform.processor() or platform.machine()
+    out = [f"# bbcu bench — {time.strftime('%Y-%m-%d %H:%M:%S')} — {machine}"]
+    for key in args.sections:
+        title, module_name = SECTIONS[key]
+        print(f"== {title}", file=sys.stderr, flush=True)
+        module = importlib.import_module(module_name)
+        table = module.run()
+        out.append(f"\n## {title}\n\n{table}")
+        print(out[-1], flush=True)
+    Path(".bench").mkdir(exist_ok=True)
+    Path(".bench/results.md").write_text("\n".join(out) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
