@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio.to_thread
 from fastapi import FastAPI
 
 from app import errors
@@ -30,6 +31,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # synchronous requests wait in worker threads: size the pool for them, not anyio's 40
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.api_threads
         services = Services.start(settings, metrics)
         app.state.services = services
         try:

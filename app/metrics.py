@@ -22,6 +22,11 @@ HELP = {
 }
 
 
+def _num(value: float) -> str:
+    v = float(value)
+    return str(int(v)) if v.is_integer() else repr(v)
+
+
 def _fmt(labels: Labels) -> str:
     if not labels:
         return ""
@@ -60,22 +65,22 @@ class Metrics:
             for name, series in sorted(self._counters.items()):
                 kind, text = HELP.get(name, ("counter", name))
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-                lines += [f"{name}{_fmt(k)} {v:g}" for k, v in sorted(series.items())]
+                lines += [f"{name}{_fmt(k)} {_num(v)}" for k, v in sorted(series.items())]
             for name, hists in sorted(self._hist.items()):
                 kind, text = HELP.get(name, ("histogram", name))
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
                 for k, h in sorted(hists.items()):
                     for i, b in enumerate(BUCKETS):
-                        lines.append(f"{name}_bucket{_fmt(k + (('le', f'{b:g}'),))} {h[i]:g}")
-                    lines.append(f"{name}_bucket{_fmt(k + (('le', '+Inf'),))} {h[-2]:g}")
-                    lines.append(f"{name}_count{_fmt(k)} {h[-2]:g}")
+                        lines.append(f"{name}_bucket{_fmt(k + (('le', f'{b:g}'),))} {_num(h[i])}")
+                    lines.append(f"{name}_bucket{_fmt(k + (('le', '+Inf'),))} {_num(h[-2])}")
+                    lines.append(f"{name}_count{_fmt(k)} {_num(h[-2])}")
                     lines.append(f"{name}_sum{_fmt(k)} {h[-1]:.6f}")
         seen: set[str] = set()
         for name, text, labels, value in gauges:
             if name not in seen:
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge"]
                 seen.add(name)
-            lines.append(f"{name}{_fmt(tuple(sorted((k, str(v)) for k, v in labels.items())))} {value:g}")
+            lines.append(f"{name}{_fmt(tuple(sorted((k, str(v)) for k, v in labels.items())))} {_num(value)}")
         return "\n".join(lines) + "\n"
 
 

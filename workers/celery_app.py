@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import threading
 from typing import Any
 
@@ -95,6 +96,31 @@ class CeleryDispatcher:
         self.celery.close()
 
 
+def _rss_bytes(pid: str) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def memory_stats() -> dict[str, int]:
+    """Resident memory of this worker and its pool processes; CUDA memory if this process uses CUDA."""
+    pids = ["self"]
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                pids += f.read().split()
+    except OSError:
+        pass  # no /proc (not Linux): report this process only
+    stats = {"rss_bytes": sum(_rss_bytes(p) for p in pids)}
+    torch = sys.modules.get("torch")  # only a worker that already runs jobs here has it
+    if torch is not None and torch.cuda.is_initialized():
+        stats["gpu_allocated_bytes"] = int(torch.cuda.memory_allocated())
+        stats["gpu_reserved_bytes"] = int(torch.cuda.memory_reserved())
+    return stats
+
+
 class Heartbeat:
     """A thread in the worker's main process announcing it in Redis until stopped."""
 
@@ -113,8 +139,9 @@ class Heartbeat:
     def _loop(self) -> None:
         while True:
             try:
+                info = {**self.info, **memory_stats()}
                 for q in self.queues:
-                    self.store.beat(q, self.name, self.info, ttl_s=3 * self.period_s)
+                    self.store.beat(q, self.name, info, ttl_s=3 * self.period_s)
             except StoreUnavailable:
                 pass  # Redis is down: the beat lapses, readiness says so; next round retries
             if self._stop.wait(self.period_s):

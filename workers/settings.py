@@ -32,8 +32,9 @@ class Settings(BaseSettings):
     backend: str = Field("auto", description="Engine backend: auto, float, fp16, bitpacked")
     tile_memory_mb: int = Field(512, gt=0, description="Activation memory per tile (sets the tile size)")
     gpu_release_pixels: int = Field(
-        2048 * 2048, gt=0, description="Free cached GPU memory after jobs with more input pixels")
+        1024 * 1024, gt=0, description="Free cached GPU memory after jobs with more input pixels")
     torch_threads: int = Field(0, ge=0, description="Intra-op threads per worker process; 0: torch default")
+    api_threads: int = Field(128, gt=0, description="API threads (a sync request holds one while waiting)")
     embedded_workers: int = Field(2, gt=0, description="Threads of the embedded pool")
     embedded_queue: int = Field(64, gt=0, description="Jobs waiting in the embedded pool before 503")
     required_queues: str = Field("cpu", description="Comma list of queues /readyz needs a live worker for")

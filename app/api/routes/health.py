@@ -15,7 +15,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz() -> dict[str, str]:
+async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
@@ -53,6 +53,15 @@ def metrics(metrics: MetricsDep, store: StoreDep, dispatcher: DispatcherDep) -> 
             gauges.append(("bbcu_workers", "Live workers by queue", {"queue": q}, len(workers.get(q, []))))
         for q in QUEUES:
             gauges.append(("bbcu_queue_length", "Jobs waiting by queue", {"queue": q}, lengths.get(q, 0)))
+        seen: dict[str, dict[str, Any]] = {w.get("worker", "?"): w for ws in workers.values() for w in ws}
+        for name, w in sorted(seen.items()):
+            if "rss_bytes" in w:
+                gauges.append(("bbcu_worker_rss_bytes", "Resident memory of a worker and its pool",
+                               {"worker": name}, w["rss_bytes"]))
+            for kind in ("allocated", "reserved"):
+                if f"gpu_{kind}_bytes" in w:
+                    gauges.append(("bbcu_worker_gpu_memory_bytes", "CUDA memory of a GPU worker",
+                                   {"worker": name, "kind": kind}, w[f"gpu_{kind}_bytes"]))
     except StoreUnavailable:
         gauges.append(("bbcu_broker_up", "1 when the broker answers", {}, 0))
     return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
