@@ -226,3 +226,10 @@ def test_compose_file_matches_the_commands_and_settings() -> None:
     api_runs = [ln for ln in (ROOT / services["api"]["build"]["dockerfile"]).read_text().splitlines()
                 if ln.startswith("RUN")]
     assert not any("torch" in ln or "engine" in ln for ln in api_runs)
+
+
+def test_docs_list_every_setting() -> None:
+    doc = (ROOT / "docs" / "SERVICE.md").read_text()
+    names = [f"BBCU_{name.upper()}" for name in Settings.model_fields]
+    missing = [n for n in names if f"`{n}`" not in doc]
+    assert missing == []
