@@ -26,11 +26,11 @@ class Upload:
 
 
 def too_large(limit: int, received: int | None = None) -> Problem:
-    extra = {"max_upload_bytes": limit}
-    if received is not None:
-        extra["received_bytes"] = received
-    return Problem(413, "Upload too large", f"the request body exceeds the limit of {limit} bytes",
-                   slug="upload-too-large", **extra)
+    detail = f"the request body exceeds the limit of {limit} bytes"
+    if received is None:
+        return Problem(413, "Upload too large", detail, slug="upload-too-large", max_upload_bytes=limit)
+    return Problem(413, "Upload too large", detail, slug="upload-too-large", max_upload_bytes=limit,
+                   received_bytes=received)
 
 
 class _ImageField:

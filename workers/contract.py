@@ -103,7 +103,7 @@ class JobRecord(BaseModel):
     status: JobStatus
     task: Task
     queue: str
-    progress: float = Field(0.0, ge=0.0, le=1.0)
+    progress: float = Field(default=0.0, ge=0.0, le=1.0)
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

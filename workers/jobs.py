@@ -121,7 +121,7 @@ class JobRunner:
         except JobCancelled:
             self.store.drop_result(job_id)
             self.store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now())
-        except (JobTimeout, *limit_errors):
+        except (JobTimeout, *limit_errors):  # type: ignore[misc]
             self._fail(job_id, ErrorCode.timeout,
                        f"the job ran past the time limit of {self.settings.soft_time_limit_s} s")
         except Exception as e:

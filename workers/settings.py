@@ -20,27 +20,45 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="BBCU_", extra="ignore")
 
     broker_url: str | None = Field(
-        None, description="Redis URL (broker, result backend and blob store); unset: embedded mode")
-    weights_dir: Path = Field(WEIGHTS_DIR, description="Directory of *.safetensors model files")
-    max_upload_bytes: int = Field(32 << 20, gt=0, description="Largest accepted request body")
-    max_pixels: int = Field(2048 * 2048, gt=0, description="Largest accepted input (width x height)")
-    result_ttl_s: int = Field(3600, gt=0, description="How long inputs and results are kept")
-    job_ttl_s: int = Field(86400, gt=0, description="How long job records are kept (410 once results expire)")
-    sync_wait_s: float = Field(30.0, ge=0, description="Synchronous requests wait this long, then get 202")
-    soft_time_limit_s: int = Field(300, gt=0, description="A job running longer fails (time limit)")
-    hard_time_limit_s: int = Field(360, gt=0, description="A worker process running a job longer is replaced")
-    backend: str = Field("auto", description="Engine backend: auto, float, fp16, bitpacked")
-    tile_memory_mb: int = Field(512, gt=0, description="Activation memory per tile (sets the tile size)")
+        default=None, description="Redis URL (broker, result backend and blob store); unset: embedded mode")
+    weights_dir: Path = Field(
+        default=WEIGHTS_DIR, description="Directory of *.safetensors model files")
+    max_upload_bytes: int = Field(
+        default=32 << 20, gt=0, description="Largest accepted request body")
+    max_pixels: int = Field(
+        default=2048 * 2048, gt=0, description="Largest accepted input (width x height)")
+    result_ttl_s: int = Field(
+        default=3600, gt=0, description="How long inputs and results are kept")
+    job_ttl_s: int = Field(
+        default=86400, gt=0, description="How long job records are kept (410 once results expire)")
+    sync_wait_s: float = Field(
+        default=30.0, ge=0, description="Synchronous requests wait this long, then get 202")
+    soft_time_limit_s: int = Field(
+        default=300, gt=0, description="A job running longer fails (time limit)")
+    hard_time_limit_s: int = Field(
+        default=360, gt=0, description="A worker process running a job longer is replaced")
+    backend: str = Field(
+        default="auto", description="Engine backend: auto, float, fp16, bitpacked")
+    tile_memory_mb: int = Field(
+        default=512, gt=0, description="Activation memory per tile (sets the tile size)")
     gpu_release_pixels: int = Field(
-        1024 * 1024, gt=0, description="Free cached GPU memory after jobs with more input pixels")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads per worker process; 0: torch default")
-    api_threads: int = Field(128, gt=0, description="API threads (a sync request holds one while waiting)")
-    embedded_workers: int = Field(2, gt=0, description="Threads of the embedded pool")
-    embedded_queue: int = Field(64, gt=0, description="Jobs waiting in the embedded pool before 503")
-    required_queues: str = Field("cpu", description="Comma list of queues /readyz needs a live worker for")
-    heartbeat_s: float = Field(5.0, gt=0, description="Worker heartbeat period (expires after 3 periods)")
-    retry_after_s: int = Field(5, gt=0, description="Retry-After sent with 503 answers")
-    redis_timeout_s: float = Field(3.0, gt=0, description="Socket timeout of Redis connections")
+        default=1024 * 1024, gt=0, description="Free cached GPU memory after jobs with more input pixels")
+    torch_threads: int = Field(
+        default=0, ge=0, description="Intra-op threads per worker process; 0: torch default")
+    api_threads: int = Field(
+        default=128, gt=0, description="API threads (a synchronous request holds one while waiting)")
+    embedded_workers: int = Field(
+        default=2, gt=0, description="Threads of the embedded pool")
+    embedded_queue: int = Field(
+        default=64, gt=0, description="Jobs waiting in the embedded pool before 503")
+    required_queues: str = Field(
+        default="cpu", description="Comma list of queues /readyz needs a live worker for")
+    heartbeat_s: float = Field(
+        default=5.0, gt=0, description="Worker heartbeat period (expires after 3 periods)")
+    retry_after_s: int = Field(
+        default=5, gt=0, description="Retry-After sent with 503 answers")
+    redis_timeout_s: float = Field(
+        default=3.0, gt=0, description="Socket timeout of Redis connections")
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:

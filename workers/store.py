@@ -119,9 +119,12 @@ class MemoryStore(JobStore):
 
     def _sweep(self) -> None:
         t = time.monotonic()
-        for store in (self._records, self._blobs, self._beats):
-            for key in [k for k, (exp, _) in store.items() if exp <= t]:  # type: ignore[attr-defined]
-                del store[key]  # type: ignore[attr-defined]
+        for expired in [k for k, (exp, _) in self._records.items() if exp <= t]:
+            del self._records[expired]
+        for blob in [k for k, (exp, _) in self._blobs.items() if exp <= t]:
+            del self._blobs[blob]
+        for beat in [k for k, (exp, _) in self._beats.items() if exp <= t]:
+            del self._beats[beat]
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._cond:
@@ -254,7 +257,7 @@ class RedisStore(JobStore):
                 return rec
             with self._guard():
                 # rotating the list onto itself leaves the marker for every other waiter
-                self.client.blmove(done, done, min(left, self._POLL_S), "RIGHT", "LEFT")
+                self.client.blmove(done, done, min(left, self._POLL_S), "RIGHT", "LEFT")  # type: ignore[arg-type]
 
     def ping(self) -> None:
         with self._guard():
@@ -291,7 +294,7 @@ class RedisStore(JobStore):
     def _get_blob(self, kind: str, job_id: str) -> bytes | None:
         with self._guard():
             raw = self.client.get(self._key(kind, job_id))
-        return bytes(raw) if raw is not None else None
+        return bytes(raw) if raw is not None else None  # type: ignore[arg-type]
 
     def _del_blob(self, kind: str, job_id: str) -> None:
         with self._guard():

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi.responses import JSONResponse, Response
+from pydantic import ConfigDict
 
 from app.errors import Problem
 from workers.contract import ErrorCode, JobRecord, JobStatus
@@ -18,7 +21,7 @@ ERROR_STATUS: dict[ErrorCode, tuple[int, str]] = {
     ErrorCode.internal: (500, "Job failed"),
 }
 
-JOB_EXAMPLE = {
+JOB_EXAMPLE: dict[str, Any] = {
     "id": "3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01", "status": "succeeded", "task": "denoise", "queue": "cpu",
     "progress": 1.0, "created_at": 1764100000.0, "started_at": 1764100000.01, "finished_at": 1764100000.2,
     "timings": {"queue": 8.1, "load": 0.0, "decode": 2.3, "inference": 151.0, "encode": 9.7, "total": 174.0},
@@ -40,7 +43,7 @@ class JobView(JobRecord):
 
     links: dict[str, str]
 
-    model_config = {"json_schema_extra": {"examples": [JOB_EXAMPLE]}}
+    model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})
 
     @classmethod
     def of(cls, rec: JobRecord) -> JobView:
