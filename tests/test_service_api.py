@@ -116,7 +116,7 @@ def test_async_restore_every_task(service: Service, tiny_weights: Path, task: st
         assert r.json()["status"] in ("queued", "running", "succeeded")
         job = wait_job(c, job_id)
         assert job["status"] == "succeeded" and job["progress"] == 1.0 and job["error"] is None
-        assert job["input"] == {"width": 32, "height": 20, "bytes": len(data), "format": "PNG"}
+        assert job["input"] == {"width": 32, "height": 20, "bytes": len(data), "format": "png"}
         assert job["output"]["width"] == 32 * factor and job["output"]["height"] == 20 * factor
         model = job["model"]
         assert model["name"] == name and model["device"] == "cpu" and model["scale"] == factor

@@ -28,7 +28,7 @@ JOB_EXAMPLE: dict[str, Any] = {
     "model": {"name": "bbcu_denoise_l", "task": "denoise", "variant": "l", "scale": 1, "params": 558000,
               "sha256": "9d2c...", "device": "cpu", "backend": "float",
               "ops": {"flops": 1.1e9, "bops": 3.4e10, "ops_paper": 1.6e9, "height": 256, "width": 256}},
-    "input": {"width": 256, "height": 256, "bytes": 120345, "format": "PNG"},
+    "input": {"width": 256, "height": 256, "bytes": 120345, "format": "png"},
     "output": {"width": 256, "height": 256, "bytes": 118002, "format": "png"},
     "error": None,
     "spec": {"id": "3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01", "task": "denoise", "scale": 1, "variant": "l",

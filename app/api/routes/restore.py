@@ -116,7 +116,7 @@ def _probe(data: bytes, max_pixels: int) -> ImageFacts:
                       max_pixels=e.max_pixels) from e
     except ImageDecodeError as e:
         raise Problem(415, "Unsupported media type", str(e), slug="not-an-image") from e
-    return ImageFacts(width=width, height=height, bytes=len(data), format=fmt)
+    return ImageFacts(width=width, height=height, bytes=len(data), format=fmt.lower())
 
 
 @router.post("/restore", status_code=200, responses=RESPONSES, openapi_extra=REQUEST_BODY,
