@@ -127,6 +127,10 @@ def test_sync_wait_limit_gives_202(tiny_weights: Path, redis_port: int, logdir: 
             assert resp.status_code == 202 and 0.5 <= time.monotonic() - t < 5
             assert resp.headers["location"] == f"/jobs/{resp.json()['id']}"
             assert "preference-applied" not in resp.headers
+            # Prefer: wait=N shortens the wait below the setting, never lengthens it
+            env_wait = c.post("/restore", params={"task": "denoise"}, headers={"Prefer": "wait=100"},
+                              files={"image": ("q.png", make_image(8, 8), "image/png")})
+            assert env_wait.status_code == 202
     finally:
         api.stop()
         redis.Redis.from_url(redis_url).flushdb()

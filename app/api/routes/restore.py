@@ -92,6 +92,16 @@ def negotiate_format(explicit: str | None, accept: str | None) -> str:
     return best
 
 
+def parse_prefer(header: str | None) -> dict[str, str]:
+    """RFC 7240 preferences, e.g. ``respond-async, wait=10`` -> {"respond-async": "", "wait": "10"}."""
+    prefs: dict[str, str] = {}
+    for item in (header or "").split(","):
+        token, _, value = item.split(";")[0].strip().partition("=")
+        if token:
+            prefs[token.lower()] = value.strip().strip('"')
+    return prefs
+
+
 def _check_model(weights_dir: Any, task: str, scale: int | None, variant: str | None) -> tuple[int, str]:
     if task == "sr":
         scale = scale or 4
@@ -130,11 +140,15 @@ async def restore(
     device: Annotated[Device, Query(description="auto picks a GPU worker when one is alive")] = "auto",
     tile: Annotated[int | None, Query(ge=32, le=8192, description="tile size in input pixels")] = None,
     async_: Annotated[bool, Query(alias="async", description="answer 202 with a job at once")] = False,
-    prefer: Annotated[str | None, Header(description="respond-async for 202")] = None,
+    prefer: Annotated[str | None, Header(description="respond-async: 202 at once; wait=N: wait less")] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Restore an image: the result when done within the wait limit, else 202 and a job to poll."""
-    want_async = async_ or "respond-async" in (prefer or "").lower()
+    prefs = parse_prefer(prefer)
+    want_async = async_ or "respond-async" in prefs
+    wait_s = settings.sync_wait_s
+    if prefs.get("wait", "").isdigit():
+        wait_s = min(wait_s, float(prefs["wait"]))
     try:
         scale_, variant_ = await run_in_threadpool(_check_model, settings.weights_dir, task, scale, variant)
         upload = await read_upload(request, settings.max_upload_bytes)
@@ -154,8 +168,8 @@ async def restore(
         raise
     metrics.inc("bbcu_jobs_submitted_total", task=task, queue=queue)
     if want_async:
-        return accepted(rec, preference_applied="respond-async" in (prefer or "").lower())
-    done = await run_in_threadpool(store.wait, spec.id, settings.sync_wait_s)
+        return accepted(rec, preference_applied="respond-async" in prefs)
+    done = await run_in_threadpool(store.wait, spec.id, wait_s)
     if done is None or not done.status.terminal:
         return accepted(done or rec, preference_applied=False)
     metrics.inc("bbcu_jobs_finished_total", status=done.status.value)
