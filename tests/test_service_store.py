@@ -155,3 +155,54 @@ def test_embedded_result_expiry_and_bounded_queue(tiny_weights: Path) -> None:
                 break
             time.sleep(0.2)
         assert ok.status_code == 200
+
+
+def _job_with_input(store: JobStore, data: bytes, **spec: object) -> str:
+    job = JobSpec(id=new_job_id(), task="denoise", **spec)  # type: ignore[arg-type]
+    store.create(job, ImageFacts(width=16, height=16, bytes=len(data), format="png"), data)
+    return job.id
+
+
+def test_runner_is_idempotent_under_redelivery(tiny_weights: Path) -> None:
+    """A message delivered twice (in turn, or at once) runs the job to one result."""
+    from workers.jobs import JobRunner
+
+    settings = Settings(weights_dir=tiny_weights, torch_threads=1)
+    store = MemoryStore(60, 60)
+    runner = JobRunner(settings, store)
+    job = _job_with_input(store, make_image(16, 16, seed=1))
+    first = runner.run(job)
+    assert first is not None and first.status == JobStatus.succeeded
+    result = store.result(job)
+    again = runner.run(job)
+    assert again is not None and again.status == JobStatus.succeeded
+    assert again.finished_at == first.finished_at  # not run a second time
+    assert store.result(job) == result
+
+    twice = _job_with_input(store, make_image(64, 64, seed=2), tile=32)
+    threads = [threading.Thread(target=runner.run, args=(twice,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    rec = store.get(twice)
+    assert rec is not None and rec.status == JobStatus.succeeded and store.result(twice) is not None
+
+
+def test_runner_failures_carry_a_code(tiny_weights: Path) -> None:
+    from workers.jobs import JobRunner
+
+    store = MemoryStore(60, 60)
+    runner = JobRunner(Settings(weights_dir=tiny_weights, torch_threads=1, max_pixels=100), store)
+    cases = {"bad_image": make_image(8, 8)[:50], "too_large": make_image(16, 16)}
+    for code, data in cases.items():
+        rec = runner.run(_job_with_input(store, data))
+        assert rec is not None and rec.status == JobStatus.failed and rec.error is not None
+        assert rec.error.code.value == code and rec.error.detail
+    missing = _job_with_input(store, make_image(8, 8), variant="zz")
+    rec = runner.run(missing)
+    assert rec is not None and rec.error is not None and rec.error.code.value == "unknown_model"
+    expired = _job_with_input(store, make_image(8, 8))
+    store.drop_input(expired)
+    rec = runner.run(expired)
+    assert rec is not None and rec.error is not None and "expired" in rec.error.detail

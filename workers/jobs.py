@@ -121,9 +121,10 @@ class JobRunner:
         except JobCancelled:
             self.store.drop_result(job_id)
             self.store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now())
-        except (JobTimeout, *limit_errors):  # type: ignore[misc]
-            self._fail(job_id, ErrorCode.timeout,
-                       f"the job ran past the time limit of {self.settings.soft_time_limit_s} s")
+        except JobTimeout as e:
+            self._fail(job_id, ErrorCode.timeout, str(e))
+        except limit_errors:
+            self._fail(job_id, ErrorCode.timeout, self._over_time())
         except Exception as e:
             from models.errors import ImageDecodeError, ImageTooLargeError, UnknownModelError
 
@@ -139,6 +140,9 @@ class JobRunner:
         finally:
             self.store.drop_input(job_id)
         return self.store.get(job_id)
+
+    def _over_time(self) -> str:
+        return f"the job ran past the time limit of {self.settings.soft_time_limit_s} s"
 
     def _fail(self, job_id: str, code: ErrorCode, detail: str) -> None:
         self.store.transition(job_id, JobStatus.failed, ACTIVE, finished_at=now(),
@@ -176,13 +180,16 @@ class JobRunner:
         facts = loaded.facts(img.width, img.height)
         done = self.store.transition(spec.id, JobStatus.succeeded, (JobStatus.running,), progress=1.0,
                                      finished_at=now(), timings=timings, output=output, model=facts)
-        if done is None:  # cancelled during the last stage: nobody may download it
-            raise JobCancelled(spec.id)
+        if done is None:  # cancelled meanwhile, or a second delivery finished first
+            current = self.store.get(spec.id)
+            if current is None or current.status == JobStatus.cancelled:
+                self.store.drop_result(spec.id)  # nobody may download a cancelled job's result
+            return current
         return done
 
     def _check(self, job_id: str, deadline: float) -> None:
         if time.perf_counter() > deadline:
-            raise JobTimeout(job_id)
+            raise JobTimeout(self._over_time())
         rec = self.store.get(job_id)
         if rec is None or rec.status == JobStatus.cancelled:
             raise JobCancelled(job_id)
