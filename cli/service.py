@@ -83,7 +83,7 @@ def worker(args: argparse.Namespace) -> int:
         worker_process_init.connect(lambda **_: preload(settings.torch_threads), weak=False)
     else:
         preload(settings.torch_threads)
-    worker_ready.connect(lambda **_: beat.start(), weak=False)
+    worker_ready.connect(lambda sender, **_: beat.start(sender.hostname), weak=False)
     worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
     argv = ["worker", f"--queues={','.join(queues)}", f"--pool={pool}", f"--concurrency={concurrency}",
             f"--loglevel={args.log_level.upper()}", "--without-gossip", "--without-mingle",

@@ -237,3 +237,54 @@ def test_docs_list_every_setting() -> None:
     names = [f"BBCU_{name.upper()}" for name in Settings.model_fields]
     missing = [n for n in names if f"`{n}`" not in doc]
     assert missing == []
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def test_killed_pool_process_job_reruns_and_dead_worker_is_reported(tiny_weights: Path, redis_port: int,
+                                                                    logdir: Path) -> None:
+    """A pool process killed mid-job: the message is rejected, requeued and the job still succeeds.
+    The whole worker killed: the job is reported failed (worker_lost) once its heartbeat lapses."""
+    import os
+    import signal
+
+    redis_url = f"redis://127.0.0.1:{redis_port}/4"
+    env = service_env(tiny_weights, BBCU_BROKER_URL=redis_url)
+    url, api = start_api("api-db4", env, logdir)
+    worker = start_worker("worker-db4", env, logdir, "--concurrency", "1")
+    big = make_image(512, 512, seed=3)
+    try:
+        wait_ready(url, worker)
+        with httpx.Client(base_url=url, timeout=60) as c:
+
+            def submit_running() -> str:
+                job_id = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                                files={"image": ("b.png", big, "image/png")}).json()["id"]
+                deadline = time.monotonic() + 60
+                while c.get(f"/jobs/{job_id}").json()["status"] != "running":
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+                return job_id
+
+            job_id = submit_running()
+            [child] = _children(worker.popen.pid)
+            os.kill(child, signal.SIGKILL)
+            job = wait_job(c, job_id, timeout=120)
+            assert job["status"] == "succeeded", job
+            assert job["worker"] == "worker-db4@" + job["worker"].split("@", 1)[1]
+
+            lost = submit_running()
+            for pid in [*_children(worker.popen.pid), worker.popen.pid]:
+                os.kill(pid, signal.SIGKILL)
+            job = wait_job(c, lost, timeout=30)
+            assert job["status"] == "failed" and job["error"]["code"] == "worker_lost", job
+            assert "no heartbeat" in job["error"]["detail"]
+    finally:
+        worker.stop()
+        api.stop()
+        redis.Redis.from_url(redis_url).flushdb()

@@ -128,12 +128,15 @@ class Heartbeat:
         self.store = store
         self.queues = queues
         self.period_s = period_s
-        self.name = f"{socket.gethostname()}:{os.getpid()}"
-        self.info = {"worker": self.name, "queues": queues, **info}
+        self.name = f"celery@{socket.gethostname()}"
+        self.info = {"queues": queues, **info}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bbcu-heartbeat", daemon=True)
 
-    def start(self) -> None:
+    def start(self, name: str) -> None:
+        """Start beating as Celery node ``name`` (the name jobs record as their worker)."""
+        self.name = name
+        self.info["worker"] = name
         self._thread.start()
 
     def _loop(self) -> None:

@@ -107,6 +107,7 @@ class JobRecord(BaseModel):
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None
+    worker: str | None = None
     timings: Timings = Field(default_factory=Timings)
     model: dict[str, Any] | None = None
     input: ImageFacts | None = None

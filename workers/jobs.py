@@ -105,14 +105,18 @@ class JobRunner:
         self.store = store
         self.models = ModelCache(settings)
 
-    def run(self, job_id: str, *, limit_errors: tuple[type[BaseException], ...] = ()) -> JobRecord | None:
-        """Run one job to a terminal state; a second delivery of a finished job does nothing."""
+    def run(self, job_id: str, *, worker: str | None = None,
+            limit_errors: tuple[type[BaseException], ...] = ()) -> JobRecord | None:
+        """Run one job to a terminal state; a second delivery of a finished job does nothing.
+
+        ``worker`` (the Celery node name) is recorded so the API can tell when that worker is gone.
+        """
         rec = self.store.get(job_id)
         if rec is None:
             return None
         started = now()
         queued_ms = (started - rec.created_at) * 1000
-        rec = self.store.transition(job_id, JobStatus.running, ACTIVE, started_at=started,
+        rec = self.store.transition(job_id, JobStatus.running, ACTIVE, started_at=started, worker=worker,
                                     timings=Timings(queue=queued_ms))
         if rec is None:  # cancelled while queued, or already finished by an earlier delivery
             return self.store.get(job_id)

@@ -27,5 +27,5 @@ class RestoreTask(Task):  # type: ignore[misc]
 @shared_task(name=TASK_NAME, base=RestoreTask, bind=True, ignore_result=True)
 def restore(self: RestoreTask, job_id: str) -> str | None:
     """Run the job stored under ``job_id``; returns its final status."""
-    rec = self.runner.run(job_id, limit_errors=(SoftTimeLimitExceeded,))
+    rec = self.runner.run(job_id, worker=self.request.hostname, limit_errors=(SoftTimeLimitExceeded,))
     return rec.status.value if rec else None

@@ -24,19 +24,25 @@ def _unknown(job_id: str) -> Problem:
 
 
 def current(job_id: str, store: JobStore, settings: Settings, dispatcher: Dispatcher) -> JobRecord:
-    """The job's record; a job running past the hard time limit is reported failed (worker lost)."""
+    """The job's record; a running job whose worker vanished, or that ran past the hard time limit,
+    is reported failed (``worker_lost``)."""
     rec = store.get(job_id)
     if rec is None:
         raise _unknown(job_id)
+    if dispatcher.mode != "celery" or rec.status != JobStatus.running or rec.started_at is None:
+        return rec
     limit = settings.hard_time_limit_s + _GRACE_S
-    if (dispatcher.mode == "celery" and rec.status == JobStatus.running and rec.started_at
-            and now() - rec.started_at > limit):
-        lost = store.transition(job_id, JobStatus.failed, (JobStatus.running,), finished_at=now(),
-                                error=JobError(code=ErrorCode.worker_lost,
-                                               detail=f"no result {limit:.0f} s after the job started: "
-                                                      "the worker died or hit the hard time limit"))
-        rec = lost or rec
-    return rec
+    alive = {w.get("worker") for ws in dispatcher.workers().values() for w in ws}
+    # a heartbeat lapses after three periods: judge only jobs older than that
+    if rec.worker and rec.worker not in alive and now() - rec.started_at > 3 * settings.heartbeat_s:
+        reason = f"worker {rec.worker} stopped (no heartbeat) while running the job"
+    elif now() - rec.started_at > limit:
+        reason = f"no result {limit:.0f} s after the job started: the worker hit the hard time limit or died"
+    else:
+        return rec
+    lost = store.transition(job_id, JobStatus.failed, (JobStatus.running,), finished_at=now(),
+                            error=JobError(code=ErrorCode.worker_lost, detail=reason))
+    return lost or store.get(job_id) or rec
 
 
 @router.get("/{job_id}", responses={200: {"content": {"application/json": {"example": JOB_EXAMPLE}}}})
