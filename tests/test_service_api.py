@@ -324,7 +324,7 @@ def test_health_ready_metrics_docs(service: Service) -> None:
         ready = c.get("/readyz")
         assert ready.status_code == 200
         assert ready.json()["ready"] is True and ready.json()["mode"] == service.mode
-        assert ready.json()["workers"]["cpu"] >= 1
+        assert ready.json()["workers"]["cpu"] >= 1 and ready.json()["models"] == len(TINY_MODELS)
         c.post("/restore", params={"task": "denoise"},
                files={"image": ("m.png", make_image(8, 8), "image/png")})
         text = c.get("/metrics").text
@@ -340,3 +340,31 @@ def test_health_ready_metrics_docs(service: Service) -> None:
         assert "multipart/form-data" in post["requestBody"]["content"]
         assert "example" in post["responses"]["413"]["content"]["application/problem+json"]
         assert c.get("/docs").status_code == 200
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of a process and its children (a Celery worker and its pool)."""
+    pids = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        pids += [int(k) for k in (task / "children").read_text().split()]
+    page = 4096
+    return sum(int(Path(f"/proc/{p}/statm").read_text().split()[1]) * page for p in pids)
+
+
+def test_memory_stays_flat_over_many_requests(service: Service) -> None:
+    """No image bytes are kept beyond a job (apart from results within their TTL)."""
+    proc = service.procs[-1] if service.mode == "celery" else service.procs[0]  # the worker, or the API
+    data = make_image(96, 96, seed=11)
+    with service.client() as c:
+
+        def burst(n: int) -> None:
+            for _ in range(n):
+                r = c.post("/restore", params={"task": "sr", "scale": 2},
+                           files={"image": ("m.png", data, "image/png")})
+                assert r.status_code == 200
+
+        burst(10)
+        before = _tree_rss(proc.popen.pid)
+        burst(40)
+        after = _tree_rss(proc.popen.pid)
+    assert after - before < 40 << 20, f"RSS grew by {(after - before) >> 20} MiB over 40 requests"

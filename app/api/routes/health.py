@@ -8,6 +8,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from app.api.deps import DispatcherDep, MetricsDep, SettingsDep, StoreDep
+from models import catalog
 from workers.contract import QUEUES
 from workers.errors import StoreUnavailable
 
@@ -32,10 +33,14 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
     body["broker"] = "ok"
     body["workers"] = {q: len(w) for q, w in workers.items()}
+    body["models"] = len(catalog.entries(settings.weights_dir))
     missing = [q for q in settings.required_queue_list if not workers.get(q)]
-    body["ready"] = not missing
-    if missing:
-        body["detail"] = f"no live worker for queue(s): {', '.join(missing)}"
+    problems = [f"no live worker for queue(s): {', '.join(missing)}"] if missing else []
+    if not body["models"]:
+        problems.append(f"no model files in {settings.weights_dir.name}/ (BBCU_WEIGHTS_DIR)")
+    body["ready"] = not problems
+    if problems:
+        body["detail"] = "; ".join(problems)
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
     return JSONResponse(body)
 
