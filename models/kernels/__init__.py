@@ -10,17 +10,21 @@ the CPU supports is chosen at import.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from torch import nn
 
 _reason: str | None = None
-try:
-    from models.kernels import _bitpacked as _ext  # type: ignore[attr-defined]
-except ImportError as e:  # the optional extension was not built
-    _ext = None
-    _reason = (f"the C extension models.kernels._bitpacked is not built ({e}); build it with "
-               "`pip install -e .` or `python setup.py build_ext --inplace` (needs a C compiler)")
+_ext = None
+if importlib.util.find_spec("models.kernels._bitpacked") is None:
+    _reason = ("the C extension models.kernels._bitpacked is not built (no C compiler at install time?); "
+               "build it with `pip install -e .` or `python setup.py build_ext --inplace`")
+else:
+    try:
+        from models.kernels import _bitpacked as _ext  # type: ignore[attr-defined,no-redef]
+    except ImportError as e:  # built for another interpreter or platform
+        _reason = f"the C extension models.kernels._bitpacked does not load: {e}"
 
 if _ext is not None and os.environ.get("BBCU_KERNEL_ISA"):
     _ext.set_isa(os.environ["BBCU_KERNEL_ISA"])
