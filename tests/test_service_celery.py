@@ -288,3 +288,37 @@ def test_killed_pool_process_job_reruns_and_dead_worker_is_reported(tiny_weights
         worker.stop()
         api.stop()
         redis.Redis.from_url(redis_url).flushdb()
+
+
+def test_device_routing_follows_gpu_worker_heartbeats(tiny_weights: Path, redis_port: int,
+                                                      logdir: Path) -> None:
+    """device=auto goes to the gpu queue while a GPU worker beats, else to cpu; device=gpu needs one."""
+    from workers.store import RedisStore
+
+    redis_url = f"redis://127.0.0.1:{redis_port}/6"
+    env = service_env(tiny_weights, BBCU_BROKER_URL=redis_url)
+    url, api = start_api("api-db6", env, logdir)
+    store = RedisStore(redis_url, 60, 60)
+    r = redis.Redis.from_url(redis_url)
+    image = {"image": ("x.png", make_image(8, 8), "image/png")}
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+
+            def queue_of(device: str) -> str:
+                resp = c.post("/restore", params={"task": "denoise", "device": device, "async": "true"},
+                              files=image)
+                assert resp.status_code == 202, resp.text
+                return str(resp.json()["queue"])
+
+            assert queue_of("auto") == "cpu"
+            refused = c.post("/restore", params={"task": "denoise", "device": "gpu"}, files=image)
+            body = assert_problem(refused, 503)
+            assert "no GPU worker" in body["detail"]
+            store.beat("gpu", "gpu-worker@elsewhere", {"worker": "gpu-worker@elsewhere"}, ttl_s=30)
+            assert queue_of("auto") == "gpu" and queue_of("gpu") == "gpu" and queue_of("cpu") == "cpu"
+            assert (r.llen("gpu"), r.llen("cpu")) == (2, 2)
+            store.forget_worker("gpu", "gpu-worker@elsewhere")
+            assert queue_of("auto") == "cpu"
+    finally:
+        api.stop()
+        r.flushdb()
