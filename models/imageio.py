@@ -64,6 +64,8 @@ def _open(data: bytes, max_pixels: int) -> PILImage.Image:
             im = PILImage.open(io.BytesIO(data))
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
         raise ImageTooLargeError(f"image too large: {e}", pixels=-1, max_pixels=max_pixels) from e
+    except UnidentifiedImageError as e:
+        raise ImageDecodeError("not a readable image: the data is in no image format Pillow knows") from e
     except _DECODE_ERRORS as e:
         raise ImageDecodeError(f"not a readable image ({type(e).__name__}: {e})") from e
     w, h = im.size
