@@ -112,103 +112,121 @@ T_AVX2 static inline __m256i popcnt8_avx2(__m256i v) {
     return _mm256_add_epi8(lo, hi);
 }
 
-T_AVX2 static inline void core_avx2(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
-    const int K = a->K;
-    long long P = 0;
-    for (int t = 0; t < 9; t++)
-        for (int k = 0; k < K; k++) P += _mm_popcnt_u64(taps[t][2 * k + 1]);
+/* G groups of 16 outputs for one pixel (4*G byte accumulators of 4 lanes), constant G, K and MASK when
+ * inlined; MASK == 0 when every nonzero bit of the window is set (no AND needed). */
+T_AVX2 static inline __attribute__((always_inline)) void pass_avx2(const uint64_t *const taps[9], const uint64_t *w0,
+                                                                   size_t gstride, const int K, const int G,
+                                                                   const int MASK, int P, int32_t *cnt) {
     const __m256i zero = _mm256_setzero_si256();
-    for (int g = 0; g < a->ng; g++) {
-        const uint64_t *w = a->wp + (size_t)g * 9 * K * GROUP;
-        __m256i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
-        __m256i b0 = zero, b1 = zero, b2 = zero, b3 = zero;
-        int pending = 0;
-        for (int t = 0; t < 9; t++) {
-            const uint64_t *xp = taps[t];
-            for (int k = 0; k < K; k++) {
-                const __m256i xs = _mm256_set1_epi64x((long long)xp[2 * k]);
-                const __m256i nz = _mm256_set1_epi64x((long long)xp[2 * k + 1]);
-                const __m256i *wv = (const __m256i *)w;
-                b0 = _mm256_add_epi8(b0, popcnt8_avx2(_mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(wv), xs), nz)));
-                b1 = _mm256_add_epi8(b1, popcnt8_avx2(_mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(wv + 1), xs), nz)));
-                b2 = _mm256_add_epi8(b2, popcnt8_avx2(_mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(wv + 2), xs), nz)));
-                b3 = _mm256_add_epi8(b3, popcnt8_avx2(_mm256_and_si256(_mm256_xor_si256(_mm256_loadu_si256(wv + 3), xs), nz)));
-                w += GROUP;
-                if (++pending == 31) { /* 31 * 8 <= 255: bytes cannot overflow */
-                    s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
-                    s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
-                    s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
-                    s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
-                    b0 = b1 = b2 = b3 = zero;
-                    pending = 0;
+    __m256i b[8], s[8];
+    for (int q = 0; q < 4 * G; q++) b[q] = s[q] = zero;
+    int pending = 0;
+    for (int t = 0; t < 9; t++) {
+        for (int k = 0; k < K; k++) {
+            const __m256i xs = _mm256_set1_epi64x((long long)taps[t][2 * k]);
+            const __m256i nz = _mm256_set1_epi64x((long long)taps[t][2 * k + 1]);
+            const uint64_t *w = w0 + ((size_t)t * K + k) * GROUP;
+            for (int g = 0; g < G; g++) {
+                for (int h = 0; h < 4; h++) {
+                    __m256i d = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(w + g * gstride + 4 * h)), xs);
+                    if (MASK) d = _mm256_and_si256(d, nz);
+                    b[4 * g + h] = _mm256_add_epi8(b[4 * g + h], popcnt8_avx2(d));
                 }
             }
+            if (++pending == 31) { /* 31 * 8 <= 255: bytes cannot overflow */
+                for (int q = 0; q < 4 * G; q++) {
+                    s[q] = _mm256_add_epi64(s[q], _mm256_sad_epu8(b[q], zero));
+                    b[q] = zero;
+                }
+                pending = 0;
+            }
         }
-        s0 = _mm256_add_epi64(s0, _mm256_sad_epu8(b0, zero));
-        s1 = _mm256_add_epi64(s1, _mm256_sad_epu8(b1, zero));
-        s2 = _mm256_add_epi64(s2, _mm256_sad_epu8(b2, zero));
-        s3 = _mm256_add_epi64(s3, _mm256_sad_epu8(b3, zero));
+    }
+    const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    const __m256i pv = _mm256_set1_epi32(P);
+    for (int q = 0; q < 4 * G; q += 2) {
         /* the low 32 bits of each 64-bit lane hold the sum: gather them into 8 int32 */
-        const __m256i idx = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-        const __m256i lo01 = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s0, idx),
-                                                        _mm256_permutevar8x32_epi32(s1, idx), 0x20);
-        const __m256i lo23 = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s2, idx),
-                                                        _mm256_permutevar8x32_epi32(s3, idx), 0x20);
-        const __m256i pv = _mm256_set1_epi32((int)P);
-        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP), _mm256_sub_epi32(pv, _mm256_slli_epi32(lo01, 1)));
-        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 8), _mm256_sub_epi32(pv, _mm256_slli_epi32(lo23, 1)));
+        const __m256i s0 = _mm256_add_epi64(s[q], _mm256_sad_epu8(b[q], zero));
+        const __m256i s1 = _mm256_add_epi64(s[q + 1], _mm256_sad_epu8(b[q + 1], zero));
+        const __m256i lo = _mm256_permute2x128_si256(_mm256_permutevar8x32_epi32(s0, idx),
+                                                     _mm256_permutevar8x32_epi32(s1, idx), 0x20);
+        _mm256_storeu_si256((__m256i *)(cnt + 4 * q), _mm256_sub_epi32(pv, _mm256_slli_epi32(lo, 1)));
     }
 }
 
-T_AVX512 static inline void core_avx512(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
-    const int K = a->K;
-    long long P = 0;
-    for (int t = 0; t < 9; t++)
-        for (int k = 0; k < K; k++) P += _mm_popcnt_u64(taps[t][2 * k + 1]);
-    const __m512i zero = _mm512_setzero_si512();
+T_AVX2 static inline __attribute__((always_inline)) void core_avx2_k(const unit_args *a,
+                                                                     const uint64_t *const taps[9], int32_t *cnt,
+                                                                     const int K, const int MASK, int P) {
     const size_t gstride = (size_t)9 * K * GROUP;
     int g = 0;
-    for (; g + 2 <= a->ng; g += 2) {
-        const uint64_t *w = a->wp + (size_t)g * gstride;
-        const uint64_t *w2 = w + gstride;
-        __m512i s0 = zero, s1 = zero, s2 = zero, s3 = zero;
-        for (int t = 0; t < 9; t++) {
-            const uint64_t *xp = taps[t];
-            for (int k = 0; k < K; k++) {
-                const __m512i xs = _mm512_set1_epi64((long long)xp[2 * k]);
-                const __m512i nz = _mm512_set1_epi64((long long)xp[2 * k + 1]);
+    for (; g + 2 <= a->ng; g += 2) pass_avx2(taps, a->wp + g * gstride, gstride, K, 2, MASK, P, cnt + g * GROUP);
+    if (g < a->ng) pass_avx2(taps, a->wp + g * gstride, gstride, K, 1, MASK, P, cnt + g * GROUP);
+}
+
+T_AVX2 static inline void core_avx2(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
+    const int K = a->K;
+    int P = 0;
+    uint64_t all = ~(uint64_t)0;
+    for (int t = 0; t < 9; t++)
+        for (int k = 0; k < K; k++) {
+            P += (int)_mm_popcnt_u64(taps[t][2 * k + 1]);
+            all &= taps[t][2 * k + 1];
+        }
+    if (K == 1 && all == ~(uint64_t)0)
+        core_avx2_k(a, taps, cnt, 1, 0, P);
+    else if (K == 1)
+        core_avx2_k(a, taps, cnt, 1, 1, P);
+    else
+        core_avx2_k(a, taps, cnt, K, 1, P);
+}
+
+/* G groups of 16 outputs for one pixel: 2*G accumulators of 8 lanes; inlined with constant G (and K). */
+#define AI __attribute__((always_inline))
+T_AVX512 static inline AI void pass_avx512(const uint64_t *const taps[9], const uint64_t *w0, size_t gstride,
+                                           const int K, const int G, int P, int32_t *cnt) {
+    __m512i acc[8];
+    for (int q = 0; q < 2 * G; q++) acc[q] = _mm512_setzero_si512();
+    for (int t = 0; t < 9; t++) {
+        for (int k = 0; k < K; k++) {
+            const __m512i xs = _mm512_set1_epi64((long long)taps[t][2 * k]);
+            const __m512i nz = _mm512_set1_epi64((long long)taps[t][2 * k + 1]);
+            const uint64_t *w = w0 + ((size_t)t * K + k) * GROUP;
+            for (int g = 0; g < G; g++) {
                 /* imm 0x28: nz & (w ^ xs) with (a, b, c) = (w, xs, nz) */
-                s0 = _mm512_add_epi64(s0, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w), xs, nz, 0x28)));
-                s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w + 8), xs, nz, 0x28)));
-                s2 = _mm512_add_epi64(s2, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w2), xs, nz, 0x28)));
-                s3 = _mm512_add_epi64(s3, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w2 + 8), xs, nz, 0x28)));
-                w += GROUP;
-                w2 += GROUP;
+                for (int h = 0; h < 2; h++) {
+                    const __m512i d = _mm512_ternarylogic_epi64(_mm512_loadu_si512(w + g * gstride + 8 * h), xs,
+                                                                nz, 0x28);
+                    acc[2 * g + h] = _mm512_add_epi64(acc[2 * g + h], _mm512_popcnt_epi64(d));
+                }
             }
         }
-        const __m256i pv = _mm256_set1_epi32((int)P);
-        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s0), 1)));
-        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 8), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s1), 1)));
-        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 16), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s2), 1)));
-        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 24), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s3), 1)));
     }
-    for (; g < a->ng; g++) {
-        const uint64_t *w = a->wp + (size_t)g * gstride;
-        __m512i s0 = zero, s1 = zero;
-        for (int t = 0; t < 9; t++) {
-            const uint64_t *xp = taps[t];
-            for (int k = 0; k < K; k++) {
-                const __m512i xs = _mm512_set1_epi64((long long)xp[2 * k]);
-                const __m512i nz = _mm512_set1_epi64((long long)xp[2 * k + 1]);
-                s0 = _mm512_add_epi64(s0, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w), xs, nz, 0x28)));
-                s1 = _mm512_add_epi64(s1, _mm512_popcnt_epi64(_mm512_ternarylogic_epi64(_mm512_loadu_si512(w + 8), xs, nz, 0x28)));
-                w += GROUP;
-            }
-        }
-        const __m256i pv = _mm256_set1_epi32((int)P);
-        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s0), 1)));
-        _mm256_storeu_si256((__m256i *)(cnt + g * GROUP + 8), _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(s1), 1)));
+    const __m256i pv = _mm256_set1_epi32(P);
+    for (int q = 0; q < 2 * G; q++)
+        _mm256_storeu_si256((__m256i *)(cnt + 8 * q),
+                            _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(acc[q]), 1)));
+}
+
+T_AVX512 static inline AI void core_avx512_k(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt,
+                                             const int K) {
+    int P = 0;
+    for (int t = 0; t < 9; t++)
+        for (int k = 0; k < K; k++) P += (int)_mm_popcnt_u64(taps[t][2 * k + 1]);
+    const size_t gstride = (size_t)9 * K * GROUP;
+    int g = 0;
+    for (; g + 4 <= a->ng; g += 4) pass_avx512(taps, a->wp + g * gstride, gstride, K, 4, P, cnt + g * GROUP);
+    if (g + 2 <= a->ng) {
+        pass_avx512(taps, a->wp + g * gstride, gstride, K, 2, P, cnt + g * GROUP);
+        g += 2;
     }
+    if (g < a->ng) pass_avx512(taps, a->wp + g * gstride, gstride, K, 1, P, cnt + g * GROUP);
+}
+
+T_AVX512 static inline void core_avx512(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
+    if (a->K == 1)
+        core_avx512_k(a, taps, cnt, 1);
+    else
+        core_avx512_k(a, taps, cnt, a->K);
 }
 
 /* Pack sign/nonzero bits of v[c] + shift[c] for c in [c0, c1), 8 at a time; returns the next c. */
