@@ -94,7 +94,7 @@ def _random_net(config: NetworkConfig, seed: int = 0) -> torch.nn.Module:
     return net.eval()
 
 
-def _layer_table(repeats: int, clock: float, isas: list[str]) -> str:
+def _layer_table(repeats: int, clock: float, isas: list[str], threads: int = THREADS) -> str:
     from models.kernels import _bitpacked as ext
     from models.kernels.bitpacked import pack_activations, pack_weights
 
@@ -114,12 +114,12 @@ def _layer_table(repeats: int, clock: float, isas: list[str]) -> str:
 
     def core() -> None:
         ext.unit(act.data_ptr(), 1, h, w, c, wp.data_ptr(), c, 1, 0, 0, 0, 0, 0, 0, 0, 0,
-                 counts.data_ptr(), THREADS, 0, 0)
+                 counts.data_ptr(), threads, 0, 0)
 
     def unit() -> None:  # conv + scale, RPReLU, residual (in place) and the next unit's packing
         ext.unit(act.data_ptr(), 1, h, w, c, wp.data_ptr(), c, 1, p.data_ptr(), p.data_ptr(), p.data_ptr(),
                  p.data_ptr(), resid.data_ptr(), resid.data_ptr(), shift.data_ptr(), nact.data_ptr(), 0,
-                 THREADS, 0, 0)
+                 threads, 0, 0)
 
     fns: dict[str, Callable[[], object]] = {
         "torch float conv2d (NCHW)": lambda: F.conv2d(x, weight, padding=1),
@@ -128,16 +128,22 @@ def _layer_table(repeats: int, clock: float, isas: list[str]) -> str:
     for isa in isas:
         fns[f"binary conv, counts only ({isa})"] = _with_isa(isa, core)
         fns[f"binary unit, fused epilogue ({isa})"] = _with_isa(isa, unit)
-    with torch.inference_mode():
-        t = _median_interleaved(fns, max(repeats, 5))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.inference_mode():
+            t = _median_interleaved(fns, max(repeats, 5))
+    finally:
+        torch.set_num_threads(before)
     base = min(t["torch float conv2d (NCHW)"], t["torch float conv2d (channels_last)"])
     outputs = c * h * w
     flop = 2 * 9 * c * c * h * w
-    peak = THREADS * FLOP_PER_CYCLE_CORE * clock
-    rows = ["| layer (64->64, 3x3, 480x320) | ms | speedup vs best torch float | cycles / output "
+    peak = threads * FLOP_PER_CYCLE_CORE * clock
+    label = f"layer (64->64, 3x3, 480x320), {threads} thread{'s' if threads > 1 else ''}"
+    rows = [f"| {label} | ms | speedup vs best torch float | cycles / output "
             "| share of float peak |", "|---|---:|---:|---:|---:|"]
     for k, v in t.items():
-        rows.append(f"| {k} | {v * 1e3:.1f} | {base / v:.1f}x | {v * clock * THREADS / outputs:.1f} "
+        rows.append(f"| {k} | {v * 1e3:.1f} | {base / v:.1f}x | {v * clock * threads / outputs:.1f} "
                     f"| {100 * flop / v / peak:.0f}% |")
     return "\n".join(rows)
 
@@ -148,18 +154,27 @@ def _net_row(label: str, cfg: NetworkConfig, h: int, w: int, repeats: int, clock
     paper = paper_network(net)
     fm = from_network(net, cfg, backend="float")
     bm = from_network(net, cfg, backend="bitpacked")
+    # the same bit-packed network with every tensor in NHWC (channels_last), called directly
+    nhwc = from_network(net, cfg, backend="bitpacked").net.to(memory_format=torch.channels_last)
     x = torch.rand(1, cfg.in_nc, h, w, generator=torch.Generator().manual_seed(1))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def run_paper() -> torch.Tensor:
         with torch.no_grad():
             return paper(x)  # type: ignore[no-any-return]
 
+    def run_nhwc() -> torch.Tensor:
+        with torch.inference_mode():
+            return nhwc(x_cl).contiguous()  # type: ignore[no-any-return]
+
     fns: dict[str, Callable[[], object]] = {"paper": run_paper, "float": lambda: fm(x)}
     for isa in isas:
         fns[isa] = _with_isa(isa, lambda: bm(x))
+    fns["nhwc"] = run_nhwc
     t = _median_interleaved(fns, repeats)
     ref = fm(x)
     d_bit = (bm(x) - ref).abs().max().item()
+    d_nhwc = (run_nhwc() - ref).abs().max().item()
     d_paper = (run_paper() - ref).abs().max().item()
     best = isas[0]
     out_px = h * w * cfg.scale ** 2
@@ -167,11 +182,11 @@ def _net_row(label: str, cfg: NetworkConfig, h: int, w: int, repeats: int, clock
     flop = 2 * (cc.flops + cc.bops)
     peak = THREADS * FLOP_PER_CYCLE_CORE * clock
     cells = [f"{label} ({w}x{h})", f"{t['paper']:.2f}", f"{t['float']:.2f}"]
-    cells += [f"{t[i]:.3f}" for i in isas]
+    cells += [f"{t[i]:.3f}" for i in isas] + [f"{t['nhwc']:.3f}"]
     cells += [f"**{t['paper'] / t[best]:.1f}x**", f"{t['float'] / t[best]:.1f}x"]
-    cells += [f"{t['paper'] / t[i]:.1f}x" for i in isas[1:]]
+    cells += [f"{t['paper'] / t[i]:.1f}x" for i in isas[1:]] + [f"{t['paper'] / t['nhwc']:.1f}x"]
     cells += [f"{t[best] * clock * THREADS / out_px:.0f}", f"{100 * flop / t[best] / peak:.0f}%",
-              f"{d_bit:.1e}", f"{d_paper:.1e}"]
+              f"{d_bit:.1e}", f"{d_nhwc:.1e}", f"{d_paper:.1e}"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -183,8 +198,10 @@ def _net_table(repeats: int, clock: float, isas: list[str]) -> str:
         ("BBCU-L x4", sr_config(4, "l"), (180, 320)),
     ]
     head = (["network (input)", "paper sim s", "float engine s"] + [f"bitpacked {i} s" for i in isas]
-            + ["bitpacked vs paper", "vs float engine"] + [f"{i} vs paper" for i in isas[1:]]
-            + ["cycles / output px", "share of float peak", "max abs diff bit vs float", "paper vs float"])
+            + ["bitpacked NHWC s", "bitpacked vs paper", "vs float engine"]
+            + [f"{i} vs paper" for i in isas[1:]] + ["NHWC vs paper"]
+            + ["cycles / output px", "share of float peak", "max abs diff bit vs float",
+               "NHWC vs float", "paper vs float"])
     rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for label, cfg, (h, w) in cases:
         rows.append(_net_row(label, cfg, h, w, repeats, clock, isas))
@@ -203,6 +220,7 @@ def run() -> str:
     isas = [best] + (["avx2"] if best == "avx512" else [])
     try:
         layer = _layer_table(repeats, clock, isas)
+        layer1 = _layer_table(repeats, clock, isas, threads=1)
         nets = _net_table(repeats, clock, isas)
     finally:
         torch.set_num_threads(threads_before)
@@ -217,8 +235,14 @@ def run() -> str:
         "",
         layer,
         "",
+        "The same on one thread (less exposed to other processes on a shared 2-core machine):",
+        "",
+        layer1,
+        "",
         "Whole networks (identical random weights; 'vs' columns are speedups of the bit-packed engine, "
-        f"{best} core unless named):",
+        f"{best} core unless named; 'NHWC' is the same bit-packed network run with every tensor, the "
+        "float convolutions' included, in channels_last, as the float engine runs its float convolutions; "
+        "cycles and peak share for the engine's bit-packed run):",
         "",
         nets,
         "",
