@@ -429,15 +429,13 @@ static void run_unit(const unit_args *a, int nthreads) {
     if (a->nshift) zero_border(a->nact, a->N, a->H * a->r, a->W * a->r, (a->C + 63) / 64);
     const row_fn row = pick_row();
     const int rows = a->N * a->H;
-    const int ncnt = a->ng * GROUP;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nthreads)
 #endif
     {
         int32_t cnt[MAX_OUT + GROUP];
-        (void)ncnt;
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(dynamic, 2) /* balances rows when other processes share the cores */
 #endif
         for (int ry = 0; ry < rows; ry++) row(a, ry / a->H, ry % a->H, cnt);
     }
