@@ -95,7 +95,7 @@ def _random_net(config: NetworkConfig, seed: int = 0) -> torch.nn.Module:
 
 
 def _layer_table(repeats: int, clock: float, isas: list[str], threads: int = THREADS) -> str:
-    from models.kernels import _bitpacked as ext
+    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
     from models.kernels.bitpacked import pack_activations, pack_weights
 
     c, h, w = 64, 320, 480

@@ -33,6 +33,13 @@ def counts_fp16(s: Tensor, wsign: Tensor) -> Tensor:
 class DeployUnit(nn.Module):
     """BBCU (or BBCU-U when ``upscale`` > 1) for inference."""
 
+    wsign: Tensor
+    alpha: Tensor
+    shift: Tensor
+    pre: Tensor
+    slope: Tensor
+    post: Tensor
+
     def __init__(self, unit: BinaryConv2d | BinaryUpConv2d, counts: CountFn = counts_float) -> None:
         super().__init__()
         w = unit.binary_conv.weight.detach()

@@ -85,6 +85,13 @@ class Link:
 class BitUnit(nn.Module):
     """A BBCU (or BBCU-U) unit computed by the bit-packed kernel; same math as ``DeployUnit``."""
 
+    wpacked: Tensor
+    alpha: Tensor
+    pre: Tensor
+    post: Tensor
+    slope: Tensor
+    shift: Tensor
+
     def __init__(self, unit: DeployUnit, packed: Tensor | None = None) -> None:
         super().__init__()
         self.upscale = r = int(unit.upscale)
