@@ -55,6 +55,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--min-gradient", type=float, default=2.0,
                    help="re-draw patches whose mean gradient (8-bit levels) is below this")
     p.add_argument("--init", help="initialise matching tensors from this checkpoint (e.g. x2 for x4)")
+    p.add_argument("--tail-scale", type=float, default=0.1,
+                   help="multiply the DnCNN tail conv's initial weights by this (1: PyTorch default)")
+    p.add_argument("--shift-lr-mult", type=float, default=1.0,
+                   help="lr multiplier of the learnable shifts (move0, RPReLU biases); >1 helps short runs")
     p.add_argument("--run-dir", type=Path, help="where the training state goes (default runs/<task>)")
     p.add_argument("--resume", action="store_true", help="continue from <run-dir>/state.pt")
     p.add_argument("--out", type=Path, help="weights file to write (.safetensors)")
@@ -99,6 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
                           device=args.device, threads=args.threads, val_every=args.val_every,
                           val_images=args.val_images, save_every=args.save_every,
                           max_minutes=args.max_minutes, min_gradient=args.min_gradient, init=args.init,
+                          tail_scale=args.tail_scale, shift_lr_mult=args.shift_lr_mult,
                           run_dir=str(run_dir), out=str(args.out) if args.out else None,
                           **{**base, **overrides})
         cfg.network()

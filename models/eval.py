@@ -219,7 +219,12 @@ def record(weights: Path, report: Report) -> None:
         evals = {}
     if not isinstance(evals, dict):
         evals = {}
-    evals[report.key] = report.summary()
+    summary = report.summary()
+    evals[report.key] = summary
+    # flat headline numbers too, for listings that show scalar "...psnr" entries (bbcu models)
+    evals = {k: v for k, v in evals.items() if not k.startswith(f"{report.key} ")}
+    evals[f"{report.key} psnr"] = summary["psnr"]
+    evals[f"{report.key} psnr ({report.baseline})"] = summary["baseline_psnr"]
     meta["eval"] = json.dumps(evals, sort_keys=True)
     tmp = weights.with_suffix(weights.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)

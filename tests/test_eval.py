@@ -151,6 +151,8 @@ def test_record_keeps_tensors(tmp_path: Path) -> None:
     record(w, rep)
     after = checkpoints.read(w)
     assert after.metadata["eval"]["X/sigma15"]["psnr"] == 30.0
+    assert after.metadata["eval"]["X/sigma15 psnr"] == 30.0
+    assert after.metadata["eval"]["X/sigma15 psnr (noisy)"] == 25.0
     assert after.metadata["training"]["iterations"] == 3
     for k, v in before.items():
         assert torch.equal(v, after.state_dict[k])
