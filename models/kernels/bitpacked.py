@@ -121,6 +121,8 @@ class BitUnit(nn.Module):
         n, cin, h, w = (int(s) for s in x.shape)
         if cin != self.cin:
             raise ValueError(f"expected {self.cin} input channels, got {cin}")
+        if x.device.type != "cpu" or self.wpacked.device.type != "cpu":
+            raise ValueError("the bit-packed units run on the CPU only")
         x = x.float()
         act = self.link_in.take(x) if self.link_in is not None else None
         owned = act is not None  # x is the NHWC output of the previous unit of this chain
