@@ -17,7 +17,9 @@
  * writes the pixel-shuffled result with the nearest-upsampled input as residual.
  *
  * The conv core exists in three builds selected at run time: AVX-512 (VPOPCNTDQ), AVX2 (nibble
- * lookup popcount) and portable C. Rows are distributed over OpenMP threads.
+ * lookup popcount) and portable C. Rows are shared by threads that claim them one at a time (see
+ * parallel_rows: the caller never waits for a helper thread that has not started, which matters when
+ * other processes keep the other cores busy).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -26,9 +28,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include <pthread.h>
+#include <stdatomic.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define BP_X86 1
@@ -425,21 +426,125 @@ static void zero_border(uint64_t *act, int N, int H, int W, int K) {
     }
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Threads: the caller and nthreads - 1 helpers claim rows with an atomic counter. The caller waits
+ * only for rows that were claimed; a helper that starts late finds no row left and just releases
+ * the job (reference counted), so a descheduled helper never stalls the call. */
+
+typedef void (*rowwork_fn)(const void *ctx, int row);
+
+typedef struct {
+    rowwork_fn fn;
+    const void *ctx;
+    int rows;
+    atomic_int next, done, refs;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+} rowjob;
+
+static void job_release(rowjob *j) {
+    if (atomic_fetch_sub(&j->refs, 1) == 1) {
+        pthread_mutex_destroy(&j->mu);
+        pthread_cond_destroy(&j->cv);
+        free(j);
+    }
+}
+
+static void job_work(rowjob *j) {
+    int r;
+    while ((r = atomic_fetch_add(&j->next, 1)) < j->rows) {
+        j->fn(j->ctx, r);
+        if (atomic_fetch_add(&j->done, 1) + 1 == j->rows) {
+            pthread_mutex_lock(&j->mu);
+            pthread_cond_signal(&j->cv);
+            pthread_mutex_unlock(&j->mu);
+        }
+    }
+}
+
+static void *job_thread(void *p) {
+    rowjob *j = (rowjob *)p;
+    job_work(j);
+    job_release(j);
+    return NULL;
+}
+
+static void parallel_rows(rowwork_fn fn, const void *ctx, int rows, int nthreads) {
+    if (nthreads > rows) nthreads = rows;
+    rowjob *j = nthreads > 1 ? (rowjob *)malloc(sizeof(rowjob)) : NULL;
+    if (!j) {
+        for (int r = 0; r < rows; r++) fn(ctx, r);
+        return;
+    }
+    j->fn = fn;
+    j->ctx = ctx;
+    j->rows = rows;
+    atomic_init(&j->next, 0);
+    atomic_init(&j->done, 0);
+    atomic_init(&j->refs, 1);
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_cond_init(&j->cv, NULL);
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (int t = 1; t < nthreads; t++) {
+        pthread_t th;
+        atomic_fetch_add(&j->refs, 1);
+        if (pthread_create(&th, &attr, job_thread, j) != 0) atomic_fetch_sub(&j->refs, 1);
+    }
+    pthread_attr_destroy(&attr);
+    job_work(j);
+    pthread_mutex_lock(&j->mu);
+    while (atomic_load(&j->done) < rows) pthread_cond_wait(&j->cv, &j->mu);
+    pthread_mutex_unlock(&j->mu);
+    job_release(j);
+}
+
+typedef struct {
+    const unit_args *a;
+    row_fn row;
+} unit_job;
+
+static void unit_row(const void *ctx, int ry) {
+    const unit_job *u = (const unit_job *)ctx;
+    int32_t cnt[MAX_OUT + GROUP];
+    u->row(u->a, ry / u->a->H, ry % u->a->H, cnt);
+}
+
 static void run_unit(const unit_args *a, int nthreads) {
     if (a->nshift) zero_border(a->nact, a->N, a->H * a->r, a->W * a->r, (a->C + 63) / 64);
-    const row_fn row = pick_row();
-    const int rows = a->N * a->H;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(nthreads)
-#endif
-    {
-        int32_t cnt[MAX_OUT + GROUP];
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 2) /* balances rows when other processes share the cores */
-#endif
-        for (int ry = 0; ry < rows; ry++) row(a, ry / a->H, ry % a->H, cnt);
+    const unit_job u = {a, pick_row()};
+    parallel_rows(unit_row, &u, a->N * a->H, nthreads);
+}
+
+typedef struct {
+    const float *x, *shift;
+    uint64_t *o;
+    int H, W, C, nchw;
+} pack_job;
+
+static void pack_row(const void *ctx, int ry) {
+    const pack_job *p = (const pack_job *)ctx;
+    const int H = p->H, W = p->W, C = p->C, K = (C + 63) / 64;
+    const int n = ry / H, y = ry % H;
+    float tmp[MAX_OUT];
+    for (int xx = 0; xx < W; xx++) {
+        const float *px = p->x + (((size_t)n * H + y) * W + xx) * C;
+        if (p->nchw) {
+            const size_t hw = (size_t)H * W;
+            const float *q = p->x + (size_t)n * C * hw + (size_t)y * W + xx;
+            for (int c = 0; c < C; c++) tmp[c] = q[c * hw];
+            px = tmp;
+        }
+        uint64_t *po = p->o + (((size_t)n * (H + 2) + y + 1) * (W + 2) + xx + 1) * 2 * K;
+        for (int k = 0; k < K; k++) {
+            const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+            uint64_t sw = 0, nw = 0;
+            pack_bits_scalar(px + c0, p->shift + c0, c1 - c0, &sw, &nw, 0);
+            po[2 * k] = sw;
+            po[2 * k + 1] = nw;
+        }
     }
-    (void)nthreads;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -468,16 +573,6 @@ static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
     return Py_BuildValue("(ss)", ISA_NAMES[g_isa], ISA_NAMES[g_best]);
-}
-
-static PyObject *py_openmp(PyObject *self, PyObject *args) {
-    (void)self;
-    (void)args;
-#ifdef _OPENMP
-    Py_RETURN_TRUE;
-#else
-    Py_RETURN_FALSE;
-#endif
 }
 
 /* pack_weights(w_ptr, cout, cin, out_ptr) -> number of zero weights (the packing is then invalid)
@@ -526,33 +621,9 @@ static PyObject *py_pack_act(PyObject *self, PyObject *args) {
     }
     Py_BEGIN_ALLOW_THREADS
     zero_border(o, N, H, W, K);
-    const int rows = N * H;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(nthreads)
-#endif
-    for (int ry = 0; ry < rows; ry++) {
-        const int n = ry / H, y = ry % H;
-        float tmp[MAX_OUT];
-        for (int xx = 0; xx < W; xx++) {
-            const float *px = x + (((size_t)n * H + y) * W + xx) * C;
-            if (nchw) {
-                const size_t hw = (size_t)H * W;
-                const float *q = x + (size_t)n * C * hw + (size_t)y * W + xx;
-                for (int c = 0; c < C; c++) tmp[c] = q[c * hw];
-                px = tmp;
-            }
-            uint64_t *po = o + (((size_t)n * (H + 2) + y + 1) * (W + 2) + xx + 1) * 2 * K;
-            for (int k = 0; k < K; k++) {
-                const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
-                uint64_t sw = 0, nw = 0;
-                pack_bits_scalar(px + c0, shift + c0, c1 - c0, &sw, &nw, 0);
-                po[2 * k] = sw;
-                po[2 * k + 1] = nw;
-            }
-        }
-    }
+    const pack_job job = {x, shift, o, H, W, C, nchw};
+    parallel_rows(pack_row, &job, N * H, nthreads);
     Py_END_ALLOW_THREADS
-    (void)nthreads;
     Py_RETURN_NONE;
 }
 
@@ -610,7 +681,6 @@ static PyObject *py_unit(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2' or 'avx512'."},
     {"isa", py_isa, METH_NOARGS, "(selected ISA, best ISA this CPU supports)."},
-    {"openmp", py_openmp, METH_NOARGS, "Whether the extension was built with OpenMP."},
     {"pack_weights", py_pack_weights, METH_VARARGS, "Pack the sign bits of a 3x3 weight tensor."},
     {"pack_act", py_pack_act, METH_VARARGS, "Pack sign(x + shift) of an NHWC float tensor."},
     {"unit", py_unit, METH_VARARGS, "Binary conv + fused epilogue of one unit."},

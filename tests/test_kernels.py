@@ -190,3 +190,17 @@ def test_engines_bitwise_equal() -> None:
     a = from_network(net, cfg, backend="float")(x)
     b = from_network(net, cfg, backend="bitpacked")(x)
     assert torch.equal(a, b)
+
+
+def test_unit_with_a_zero_weight_keeps_the_float_path() -> None:
+    cfg = small_configs(nf=12)["denoise"]
+    net = random_net(cfg, seed=4)
+    with torch.no_grad():
+        net.model[3].binary_conv.weight[2, 1, 0, 0] = 0.0   # sign 0: not representable by one bit
+    ref_net = deploy.to_deploy(copy.deepcopy(net))
+    bit_net = kernels.to_bitpacked(deploy.to_deploy(copy.deepcopy(net)))
+    assert isinstance(bit_net.model[3], deploy.DeployUnit)
+    assert isinstance(bit_net.model[2], BitUnit) and isinstance(bit_net.model[4], BitUnit)
+    x = torch.rand(1, cfg.in_nc, 13, 10, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(ref_net(x), bit_net(x))
