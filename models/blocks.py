@@ -29,32 +29,49 @@ class _SignSTE(torch.autograd.Function):
         return grad * (2.0 - 2.0 * a.abs()).clamp_(min=0.0)
 
 
-class _WeightSTE(torch.autograd.Function):
-    """alpha * sign(W) forward; gradient flows to W as through clamp(W, -1, 1); alpha is detached."""
+class _BinaryConv(torch.autograd.Function):
+    """3x3 conv of activation signs with alpha * sign(W), zero padding.
+
+    Forward: exact integer counts ``conv(s, sign(W))`` times alpha, the same float expression the
+    inference engine evaluates, so training-mode and deploy outputs agree bitwise. Backward: the
+    paper's STE, i.e. the gradient of ``conv(s, Wb)`` with ``Wb = alpha * sign(W)`` for ``s``, and
+    for ``W`` as if ``Wb`` were ``clamp(W, -1, 1)`` (alpha detached).
+    """
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, w: Tensor) -> Tensor:
-        ctx.save_for_backward(w)
-        alpha = w.abs().mean(dim=(1, 2, 3), keepdim=True)
-        return alpha * torch.sign(w)
+    def forward(ctx: torch.autograd.function.FunctionCtx, s: Tensor, w: Tensor) -> Tensor:
+        ctx.save_for_backward(s, w)
+        alpha = weight_scale(w).view(1, -1, 1, 1)
+        return F.conv2d(s, torch.sign(w), padding=1).mul_(alpha)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
-        (w,) = ctx.saved_tensors  # type: ignore[attr-defined]
-        return grad * (w.abs() <= 1.0).to(grad.dtype)
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, ...]:
+        s, w = ctx.saved_tensors  # type: ignore[attr-defined]
+        grad_s = grad_w = None
+        if ctx.needs_input_grad[0]:  # type: ignore[attr-defined]
+            wb = weight_scale(w).view(-1, 1, 1, 1) * torch.sign(w)
+            grad_s = torch.nn.grad.conv2d_input(s.shape, wb, grad, padding=1)
+        if ctx.needs_input_grad[1]:  # type: ignore[attr-defined]
+            grad_w = torch.nn.grad.conv2d_weight(s, w.shape, grad, padding=1)
+            grad_w.mul_((w.abs() <= 1.0).to(grad_w.dtype))
+        return grad_s, grad_w
 
 
 def sign_ste(a: Tensor) -> Tensor:
     return _SignSTE.apply(a)  # type: ignore[no-any-return]
 
 
-def binarize_weight_ste(w: Tensor) -> Tensor:
-    return _WeightSTE.apply(w)  # type: ignore[no-any-return]
+def binary_conv_ste(s: Tensor, w: Tensor) -> Tensor:
+    return _BinaryConv.apply(s, w)  # type: ignore[no-any-return]
 
 
 def weight_scale(w: Tensor) -> Tensor:
-    """Per-output-channel scale alpha = mean |W| over (in, kh, kw), shape (C_out,)."""
-    return w.detach().abs().mean(dim=(1, 2, 3))
+    """Per-output-channel scale alpha = mean |W| over (in, kh, kw), shape (C_out,).
+
+    Summed in float64 and rounded once, so alpha does not depend on the memory layout of W (the
+    summation order of a float32 mean does) and every path uses the same alpha bit for bit.
+    """
+    return w.detach().double().abs().mean(dim=(1, 2, 3)).to(w.dtype)
 
 
 class LearnableBias(nn.Module):
@@ -80,13 +97,27 @@ class RPReLU(nn.Module):
 
 
 class HardBinaryConv(nn.Conv2d):
-    """3x3 convolution of binary activations with alpha-scaled binary weights (zero padding)."""
+    """3x3 convolution of binary activations with alpha-scaled binary weights (zero padding).
+
+    ``forward`` returns the scaled counts without the bias: the unit adds the bias together with
+    RPReLU's first shift, in the order the inference engine uses.
+    """
 
     def __init__(self, in_ch: int, out_ch: int, bias: bool = False) -> None:
         super().__init__(in_ch, out_ch, 3, padding=1, bias=bias)
 
     def forward(self, s: Tensor) -> Tensor:
-        return F.conv2d(s, binarize_weight_ste(self.weight), self.bias, padding=1)
+        return binary_conv_ste(s, self.weight)
+
+    def pre_shift(self, shift: Tensor) -> Tensor:
+        """RPReLU's first shift plus this conv's bias, as one (1, C, 1, 1) tensor."""
+        return shift if self.bias is None else shift + self.bias.view(1, -1, 1, 1)
+
+
+def _rprelu(conv: HardBinaryConv, act: RPReLU, s: Tensor) -> Tensor:
+    """Scaled counts, + (shift + bias), PReLU, + shift: one rounding each, as in ``models.deploy``."""
+    t = conv(s) + conv.pre_shift(act.pr_bias0.bias)
+    return act.pr_bias1(act.pr_prelu(t))
 
 
 class BinaryConv2d(nn.Module):
@@ -103,7 +134,7 @@ class BinaryConv2d(nn.Module):
         self.relu = RPReLU(out_ch)
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        y = self.relu(self.binary_conv(sign_ste(self.move0(x))))
+        y = _rprelu(self.binary_conv, self.relu, sign_ste(self.move0(x)))
         return y + (x if residual is None else residual)
 
 
@@ -118,7 +149,7 @@ class BinaryUpConv2d(nn.Module):
         self.relu = RPReLU(channels * upscale * upscale)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.pixel_shuffle(self.relu(self.binary_conv(sign_ste(self.move0(x)))), self.upscale)
+        y = F.pixel_shuffle(_rprelu(self.binary_conv, self.relu, sign_ste(self.move0(x))), self.upscale)
         return y + F.interpolate(x, scale_factor=self.upscale, mode="nearest")
 
 

@@ -63,6 +63,20 @@ def test_engine_matches_training_forward_at_paper_width(name: str) -> None:
     assert (out - ref).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("backend", ["float", "auto"])
+def test_engine_is_bitwise_the_training_forward_in_the_same_layout(name: str, backend: str) -> None:
+    """Training-mode units compute the deploy arithmetic (scaled exact counts, same order)."""
+    small = CONFIGS[name]
+    cfg = NetworkConfig.from_dict({**small.to_dict(), "nf": 64, "k": 130.0})
+    net = random_net(cfg, seed=7).to(memory_format=torch.channels_last)
+    x = torch.rand(1, cfg.in_nc, 61, 47, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        ref = net(x.contiguous(memory_format=torch.channels_last))
+    out = from_network(net, cfg, backend=backend)(x)
+    assert torch.equal(out, ref)
+
+
 @pytest.mark.parametrize("name", ["sr-l-x2", "sr-m-x3", "sr-l-x4", "denoise", "deblock", "sr-all-x2"])
 def test_tiled_equals_whole(name: str) -> None:
     cfg = CONFIGS[name]

@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from models import checkpoints
-from models.blocks import binarize_weight_ste, sign_ste
+import torch.nn.functional as F
+
+from models.blocks import binary_conv_ste, sign_ste
 from models.train import data
 from models.train.loop import TrainConfig, init_from, lr_at, recipe, train
 
@@ -36,18 +38,26 @@ def test_sign_ste_matches_autograd_of_definition() -> None:
     assert (a.grad[a.abs() > 1] == 0).all()
 
 
-def test_weight_ste_matches_autograd_of_definition() -> None:
+def test_binary_conv_ste_matches_autograd_of_definition() -> None:
+    """Forward = conv with alpha * sign(W); gradient to W as if the weights were clamp(W, -1, 1)."""
     w = (torch.randn(6, 4, 3, 3) * 0.9).requires_grad_()
     v = w.detach().clone().requires_grad_()
-    g = torch.randn(6, 4, 3, 3)
+    s = torch.sign(torch.randn(2, 4, 7, 5)).requires_grad_()
+    t = s.detach().clone().requires_grad_()
+    g = torch.randn(2, 6, 7, 5)
     alpha = v.detach().abs().mean(dim=(1, 2, 3), keepdim=True)
     f = torch.clamp(v, -1, 1)
-    ref = (alpha * torch.sign(v)).detach() - f.detach() + f
-    out = binarize_weight_ste(w)
+    ref = F.conv2d(t, (alpha * torch.sign(v)).detach() - f.detach() + f, padding=1)
+    out = binary_conv_ste(s, w)
     torch.testing.assert_close(out, ref)
+    # the forward is the exact integer count times alpha, as the inference engine computes it
+    counts = F.conv2d(s.detach(), torch.sign(w.detach()), padding=1)
+    exact_alpha = w.detach().double().abs().mean(dim=(1, 2, 3)).float()  # one rounding
+    assert torch.equal(out.detach(), counts * exact_alpha.view(1, -1, 1, 1))
     out.backward(g)
     ref.backward(g)
     torch.testing.assert_close(w.grad, v.grad)
+    torch.testing.assert_close(s.grad, t.grad)
 
 
 def _images(folder: Path, n: int = 4, size: tuple[int, int] = (72, 80)) -> Path:
