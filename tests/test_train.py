@@ -7,11 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from models import checkpoints
-import torch.nn.functional as F
-
 from models.blocks import binary_conv_ste, sign_ste
 from models.train import data
 from models.train.loop import TrainConfig, init_from, lr_at, recipe, train
