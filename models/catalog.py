@@ -6,7 +6,6 @@ Every ``*.safetensors`` file there is an entry named after its stem; its metadat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from dataclasses import dataclass, field
@@ -14,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from models.errors import UnknownModelError
+from models.hashing import sha256_file
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _MAX_HEADER = 16 << 20
@@ -29,11 +29,7 @@ class CatalogEntry:
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def sha256(self) -> str:
-        h = hashlib.sha256()
-        with self.path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        return h.hexdigest()
+        return sha256_file(self.path)
 
     def summary(self) -> dict[str, Any]:
         meta = self.metadata

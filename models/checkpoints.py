@@ -8,7 +8,6 @@ configuration. Nothing is ever unpickled beyond tensors and plain containers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pickle
 import struct
@@ -27,6 +26,7 @@ from models.errors import (
     CheckpointReadError,
     UnsupportedCheckpointError,
 )
+from models.hashing import sha256_file
 
 FORMAT_TAG = "bbcu-safetensors-1"
 _WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
@@ -44,12 +44,6 @@ class Checkpoint:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def canonicalize(obj: object) -> dict[str, Tensor]:
@@ -113,7 +107,7 @@ def read(path: str | Path) -> Checkpoint:
     p = Path(path)
     if not p.is_file():
         raise CheckpointReadError(f"{p}: no such file")
-    sha = file_sha256(p)
+    sha = sha256_file(p)
     if p.suffix == ".safetensors":
         sd, meta = _read_safetensors(p)
         metadata = {k: _maybe_json(v) for k, v in meta.items()}

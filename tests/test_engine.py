@@ -13,6 +13,7 @@ from models.complexity import count
 from models.config import NetworkConfig, denoise_config, sr_config
 from models.engine import from_network
 from models.errors import CheckpointMismatchError, CheckpointReadError, UnsupportedCheckpointError
+from models.hashing import sha256_file
 from tests.factories import random_net, save_official, save_ours, small_configs
 
 CONFIGS = small_configs()
@@ -33,7 +34,7 @@ def test_official_round_trip_detects_config_and_matches(tmp_path: Path, name: st
     assert (out - ref).abs().max().item() <= 1e-5
     assert model.info.task == cfg.task and model.info.scale == cfg.scale
     assert model.info.variant == cfg.variant
-    assert model.info.sha256 == checkpoints.file_sha256(path)
+    assert model.info.sha256 == sha256_file(path)
 
 
 @pytest.mark.parametrize("key,prefix", [("params_ema", ""), ("params", "module."), ("state_dict", "module.")])

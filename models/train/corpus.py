@@ -12,7 +12,6 @@ set). Every written file is listed with its SHA-256 in ``manifest.json``.
 from __future__ import annotations
 
 import fnmatch
-import hashlib
 import io
 import json
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 from PIL import Image
 
 from models.degrade import imresize, to_float, to_uint8
+from models.hashing import sha256_file
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 Log = Callable[[str], None]
@@ -61,14 +61,6 @@ MIN_GRADIENT = 1.0
 
 class CorpusError(RuntimeError):
     """A corpus source could not be fetched or unpacked."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def mean_gradient(img: np.ndarray) -> float:
