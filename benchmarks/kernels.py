@@ -154,27 +154,18 @@ def _net_row(label: str, cfg: NetworkConfig, h: int, w: int, repeats: int, clock
     paper = paper_network(net)
     fm = from_network(net, cfg, backend="float")
     bm = from_network(net, cfg, backend="bitpacked")
-    # the same bit-packed network with every tensor in NHWC (channels_last), called directly
-    nhwc = from_network(net, cfg, backend="bitpacked").net.to(memory_format=torch.channels_last)
     x = torch.rand(1, cfg.in_nc, h, w, generator=torch.Generator().manual_seed(1))
-    x_cl = x.contiguous(memory_format=torch.channels_last)
 
     def run_paper() -> torch.Tensor:
         with torch.no_grad():
             return paper(x)  # type: ignore[no-any-return]
 
-    def run_nhwc() -> torch.Tensor:
-        with torch.inference_mode():
-            return nhwc(x_cl).contiguous()  # type: ignore[no-any-return]
-
     fns: dict[str, Callable[[], object]] = {"paper": run_paper, "float": lambda: fm(x)}
     for isa in isas:
         fns[isa] = _with_isa(isa, lambda: bm(x))
-    fns["nhwc"] = run_nhwc
     t = _median_interleaved(fns, repeats)
     ref = fm(x)
     d_bit = (bm(x) - ref).abs().max().item()
-    d_nhwc = (run_nhwc() - ref).abs().max().item()
     d_paper = (run_paper() - ref).abs().max().item()
     best = isas[0]
     out_px = h * w * cfg.scale ** 2
@@ -182,11 +173,11 @@ def _net_row(label: str, cfg: NetworkConfig, h: int, w: int, repeats: int, clock
     flop = 2 * (cc.flops + cc.bops)
     peak = THREADS * FLOP_PER_CYCLE_CORE * clock
     cells = [f"{label} ({w}x{h})", f"{t['paper']:.2f}", f"{t['float']:.2f}"]
-    cells += [f"{t[i]:.3f}" for i in isas] + [f"{t['nhwc']:.3f}"]
+    cells += [f"{t[i]:.3f}" for i in isas]
     cells += [f"**{t['paper'] / t[best]:.1f}x**", f"{t['float'] / t[best]:.1f}x"]
-    cells += [f"{t['paper'] / t[i]:.1f}x" for i in isas[1:]] + [f"{t['paper'] / t['nhwc']:.1f}x"]
+    cells += [f"{t['paper'] / t[i]:.1f}x" for i in isas[1:]]
     cells += [f"{t[best] * clock * THREADS / out_px:.0f}", f"{100 * flop / t[best] / peak:.0f}%",
-              f"{d_bit:.1e}", f"{d_nhwc:.1e}", f"{d_paper:.1e}"]
+              f"{d_bit:.1e}", f"{d_paper:.1e}"]
     return "| " + " | ".join(cells) + " |"
 
 
@@ -198,10 +189,8 @@ def _net_table(repeats: int, clock: float, isas: list[str]) -> str:
         ("BBCU-L x4", sr_config(4, "l"), (180, 320)),
     ]
     head = (["network (input)", "paper sim s", "float engine s"] + [f"bitpacked {i} s" for i in isas]
-            + ["bitpacked NHWC s", "bitpacked vs paper", "vs float engine"]
-            + [f"{i} vs paper" for i in isas[1:]] + ["NHWC vs paper"]
-            + ["cycles / output px", "share of float peak", "max abs diff bit vs float",
-               "NHWC vs float", "paper vs float"])
+            + ["bitpacked vs paper", "vs float engine"] + [f"{i} vs paper" for i in isas[1:]]
+            + ["cycles / output px", "share of float peak", "max abs diff bit vs float", "paper vs float"])
     rows = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     for label, cfg, (h, w) in cases:
         rows.append(_net_row(label, cfg, h, w, repeats, clock, isas))
@@ -240,9 +229,7 @@ def run() -> str:
         layer1,
         "",
         "Whole networks (identical random weights; 'vs' columns are speedups of the bit-packed engine, "
-        f"{best} core unless named; 'NHWC' is the same bit-packed network run with every tensor, the "
-        "float convolutions' included, in channels_last, as the float engine runs its float convolutions; "
-        "cycles and peak share for the engine's bit-packed run):",
+        f"{best} core unless named; cycles and peak share for the {best} run):",
         "",
         nets,
         "",

@@ -179,11 +179,8 @@ def test_unavailable_reason_and_backend_when_float() -> None:
     assert kernels.unavailable_reason() == ""
 
 
-@pytest.mark.xfail(strict=False, reason="models/engine.py runs the float convs of the 'bitpacked' backend "
-                   "in NCHW and those of 'float' in channels_last: their roundings differ (~1e-7), which can "
-                   "flip a sign in a later unit (1.9e-3 measured on deblock at 480x320). Fix: use the "
-                   "same memory format for both CPU backends (the kernels take NHWC natively).")
 def test_engines_bitwise_equal() -> None:
+    """Both CPU engines run their float convolutions in the same memory format: bitwise equal."""
     cfg = small_configs(nf=16)["deblock"]
     net = random_net(cfg, seed=5)
     x = torch.rand(1, cfg.in_nc, 21, 19, generator=torch.Generator().manual_seed(6))
