@@ -26,10 +26,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.paper_reference import paper_network
-from models import archs, kernels
+from models import kernels
 from models.complexity import count
 from models.config import NetworkConfig, deblock_config, denoise_config, sr_config
 from models.engine import from_network
+from models.testing import random_net
 
 THREADS = 2
 FLOP_PER_CYCLE_CORE = 32
@@ -78,20 +79,6 @@ def _with_isa(isa: str, fn: Callable[[], object]) -> Callable[[], object]:
         finally:
             kernels.set_isa(before)
     return run_it
-
-
-def _random_net(config: NetworkConfig, seed: int = 0) -> torch.nn.Module:
-    """Random init with random shifts/biases/slopes so that signs vary (as in the tests)."""
-    torch.manual_seed(seed)
-    net = archs.build(config)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("prelu.weight"):
-                p.copy_(torch.rand(p.shape, generator=g) * 0.5)
-            elif "bias" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return net.eval()
 
 
 def _layer_table(repeats: int, clock: float, isas: list[str], threads: int = THREADS) -> str:
@@ -150,7 +137,7 @@ def _layer_table(repeats: int, clock: float, isas: list[str], threads: int = THR
 
 def _net_row(label: str, cfg: NetworkConfig, h: int, w: int, repeats: int, clock: float,
              isas: list[str]) -> str:
-    net = _random_net(cfg)
+    net = random_net(cfg)
     paper = paper_network(net)
     fm = from_network(net, cfg, backend="float")
     bm = from_network(net, cfg, backend="bitpacked")

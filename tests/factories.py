@@ -7,20 +7,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import archs, checkpoints
+from models import checkpoints
 from models.config import NetworkConfig, deblock_config, denoise_config, sr_config
+from models.testing import random_net, randomize
 
-
-def randomize(net: nn.Module, seed: int = 0) -> nn.Module:
-    """Give every shift, bias and slope a random value so that signs and outputs vary."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if name.endswith("prelu.weight"):
-                p.copy_(torch.rand(p.shape, generator=g) * 0.5)
-            elif "bias" in name:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    return net.eval()
+__all__ = ["random_net", "randomize", "small_configs", "save_official", "save_ours"]
 
 
 def small_configs(nf: int = 16) -> dict[str, NetworkConfig]:
@@ -35,11 +26,6 @@ def small_configs(nf: int = 16) -> dict[str, NetworkConfig]:
         "denoise": denoise_config(nf=nf, depth=5),
         "deblock": deblock_config(nf=nf, depth=5),
     }
-
-
-def random_net(config: NetworkConfig, seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return randomize(archs.build(config), seed)
 
 
 def save_official(tmp: Path, config: NetworkConfig, seed: int = 0, *, key: str = "params",
