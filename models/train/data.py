@@ -108,14 +108,15 @@ def degrade(hr: U8, spec: DegradeSpec, rng: np.random.Generator) -> tuple[NDArra
     if spec.task == "sr":
         s = spec.patch // spec.scale
         lr = to_uint8(imresize(to_float(hr), size=(s, s)))
-        return (lr.astype(np.float32) / 255), (hr.astype(np.float32) / 255)
+        return lr.astype(np.float32) / np.float32(255), hr.astype(np.float32) / np.float32(255)
     if spec.task == "denoise":
-        gt = hr.astype(np.float32) / 255
+        gt = hr.astype(np.float32) / np.float32(255)
         sigma = rng.uniform(0.0, spec.sigma_max) / 255.0
-        return (gt + rng.normal(0.0, sigma, gt.shape).astype(np.float32)), gt
+        return gt + rng.normal(0.0, sigma, gt.shape).astype(np.float32), gt
     y = to_uint8(rgb_to_luma(to_float(hr))) if hr.ndim == 3 else hr
     q = int(rng.integers(0, spec.quality_max + 1))
-    return (jpeg(y, q)[..., None].astype(np.float32) / 255), (y[..., None].astype(np.float32) / 255)
+    return (jpeg(y, q)[..., None].astype(np.float32) / np.float32(255),
+            y[..., None].astype(np.float32) / np.float32(255))
 
 
 class PatchSampler:
@@ -178,7 +179,7 @@ def validation_pairs(images: Sequence[U8], spec: DegradeSpec, crop: int = 192,
         hr = im[y0:y0 + c, x0:x0 + c]
         fixed = DegradeSpec(spec.task, c, spec.scale, min_gradient=0.0)
         if spec.task == "denoise":
-            gt = hr.astype(np.float32) / 255
+            gt = hr.astype(np.float32) / np.float32(255)
             rng = np.random.RandomState(seed + i)
             lq = gt + rng.normal(0.0, 25.0 / 255, gt.shape).astype(np.float32)
         elif spec.task == "deblock":
