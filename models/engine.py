@@ -119,7 +119,7 @@ class RestorationModel:
 
             net = kernels.to_bitpacked(net)
         # NHWC: oneDNN's float convolutions are faster (~15%) and the bit-packed units read and
-        # write NHWC without transposes (docs/KERNELS.md: denoise 0.50 s vs 0.66 s NCHW)
+        # write NHWC without transposes (measured: denoise 0.50 s vs 0.66 s NCHW)
         self._memory_format = torch.channels_last
         self.net = net.to(self.device).to(memory_format=self._memory_format)  # type: ignore[call-overload]
         self._lock = threading.Lock()
