@@ -52,6 +52,7 @@ class ModelInfo:
     device: str
     backend: str
     receptive_radius: int
+    config: NetworkConfig = field(repr=False)
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def ops(self, height: int = 180, width: int = 320) -> dict[str, float]:
@@ -60,16 +61,9 @@ class ModelInfo:
         return {"flops": c.flops, "bops": c.bops, "ops_paper": c.ops_paper,
                 "height": height, "width": width}
 
-    @property
-    def config(self) -> NetworkConfig:
-        return NetworkConfig(task=self.task, scale=self.scale, in_nc=self.in_channels,  # type: ignore[arg-type]
-                             out_nc=self.out_channels, nf=self.features, depth=self.depth,
-                             binary=frozenset(self.binary_parts), bias=bool(self.metadata.get("_bias")),
-                             k=self.k)
-
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        d["metadata"] = {k: v for k, v in self.metadata.items() if not k.startswith("_")}
+        d["config"] = self.config.to_dict()
         d["ops_320x180"] = self.ops()
         return d
 
@@ -124,15 +118,14 @@ class RestorationModel:
         self.net = net.to(self.device).to(memory_format=self._memory_format)  # type: ignore[call-overload]
         self._lock = threading.Lock()
         c = count(config)
-        meta = dict(metadata or {})
-        meta["_bias"] = config.bias
         self.info = ModelInfo(
             name=name, task=config.task, scale=config.scale, variant=config.variant,
             in_channels=config.in_nc, out_channels=config.out_nc, features=config.nf,
             depth=config.depth, k=config.k, binary_parts=sorted(config.binary),
             float_params=c.float_params, binary_params=c.binary_params, unit_params=c.unit_params,
             params_paper=c.params_paper, sha256=sha256, source=source, device=str(self.device),
-            backend=self.backend, receptive_radius=radius_of(config), metadata=meta)
+            backend=self.backend, receptive_radius=radius_of(config), config=config,
+            metadata=dict(metadata or {}))
 
     @property
     def scale(self) -> int:
