@@ -7,16 +7,17 @@ import json
 from pathlib import Path
 
 from cli.common import fail
+from models.vocab import BACKENDS, DEFAULT_SR_SCALE, SR_SCALES, TASKS, VARIANTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("eval", help="evaluate a network with the paper's protocol",
                        description="PSNR/SSIM per image and mean, next to the baseline (bicubic, noisy "
                                    "input, JPEG input), by the protocol of BBCU.md section 7.")
-    p.add_argument("--task", required=True, choices=("sr", "denoise", "deblock"))
+    p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--data", required=True, type=Path, help="folder of clean/HR images")
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="sr only (default 4)")
-    p.add_argument("--variant", choices=("l", "m"), help="variant of the shipped weights")
+    p.add_argument("--scale", type=int, choices=SR_SCALES, help=f"sr only (default {DEFAULT_SR_SCALE})")
+    p.add_argument("--variant", choices=VARIANTS, help="variant of the shipped weights")
     p.add_argument("--weights", type=Path, help="checkpoint to evaluate (default: the shipped one)")
     p.add_argument("--sigma", type=float, default=25.0, help="denoise noise level (0..255)")
     p.add_argument("--quality", type=int, default=10, help="deblock JPEG quality (0..100)")
@@ -24,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--tile", type=int, default=512, help="tile size in input pixels (0: whole image)")
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
-    p.add_argument("--backend", default="auto", choices=("auto", "float", "fp16", "bitpacked"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
     p.add_argument("--record", action="store_true",

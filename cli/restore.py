@@ -7,8 +7,7 @@ import sys
 from pathlib import Path
 
 from cli.common import fail
-
-OUT_FORMATS = ("png", "webp", "jpeg")
+from models.vocab import BACKENDS, DEFAULT_SR_SCALE, FORMATS, SR_SCALES, TASKS, VARIANTS, format_of
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -17,21 +16,21 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("inputs", nargs="+", metavar="IN", help="input image files")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (one input) or directory")
-    p.add_argument("--task", required=True, choices=("sr", "denoise", "deblock"))
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="sr only (default 4)")
-    p.add_argument("--variant", choices=("l", "m"), help="network variant of the shipped weights")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--scale", type=int, choices=SR_SCALES, help=f"sr only (default {DEFAULT_SR_SCALE})")
+    p.add_argument("--variant", choices=VARIANTS, help="network variant of the shipped weights")
     p.add_argument("--weights", metavar="PATH", help="a checkpoint (official format or ours)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--backend", default="auto", choices=("auto", "float", "fp16", "bitpacked"))
+    p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--tile", type=int, metavar="N", help="tile size in input pixels (seam-free)")
-    p.add_argument("--format", choices=OUT_FORMATS, help="output format (default: from OUT or png)")
+    p.add_argument("--format", choices=FORMATS, help="output format (default: from OUT or png)")
     p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(handler=run)
 
 
 def _destinations(inputs: list[Path], output: Path, fmt: str | None) -> list[Path]:
-    single_file = len(inputs) == 1 and output.suffix.lower().lstrip(".") in (*OUT_FORMATS, "jpg")
+    single_file = len(inputs) == 1 and format_of(output.suffix) is not None
     if single_file:
         return [output]
     ext = fmt or "png"

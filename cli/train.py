@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cli.common import fail
 from models.train.corpus import CorpusError
+from models.vocab import DEFAULT_SR_SCALE, SR_SCALES, TASKS
 
 
 def _milestones(text: str) -> tuple[int, ...]:
@@ -33,8 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("train", help="train a BBCU network (paper recipe by default)",
                        description="Train a BBCU network. Defaults follow the paper (BBCU.md section 6); "
                                    "every value can be overridden.")
-    p.add_argument("--task", required=True, choices=("sr", "denoise", "deblock"))
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), help="SR scale (default 4)")
+    p.add_argument("--task", required=True, choices=TASKS)
+    p.add_argument("--scale", type=int, choices=SR_SCALES, help=f"SR scale (default {DEFAULT_SR_SCALE})")
     p.add_argument("--variant", default="l", help="l, m, or binary parts joined by '+' (SR only)")
     p.add_argument("--data", nargs="+", required=True, type=Path, help="folders of HR training images")
     p.add_argument("--iters", type=_positive, help="iterations (paper: SR 300k, others 500k)")

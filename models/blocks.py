@@ -10,6 +10,8 @@ single fused expression (no chain of masked elementwise ops). The inference engi
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 import torch.nn.grad
@@ -73,6 +75,12 @@ def weight_scale(w: Tensor) -> Tensor:
     summation order of a float32 mean does) and every path uses the same alpha bit for bit.
     """
     return w.detach().double().abs().mean(dim=(1, 2, 3)).to(w.dtype)
+
+
+def repeat_channels(x: Tensor, n: int) -> Tensor:
+    """BBCU-H input: the image channels repeated until there are n of them."""
+    reps = math.ceil(n / x.shape[1])
+    return x.repeat(1, reps, 1, 1)[:, :n]
 
 
 class LearnableBias(nn.Module):

@@ -14,6 +14,7 @@ from typing import Any
 
 from models.errors import UnknownModelError
 from models.hashing import sha256_file
+from models.vocab import scale_for
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 _MAX_HEADER = 16 << 20
@@ -73,7 +74,7 @@ def entries(weights_dir: Path = WEIGHTS_DIR) -> list[CatalogEntry]:
 def find(task: str, scale: int | None = None, variant: str | None = None,
          weights_dir: Path = WEIGHTS_DIR) -> CatalogEntry:
     """The shipped entry for a task (and scale / variant); a clear error if there is none."""
-    want_scale = (scale or 4) if task == "sr" else 1
+    want_scale = scale_for(task, scale)
     pool = [e for e in entries(weights_dir) if e.task == task and e.scale == want_scale]
     if variant is not None:
         pool = [e for e in pool if e.variant == variant.lower()]

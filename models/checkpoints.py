@@ -65,10 +65,9 @@ def canonicalize(obj: object) -> dict[str, Tensor]:
 
 
 def detect(sd: dict[str, Tensor]) -> NetworkConfig:
-    for family in archs.FAMILIES:
-        config = family.detect(sd)
-        if config is not None:
-            return config
+    config = archs.detect(sd)
+    if config is not None:
+        return config
     sample = sorted(sd)[:6]
     raise UnsupportedCheckpointError(
         f"not a BBCU network: {len(sd)} tensors, first keys {sample}; expected SR keys "
@@ -166,5 +165,6 @@ def save_official(path: str | Path, net: nn.Module, config: NetworkConfig) -> Pa
     """Write a checkpoint in the authors' format (BasicSR for SR, KAIR for DnCNN)."""
     p = Path(path)
     sd = {k: v.detach().cpu() for k, v in net.state_dict().items()}
-    torch.save({"params": sd} if config.family == "sr" else sd, p)
+    wrapper = archs.for_config(config).official_wrapper
+    torch.save({wrapper: sd} if wrapper else sd, p)
     return p

@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-Task = Literal["sr", "denoise", "deblock"]
-TASKS: tuple[str, ...] = ("sr", "denoise", "deblock")
+from models.vocab import SR_SCALES, TASKS, VARIANT_PARTS, Task, default_k, scale_for
+
 SR_PARTS = frozenset({"head", "body", "up", "tail"})
 DNCNN_PARTS = frozenset({"head", "body", "tail"})
-VARIANT_PARTS: dict[str, frozenset[str]] = {
-    "l": frozenset({"body"}),
-    "m": frozenset({"body", "up"}),
-}
-
-
-def default_k(nf: int) -> float:
-    """The paper's residual-alignment factor k = 130 * n / 64."""
-    return 130.0 * nf / 64.0
 
 
 @dataclass(frozen=True)
@@ -48,8 +39,8 @@ class NetworkConfig:
         if not self.binary <= allowed or "body" not in self.binary:
             raise ValueError(f"binary parts {sorted(self.binary)} invalid for {self.task}: "
                              f"need 'body', choose from {sorted(allowed)}")
-        if self.task == "sr" and self.scale not in (2, 3, 4):
-            raise ValueError(f"scale {self.scale} unsupported for sr: choose 2, 3 or 4")
+        if self.task == "sr" and self.scale not in SR_SCALES:
+            raise ValueError(f"scale {self.scale} unsupported for sr: choose from {SR_SCALES}")
         if self.task != "sr" and self.scale != 1:
             raise ValueError(f"scale must be 1 for {self.task}")
         if self.nf < 1 or self.depth < (1 if self.task == "sr" else 3):
@@ -61,10 +52,6 @@ class NetworkConfig:
             if self.binary == parts:
                 return name
         return "custom:" + "+".join(sorted(self.binary))
-
-    @property
-    def family(self) -> str:
-        return "sr" if self.task == "sr" else "dncnn"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -120,7 +107,7 @@ def parts_for(variant: str) -> frozenset[str]:
 def config_for(task: str, scale: int | None = None, variant: str = "l", nf: int = 64,
                depth: int | None = None) -> NetworkConfig:
     if task == "sr":
-        return sr_config(scale or 4, variant, nf, depth or 16)
+        return sr_config(scale_for(task, scale), variant, nf, depth or 16)
     if task == "denoise":
         return denoise_config(nf, depth or 20)
     if task == "deblock":

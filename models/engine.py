@@ -17,13 +17,12 @@ import torch
 from torch import Tensor, nn
 
 from models import archs, catalog, checkpoints, deploy
-from models.archs import dncnn, sr
 from models.complexity import count
 from models.config import NetworkConfig
 from models.errors import UnknownModelError
 from models.tiling import Progress, run_tiled
+from models.vocab import BACKENDS
 
-BACKENDS = ("auto", "float", "fp16", "bitpacked")
 # Measured peak bytes of live activations per input pixel and feature channel (see tests):
 # a few tensors of nf channels at the input resolution, and more at the output for SR.
 _ACT_TENSORS = 6
@@ -95,7 +94,7 @@ def _resolve_backend(backend: str, device: torch.device) -> str:
 
 
 def radius_of(config: NetworkConfig) -> int:
-    return sr.receptive_radius(config) if config.family == "sr" else dncnn.receptive_radius(config)
+    return archs.for_config(config).receptive_radius(config)
 
 
 class RestorationModel:

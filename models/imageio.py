@@ -16,9 +16,9 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
 from models.errors import ImageDecodeError, ImageTooLargeError
+from models.vocab import FORMATS, format_of
 
-FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG", "jpg": "JPEG"}
-MEDIA_TYPES = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+_PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
                   PILImage.DecompressionBombError, struct.error)
 
@@ -159,10 +159,10 @@ def to_pil(img: Image, fmt: str) -> PILImage.Image:
 
 def encode(img: Image, fmt: str = "png") -> bytes:
     """PNG (16-bit gray kept), WebP, or JPEG (alpha composited over white)."""
-    key = fmt.lower()
-    if key not in FORMATS:
-        raise ValueError(f"unsupported output format {fmt!r}; choose png, webp or jpeg")
-    pil_fmt = FORMATS[key]
+    key = format_of(fmt)
+    if key is None:
+        raise ValueError(f"unsupported output format {fmt!r}; choose from {', '.join(FORMATS)}")
+    pil_fmt = _PIL_FORMATS[key]
     im = to_pil(img, pil_fmt)
     buf = io.BytesIO()
     opts: dict[str, object] = {}

@@ -13,14 +13,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-Task = Literal["sr", "denoise", "deblock"]
-Format = Literal["png", "webp", "jpeg"]
+from models.vocab import MEDIA_TYPES, Format, Task
+
 Device = Literal["auto", "cpu", "gpu"]
-TASKS: tuple[str, ...] = ("sr", "denoise", "deblock")
-FORMATS: tuple[str, ...] = ("png", "webp", "jpeg")
 QUEUES: tuple[str, ...] = ("cpu", "gpu")
-SCALES: tuple[int, ...] = (2, 3, 4)
-CONTENT_TYPES: dict[str, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
 TASK_NAME = "bbcu.restore"
 
 
@@ -117,4 +113,4 @@ class JobRecord(BaseModel):
 
     @property
     def content_type(self) -> str:
-        return CONTENT_TYPES[self.spec.format]
+        return MEDIA_TYPES[self.spec.format]

@@ -12,9 +12,10 @@ import re
 
 from torch import Tensor, nn
 
-from models.archs.sr import repeat_channels
-from models.blocks import BinaryConv2d
-from models.config import NetworkConfig, Task
+from models.archs.architecture import Architecture
+from models.blocks import BinaryConv2d, repeat_channels
+from models.config import NetworkConfig
+from models.vocab import Task, default_k
 
 
 class BBCUDnCNN(nn.Module):
@@ -76,4 +77,9 @@ def detect(sd: dict[str, Tensor]) -> NetworkConfig | None:
         in_nc = out_nc
     task: Task = "deblock" if in_nc == 1 else "denoise"
     return NetworkConfig(task=task, scale=1, in_nc=in_nc, out_nc=out_nc, nf=nf, depth=depth,
-                         binary=frozenset(parts), bias=bias, k=130.0 * nf / 64.0)
+                         binary=frozenset(parts), bias=bias, k=default_k(nf))
+
+
+# an in-place ReLU follows the head (model.0): no kernel chain may link it to the body
+ARCH = Architecture(name="dncnn", tasks=frozenset({"denoise", "deblock"}), network=BBCUDnCNN, build=build,
+                    detect=detect, receptive_radius=receptive_radius, unchained=frozenset({"model.0"}))

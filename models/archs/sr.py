@@ -14,9 +14,11 @@ import re
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.blocks import BinaryBlock, BinaryConv2d, BinaryUpConv2d
+from models.archs.architecture import Architecture
+from models.blocks import BinaryBlock, BinaryConv2d, BinaryUpConv2d, repeat_channels
 from models.config import NetworkConfig
 from models.errors import UnsupportedCheckpointError
+from models.vocab import default_k
 
 
 def _float_conv(cin: int, cout: int) -> nn.Conv2d:
@@ -30,12 +32,6 @@ def _init_float(conv: nn.Module, scale: float = 0.1) -> None:
         conv.weight.data.mul_(scale)
         if conv.bias is not None:
             conv.bias.data.zero_()
-
-
-def repeat_channels(x: Tensor, n: int) -> Tensor:
-    """BBCU-H input: the image channels repeated until there are n of them."""
-    reps = math.ceil(n / x.shape[1])
-    return x.repeat(1, reps, 1, 1)[:, :n]
 
 
 class BBCUSR(nn.Module):
@@ -116,7 +112,7 @@ def detect(sd: dict[str, Tensor]) -> NetworkConfig | None:
     else:
         up_out = int(sd["upconv1.weight"].shape[0])
     if "upconv2.weight" in sd or "upconv2.move0.bias" in sd:
-        scale = 4
+        scale = 4  # two x2 steps
     else:
         r = math.isqrt(up_out // nf)
         if r * r * nf != up_out or r not in (2, 3):
@@ -129,6 +125,11 @@ def detect(sd: dict[str, Tensor]) -> NetworkConfig | None:
     else:
         out_nc = int(sd["conv_last.weight"].shape[0])
     bias = "body.0.body.0.binary_conv.bias" in sd
-    k = 130.0 * nf / 64.0
     return NetworkConfig(task="sr", scale=scale, in_nc=in_nc, out_nc=out_nc, nf=nf, depth=depth,
-                         binary=frozenset(parts), bias=bias, k=k)
+                         binary=frozenset(parts), bias=bias, k=default_k(nf))
+
+
+# a LeakyReLU follows conv_first and precedes conv_last: no kernel chain may link across them
+ARCH = Architecture(name="sr", tasks=frozenset({"sr"}), network=BBCUSR, build=build, detect=detect,
+                    receptive_radius=receptive_radius, unchained=frozenset({"conv_first", "conv_last"}),
+                    official_wrapper="params")

@@ -16,8 +16,6 @@ so the outputs are bitwise equal to the float engine's.
 
 from __future__ import annotations
 
-import re
-
 import torch
 from torch import Tensor, nn
 
@@ -172,19 +170,15 @@ def _layout(x: Tensor) -> tuple[Tensor, int]:
     return x.contiguous(), 1
 
 
-# Units whose input is not the previous unit's output unmodified (an in-place activation or other
-# ops come between): never linked.
-_UNLINKED = re.compile(r"^(conv_first|conv_last|model\.0)$")
-
-
 def _chain_names(net: nn.Module) -> list[str]:
-    from models.archs.dncnn import BBCUDnCNN
-    from models.archs.sr import BBCUSR
+    """The units of a registered family that may be linked, in execution order; [] for others."""
+    from models import archs
 
-    if not isinstance(net, (BBCUSR, BBCUDnCNN)):
+    arch = archs.for_network(net)
+    if arch is None:
         return []
     return [name for name, m in net.named_modules()
-            if isinstance(m, DeployUnit) and not _UNLINKED.match(name)]
+            if isinstance(m, DeployUnit) and name not in arch.unchained]
 
 
 def convert(net: nn.Module) -> nn.Module:

@@ -24,6 +24,7 @@ from PIL import Image
 from torch import Tensor
 
 from models.degrade import imresize, jpeg, rgb_to_luma, to_float, to_uint8
+from models.vocab import TASKS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 U8 = NDArray[np.uint8]
@@ -95,8 +96,8 @@ class DegradeSpec:
     tries: int = 10
 
     def __post_init__(self) -> None:
-        if self.task not in ("sr", "denoise", "deblock"):
-            raise ValueError(f"unknown task {self.task!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
         if self.patch % self.scale or self.patch < 8 * self.scale:
             raise ValueError(f"patch {self.patch} must be a multiple of scale {self.scale} and >= "
                              f"{8 * self.scale}")

@@ -34,6 +34,7 @@ from models.train.data import (
     split_holdout,
     validation_pairs,
 )
+from models.vocab import TASKS, scale_for
 
 Log = Callable[[str], None]
 STATE_FORMAT = "bbcu-train-state-1"
@@ -81,12 +82,12 @@ class TrainConfig:
 def recipe(task: str, scale: int | None = None) -> dict[str, Any]:
     """The paper's defaults (BBCU.md section 6) for a task."""
     if task == "sr":
-        return {"scale": scale or 4, "batch": 16, "patch": 128, "iters": 300_000, "lr": 1e-4,
+        return {"scale": scale_for(task, scale), "batch": 16, "patch": 128, "iters": 300_000, "lr": 1e-4,
                 "milestones": (200_000,)}
     if task in ("denoise", "deblock"):
         return {"scale": 1, "batch": 32, "patch": 64, "iters": 500_000, "lr": 1e-4,
                 "milestones": (200_000, 300_000, 400_000)}
-    raise ValueError(f"unknown task {task!r}; expected sr, denoise or deblock")
+    raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")
 
 
 @dataclass

@@ -14,17 +14,14 @@ from app.errors import Problem
 from app.uploads import read_upload
 from models import catalog, imageio
 from models.errors import ImageDecodeError, ImageTooLargeError, UnknownModelError
+from models.vocab import MEDIA_TYPES, SR_SCALES, Format, Task, scale_for
 from workers.contract import (
-    CONTENT_TYPES,
-    SCALES,
     Device,
     ErrorCode,
-    Format,
     ImageFacts,
     JobError,
     JobSpec,
     JobStatus,
-    Task,
     new_job_id,
     now,
 )
@@ -40,7 +37,7 @@ def _problem_example(status: int, title: str, detail: str, **extra: Any) -> dict
 
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"description": "The restored image", "content": {ct: {} for ct in CONTENT_TYPES.values()},
+    200: {"description": "The restored image", "content": {ct: {} for ct in MEDIA_TYPES.values()},
           "headers": {"X-Job-Id": {"description": "The job id", "schema": {"type": "string"}},
                       "Server-Timing": {"description": "queue, load, decode, inference, encode, total (ms)",
                                         "schema": {"type": "string"}},
@@ -73,7 +70,7 @@ def negotiate_format(explicit: str | None, accept: str | None) -> str:
     if explicit:
         return explicit
     best, best_q = "png", 0.0
-    by_type = {ct: fmt for fmt, ct in CONTENT_TYPES.items()}
+    by_type = {ct: fmt for fmt, ct in MEDIA_TYPES.items()}
     for part in (accept or "").split(","):
         media, *params = [p.strip() for p in part.split(";")]
         fmt = by_type.get(media.lower())
@@ -104,10 +101,10 @@ def parse_prefer(header: str | None) -> dict[str, str]:
 
 def _check_model(weights_dir: Any, task: str, scale: int | None, variant: str | None) -> tuple[int, str]:
     if task == "sr":
-        scale = scale or 4
-        if scale not in SCALES:
-            raise Problem(422, "Unknown model", f"scale {scale} is not supported for sr; choose 2, 3 or 4",
-                          slug="unknown-model")
+        scale = scale_for(task, scale)
+        if scale not in SR_SCALES:
+            raise Problem(422, "Unknown model", f"scale {scale} is not supported for sr; "
+                          f"choose from {', '.join(map(str, SR_SCALES))}", slug="unknown-model")
     elif scale not in (None, 1):
         raise Problem(422, "Unknown model", f"scale applies to sr only (task {task} has scale 1)",
                       slug="unknown-model")

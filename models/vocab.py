@@ -1,0 +1,54 @@
+"""The domain vocabulary: tasks, scales, variants, backends, output formats (no torch, no pydantic).
+
+Every list of allowed values is written here once; the API, the workers, the CLI and the networks
+import it, so adding a value (a scale, a format) is a change in one place.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Task = Literal["sr", "denoise", "deblock"]
+TASKS: tuple[Task, ...] = get_args(Task)
+
+SR_SCALES: tuple[int, ...] = (2, 3, 4)
+DEFAULT_SR_SCALE = 4
+
+# named network variants and the parts they binarize (BBCU-L: the body; BBCU-M: body and upsampler)
+VARIANT_PARTS: dict[str, frozenset[str]] = {
+    "l": frozenset({"body"}),
+    "m": frozenset({"body", "up"}),
+}
+VARIANTS: tuple[str, ...] = tuple(VARIANT_PARTS)
+
+Backend = Literal["auto", "float", "fp16", "bitpacked"]
+BACKENDS: tuple[Backend, ...] = get_args(Backend)
+
+Format = Literal["png", "webp", "jpeg"]
+FORMATS: tuple[Format, ...] = get_args(Format)
+MEDIA_TYPES: dict[Format, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+# file-name spellings accepted for a format
+FORMAT_ALIASES: dict[str, Format] = {"jpg": "jpeg"}
+
+
+def scale_for(task: str, scale: int | None = None) -> int:
+    """The scale a task runs at: SR defaults to x4, the other tasks are always x1."""
+    if task == "sr":
+        return scale or DEFAULT_SR_SCALE
+    return 1
+
+
+def default_k(nf: int) -> float:
+    """The paper's residual-alignment factor k = 130 * n / 64 for n feature channels."""
+    return 130.0 * nf / 64.0
+
+
+def format_of(name: str) -> Format | None:
+    """The output format a file extension or format name denotes ('jpg' -> 'jpeg'); None if none."""
+    key = name.lower().lstrip(".")
+    if key in FORMAT_ALIASES:
+        return FORMAT_ALIASES[key]
+    for fmt in FORMATS:
+        if fmt == key:
+            return fmt
+    return None
