@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -9,9 +10,31 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from workers.errors import NoWorker, QueueFull, StoreUnavailable
+from models.errors import BBCUError, ErrorCode, ImageTooLargeError
+from workers.errors import ServiceError
 
 PROBLEM_TYPE = "application/problem+json"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How the API answers an error code: HTTP status, problem title, and the problem type slug a
+    refused request gets (a failed job's slug is ``job-<code>``)."""
+
+    status: int
+    title: str
+    slug: str
+
+
+ANSWERS: dict[ErrorCode, Answer] = {
+    ErrorCode.bad_image: Answer(415, "Unsupported media type", "not-an-image"),
+    ErrorCode.too_large: Answer(413, "Image too large", "image-too-large"),
+    ErrorCode.unknown_model: Answer(422, "Unknown model", "unknown-model"),
+    ErrorCode.timeout: Answer(504, "Job timed out", "timeout"),
+    ErrorCode.cancelled: Answer(409, "Job cancelled", "cancelled"),
+    ErrorCode.worker_lost: Answer(503, "Worker lost", "worker-lost"),
+    ErrorCode.internal: Answer(500, "Job failed", "internal"),
+}
 
 
 class Problem(Exception):
@@ -38,6 +61,22 @@ class Problem(Exception):
     def response(self, instance: str | None = None) -> JSONResponse:
         return JSONResponse(self.body(instance), status_code=self.status, headers=self.headers,
                             media_type=PROBLEM_TYPE)
+
+
+def refused(error: BBCUError) -> Problem:
+    """The problem a request answers when its own input is refused (before any job exists)."""
+    answer = ANSWERS[error.code]
+    extra: dict[str, Any] = {}
+    if isinstance(error, ImageTooLargeError):
+        extra = {"pixels": error.pixels, "max_pixels": error.max_pixels}
+    return Problem(answer.status, answer.title, str(error), slug=answer.slug, **extra)
+
+
+def job_failed(code: ErrorCode, detail: str, job_id: str, headers: dict[str, str]) -> Problem:
+    """The problem a synchronous request answers when its job did not succeed."""
+    answer = ANSWERS[code]
+    return Problem(answer.status, answer.title, detail, slug=f"job-{code.value}", job_id=job_id,
+                   headers=headers)
 
 
 def unavailable(detail: str, retry_after_s: int) -> Problem:
@@ -72,5 +111,4 @@ def install(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
-    for exc_type in (StoreUnavailable, QueueFull, NoWorker):
-        app.add_exception_handler(exc_type, on_unavailable)
+    app.add_exception_handler(ServiceError, on_unavailable)

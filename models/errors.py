@@ -1,8 +1,31 @@
-"""Typed errors raised by the models package; each message says what was found."""
+"""Typed errors raised by the models package; each message says what was found.
+
+Each error class carries the ``ErrorCode`` a failed job records for it; ``app.errors`` maps every
+code to its HTTP answer in one table.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import ClassVar
+
+
+class ErrorCode(str, Enum):
+    """Why a job failed or a request was refused."""
+
+    bad_image = "bad_image"
+    too_large = "too_large"
+    unknown_model = "unknown_model"
+    timeout = "timeout"
+    cancelled = "cancelled"
+    worker_lost = "worker_lost"
+    internal = "internal"
 
 
 class BBCUError(Exception):
     """Base class of every error this project raises on purpose."""
+
+    code: ClassVar[ErrorCode] = ErrorCode.internal
 
 
 class CheckpointError(BBCUError):
@@ -28,9 +51,13 @@ class ImageError(BBCUError):
 class ImageDecodeError(ImageError):
     """Not an image, corrupt, truncated, or a format we cannot read."""
 
+    code = ErrorCode.bad_image
+
 
 class ImageTooLargeError(ImageError):
     """The image exceeds the pixel budget."""
+
+    code = ErrorCode.too_large
 
     def __init__(self, message: str, pixels: int, max_pixels: int) -> None:
         super().__init__(message)
@@ -40,3 +67,5 @@ class ImageTooLargeError(ImageError):
 
 class UnknownModelError(BBCUError):
     """No catalogue entry or file matches the requested model."""
+
+    code = ErrorCode.unknown_model

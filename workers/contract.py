@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from models.errors import ErrorCode
 from models.vocab import MEDIA_TYPES, Format, Task
 
 Device = Literal["auto", "cpu", "gpu"]
@@ -30,18 +31,6 @@ class JobStatus(str, Enum):
     @property
     def terminal(self) -> bool:
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
-
-
-class ErrorCode(str, Enum):
-    """Why a job failed; the API maps each code to an HTTP status."""
-
-    bad_image = "bad_image"
-    too_large = "too_large"
-    unknown_model = "unknown_model"
-    timeout = "timeout"
-    cancelled = "cancelled"
-    worker_lost = "worker_lost"
-    internal = "internal"
 
 
 def new_job_id() -> str:

@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from workers.contract import ErrorCode, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, Timings, now
+from models.errors import BBCUError, ErrorCode
+from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, Timings, now
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
 
@@ -48,8 +49,10 @@ class JobCancelled(Exception):
     """The job was cancelled while it ran."""
 
 
-class JobTimeout(Exception):
+class JobTimeout(BBCUError):
     """The job ran past the soft time limit."""
+
+    code = ErrorCode.timeout
 
 
 _OPS_SIDE = 64
@@ -125,22 +128,14 @@ class JobRunner:
         except JobCancelled:
             self.store.drop_result(job_id)
             self.store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now())
-        except JobTimeout as e:
-            self._fail(job_id, ErrorCode.timeout, str(e))
         except limit_errors:
             self._fail(job_id, ErrorCode.timeout, self._over_time())
         except Exception as e:
-            from models.errors import ImageDecodeError, ImageTooLargeError, UnknownModelError
-
-            if isinstance(e, ImageDecodeError):
-                self._fail(job_id, ErrorCode.bad_image, str(e))
-            elif isinstance(e, ImageTooLargeError):
-                self._fail(job_id, ErrorCode.too_large, str(e))
-            elif isinstance(e, UnknownModelError):
-                self._fail(job_id, ErrorCode.unknown_model, str(e))
-            else:
-                self._fail(job_id, ErrorCode.internal, f"{type(e).__name__}: {e}")
+            code = e.code if isinstance(e, BBCUError) else ErrorCode.internal
+            if code is ErrorCode.internal:  # a bug or a broken install: keep the traceback visible
+                self._fail(job_id, code, f"{type(e).__name__}: {e}")
                 raise
+            self._fail(job_id, code, str(e))
         finally:
             self.store.drop_input(job_id)
         return self.store.get(job_id)

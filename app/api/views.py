@@ -2,40 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict
 
-from app.errors import Problem
-from workers.contract import ErrorCode, JobRecord, JobStatus
-
-# job error code -> (HTTP status, title) when a synchronous request's job fails
-ERROR_STATUS: dict[ErrorCode, tuple[int, str]] = {
-    ErrorCode.bad_image: (415, "Unsupported media type"),
-    ErrorCode.too_large: (413, "Image too large"),
-    ErrorCode.unknown_model: (422, "Unknown model"),
-    ErrorCode.timeout: (504, "Job timed out"),
-    ErrorCode.cancelled: (409, "Job cancelled"),
-    ErrorCode.worker_lost: (503, "Worker lost"),
-    ErrorCode.internal: (500, "Job failed"),
-}
-
-JOB_EXAMPLE: dict[str, Any] = {
-    "id": "3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01", "status": "succeeded", "task": "denoise", "queue": "cpu",
-    "progress": 1.0, "created_at": 1764100000.0, "started_at": 1764100000.01, "finished_at": 1764100000.2,
-    "timings": {"queue": 8.1, "load": 0.0, "decode": 2.3, "inference": 151.0, "encode": 9.7, "total": 174.0},
-    "model": {"name": "bbcu_denoise_l", "task": "denoise", "variant": "l", "scale": 1, "params": 558000,
-              "sha256": "9d2c...", "device": "cpu", "backend": "float",
-              "ops": {"flops": 1.1e9, "bops": 3.4e10, "ops_paper": 1.6e9, "height": 256, "width": 256}},
-    "input": {"width": 256, "height": 256, "bytes": 120345, "format": "png"},
-    "output": {"width": 256, "height": 256, "bytes": 118002, "format": "png"},
-    "error": None,
-    "spec": {"id": "3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01", "task": "denoise", "scale": 1, "variant": "l",
-             "format": "png", "queue": "cpu", "tile": None},
-    "links": {"self": "/jobs/3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01",
-              "result": "/jobs/3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01/result"},
-}
+from app.api.examples import JOB_EXAMPLE
+from app.errors import Problem, job_failed
+from models.errors import ErrorCode
+from workers.contract import JobRecord, JobStatus
 
 
 class JobView(JobRecord):
@@ -90,6 +63,5 @@ def job_problem(rec: JobRecord) -> Problem:
         code, detail = rec.error.code, rec.error.detail
     else:
         code, detail = ErrorCode.internal, f"the job ended as {rec.status.value}"
-    status, title = ERROR_STATUS[code]
-    return Problem(status, title, detail, slug=f"job-{code.value}", job_id=rec.id,
-                   headers={"X-Job-Id": rec.id, "Link": f'<{job_url(rec.id)}>; rel="monitor"'})
+    return job_failed(code, detail, rec.id,
+                      headers={"X-Job-Id": rec.id, "Link": f'<{job_url(rec.id)}>; rel="monitor"'})

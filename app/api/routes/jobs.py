@@ -6,58 +6,38 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.api.deps import DispatcherDep, SettingsDep, StoreDep
-from app.api.views import JOB_EXAMPLE, JobView, image_response
+from app.api.examples import JOB_RESPONSES, RESULT_RESPONSES
+from app.api.views import JobView, image_response
 from app.errors import Problem
-from workers.contract import ErrorCode, JobError, JobRecord, JobStatus, now
+from models.errors import ErrorCode
+from workers.contract import JobError, JobRecord, JobStatus, now
 from workers.dispatch import Dispatcher
+from workers.lost import fail_if_lost
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
-_GRACE_S = 30.0
 
-
-def _unknown(job_id: str) -> Problem:
-    return Problem(404, "Unknown job", f"no job {job_id} (never created, or its record expired)",
-                   slug="unknown-job", job_id=job_id)
-
-
-def current(job_id: str, store: JobStore, settings: Settings, dispatcher: Dispatcher) -> JobRecord:
-    """The job's record; a running job whose worker vanished, or that ran past the hard time limit,
-    is reported failed (``worker_lost``)."""
+def read_job(job_id: str, store: JobStore, settings: Settings, dispatcher: Dispatcher) -> JobRecord:
+    """The job's record (404 if unknown), judged lost first if its worker is gone."""
     rec = store.get(job_id)
     if rec is None:
-        raise _unknown(job_id)
-    if dispatcher.mode != "celery" or rec.status != JobStatus.running or rec.started_at is None:
-        return rec
-    limit = settings.hard_time_limit_s + _GRACE_S
-    alive = {w.get("worker") for ws in dispatcher.workers().values() for w in ws}
-    # a heartbeat lapses after three periods: judge only jobs older than that
-    if rec.worker and rec.worker not in alive and now() - rec.started_at > 3 * settings.heartbeat_s:
-        reason = f"worker {rec.worker} stopped (no heartbeat) while running the job"
-    elif now() - rec.started_at > limit:
-        reason = f"no result {limit:.0f} s after the job started: the worker hit the hard time limit or died"
-    else:
-        return rec
-    lost = store.transition(job_id, JobStatus.failed, (JobStatus.running,), finished_at=now(),
-                            error=JobError(code=ErrorCode.worker_lost, detail=reason))
-    return lost or store.get(job_id) or rec
+        raise Problem(404, "Unknown job", f"no job {job_id} (never created, or its record expired)",
+                      slug="unknown-job", job_id=job_id)
+    return fail_if_lost(rec, store, settings, dispatcher)
 
 
-@router.get("/{job_id}", responses={200: {"content": {"application/json": {"example": JOB_EXAMPLE}}}})
+@router.get("/{job_id}", responses=JOB_RESPONSES)
 def get_job(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep) -> JobView:
     """The job's status, progress, timings, model metadata, sizes and error."""
-    return JobView.of(current(job_id, store, settings, dispatcher))
+    return JobView.of(read_job(job_id, store, settings, dispatcher))
 
 
-@router.get("/{job_id}/result", response_class=Response,
-            responses={200: {"content": {"image/png": {}, "image/webp": {}, "image/jpeg": {}}},
-                       404: {"description": "Unknown job"}, 409: {"description": "Not ready"},
-                       410: {"description": "Result expired"}})
+@router.get("/{job_id}/result", response_class=Response, responses=RESULT_RESPONSES)
 def get_result(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep) -> Response:
     """The restored image: 409 while the job is not done, 410 once the result expired."""
-    rec = current(job_id, store, settings, dispatcher)
+    rec = read_job(job_id, store, settings, dispatcher)
     if rec.status != JobStatus.succeeded:
         headers = {"Retry-After": "1"} if rec.status in ACTIVE else {}
         raise Problem(409, "Result not available", f"job {job_id} is {rec.status.value}", slug="not-ready",
@@ -76,7 +56,7 @@ def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: 
     rec = store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now(),
                            error=JobError(code=ErrorCode.cancelled, detail="cancelled by the client"))
     if rec is None:
-        existing = current(job_id, store, settings, dispatcher)
+        existing = read_job(job_id, store, settings, dispatcher)
         raise Problem(409, "Job already finished", f"job {job_id} is {existing.status.value}",
                       slug="already-finished", job_id=job_id, status_of_job=existing.status.value)
     store.drop_input(job_id)

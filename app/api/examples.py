@@ -1,0 +1,71 @@
+"""OpenAPI response documentation and examples of the routes (literals only, no logic)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.vocab import MEDIA_TYPES
+
+JOB_EXAMPLE: dict[str, Any] = {
+    "id": "3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01", "status": "succeeded", "task": "denoise", "queue": "cpu",
+    "progress": 1.0, "created_at": 1764100000.0, "started_at": 1764100000.01, "finished_at": 1764100000.2,
+    "timings": {"queue": 8.1, "load": 0.0, "decode": 2.3, "inference": 151.0, "encode": 9.7, "total": 174.0},
+    "model": {"name": "bbcu_denoise_l", "task": "denoise", "variant": "l", "scale": 1, "params": 558000,
+              "sha256": "9d2c...", "device": "cpu", "backend": "float",
+              "ops": {"flops": 1.1e9, "bops": 3.4e10, "ops_paper": 1.6e9, "height": 256, "width": 256}},
+    "input": {"width": 256, "height": 256, "bytes": 120345, "format": "png"},
+    "output": {"width": 256, "height": 256, "bytes": 118002, "format": "png"},
+    "error": None,
+    "spec": {"id": "3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01", "task": "denoise", "scale": 1, "variant": "l",
+             "format": "png", "queue": "cpu", "tile": None},
+    "links": {"self": "/jobs/3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01",
+              "result": "/jobs/3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01/result"},
+}
+
+
+def _problem_example(status: int, title: str, detail: str, **extra: Any) -> dict[str, Any]:
+    return {"application/problem+json": {"example": {"type": "urn:bbcu:problem:...", "title": title,
+                                                     "status": status, "detail": detail, **extra}}}
+
+
+RESTORE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The restored image", "content": {ct: {} for ct in MEDIA_TYPES.values()},
+          "headers": {"X-Job-Id": {"description": "The job id", "schema": {"type": "string"}},
+                      "Server-Timing": {"description": "queue, load, decode, inference, encode, total (ms)",
+                                        "schema": {"type": "string"}},
+                      "X-Model": {"description": "Model name and weights SHA-256",
+                                  "schema": {"type": "string"}},
+                      "Link": {"description": "The job resource", "schema": {"type": "string"}}}},
+    202: {"description": "Accepted: poll the Location", "content": {"application/json": {"example": {
+        **JOB_EXAMPLE, "status": "queued", "progress": 0.0}}}},
+    413: {"description": "Upload or image too large", "content": _problem_example(
+        413, "Image too large", "image is 5000x4000 = 20000000 pixels, over the limit of 4194304 pixels",
+        pixels=20000000, max_pixels=4194304)},
+    415: {"description": "Not an image", "content": _problem_example(
+        415, "Unsupported media type", "not a readable image")},
+    422: {"description": "Unknown task, scale or variant", "content": _problem_example(
+        422, "Unknown model", "no shipped weights for task=sr scale=3 variant=m")},
+    503: {"description": "Broker unreachable or queue full (see Retry-After)", "content": _problem_example(
+        503, "Service unavailable", "Redis unreachable", retry_after_s=5)},
+}
+
+RESTORE_REQUEST_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"], "properties": {
+        "image": {"type": "string", "format": "binary", "description": "The image file"}}}},
+    "image/*": {"schema": {"type": "string", "format": "binary"}},
+    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+}}}
+
+JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {"application/json": {"example": JOB_EXAMPLE}}}}
+
+RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"content": {ct: {} for ct in MEDIA_TYPES.values()}},
+    404: {"description": "Unknown job"}, 409: {"description": "Not ready"},
+    410: {"description": "Result expired"}}
+
+MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"example": {
+    "models": [{"name": "bbcu_sr_x4_l", "task": "sr", "scale": 4, "variant": "l",
+                "file": "bbcu_sr_x4_l.safetensors", "size_bytes": 1234567, "sha256": "9d2c...",
+                "config": {"nf": 64, "depth": 16}, "eval": {"Set5": {"psnr_y": 30.9}}, "training": {},
+                "provenance": {}}]}}}}}
