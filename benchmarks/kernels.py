@@ -83,7 +83,7 @@ def _with_isa(isa: str, fn: Callable[[], object]) -> Callable[[], object]:
 
 def _layer_table(repeats: int, clock: float, isas: list[str], threads: int = THREADS) -> str:
     from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
-    from models.kernels.bitpacked import pack_activations, pack_weights
+    from models.kernels.bitpacked import as_array, pack_activations, pack_weights
 
     c, h, w = 64, 320, 480
     g = torch.Generator().manual_seed(0)
@@ -99,14 +99,15 @@ def _layer_table(repeats: int, clock: float, isas: list[str], threads: int = THR
     nact = torch.empty_like(act)
     p = torch.rand(c, generator=g)
 
+    a_act, a_wp, a_p, a_shift = as_array(act), as_array(wp), as_array(p), as_array(shift)
+    a_counts, a_resid, a_nact = as_array(counts), as_array(resid, nchw=False), as_array(nact)
+
     def core() -> None:
-        ext.unit(act.data_ptr(), 1, h, w, c, wp.data_ptr(), c, 1, 0, 0, 0, 0, 0, 0, 0, 0,
-                 counts.data_ptr(), threads, 0, 0)
+        ext.unit(a_act, a_wp, cin=c, cout=c, counts=a_counts, threads=threads)
 
     def unit() -> None:  # conv + scale, RPReLU, residual (in place) and the next unit's packing
-        ext.unit(act.data_ptr(), 1, h, w, c, wp.data_ptr(), c, 1, p.data_ptr(), p.data_ptr(), p.data_ptr(),
-                 p.data_ptr(), resid.data_ptr(), resid.data_ptr(), shift.data_ptr(), nact.data_ptr(), 0,
-                 threads, 0, 0)
+        ext.unit(a_act, a_wp, cin=c, cout=c, alpha=a_p, pre=a_p, slope=a_p, post=a_p, residual=a_resid,
+                 out=a_resid, next_shift=a_shift, next_act=a_nact, threads=threads)
 
     fns: dict[str, Callable[[], object]] = {
         "torch float conv2d (NCHW)": lambda: F.conv2d(x, weight, padding=1),

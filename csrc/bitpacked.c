@@ -548,7 +548,115 @@ static void pack_row(const void *ctx, int ry) {
 }
 
 /* ------------------------------------------------------------------------------------------ */
-/* Python interface: tensors are passed as data pointers (int) with their sizes. */
+/* Python interface: arrays come in through the buffer protocol (numpy views of torch tensors), and
+ * every dtype, shape and size is checked against the others before any pointer is used, so a
+ * wrong argument raises ValueError instead of reading or writing out of bounds. */
+
+#define ANY (-1)
+
+typedef enum { F32, I32, I64 } kind_t;
+
+static const char *kind_name(kind_t k) { return k == F32 ? "float32" : k == I32 ? "int32" : "int64"; }
+
+/* the dtype a buffer format string denotes, for messages */
+static const char *format_name(const Py_buffer *v) {
+    const char *f = v->format ? v->format : "B";
+    while (*f == '@' || *f == '=' || *f == '<') f++;
+    switch (*f) {
+    case 'e': return "float16";
+    case 'f': return "float32";
+    case 'd': return "float64";
+    case '?': return "bool";
+    case 'b': return "int8";
+    case 'B': return "uint8";
+    case 'h': return "int16";
+    case 'H': return "uint16";
+    case 'i': case 'l': case 'q': return v->itemsize == 4 ? "int32" : v->itemsize == 8 ? "int64" : "int";
+    case 'I': case 'L': case 'Q': return v->itemsize == 4 ? "uint32" : v->itemsize == 8 ? "uint64" : "uint";
+    default: return f;
+    }
+}
+
+static int format_is(const Py_buffer *v, kind_t k) {
+    const char *f = v->format ? v->format : "B";
+    while (*f == '@' || *f == '=' || *f == '<') f++;
+    if (f[0] == '\0' || f[1] != '\0') return 0;
+    if (k == F32) return f[0] == 'f' && v->itemsize == 4;
+    if (f[0] != 'i' && f[0] != 'l' && f[0] != 'q') return 0;
+    return v->itemsize == (k == I32 ? 4 : 8);
+}
+
+/* Take a C-contiguous buffer of `obj` holding `kind` elements with `ndim` dimensions of the given
+ * sizes (ANY: not checked). On failure sets ValueError naming the argument and returns -1. */
+static int take(PyObject *obj, const char *name, kind_t kind, int writable, int ndim,
+                const Py_ssize_t *shape, Py_buffer *v) {
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(obj, v, flags) < 0) {
+        PyObject *type, *value, *tb;
+        PyErr_Fetch(&type, &value, &tb);
+        PyObject *why = value ? PyObject_Str(value) : NULL;
+        const char *text = why ? PyUnicode_AsUTF8(why) : NULL;
+        if (!text) {
+            PyErr_Clear();
+            text = "no buffer";
+        }
+        PyErr_Format(PyExc_ValueError, "%s: expected a C-contiguous%s array of %s, got a %s (%s)", name,
+                     writable ? " writable" : "", kind_name(kind), Py_TYPE(obj)->tp_name, text);
+        Py_XDECREF(why);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return -1;
+    }
+    if (!format_is(v, kind)) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %s, got %s", name, kind_name(kind), format_name(v));
+        PyBuffer_Release(v);
+        return -1;
+    }
+    int ok = v->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = shape[i] == ANY || v->shape[i] == shape[i];
+    if (!ok) {
+        char want[160] = "", got[160] = "";
+        for (int i = 0; i < ndim; i++) {
+            char part[32];
+            if (shape[i] == ANY) snprintf(part, sizeof part, "%s*", i ? ", " : "");
+            else snprintf(part, sizeof part, "%s%zd", i ? ", " : "", shape[i]);
+            strncat(want, part, sizeof want - strlen(want) - 1);
+        }
+        for (int i = 0; i < v->ndim && i < 8; i++) {
+            char part[32];
+            snprintf(part, sizeof part, "%s%zd", i ? ", " : "", v->shape ? v->shape[i] : (Py_ssize_t)0);
+            strncat(got, part, sizeof got - strlen(got) - 1);
+        }
+        PyErr_Format(PyExc_ValueError, "%s: expected shape (%s), got (%s)", name, want, got);
+        PyBuffer_Release(v);
+        return -1;
+    }
+    return 0;
+}
+
+/* the buffers of one call, released together */
+typedef struct {
+    Py_buffer v[12];
+    int n;
+} held_t;
+
+static void release_all(held_t *h) {
+    for (int i = 0; i < h->n; i++) PyBuffer_Release(&h->v[i]);
+    h->n = 0;
+}
+
+/* take() into the next slot of `h`; NULL and an exception on failure, NULL and no exception for None */
+static void *hold(held_t *h, PyObject *obj, const char *name, kind_t kind, int writable, int ndim,
+                  const Py_ssize_t *shape) {
+    if (obj == NULL || obj == Py_None) return NULL;
+    Py_buffer *v = &h->v[h->n];
+    if (take(obj, name, kind, writable, ndim, shape, v) < 0) return NULL;
+    h->n++;
+    return v->buf;
+}
+
+static int words(int channels) { return (channels + 63) / 64; }
 
 static PyObject *py_set_isa(PyObject *self, PyObject *args) {
     const char *name;
@@ -575,20 +683,26 @@ static PyObject *py_isa(PyObject *self, PyObject *args) {
     return Py_BuildValue("(ss)", ISA_NAMES[g_isa], ISA_NAMES[g_best]);
 }
 
-/* pack_weights(w_ptr, cout, cin, out_ptr) -> number of zero weights (the packing is then invalid)
- * w: float [cout][cin][3][3]; out: uint64 [ceil(cout/16)][9][ceil(cin/64)][16] */
-static PyObject *py_pack_weights(PyObject *self, PyObject *args) {
-    unsigned long long wptr, optr;
-    int cout, cin;
+/* pack_weights(weights, out) -> number of zero weights (the packing is then invalid)
+ * weights: float32 [cout][cin][3][3]; out: int64 [ceil(cout/16)][9][ceil(cin/64)][16] */
+static PyObject *py_pack_weights(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"weights", "out", NULL};
+    PyObject *wo, *oo;
+    held_t h = {.n = 0};
     (void)self;
-    if (!PyArg_ParseTuple(args, "KiiK", &wptr, &cout, &cin, &optr)) return NULL;
-    if (cout < 1 || cin < 1 || cout > MAX_OUT) {
-        PyErr_SetString(PyExc_ValueError, "channel counts out of range");
-        return NULL;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO:pack_weights", names, &wo, &oo)) return NULL;
+    const Py_ssize_t wshape[4] = {ANY, ANY, 3, 3};
+    const float *w = hold(&h, wo, "weights", F32, 0, 4, wshape);
+    if (!w) goto fail;
+    const int cout = (int)h.v[0].shape[0], cin = (int)h.v[0].shape[1];
+    if (cout < 1 || cin < 1 || cout > MAX_OUT || cin > MAX_OUT) {
+        PyErr_Format(PyExc_ValueError, "weights: channel counts %d x %d out of range 1..%d", cout, cin, MAX_OUT);
+        goto fail;
     }
-    const float *w = (const float *)(uintptr_t)wptr;
-    uint64_t *o = (uint64_t *)(uintptr_t)optr;
-    const int K = (cin + 63) / 64, ng = (cout + GROUP - 1) / GROUP;
+    const int K = words(cin), ng = (cout + GROUP - 1) / GROUP;
+    const Py_ssize_t oshape[4] = {ng, 9, K, GROUP};
+    uint64_t *o = hold(&h, oo, "out", I64, 1, 4, oshape);
+    if (!o) goto fail;
     memset(o, 0, sizeof(uint64_t) * (size_t)ng * 9 * K * GROUP);
     long zeros = 0;
     for (int oc = 0; oc < cout; oc++) {
@@ -602,88 +716,171 @@ static PyObject *py_pack_weights(PyObject *self, PyObject *args) {
             }
         }
     }
+    release_all(&h);
     return PyLong_FromLong(zeros);
+fail:
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "pack_weights: an array is missing");
+    release_all(&h);
+    return NULL;
 }
 
-/* pack_act(x_ptr, N, H, W, C, shift_ptr, out_ptr, nthreads, nchw): x float NHWC (or NCHW when nchw),
- * out [N][H+2][W+2][K][2] */
-static PyObject *py_pack_act(PyObject *self, PyObject *args) {
-    unsigned long long xptr, sptr, optr;
-    int N, H, W, C, nthreads, nchw;
+/* pack_act(x, shift, out, *, nchw=False, threads=1)
+ * x: float32 [N][H][W][C] (or [N][C][H][W] when nchw); shift: float32 [C];
+ * out: int64 [N][H+2][W+2][2*ceil(C/64)] */
+static PyObject *py_pack_act(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"x", "shift", "out", "nchw", "threads", NULL};
+    PyObject *xo, *so, *oo;
+    int nchw = 0, nthreads = 1;
+    held_t h = {.n = 0};
     (void)self;
-    if (!PyArg_ParseTuple(args, "KiiiiKKii", &xptr, &N, &H, &W, &C, &sptr, &optr, &nthreads, &nchw)) return NULL;
-    const float *x = (const float *)(uintptr_t)xptr, *shift = (const float *)(uintptr_t)sptr;
-    uint64_t *o = (uint64_t *)(uintptr_t)optr;
-    const int K = (C + 63) / 64;
-    if (C < 1 || C > MAX_OUT) {
-        PyErr_SetString(PyExc_ValueError, "channel count out of range");
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$pi:pack_act", names, &xo, &so, &oo, &nchw, &nthreads))
         return NULL;
+    const Py_ssize_t xshape[4] = {ANY, ANY, ANY, ANY};
+    const float *x = hold(&h, xo, "x", F32, 0, 4, xshape);
+    if (!x) goto fail;
+    const Py_ssize_t *xs = h.v[0].shape;
+    const int N = (int)xs[0], H = (int)(nchw ? xs[2] : xs[1]), W = (int)(nchw ? xs[3] : xs[2]);
+    const int C = (int)(nchw ? xs[1] : xs[3]);
+    if (N < 1 || H < 1 || W < 1 || C < 1 || C > MAX_OUT) {
+        PyErr_Format(PyExc_ValueError, "x: sizes N=%d H=%d W=%d C=%d out of range", N, H, W, C);
+        goto fail;
     }
+    const Py_ssize_t sshape[1] = {C};
+    const float *shift = hold(&h, so, "shift", F32, 0, 1, sshape);
+    if (!shift) goto fail;
+    const int K = words(C);
+    const Py_ssize_t oshape[4] = {N, H + 2, W + 2, 2 * K};
+    uint64_t *o = hold(&h, oo, "out", I64, 1, 4, oshape);
+    if (!o) goto fail;
     Py_BEGIN_ALLOW_THREADS
     zero_border(o, N, H, W, K);
     const pack_job job = {x, shift, o, H, W, C, nchw};
     parallel_rows(pack_row, &job, N * H, nthreads);
     Py_END_ALLOW_THREADS
+    release_all(&h);
     Py_RETURN_NONE;
+fail:
+    if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "pack_act: an array is missing");
+    release_all(&h);
+    return NULL;
 }
 
-/* unit(act, N, H, W, cin, wp, cout, r, alpha, pre, slope, post, resid, out, nshift, nact, counts, nthreads,
- *      resid_nchw, out_nchw)
- * Pointers may be 0 for: resid (no residual), nshift/nact (no packing), out (when counts != 0).
- * out may equal resid (in place) when r == 1 and both have the same layout. */
-static PyObject *py_unit(PyObject *self, PyObject *args) {
-    unsigned long long act, wp, al, pr, sl, po, res, out, ns, na, cn;
-    int N, H, W, cin, cout, r, nthreads, resid_nchw, out_nchw;
+/* unit(act, weights, *, cin, cout, upscale=1, alpha=None, pre=None, slope=None, post=None,
+ *      residual=None, residual_nchw=False, out=None, out_nchw=False, next_shift=None, next_act=None,
+ *      counts=None, threads=1)
+ * act: int64 [N][H+2][W+2][2*ceil(cin/64)]; weights: int64 [ceil(cout/16)][9][ceil(cin/64)][16];
+ * alpha, pre, slope, post: float32 [cout]; with C = cout / upscale^2,
+ * residual: float32 [N][H][W][C] (or [N][C][H][W]; an upsampling unit's own input, upsampled); out: float32 [N][H*r][W*r][C] (or [N][C][H*r][W*r]);
+ * next_shift: float32 [C]; next_act: int64 [N][H*r+2][W*r+2][2*ceil(C/64)];
+ * counts: int32 [N][H][W][cout] instead of the epilogue (upscale 1).
+ * out may be the residual's own buffer (in place) when upscale == 1 and both have the same layout. */
+static PyObject *py_unit(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"act", "weights", "cin", "cout", "upscale", "alpha", "pre", "slope", "post",
+                            "residual", "residual_nchw", "out", "out_nchw", "next_shift", "next_act",
+                            "counts", "threads", NULL};
+    PyObject *ao, *wo, *alo = NULL, *pro = NULL, *slo = NULL, *poo = NULL, *reso = NULL, *outo = NULL;
+    PyObject *nso = NULL, *nao = NULL, *cno = NULL;
+    int cin = 0, cout = 0, r = 1, resid_nchw = 0, out_nchw = 0, nthreads = 1;
+    held_t h = {.n = 0};
     (void)self;
-    if (!PyArg_ParseTuple(args, "KiiiiKiiKKKKKKKKKiii", &act, &N, &H, &W, &cin, &wp, &cout, &r, &al, &pr, &sl,
-                          &po, &res, &out, &ns, &na, &cn, &nthreads, &resid_nchw, &out_nchw))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$iiiOOOOOpOpOOOi:unit", names, &ao, &wo, &cin, &cout, &r,
+                                     &alo, &pro, &slo, &poo, &reso, &resid_nchw, &outo, &out_nchw, &nso,
+                                     &nao, &cno, &nthreads))
         return NULL;
-    if (N < 1 || H < 1 || W < 1 || cin < 1 || cout < 1 || cout > MAX_OUT || r < 1 || cout % (r * r)) {
-        PyErr_SetString(PyExc_ValueError, "bad unit shape");
+    if (cin == 0 || cout == 0) {
+        PyErr_SetString(PyExc_TypeError, "unit: cin and cout are required keyword arguments");
         return NULL;
     }
+    if (cin < 1 || cin > MAX_OUT || cout < 1 || cout > MAX_OUT || r < 1 || cout % (r * r)) {
+        PyErr_Format(PyExc_ValueError, "unit: bad shape cin=%d cout=%d upscale=%d", cin, cout, r);
+        return NULL;
+    }
+    const int K = words(cin), C = cout / (r * r), Kn = words(C);
+    const Py_ssize_t ashape[4] = {ANY, ANY, ANY, 2 * K};
+    const uint64_t *act = hold(&h, ao, "act", I64, 0, 4, ashape);
+    if (!act) goto fail;
+    const int N = (int)h.v[0].shape[0], H = (int)h.v[0].shape[1] - 2, W = (int)h.v[0].shape[2] - 2;
+    if (N < 1 || H < 1 || W < 1) {
+        PyErr_Format(PyExc_ValueError, "act: no pixels (N=%d H=%d W=%d)", N, H, W);
+        goto fail;
+    }
+    const Py_ssize_t wshape[4] = {(cout + GROUP - 1) / GROUP, 9, K, GROUP};
+    const uint64_t *wp = hold(&h, wo, "weights", I64, 0, 4, wshape);
+    if (!wp) goto fail;
     unit_args a;
+    memset(&a, 0, sizeof a);
     a.N = N;
     a.H = H;
     a.W = W;
-    a.K = (cin + 63) / 64;
+    a.K = K;
     a.ng = (cout + GROUP - 1) / GROUP;
     a.cout = cout;
     a.r = r;
-    a.C = cout / (r * r);
-    a.act = (const uint64_t *)(uintptr_t)act;
-    a.wp = (const uint64_t *)(uintptr_t)wp;
-    a.alpha = (const float *)(uintptr_t)al;
-    a.pre = (const float *)(uintptr_t)pr;
-    a.slope = (const float *)(uintptr_t)sl;
-    a.post = (const float *)(uintptr_t)po;
-    a.resid = (const float *)(uintptr_t)res;
-    a.out = (float *)(uintptr_t)out;
-    a.nshift = (const float *)(uintptr_t)ns;
-    a.nact = (uint64_t *)(uintptr_t)na;
-    a.counts = (int32_t *)(uintptr_t)cn;
+    a.C = C;
+    a.act = act;
+    a.wp = wp;
     a.resid_nchw = resid_nchw;
     a.out_nchw = out_nchw;
-    if (!a.counts && (!a.out || !a.alpha || !a.pre || !a.slope || !a.post)) {
-        PyErr_SetString(PyExc_ValueError, "missing epilogue pointers");
-        return NULL;
-    }
-    if (a.nshift && !a.nact) {
-        PyErr_SetString(PyExc_ValueError, "next shift given without a packed output");
-        return NULL;
+    const Py_ssize_t vshape[1] = {cout};
+    const Py_ssize_t cshape[4] = {N, H, W, cout};
+    const Py_ssize_t rshape_nhwc[4] = {N, H, W, C}, rshape_nchw[4] = {N, C, H, W};
+    const Py_ssize_t oshape_nhwc[4] = {N, H * r, W * r, C}, oshape_nchw[4] = {N, C, H * r, W * r};
+    const Py_ssize_t nsshape[1] = {C}, nashape[4] = {N, H * r + 2, W * r + 2, 2 * Kn};
+    a.counts = hold(&h, cno, "counts", I32, 1, 4, cshape);
+    if (cno && cno != Py_None && !a.counts) goto fail;
+    if (a.counts) {
+        if (r != 1) {
+            PyErr_SetString(PyExc_ValueError, "counts: only for units with upscale 1");
+            goto fail;
+        }
+    } else {
+        const char *vnames[4] = {"alpha", "pre", "slope", "post"};
+        PyObject *vobjs[4] = {alo, pro, slo, poo};
+        const float **vdst[4] = {&a.alpha, &a.pre, &a.slope, &a.post};
+        for (int i = 0; i < 4; i++) {
+            if (!vobjs[i] || vobjs[i] == Py_None) {
+                PyErr_Format(PyExc_ValueError, "%s: required unless counts is given", vnames[i]);
+                goto fail;
+            }
+            if (!(*vdst[i] = hold(&h, vobjs[i], vnames[i], F32, 0, 1, vshape))) goto fail;
+        }
+        if (!outo || outo == Py_None) {
+            PyErr_SetString(PyExc_ValueError, "out: required unless counts is given");
+            goto fail;
+        }
+        if (!(a.out = hold(&h, outo, "out", F32, 1, 4, out_nchw ? oshape_nchw : oshape_nhwc))) goto fail;
+        if (reso && reso != Py_None) {
+            if (!(a.resid = hold(&h, reso, "residual", F32, 0, 4, resid_nchw ? rshape_nchw : rshape_nhwc)))
+                goto fail;
+        }
+        if ((nso && nso != Py_None) != (nao && nao != Py_None)) {
+            PyErr_SetString(PyExc_ValueError, "next_shift and next_act: give both or neither");
+            goto fail;
+        }
+        if (nso && nso != Py_None) {
+            if (!(a.nshift = hold(&h, nso, "next_shift", F32, 0, 1, nsshape))) goto fail;
+            if (!(a.nact = hold(&h, nao, "next_act", I64, 1, 4, nashape))) goto fail;
+        }
     }
     Py_BEGIN_ALLOW_THREADS
     run_unit(&a, nthreads);
     Py_END_ALLOW_THREADS
+    release_all(&h);
     Py_RETURN_NONE;
+fail:
+    release_all(&h);
+    return NULL;
 }
 
 static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2' or 'avx512'."},
     {"isa", py_isa, METH_NOARGS, "(selected ISA, best ISA this CPU supports)."},
-    {"pack_weights", py_pack_weights, METH_VARARGS, "Pack the sign bits of a 3x3 weight tensor."},
-    {"pack_act", py_pack_act, METH_VARARGS, "Pack sign(x + shift) of an NHWC float tensor."},
-    {"unit", py_unit, METH_VARARGS, "Binary conv + fused epilogue of one unit."},
+    {"pack_weights", (PyCFunction)(void (*)(void))py_pack_weights, METH_VARARGS | METH_KEYWORDS,
+     "Pack the sign bits of a float32 (Cout, Cin, 3, 3) weight array; returns the number of zeros."},
+    {"pack_act", (PyCFunction)(void (*)(void))py_pack_act, METH_VARARGS | METH_KEYWORDS,
+     "Pack sign(x + shift) of a float32 NHWC (or NCHW) array."},
+    {"unit", (PyCFunction)(void (*)(void))py_unit, METH_VARARGS | METH_KEYWORDS,
+     "Binary conv + fused epilogue of one unit (or its raw counts)."},
     {NULL, NULL, 0, NULL},
 };
 

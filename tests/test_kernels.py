@@ -160,9 +160,9 @@ def test_chain_passes_packed_activations(monkeypatch: pytest.MonkeyPatch) -> Non
         def __getattr__(self, attr: str):  # type: ignore[no-untyped-def]
             fn = getattr(kernels._ext, attr)
             if attr in calls:
-                def wrapped(*a):  # type: ignore[no-untyped-def]
+                def wrapped(*a, **kw):  # type: ignore[no-untyped-def]
                     calls[attr] += 1
-                    return fn(*a)
+                    return fn(*a, **kw)
                 return wrapped
             return fn
 
@@ -201,3 +201,77 @@ def test_unit_with_a_zero_weight_keeps_the_float_path() -> None:
     x = torch.rand(1, cfg.in_nc, 13, 10, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         assert torch.equal(ref_net(x), bit_net(x))
+
+
+# The kernel boundary: each of these once returned a result (garbage, or memory read out of bounds)
+# instead of an error.
+
+
+def test_counts_refuse_a_float64_input() -> None:
+    from models.kernels.bitpacked import binary_counts
+
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64)
+    w = torch.sign(torch.randn(4, 8, 3, 3))
+    with pytest.raises(ValueError, match="x: expected float32, got float64"):
+        binary_counts(x, torch.zeros(8), w)
+
+
+def test_counts_refuse_a_shift_of_the_wrong_size() -> None:
+    from models.kernels.bitpacked import binary_counts
+
+    x = torch.randn(1, 8, 5, 5)
+    w = torch.sign(torch.randn(4, 8, 3, 3))
+    with pytest.raises(ValueError, match=r"shift: expected shape \(8\), got \(3\)"):
+        binary_counts(x, torch.zeros(3), w)
+
+
+@pytest.mark.parametrize("shape", [(4, 9, 3, 3), (4, 8, 5, 5), (4, 8, 9)])
+def test_counts_refuse_weights_of_the_wrong_shape(shape: tuple[int, ...]) -> None:
+    from models.kernels.bitpacked import binary_counts
+
+    x = torch.randn(1, 8, 5, 5)
+    with pytest.raises(ValueError, match="weights"):
+        binary_counts(x, torch.zeros(8), torch.sign(torch.randn(*shape)))
+
+
+def test_pack_activations_refuses_a_half_input() -> None:
+    from models.kernels.bitpacked import pack_activations
+
+    with pytest.raises(ValueError, match="x: expected float32, got float16"):
+        pack_activations(torch.randn(1, 8, 5, 5).half(), torch.zeros(8))
+
+
+def test_the_extension_checks_its_arrays_itself() -> None:
+    """Called directly, the C functions check dtype, shape and writability of every array."""
+    from models.kernels import _bitpacked as ext
+    from models.kernels.bitpacked import as_array, pack_activations, pack_weights
+
+    x = torch.randn(1, 70, 6, 7)
+    act = pack_activations(x, torch.zeros(70))
+    w = torch.sign(torch.randn(16, 70, 3, 3))
+    wp, _ = pack_weights(w)
+    counts = torch.empty((1, 6, 7, 16), dtype=torch.int32)
+    ext.unit(as_array(act), as_array(wp), cin=70, cout=16, counts=as_array(counts))
+    assert torch.equal(counts.permute(0, 3, 1, 2).float(), F.conv2d(torch.sign(x), w, padding=1))
+    narrow, _ = pack_weights(torch.sign(torch.randn(16, 12, 3, 3)))  # packed for 12 input channels
+    with pytest.raises(ValueError, match=r"weights: expected shape \(1, 9, 2, 16\), got \(1, 9, 1, 16\)"):
+        ext.unit(as_array(act), as_array(narrow), cin=70, cout=16, counts=as_array(counts))
+    with pytest.raises(ValueError, match=r"counts: expected shape \(1, 6, 7, 16\)"):
+        ext.unit(as_array(act), as_array(wp), cin=70, cout=16, counts=as_array(counts[:, :5]))
+    with pytest.raises(ValueError, match="counts: expected int32, got int64"):
+        ext.unit(as_array(act), as_array(wp), cin=70, cout=16, counts=as_array(counts.long()))
+    with pytest.raises(ValueError, match="act: expected int64, got float32"):
+        ext.unit(as_array(act.float()), as_array(wp), cin=70, cout=16, counts=as_array(counts))
+    with pytest.raises(ValueError, match="alpha: required unless counts is given"):
+        ext.unit(as_array(act), as_array(wp), cin=70, cout=16, out=as_array(torch.empty(1, 16, 6, 7)))
+    with pytest.raises(TypeError, match="cin and cout are required"):
+        ext.unit(as_array(act), as_array(wp), counts=as_array(counts))
+    with pytest.raises(TypeError):
+        ext.unit(as_array(act), as_array(wp), 70, 16)  # sizes are keyword-only
+    frozen = as_array(torch.empty((1, 9, 2, 16), dtype=torch.int64))
+    frozen.flags.writeable = False
+    with pytest.raises(ValueError, match="out: expected a C-contiguous writable array"):
+        ext.pack_weights(weights=as_array(torch.ones(16, 70, 3, 3)), out=frozen)
+    with pytest.raises(ValueError, match="x: expected a C-contiguous array of float32"):
+        ext.pack_act(as_array(x)[..., ::2], as_array(torch.zeros(70)), as_array(act))
+

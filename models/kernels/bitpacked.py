@@ -16,6 +16,9 @@ so the outputs are bitwise equal to the float engine's.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -25,35 +28,46 @@ from models.kernels import _bitpacked as _ext  # type: ignore[attr-defined]
 GROUP = 16
 
 
-def _ptr(t: Tensor | None) -> int:
-    return 0 if t is None else int(t.data_ptr())
-
-
-def _words(channels: int) -> int:
+def words(channels: int) -> int:
+    """64-bit words holding one bit per channel."""
     return (channels + 63) // 64
+
+
+def as_array(t: Tensor, nchw: bool = True) -> np.ndarray:
+    """A zero-copy numpy view of a CPU tensor for the kernel (``nchw=False``: an NHWC view of a
+    channels_last NCHW tensor); the kernel checks its dtype and shape through the buffer protocol."""
+    t = t.detach()
+    return (t if nchw else t.permute(0, 2, 3, 1)).numpy()
 
 
 def pack_weights(wsign: Tensor) -> tuple[Tensor, int]:
     """Pack the sign bits of a (Cout, Cin, 3, 3) tensor; returns (packed, number of zero weights)."""
+    if wsign.ndim != 4:
+        raise ValueError(f"weights: expected (Cout, Cin, 3, 3), got shape {tuple(wsign.shape)}")
     cout, cin = int(wsign.shape[0]), int(wsign.shape[1])
-    w = wsign.detach().to(torch.float32).contiguous()
-    ng = (cout + GROUP - 1) // GROUP
-    out = torch.empty(ng * 9 * _words(cin) * GROUP, dtype=torch.int64)
-    zeros = _ext.pack_weights(_ptr(w), cout, cin, _ptr(out))
-    return out, int(zeros)
+    w = wsign.detach().to(torch.float32).contiguous()  # only the signs matter: any float dtype packs
+    packed = torch.empty(((cout + GROUP - 1) // GROUP, 9, words(cin), GROUP), dtype=torch.int64)
+    zeros = _ext.pack_weights(weights=w.numpy(), out=packed.numpy())
+    return packed, int(zeros)
 
 
 def pack_activations(x: Tensor, shift: Tensor) -> Tensor:
-    """sign(x + shift) of an NCHW float tensor as [N][H+2][W+2][K][2] words (zero border)."""
+    """sign(x + shift) of a float32 NCHW tensor as [N][H+2][W+2][K][2] words (zero border)."""
+    if x.ndim != 4:
+        raise ValueError(f"x: expected an N x C x H x W tensor, got shape {tuple(x.shape)}")
     n, c, h, w = (int(s) for s in x.shape)
     xc = x.contiguous(memory_format=torch.channels_last)
-    act = torch.empty((n, h + 2, w + 2, 2 * _words(c)), dtype=torch.int64)
-    _ext.pack_act(_ptr(xc), n, h, w, c, _ptr(shift), _ptr(act), torch.get_num_threads(), 0)
+    act = torch.empty((n, h + 2, w + 2, 2 * words(c)), dtype=torch.int64)
+    _ext.pack_act(as_array(xc, nchw=False), as_array(shift.reshape(-1)), as_array(act),
+                  threads=torch.get_num_threads())
     return act
 
 
 def binary_counts(x: Tensor, shift: Tensor, wsign: Tensor) -> Tensor:
     """conv2d(sign(x + shift), sign(W), padding=1) as exact int32 counts (NCHW), via the kernel."""
+    if x.ndim != 4 or wsign.ndim != 4 or wsign.shape[1:] != (x.shape[1], 3, 3):
+        raise ValueError(f"weights of shape {tuple(wsign.shape)} do not convolve an input of shape "
+                         f"{tuple(x.shape)}: expected (Cout, {x.shape[1] if x.ndim == 4 else 'C'}, 3, 3)")
     n, cin, h, w = (int(s) for s in x.shape)
     cout = int(wsign.shape[0])
     wp, zeros = pack_weights(wsign)
@@ -61,8 +75,8 @@ def binary_counts(x: Tensor, shift: Tensor, wsign: Tensor) -> Tensor:
         raise ValueError("weights with exact zeros cannot be bit-packed")
     act = pack_activations(x, shift)
     counts = torch.empty((n, h, w, cout), dtype=torch.int32)
-    _ext.unit(_ptr(act), n, h, w, cin, _ptr(wp), cout, 1, 0, 0, 0, 0, 0, 0, 0, 0, _ptr(counts),
-              torch.get_num_threads(), 0, 0)
+    _ext.unit(as_array(act), as_array(wp), cin=cin, cout=cout, counts=as_array(counts),
+              threads=torch.get_num_threads())
     return counts.permute(0, 3, 1, 2)
 
 
@@ -90,7 +104,7 @@ class BitUnit(nn.Module):
     slope: Tensor
     shift: Tensor
 
-    def __init__(self, unit: DeployUnit, packed: Tensor | None = None) -> None:
+    def __init__(self, unit: DeployUnit) -> None:
         super().__init__()
         self.upscale = r = int(unit.upscale)
         wsign = unit.wsign
@@ -98,12 +112,13 @@ class BitUnit(nn.Module):
         c = cout // (r * r)
         # sub-pixel-major output order for BBCU-U: o' = (i*r + j)*C + c  <-  o = c*r*r + i*r + j
         perm = torch.arange(cout).view(c, r * r).t().reshape(-1)
-        if packed is None:
-            packed, zeros = pack_weights(wsign[perm])
-            if zeros:
-                raise ValueError("weights with exact zeros cannot be bit-packed")
+        packed, zeros = pack_weights(wsign[perm])
+        if zeros:
+            raise ValueError("weights with exact zeros cannot be bit-packed")
         self.cin, self.cout, self.channels = cin, cout, c
-        self.register_buffer("wpacked", packed)
+        # flat: a 4-D buffer would be made channels_last with the network, and no longer C-contiguous
+        self._wshape = tuple(packed.shape)
+        self.register_buffer("wpacked", packed.reshape(-1))
         for name in ("alpha", "pre", "post"):
             self.register_buffer(name, getattr(unit, name).reshape(-1)[perm].float().contiguous())
         self.register_buffer("slope", unit.slope.reshape(-1).expand(cout)[perm].float().contiguous())
@@ -111,25 +126,47 @@ class BitUnit(nn.Module):
         self.link_in: Link | None = None
         self.link_out: Link | None = None
         self.next_shift: Tensor | None = None
+        self._constants_key: tuple[int | None, ...] = ()
+        self._constant_arrays: dict[str, np.ndarray | None] = {}
 
     def extra_repr(self) -> str:
         return f"{self.cin} -> {self.cout}, upscale={self.upscale}, isa={_ext.isa()[0]}"
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        n, cin, h, w = (int(s) for s in x.shape)
-        if cin != self.cin:
-            raise ValueError(f"expected {self.cin} input channels, got {cin}")
+        x = self._accept(x)
+        xl, x_nchw = _layout(x)
+        act, owned, entry_nchw = self._pack(x, xl, x_nchw)
+        call = self._allocate(xl, x_nchw, residual, owned, entry_nchw)
+        self._launch(act, call)
+        out = call.out if call.add_after is None else call.out.add_(call.add_after)
+        if call.next_act is not None and self.link_out is not None:
+            self.link_out.tensor, self.link_out.act, self.link_out.nchw = out, call.next_act, entry_nchw
+        return out
+
+    def _accept(self, x: Tensor) -> Tensor:
+        if x.ndim != 4 or x.shape[1] != self.cin:
+            raise ValueError(f"expected an N x {self.cin} x H x W input, got shape {tuple(x.shape)}")
         if x.device.type != "cpu" or self.wpacked.device.type != "cpu":
             raise ValueError("the bit-packed units run on the CPU only")
-        x = x.float()
+        return x.float()
+
+    def _pack(self, x: Tensor, xl: Tensor, x_nchw: int) -> tuple[Tensor, bool, int]:
+        """The input's packed signs (the linked predecessor's, or packed here from ``xl``, x in the
+        layout ``x_nchw``), whether x is that predecessor's own output, and the layout the chain was
+        entered with (1: NCHW)."""
         act = self.link_in.take(x) if self.link_in is not None else None
-        owned = act is not None  # x is the NHWC output of the previous unit of this chain
-        xl, x_nchw = _layout(x)
-        entry_nchw = self.link_in.nchw if owned and self.link_in is not None else x_nchw
-        nthreads = torch.get_num_threads()
-        if act is None:
-            act = torch.empty((n, h + 2, w + 2, 2 * _words(cin)), dtype=torch.int64)
-            _ext.pack_act(_ptr(xl), n, h, w, cin, _ptr(self.shift), _ptr(act), nthreads, x_nchw)
+        if act is not None and self.link_in is not None:
+            return act, True, self.link_in.nchw
+        n, _, h, w = (int(s) for s in x.shape)
+        act = torch.empty((n, h + 2, w + 2, 2 * words(self.cin)), dtype=torch.int64)
+        _ext.pack_act(as_array(xl, bool(x_nchw)), as_array(self.shift), as_array(act), nchw=bool(x_nchw),
+                      threads=torch.get_num_threads())
+        return act, False, x_nchw
+
+    def _allocate(self, xl: Tensor, x_nchw: int, residual: Tensor | None, owned: bool,
+                  entry_nchw: int) -> _Call:
+        """The output and residual tensors of this call, in the layouts the kernel reads and writes."""
+        n, _, h, w = (int(s) for s in xl.shape)
         r, c = self.upscale, self.channels
         resid: Tensor | None = xl
         resid_nchw = x_nchw
@@ -150,17 +187,48 @@ class BitUnit(nn.Module):
             out = xl  # in place: each pixel's residual is read before its output is written
         else:
             out = torch.empty((n, c, h * r, w * r), memory_format=torch.channels_last)
-        nact: Tensor | None = None
+        next_act = None
         if not last:
-            nact = torch.empty((n, h * r + 2, w * r + 2, 2 * _words(c)), dtype=torch.int64)
-        _ext.unit(_ptr(act), n, h, w, cin, _ptr(self.wpacked), self.cout, r, _ptr(self.alpha),
-                  _ptr(self.pre), _ptr(self.slope), _ptr(self.post), _ptr(resid), _ptr(out),
-                  _ptr(None if last else self.next_shift), _ptr(nact), 0, nthreads, resid_nchw, out_nchw)
-        if add_after is not None:
-            out = out.add_(add_after)
-        if not last and self.link_out is not None:
-            self.link_out.tensor, self.link_out.act, self.link_out.nchw = out, nact, entry_nchw
-        return out
+            next_act = torch.empty((n, h * r + 2, w * r + 2, 2 * words(c)), dtype=torch.int64)
+        return _Call(out, out_nchw, resid, resid_nchw, add_after, next_act)
+
+    def _launch(self, act: Tensor, call: _Call) -> None:
+        """Run the kernel: conv, epilogue, and the next unit's packing when there is a next unit."""
+        const = self._constants()
+        _ext.unit(
+            as_array(act), const["weights"], cin=self.cin, cout=self.cout, upscale=self.upscale,
+            alpha=const["alpha"], pre=const["pre"], slope=const["slope"], post=const["post"],
+            residual=None if call.resid is None else as_array(call.resid, bool(call.resid_nchw)),
+            residual_nchw=bool(call.resid_nchw), out=as_array(call.out, bool(call.out_nchw)),
+            out_nchw=bool(call.out_nchw),
+            next_shift=const["next_shift"] if call.next_act is not None else None,
+            next_act=None if call.next_act is None else as_array(call.next_act),
+            threads=torch.get_num_threads())
+
+    def _constants(self) -> dict[str, np.ndarray | None]:
+        """Array views of the unit's constant tensors, made again only when a tensor was replaced
+        (``Module.to`` may swap buffers): each view costs microseconds, a network makes many calls."""
+        tensors = (self.wpacked, self.alpha, self.pre, self.slope, self.post, self.next_shift)
+        key = tuple(None if t is None else t.data_ptr() for t in tensors)
+        if key != self._constants_key:
+            self._constants_key = key
+            self._constant_arrays = {
+                "weights": as_array(self.wpacked.view(self._wshape)), "alpha": as_array(self.alpha),
+                "pre": as_array(self.pre), "slope": as_array(self.slope), "post": as_array(self.post),
+                "next_shift": None if self.next_shift is None else as_array(self.next_shift)}
+        return self._constant_arrays
+
+
+@dataclass
+class _Call:
+    """The tensors of one kernel launch (``*_nchw``: 1 for NCHW, 0 for channels_last)."""
+
+    out: Tensor
+    out_nchw: int
+    resid: Tensor | None
+    resid_nchw: int
+    add_after: Tensor | None  # a scalar residual (the DnCNN tail's zero), added after the kernel
+    next_act: Tensor | None
 
 
 def _layout(x: Tensor) -> tuple[Tensor, int]:
