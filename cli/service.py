@@ -47,12 +47,8 @@ def serve(args: argparse.Namespace) -> int:
 def worker(args: argparse.Namespace) -> int:
     import os
 
-    from celery.signals import worker_process_init, worker_ready, worker_shutdown
-
-    from workers.celery_app import Heartbeat, create_celery
-    from workers.jobs import preload
+    from workers.celery_app import run_worker
     from workers.settings import get_settings
-    from workers.store import RedisStore
 
     settings = get_settings()
     if not settings.broker_url:
@@ -72,23 +68,6 @@ def worker(args: argparse.Namespace) -> int:
         if not torch.cuda.is_available():
             return fail("queue gpu needs a CUDA device; none is available")
     concurrency = args.concurrency or (1 if gpu or pool == "solo" else (os.cpu_count() or 1))
-    app = create_celery(settings)
-    import workers.tasks  # noqa: F401  (registers the task with this app)
-
-    store = RedisStore(settings.broker_url, settings.result_ttl_s, settings.job_ttl_s,
-                       settings.redis_timeout_s)
-    beat = Heartbeat(store, queues, settings.heartbeat_s, {"pool": pool, "concurrency": concurrency,
-                                                           "device": "cuda" if gpu else "cpu"})
-    if pool == "prefork":  # torch is imported in each child after the fork, never in the parent
-        worker_process_init.connect(lambda **_: preload(settings.torch_threads), weak=False)
-    else:
-        preload(settings.torch_threads)
-    worker_ready.connect(lambda sender, **_: beat.start(sender.hostname), weak=False)
-    worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
-    argv = ["worker", f"--queues={','.join(queues)}", f"--pool={pool}", f"--concurrency={concurrency}",
-            f"--loglevel={args.log_level.upper()}", "--without-gossip", "--without-mingle",
-            "--without-heartbeat"]
-    if args.hostname:
-        argv.append(f"--hostname={args.hostname}")
-    app.worker_main(argv)
+    run_worker(settings, queues, pool=pool, concurrency=concurrency, log_level=args.log_level,
+               hostname=args.hostname, device="cuda" if gpu else "cpu")
     return 0

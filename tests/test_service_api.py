@@ -2,82 +2,23 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
 from pathlib import Path
 from urllib.parse import urlparse
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import MAX_PIXELS, MAX_UPLOAD_BYTES, TINY_MODELS, Service
+from tests.helpers import assert_problem, assert_same_image, make_image, pixels, reference, sha256, wait_job
 
 TASKS = [("denoise", None, "tiny_denoise_l", 1), ("deblock", None, "tiny_deblock_l", 1),
          ("sr", 2, "tiny_sr_x2_l", 2), ("sr", None, "tiny_sr_x4_l", 4)]
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
-
-
-def make_image(w: int, h: int, seed: int = 0, fmt: str = "PNG", mode: str = "RGB") -> bytes:
-    rng = np.random.default_rng(seed)
-    shape = (h, w) if mode == "L" else (h, w, 3)
-    a = rng.integers(0, 256, shape, dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(a).save(buf, format=fmt)
-    return buf.getvalue()
-
-
-def pixels(data: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(data))).astype(np.int16)
-
-
-@lru_cache(maxsize=8)
-def _model(weights: Path, task: str, scale: int | None):  # type: ignore[no-untyped-def]
-    from models.engine import load_for_task
-
-    return load_for_task(task, scale, weights_dir=weights)
-
-
-def reference(weights: Path, task: str, scale: int | None, data: bytes, fmt: str = "png") -> np.ndarray:
-    """The engine alone on the same image and weights."""
-    from models import imageio, pipeline
-
-    out = pipeline.restore_image(_model(weights, task, scale), imageio.decode(data, max_pixels=1 << 30))
-    return pixels(imageio.encode(out, fmt))
-
-
-def assert_same_image(got: bytes, want: np.ndarray) -> None:
-    a = pixels(got)
-    assert a.shape == want.shape
-    diff = np.abs(a - want)
-    assert diff.max() <= 1 and diff.mean() < 0.01, f"max {diff.max()} mean {diff.mean()}"
-
-
-def assert_problem(r, status: int) -> dict:  # type: ignore[no-untyped-def]
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"] == "application/problem+json"
-    body = r.json()
-    assert body["status"] == status and body["title"] and body["detail"] and body["type"].startswith("urn:")
-    return body  # type: ignore[no-any-return]
-
-
-def wait_job(c, job_id: str, timeout: float = 60.0) -> dict:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = c.get(f"/jobs/{job_id}").json()
-        if body["status"] in ("succeeded", "failed", "cancelled"):
-            return body  # type: ignore[no-any-return]
-        time.sleep(0.05)
-    raise TimeoutError(f"job {job_id} still {body['status']}")
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 @pytest.mark.parametrize("task,scale,name,factor", TASKS)

@@ -25,7 +25,7 @@ from tests.conftest import (
     start_worker,
     wait_ready,
 )
-from tests.test_service_api import assert_problem, assert_same_image, make_image, reference, wait_job
+from tests.helpers import assert_problem, assert_same_image, make_image, reference, wait_job
 from workers.celery_app import create_celery
 from workers.settings import Settings
 

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from tests.conftest import bbcu, service_env, spawn, start_api, wait_until
-from tests.test_service_api import make_image, pixels, reference
+from tests.helpers import make_image, pixels, reference
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -15,7 +15,7 @@ import uvicorn
 
 from app.main import create_app
 from tests.conftest import free_port
-from tests.test_service_api import assert_problem, make_image, wait_job
+from tests.helpers import assert_problem, make_image, wait_job
 from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore, MemoryStore, RedisStore

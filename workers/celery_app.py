@@ -158,3 +158,33 @@ class Heartbeat:
                 self.store.forget_worker(q, self.name)
         except StoreUnavailable:
             pass  # the keys expire on their own
+
+
+def run_worker(settings: Settings, queues: list[str], *, pool: str, concurrency: int, log_level: str,
+               hostname: str | None, device: str) -> None:
+    """Run a Celery worker on ``queues`` until it is stopped, announcing itself with a heartbeat.
+
+    The heartbeat starts when Celery reports the worker ready (under its node name) and stops at
+    shutdown. With a prefork pool torch is imported in each child after the fork, never in the
+    parent; solo and thread pools run jobs in this process, so it imports torch before starting.
+    """
+    from celery.signals import worker_process_init, worker_ready, worker_shutdown
+
+    from workers.jobs import preload
+
+    app = create_celery(settings)
+    import workers.tasks  # noqa: F401  (registers the task with this app)
+
+    beat = Heartbeat(RedisStore.from_settings(settings), queues, settings.heartbeat_s,
+                     {"pool": pool, "concurrency": concurrency, "device": device})
+    if pool == "prefork":
+        worker_process_init.connect(lambda **_: preload(settings.torch_threads), weak=False)
+    else:
+        preload(settings.torch_threads)
+    worker_ready.connect(lambda sender, **_: beat.start(sender.hostname), weak=False)
+    worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
+    argv = ["worker", f"--queues={','.join(queues)}", f"--pool={pool}", f"--concurrency={concurrency}",
+            f"--loglevel={log_level.upper()}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if hostname:
+        argv.append(f"--hostname={hostname}")
+    app.worker_main(argv)

@@ -29,8 +29,7 @@ def create_backend(settings: Settings) -> tuple[JobStore, Dispatcher]:
     if settings.broker_url:
         from workers.celery_app import CeleryDispatcher
 
-        redis_store = RedisStore(settings.broker_url, settings.result_ttl_s, settings.job_ttl_s,
-                                 settings.redis_timeout_s)
+        redis_store = RedisStore.from_settings(settings)
         return redis_store, CeleryDispatcher(settings, redis_store)
     from workers.embedded import EmbeddedPool
 

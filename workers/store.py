@@ -12,10 +12,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, now
 from workers.errors import StoreUnavailable
+
+if TYPE_CHECKING:
+    from workers.settings import Settings
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
 PREFIX = "bbcu"
@@ -208,6 +211,13 @@ class RedisStore(JobStore):
         self.client = redis.Redis.from_url(url, socket_timeout=timeout_s + self._POLL_S,
                                            socket_connect_timeout=timeout_s, health_check_interval=30)
 
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStore:
+        """The store every process of a Celery deployment uses: the broker's Redis, the settings' TTLs."""
+        if not settings.broker_url:
+            raise ValueError("a Redis store needs BBCU_BROKER_URL")
+        return cls(settings.broker_url, settings.result_ttl_s, settings.job_ttl_s, settings.redis_timeout_s)
+
     @contextmanager
     def _guard(self) -> Iterator[None]:
         try:
@@ -300,10 +310,3 @@ class RedisStore(JobStore):
         with self._guard():
             self.client.delete(self._key(kind, job_id))
 
-
-def create_store(broker_url: str | None, result_ttl_s: int, job_ttl_s: int,
-                 timeout_s: float = 3.0) -> JobStore:
-    """Redis when a broker URL is configured, else process memory."""
-    if broker_url:
-        return RedisStore(broker_url, result_ttl_s, job_ttl_s, timeout_s)
-    return MemoryStore(result_ttl_s, job_ttl_s)

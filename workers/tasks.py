@@ -18,10 +18,8 @@ class RestoreTask(Task):  # type: ignore[misc]
 
     @cached_property
     def runner(self) -> JobRunner:
-        s = get_settings()
-        if not s.broker_url:
-            raise RuntimeError("Celery workers need BBCU_BROKER_URL")
-        return JobRunner(s, RedisStore(s.broker_url, s.result_ttl_s, s.job_ttl_s, s.redis_timeout_s))
+        settings = get_settings()
+        return JobRunner(settings, RedisStore.from_settings(settings))
 
 
 @shared_task(name=TASK_NAME, base=RestoreTask, bind=True, ignore_result=True)

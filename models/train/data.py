@@ -12,7 +12,6 @@ of the 8 dihedral symmetries, then degraded per task (section 6 of BBCU.md):
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,6 +190,3 @@ def validation_pairs(images: Sequence[U8], spec: DegradeSpec, crop: int = 192,
         pairs.append((_to_tensor(lq[None].astype(np.float32)), _to_tensor(gt[None].astype(np.float32))))
     return pairs
 
-
-def load_manifest(path: Path) -> dict[str, object]:
-    return dict(json.loads(path.read_text()))

@@ -1,0 +1,156 @@
+"""The pure parts of the API and job layer, tested directly: header negotiation, the error table,
+and when a running job is judged lost."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from app.api.negotiation import negotiate_format, parse_prefer
+from app.api.views import job_problem
+from app.errors import ANSWERS, refused
+from models.errors import ErrorCode, ImageDecodeError, ImageTooLargeError, UnknownModelError
+from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, new_job_id, now
+from workers.lost import GRACE_S, fail_if_lost
+from workers.settings import Settings
+from workers.store import ACTIVE, JobStore, MemoryStore, RedisStore
+
+
+@pytest.mark.parametrize("explicit,accept,want", [
+    (None, None, "png"),
+    (None, "", "png"),
+    (None, "image/webp", "webp"),
+    (None, "text/html, image/jpeg;q=0.8, image/webp;q=0.9", "webp"),
+    (None, "IMAGE/JPEG", "jpeg"),
+    (None, "image/webp;q=0.5, image/png", "png"),
+    (None, "image/webp;q=bogus, image/jpeg;q=0.1", "jpeg"),
+    (None, "*/*", "png"),
+    ("jpeg", "image/webp", "jpeg"),
+])
+def test_negotiate_format(explicit: str | None, accept: str | None, want: str) -> None:
+    assert negotiate_format(explicit, accept) == want  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("header,want", [
+    (None, {}),
+    ("respond-async", {"respond-async": ""}),
+    ("respond-async, wait=10", {"respond-async": "", "wait": "10"}),
+    ('Wait="5"; foo=bar', {"wait": "5"}),
+    (" , handling=lenient,", {"handling": "lenient"}),
+])
+def test_parse_prefer(header: str | None, want: dict[str, str]) -> None:
+    assert parse_prefer(header) == want
+
+
+def test_every_error_code_has_one_answer() -> None:
+    assert set(ANSWERS) == set(ErrorCode)
+    assert ANSWERS[ErrorCode.unknown_model].status == 422
+    assert ANSWERS[ErrorCode.worker_lost].status == 503
+
+
+@pytest.mark.parametrize("error,status,slug", [
+    (ImageDecodeError("not an image"), 415, "not-an-image"),
+    (UnknownModelError("no such model"), 422, "unknown-model"),
+])
+def test_refused_input_answers_from_the_table(error: Exception, status: int, slug: str) -> None:
+    p = refused(error)  # type: ignore[arg-type]
+    assert (p.status, p.slug, p.detail) == (status, slug, str(error))
+
+
+def test_too_large_carries_its_numbers() -> None:
+    body = refused(ImageTooLargeError("too big", pixels=20, max_pixels=10)).body()
+    assert body["status"] == 413 and body["pixels"] == 20 and body["max_pixels"] == 10
+
+
+def _record(status: JobStatus, error: JobError | None = None) -> JobRecord:
+    job_id = new_job_id()
+    spec = JobSpec(id=job_id, task="denoise")
+    return JobRecord(id=job_id, status=status, task="denoise", queue="cpu", created_at=now(), spec=spec,
+                     error=error)
+
+
+@pytest.mark.parametrize("status,error,want_status,want_slug", [
+    (JobStatus.failed, JobError(code=ErrorCode.bad_image, detail="x"), 415, "job-bad_image"),
+    (JobStatus.failed, JobError(code=ErrorCode.timeout, detail="x"), 504, "job-timeout"),
+    (JobStatus.failed, None, 500, "job-internal"),
+    (JobStatus.cancelled, None, 409, "job-cancelled"),
+])
+def test_failed_job_answers(status: JobStatus, error: JobError | None, want_status: int,
+                            want_slug: str) -> None:
+    rec = _record(status, error)
+    p = job_problem(rec)
+    assert (p.status, p.slug, p.headers["X-Job-Id"], p.extra["job_id"]) == (want_status, want_slug, rec.id,
+                                                                           rec.id)
+
+
+def test_terminal_states() -> None:
+    assert {s for s in JobStatus if s.terminal} == {JobStatus.succeeded, JobStatus.failed,
+                                                    JobStatus.cancelled}
+    assert not any(s.terminal for s in ACTIVE)
+
+
+# --- judging lost jobs (a real Redis store and Celery dispatcher; heartbeats written by hand)
+
+
+@pytest.fixture
+def celery(redis_port: int) -> Iterator[tuple[RedisStore, object, Settings]]:
+    from workers.celery_app import CeleryDispatcher
+
+    settings = Settings(broker_url=f"redis://127.0.0.1:{redis_port}/9", heartbeat_s=1.0,
+                        soft_time_limit_s=10, hard_time_limit_s=20)
+    store = RedisStore.from_settings(settings)
+    dispatcher = CeleryDispatcher(settings, store)
+    try:
+        yield store, dispatcher, settings
+    finally:
+        dispatcher.close()
+
+
+def _running(store: JobStore, worker: str, started_ago_s: float) -> JobRecord:
+    job_id = new_job_id()
+    facts = ImageFacts(width=1, height=1, bytes=1, format="png")
+    store.create(JobSpec(id=job_id, task="denoise"), facts, b"x")
+    rec = store.transition(job_id, JobStatus.running, ACTIVE, worker=worker, started_at=now() - started_ago_s)
+    assert rec is not None
+    return rec
+
+
+def test_a_job_whose_worker_stopped_beating_is_lost(celery) -> None:  # type: ignore[no-untyped-def]
+    store, dispatcher, settings = celery
+    rec = _running(store, "gone@host", started_ago_s=3 * settings.heartbeat_s + 1)
+    lost = fail_if_lost(rec, store, settings, dispatcher)
+    assert lost.status == JobStatus.failed and lost.error is not None
+    assert lost.error.code == ErrorCode.worker_lost and "gone@host" in lost.error.detail
+    assert store.get(rec.id).status == JobStatus.failed  # type: ignore[union-attr]
+
+
+def test_a_job_of_a_live_worker_is_left_running(celery) -> None:  # type: ignore[no-untyped-def]
+    store, dispatcher, settings = celery
+    store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
+    rec = _running(store, "alive@host", started_ago_s=5)
+    assert fail_if_lost(rec, store, settings, dispatcher).status == JobStatus.running
+    young = _running(store, "gone@host", started_ago_s=0)  # its worker may not have beaten yet
+    assert fail_if_lost(young, store, settings, dispatcher).status == JobStatus.running
+
+
+def test_a_job_past_the_hard_limit_is_lost_even_with_a_live_worker(celery) -> None:  # type: ignore[no-untyped-def]
+    store, dispatcher, settings = celery
+    store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
+    rec = _running(store, "alive@host", started_ago_s=settings.hard_time_limit_s + GRACE_S + 1)
+    lost = fail_if_lost(rec, store, settings, dispatcher)
+    assert lost.error is not None and lost.error.code == ErrorCode.worker_lost
+    assert "hard time limit" in lost.error.detail
+
+
+def test_the_embedded_pool_never_judges_jobs_lost() -> None:
+    from workers.embedded import EmbeddedPool
+
+    settings = Settings(soft_time_limit_s=10, hard_time_limit_s=20)
+    store = MemoryStore(60, 60)
+    pool = EmbeddedPool(settings, store)
+    try:
+        rec = _running(store, "embedded", started_ago_s=10_000)
+        assert fail_if_lost(rec, store, settings, pool).status == JobStatus.running
+    finally:
+        pool.close()
