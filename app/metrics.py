@@ -1,87 +1,65 @@
-"""A small Prometheus text-format registry (counters and histograms) and the middleware feeding it."""
+"""The API's Prometheus metrics (prometheus-client) and the middleware that counts HTTP requests.
+
+Counters and histograms live in a registry per app. When ``PROMETHEUS_MULTIPROC_DIR`` is set (``bbcu
+serve --workers N`` sets it), every API process writes its samples there and ``/metrics`` answers the
+sum over all processes, whichever process serves the scrape. Gauges of the shared state (broker,
+queues, workers) are read from Redis at scrape time, so they are the same from every process.
+"""
 
 from __future__ import annotations
 
-import threading
+import os
 import time
-from collections import defaultdict
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-Labels = tuple[tuple[str, str], ...]
-
-HELP = {
-    "bbcu_http_requests_total": ("counter", "HTTP requests by method, route and status"),
-    "bbcu_http_request_duration_seconds": ("histogram", "HTTP request latency by route"),
-    "bbcu_jobs_submitted_total": ("counter", "Jobs enqueued by task and queue"),
-    "bbcu_jobs_finished_total": ("counter", "Jobs seen finishing by synchronous requests, by status"),
-    "bbcu_uploads_rejected_total": ("counter", "Uploads refused, by reason"),
-}
-
-
-def _num(value: float) -> str:
-    v = float(value)
-    return str(int(v)) if v.is_integer() else repr(v)
-
-
-def _fmt(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{v}"' for k, v in labels)
-    return "{" + inner + "}"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client reads it when first imported
 
 
 class Metrics:
-    """Thread-safe counters and histograms; one instance per app."""
+    """The API's counters and histograms; one instance per app."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counters: dict[str, dict[Labels, float]] = defaultdict(dict)
-        self._hist: dict[str, dict[Labels, list[float]]] = defaultdict(dict)
+        self.registry = CollectorRegistry()
+        # label names in alphabetical order: the exposition lists them in this order
+        self.requests = Counter("bbcu_http_requests", "HTTP requests by method, route and status",
+                                ["method", "route", "status"], registry=self.registry)
+        self.latency = Histogram("bbcu_http_request_duration_seconds", "HTTP request latency by route",
+                                 ["route"], buckets=BUCKETS, registry=self.registry)
+        self.jobs_submitted = Counter("bbcu_jobs_submitted", "Jobs enqueued by task and queue",
+                                      ["queue", "task"], registry=self.registry)
+        self.jobs_finished = Counter("bbcu_jobs_finished",
+                                     "Jobs seen finishing by synchronous requests, by status",
+                                     ["status"], registry=self.registry)
+        self.uploads_rejected = Counter("bbcu_uploads_rejected", "Uploads refused, by reason", ["reason"],
+                                        registry=self.registry)
 
-    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            series = self._counters[name]
-            series[key] = series.get(key, 0.0) + value
+    def render(self, live: Callable[[], Iterable[Metric]]) -> bytes:
+        """The exposition text: this app's series (summed over the API processes when several share a
+        multiprocess directory) and the gauges ``live`` reads at scrape time."""
+        scrape = CollectorRegistry()
+        if os.environ.get(MULTIPROC_ENV):
+            MultiProcessCollector(scrape)
+        else:
+            scrape.register(self.registry)
+        scrape.register(_Each(live))
+        return generate_latest(scrape)
 
-    def observe(self, name: str, value: float, **labels: str) -> None:
-        key = tuple(sorted(labels.items()))
-        with self._lock:
-            h = self._hist[name].setdefault(key, [0.0] * (len(BUCKETS) + 2))
-            for i, b in enumerate(BUCKETS):
-                if value <= b:
-                    h[i] += 1
-            h[-2] += 1  # count
-            h[-1] += value  # sum
 
-    def render(self, gauges: Iterable[tuple[str, str, dict[str, Any], float]] = ()) -> str:
-        """The exposition text; ``gauges`` are (name, help, labels, value) read at scrape time."""
-        lines: list[str] = []
-        with self._lock:
-            for name, series in sorted(self._counters.items()):
-                kind, text = HELP.get(name, ("counter", name))
-                lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
-                lines += [f"{name}{_fmt(k)} {_num(v)}" for k, v in sorted(series.items())]
-            for name, hists in sorted(self._hist.items()):
-                kind, text = HELP.get(name, ("histogram", name))
-                lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
-                for k, h in sorted(hists.items()):
-                    for i, b in enumerate(BUCKETS):
-                        lines.append(f"{name}_bucket{_fmt(k + (('le', f'{b:g}'),))} {_num(h[i])}")
-                    lines.append(f"{name}_bucket{_fmt(k + (('le', '+Inf'),))} {_num(h[-2])}")
-                    lines.append(f"{name}_count{_fmt(k)} {_num(h[-2])}")
-                    lines.append(f"{name}_sum{_fmt(k)} {h[-1]:.6f}")
-        seen: set[str] = set()
-        for name, text, labels, value in gauges:
-            if name not in seen:
-                lines += [f"# HELP {name} {text}", f"# TYPE {name} gauge"]
-                seen.add(name)
-            lines.append(f"{name}{_fmt(tuple(sorted((k, str(v)) for k, v in labels.items())))} {_num(value)}")
-        return "\n".join(lines) + "\n"
+class _Each(Collector):
+    """A collector whose metrics come from a function called at each scrape."""
+
+    def __init__(self, collect: Callable[[], Iterable[Metric]]) -> None:
+        self._collect = collect
+
+    def collect(self) -> Iterable[Metric]:
+        return self._collect()
 
 
 class MetricsMiddleware:
@@ -106,9 +84,6 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path", "unmatched")
-            self.metrics.inc("bbcu_http_requests_total", method=scope["method"], route=path,
-                             status=str(status[0]))
-            self.metrics.observe("bbcu_http_request_duration_seconds", time.perf_counter() - start,
-                                 route=path)
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(method=scope["method"], route=route, status=str(status[0])).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)

@@ -79,7 +79,7 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
         except BBCUError as e:
             raise refused(e) from e
     except Problem as p:
-        services.metrics.inc("bbcu_uploads_rejected_total", reason=p.slug)
+        services.metrics.uploads_rejected.labels(reason=p.slug).inc()
         raise
     return Admitted(options, scale, variant, data, facts)
 
@@ -97,7 +97,7 @@ def submit(services: Services, job: Admitted) -> JobRecord:
         services.store.transition(spec.id, JobStatus.failed, ACTIVE, finished_at=now(),
                                   error=JobError(code=ErrorCode.internal, detail=str(e)))
         raise
-    services.metrics.inc("bbcu_jobs_submitted_total", task=o.task, queue=queue)
+    services.metrics.jobs_submitted.labels(queue=queue, task=o.task).inc()
     return rec
 
 
@@ -107,7 +107,7 @@ def submit_and_wait(services: Services, job: Admitted, wait_s: float) -> JobReco
     done = services.store.wait(rec.id, wait_s)
     if done is None or not done.status.terminal:
         return done or rec
-    services.metrics.inc("bbcu_jobs_finished_total", status=done.status.value)
+    services.metrics.jobs_finished.labels(status=done.status.value).inc()
     return done
 
 

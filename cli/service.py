@@ -39,9 +39,31 @@ def serve(args: argparse.Namespace) -> int:
     settings = get_settings()
     if settings.embedded and args.workers != 1:
         return fail("the embedded mode runs one process; set BBCU_BROKER_URL to scale out")
+    if args.workers > 1:
+        _share_metrics()
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, proxy_headers=True)
     return 0
+
+
+def _share_metrics() -> None:
+    """Give the API processes one prometheus-client multiprocess directory, so that /metrics sums them.
+
+    The directory comes from ``PROMETHEUS_MULTIPROC_DIR`` (emptied first: samples of an earlier run
+    would be added in) or is a new temporary one; the processes inherit the variable.
+    """
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from app.metrics import MULTIPROC_ENV
+
+    given = os.environ.get(MULTIPROC_ENV)
+    if given:
+        for stale in Path(given).glob("*.db"):
+            stale.unlink()
+    else:
+        os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="bbcu-metrics-")
 
 
 def worker(args: argparse.Namespace) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,7 @@ from tests.conftest import (
     bbcu,
     free_port,
     service_env,
+    spawn,
     start_api,
     start_worker,
     wait_ready,
@@ -322,3 +324,42 @@ def test_device_routing_follows_gpu_worker_heartbeats(tiny_weights: Path, redis_
     finally:
         api.stop()
         r.flushdb()
+
+
+def _models_requests_per_process(directory: Path) -> list[float]:
+    """GET /models requests recorded by each API process in a multiprocess metrics directory."""
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    counts = []
+    for f in sorted(directory.glob("counter_*.db")):
+        samples = [s for metric in MultiProcessCollector.merge([str(f)], accumulate=False)
+                   for s in metric.samples]
+        counts.append(sum(s.value for s in samples
+                          if s.name == "bbcu_http_requests_total" and s.labels.get("route") == "/models"))
+    return counts
+
+
+def test_metrics_sum_over_api_processes(celery_service: Service, logdir: Path, tmp_path: Path) -> None:
+    """`bbcu serve --workers 2`: whichever process answers /metrics counts every process's requests."""
+    port = free_port()
+    env = {**celery_service.env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    api = spawn("api-two-processes", bbcu("serve", "--port", str(port), "--workers", "2", "--log-level",
+                                          "warning"), env, logdir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, api)
+        sent = 0
+        # fresh connections until both processes have served some
+        while len(per := _models_requests_per_process(tmp_path)) < 2 or min(per) == 0:
+            assert httpx.get(url + "/models", timeout=30).status_code == 200
+            sent += 1
+            assert sent < 500, f"one API process served every request: {per}"
+        assert sum(per) == sent
+        pattern = re.compile(r'bbcu_http_requests_total\{method="GET",route="/models",status="200"\} (\S+)')
+        for _ in range(6):  # each answer, from either process, holds both processes' counts
+            text = httpx.get(url + "/metrics", timeout=30).text
+            m = pattern.search(text)
+            assert m and float(m.group(1)) == sent, text[:2000]
+            assert "bbcu_broker_up 1" in text
+    finally:
+        api.stop()

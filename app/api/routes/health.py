@@ -6,11 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from prometheus_client.metrics_core import Metric
 
 from app.api.deps import DispatcherDep, MetricsDep, SettingsDep, StoreDep
 from models import catalog
 from workers.contract import QUEUES
+from workers.dispatch import Dispatcher
 from workers.errors import StoreUnavailable
+from workers.store import JobStore
 
 router = APIRouter(tags=["health"])
 
@@ -48,25 +53,35 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
 @router.get("/metrics", response_class=PlainTextResponse)
 def metrics(metrics: MetricsDep, store: StoreDep, dispatcher: DispatcherDep) -> PlainTextResponse:
     """Prometheus text format: requests, latency, jobs, queue depth, live workers, broker up."""
-    gauges: list[tuple[str, str, dict[str, Any], float]] = []
+    return PlainTextResponse(metrics.render(lambda: _live_gauges(store, dispatcher)),
+                             media_type=CONTENT_TYPE_PLAIN_0_0_4)
+
+
+def _live_gauges(store: JobStore, dispatcher: Dispatcher) -> list[Metric]:
+    """The shared state as gauges, read from the broker at scrape time (the same in every process)."""
+    up = GaugeMetricFamily("bbcu_broker_up", "1 when the broker answers")
     try:
         store.ping()
         workers = dispatcher.workers()
         lengths = dispatcher.queue_lengths()
-        gauges.append(("bbcu_broker_up", "1 when the broker answers", {}, 1))
-        for q in QUEUES:
-            gauges.append(("bbcu_workers", "Live workers by queue", {"queue": q}, len(workers.get(q, []))))
-        for q in QUEUES:
-            gauges.append(("bbcu_queue_length", "Jobs waiting by queue", {"queue": q}, lengths.get(q, 0)))
-        seen: dict[str, dict[str, Any]] = {w.get("worker", "?"): w for ws in workers.values() for w in ws}
-        for name, w in sorted(seen.items()):
-            if "rss_bytes" in w:
-                gauges.append(("bbcu_worker_rss_bytes", "Resident memory of a worker and its pool",
-                               {"worker": name}, w["rss_bytes"]))
-            for kind in ("allocated", "reserved"):
-                if f"gpu_{kind}_bytes" in w:
-                    gauges.append(("bbcu_worker_gpu_memory_bytes", "CUDA memory of a GPU worker",
-                                   {"worker": name, "kind": kind}, w[f"gpu_{kind}_bytes"]))
     except StoreUnavailable:
-        gauges.append(("bbcu_broker_up", "1 when the broker answers", {}, 0))
-    return PlainTextResponse(metrics.render(gauges), media_type="text/plain; version=0.0.4")
+        up.add_metric([], 0)
+        return [up]
+    up.add_metric([], 1)
+    live = GaugeMetricFamily("bbcu_workers", "Live workers by queue", labels=["queue"])
+    waiting = GaugeMetricFamily("bbcu_queue_length", "Jobs waiting by queue", labels=["queue"])
+    for q in QUEUES:
+        live.add_metric([q], len(workers.get(q, [])))
+        waiting.add_metric([q], lengths.get(q, 0))
+    rss = GaugeMetricFamily("bbcu_worker_rss_bytes", "Resident memory of a worker and its pool",
+                            labels=["worker"])
+    gpu = GaugeMetricFamily("bbcu_worker_gpu_memory_bytes", "CUDA memory of a GPU worker",
+                            labels=["kind", "worker"])
+    seen: dict[str, dict[str, Any]] = {w.get("worker", "?"): w for ws in workers.values() for w in ws}
+    for name, w in sorted(seen.items()):
+        if "rss_bytes" in w:
+            rss.add_metric([name], w["rss_bytes"])
+        for kind in ("allocated", "reserved"):
+            if f"gpu_{kind}_bytes" in w:
+                gpu.add_metric([kind, name], w[f"gpu_{kind}_bytes"])
+    return [up, live, waiting, rss, gpu]
