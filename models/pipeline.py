@@ -14,14 +14,14 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from models.engine import RestorationModel
+from models.engine import DEFAULT_TILE_BYTES, RestorationModel
 from models.imageio import Image, rgb_to_ycbcr, ycbcr_to_rgb
 
 
 def _run(model: RestorationModel, planes: np.ndarray, tile: int | None,
-         progress: Callable[[int, int], None] | None) -> np.ndarray:
+         progress: Callable[[int, int], None] | None, memory_bytes: int) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
-    y = model.restore(x, tile=tile, progress=progress).clamp_(0.0, 1.0)
+    y = model.restore(x, tile=tile, progress=progress, memory_bytes=memory_bytes).clamp_(0.0, 1.0)
     return y[0].permute(1, 2, 0).numpy()
 
 
@@ -32,17 +32,21 @@ def _resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
 
 
 def restore_image(model: RestorationModel, img: Image, *, tile: int | None = None,
-                  progress: Callable[[int, int], None] | None = None) -> Image:
-    """Run ``model`` on ``img`` and return the restored image (same mode and bit depth)."""
+                  progress: Callable[[int, int], None] | None = None,
+                  memory_bytes: int = DEFAULT_TILE_BYTES) -> Image:
+    """Run ``model`` on ``img`` and return the restored image (same mode and bit depth).
+
+    ``memory_bytes`` is the activation budget that sets the tile size (and on CUDA the tile batch).
+    """
     net_c = model.config.in_nc
     px = img.pixels
     if net_c == img.channels:
-        out = _run(model, px, tile, progress)
+        out = _run(model, px, tile, progress, memory_bytes)
     elif net_c == 3:  # gray image, color network
-        out = _run(model, np.repeat(px, 3, axis=2), tile, progress).mean(axis=2, keepdims=True)
+        out = _run(model, np.repeat(px, 3, axis=2), tile, progress, memory_bytes).mean(axis=2, keepdims=True)
     else:  # color image, luma network
         ycc = rgb_to_ycbcr(px)
-        y = _run(model, ycc[..., :1], tile, progress)
+        y = _run(model, ycc[..., :1], tile, progress, memory_bytes)
         s = model.scale
         if s > 1:
             chroma = np.stack([_resize_alpha(ycc[..., i], s) for i in (1, 2)], axis=-1)

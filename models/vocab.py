@@ -21,7 +21,10 @@ VARIANT_PARTS: dict[str, frozenset[str]] = {
 }
 VARIANTS: tuple[str, ...] = tuple(VARIANT_PARTS)
 
-Backend = Literal["auto", "float", "fp16", "bitpacked"]
+# compute paths of the engine (models.engine): auto is bitpacked on a CPU where the C kernels are
+# built, else float, and fp16 on CUDA; fp16 and fused (Triton units) run on CUDA only, bitpacked on
+# the CPU only
+Backend = Literal["auto", "float", "fp16", "fused", "bitpacked"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 Format = Literal["png", "webp", "jpeg"]

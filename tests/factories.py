@@ -7,11 +7,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models import checkpoints
+from models import checkpoints, deploy
+from models.blocks import BinaryConv2d, BinaryUpConv2d
 from models.config import NetworkConfig, deblock_config, denoise_config, sr_config
 from models.testing import random_net, randomize
 
-__all__ = ["random_net", "randomize", "small_configs", "save_official", "save_ours"]
+__all__ = ["random_net", "randomize", "small_configs", "save_official", "save_ours", "deploy_unit"]
 
 
 def small_configs(nf: int = 16) -> dict[str, NetworkConfig]:
@@ -41,3 +42,11 @@ def save_ours(weights_dir: Path, name: str, config: NetworkConfig, seed: int = 0
     net = random_net(config, seed)
     return checkpoints.save(weights_dir / f"{name}.safetensors", net, config,
                             {"provenance": "random init for tests"})
+
+
+def deploy_unit(cin: int, cout: int, seed: int, up: int = 1, bias: bool = False) -> deploy.DeployUnit:
+    """One random BBCU (or BBCU-U with ``up`` > 1) in deploy form, every sign pattern likely."""
+    torch.manual_seed(seed)
+    m = BinaryUpConv2d(cin, up) if up > 1 else BinaryConv2d(cin, cout, bias=bias)
+    randomize(m, seed)
+    return deploy.DeployUnit(m).eval()

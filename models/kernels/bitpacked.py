@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from models.deploy import DeployUnit
 from models.kernels import _bitpacked as _ext  # type: ignore[attr-defined]
+from models.kernels.chain import Link, chain_names, link_chain, replace_units
 
 GROUP = 16
 
@@ -78,20 +79,6 @@ def binary_counts(x: Tensor, shift: Tensor, wsign: Tensor) -> Tensor:
     _ext.unit(as_array(act), as_array(wp), cin=cin, cout=cout, counts=as_array(counts),
               threads=torch.get_num_threads())
     return counts.permute(0, 3, 1, 2)
-
-
-class Link:
-    """Hands the packed output of one unit to the next (valid only for that exact tensor)."""
-
-    def __init__(self) -> None:
-        self.tensor: Tensor | None = None
-        self.act: Tensor | None = None
-        self.nchw = 1  # memory format of the chain's input, given to the chain's output
-
-    def take(self, x: Tensor) -> Tensor | None:
-        act = self.act if self.tensor is x else None
-        self.tensor = self.act = None
-        return act
 
 
 class BitUnit(nn.Module):
@@ -238,37 +225,10 @@ def _layout(x: Tensor) -> tuple[Tensor, int]:
     return x.contiguous(), 1
 
 
-def _chain_names(net: nn.Module) -> list[str]:
-    """The units of a registered family that may be linked, in execution order; [] for others."""
-    from models import archs
-
-    arch = archs.for_network(net)
-    if arch is None:
-        return []
-    return [name for name, m in net.named_modules()
-            if isinstance(m, DeployUnit) and name not in arch.unchained]
-
-
 def convert(net: nn.Module) -> nn.Module:
     """Replace (in place) every DeployUnit of ``net`` whose weights have no exact zero by a BitUnit."""
-    chain = _chain_names(net)
-    replaced: list[tuple[str, BitUnit]] = []
-    for parent_name, parent in list(net.named_modules()):
-        for name, child in list(parent.named_children()):
-            if not isinstance(child, DeployUnit):
-                continue
-            full = f"{parent_name}.{name}" if parent_name else name
-            try:
-                unit = BitUnit(child)
-            except ValueError:
-                continue  # exact zero weights: this unit keeps the float path
-            setattr(parent, name, unit)
-            replaced.append((full, unit))
-    # link units adjacent in the chain (module order is execution order for the known archs)
-    units = dict(replaced)
-    for a_name, b_name in zip(chain, chain[1:], strict=False):
-        a, b = units.get(a_name), units.get(b_name)
-        if a is not None and b is not None and a.channels == b.cin:
-            link = Link()
-            a.link_out, b.link_in, a.next_shift = link, link, b.shift
+    # a unit with exact zero weights raises ValueError in BitUnit and keeps the float path
+    chain = chain_names(net)  # before the deploy units are replaced
+    units = dict(replace_units(net, BitUnit))
+    link_chain(chain, units)  # type: ignore[arg-type]
     return net

@@ -1,0 +1,74 @@
+"""Chains of binary units whose outputs feed the next unit directly (shared by the kernel backends).
+
+In the known architectures a binary unit's output is often the very tensor the next binary unit
+takes. A kernel backend can then compute the next unit's input signs in the producing unit's
+epilogue and hand them over through a ``Link``; the consumer uses them only if it is given that
+exact tensor, so links save work and never change results.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from torch import Tensor, nn
+
+from models.deploy import DeployUnit
+
+
+class Link:
+    """Hands the sign form of one unit's output to the next (valid only for that exact tensor)."""
+
+    def __init__(self) -> None:
+        self.tensor: Tensor | None = None
+        self.act: Tensor | None = None
+        self.nchw = 1  # memory format of the chain's input, given to the chain's output
+
+    def take(self, x: Tensor) -> Tensor | None:
+        act = self.act if self.tensor is x else None
+        self.tensor = self.act = None
+        return act
+
+
+class LinkedUnit(Protocol):
+    cin: int
+    channels: int
+    shift: Tensor
+    link_in: Link | None
+    link_out: Link | None
+    next_shift: Tensor | None
+
+
+def chain_names(net: nn.Module) -> list[str]:
+    """The units of a registered family that may be linked, in execution order; [] for others."""
+    from models import archs
+
+    arch = archs.for_network(net)
+    if arch is None:
+        return []
+    return [name for name, m in net.named_modules()
+            if isinstance(m, DeployUnit) and name not in arch.unchained]
+
+
+def replace_units(net: nn.Module, make: type[nn.Module]) -> list[tuple[str, nn.Module]]:
+    """Replace (in place) each DeployUnit by ``make(unit)``; a ValueError keeps the deploy unit."""
+    replaced: list[tuple[str, nn.Module]] = []
+    for parent_name, parent in list(net.named_modules()):
+        for name, child in list(parent.named_children()):
+            if not isinstance(child, DeployUnit):
+                continue
+            try:
+                unit = make(child)
+            except ValueError:
+                continue
+            setattr(parent, name, unit)
+            replaced.append((f"{parent_name}.{name}" if parent_name else name, unit))
+    return replaced
+
+
+def link_chain(chain: list[str], units: dict[str, LinkedUnit]) -> None:
+    """Link units adjacent in the chain (module order is execution order for the known archs)."""
+    for a_name, b_name in zip(chain, chain[1:], strict=False):
+        a, b = units.get(a_name), units.get(b_name)
+        if a is not None and b is not None and a.channels == b.cin:
+            link = Link()
+            a.link_out, b.link_in, a.next_shift = link, link, b.shift

@@ -1,0 +1,112 @@
+"""The engine on CUDA equals the CPU engine (every variant, shipped and random weights, every GPU
+backend), whatever the process-wide TF32 settings; the fused units are bitwise the float ones.
+
+Skipped without CUDA. Imports only torch and ``models`` (it runs on a bare GPU machine with
+``pytest --noconftest``), so it uses no service fixture.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import torch
+
+from models import catalog
+from models.engine import from_network, load_model
+from models.precision import conv_allows_tf32, ieee_fp32
+from tests.factories import deploy_unit, random_net, small_configs
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+TOL = 1e-6  # outputs in 0..1; measured differences are ~1e-7 (rounding order of float convs)
+GPU_BACKENDS = ["float", "fp16", "fused"]
+
+
+def _triton() -> bool:
+    from models.kernels import fused
+
+    return fused.available()
+
+
+def _backends() -> list[str]:
+    return [b for b in GPU_BACKENDS if b != "fused" or _triton()]
+
+
+@pytest.fixture
+def tf32_everywhere() -> Iterator[None]:
+    """The settings most likely to break exactness: TF32 allowed by both APIs."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = True
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def _image(c: int, h: int, w: int, seed: int) -> torch.Tensor:
+    return torch.rand(1, c, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.cpu() - b.cpu()).abs().max())
+
+
+def test_ieee_block_turns_tf32_off_and_restores(tf32_everywhere: None) -> None:
+    assert conv_allows_tf32()
+    with ieee_fp32():
+        with ieee_fp32():
+            assert not conv_allows_tf32()
+        assert not conv_allows_tf32()
+    assert conv_allows_tf32()
+    assert torch.backends.cudnn.allow_tf32
+
+
+@pytest.mark.parametrize("name", [e.name for e in catalog.entries()])
+def test_shipped_weights_on_cuda_equal_cpu(name: str, tf32_everywhere: None) -> None:
+    cpu = load_model(name)
+    x = _image(cpu.config.in_nc, 40, 36, seed=1)
+    expect = cpu(x)
+    for backend in _backends():
+        got = load_model(name, device="cuda", backend=backend)(x)
+        assert got.shape == expect.shape
+        d = _max_diff(got, expect)
+        assert d <= TOL, f"{name} {backend}: max diff {d:.2e}"
+    assert torch.backends.cudnn.allow_tf32  # the caller's setting is back
+
+
+@pytest.mark.parametrize("name", list(small_configs()))
+def test_random_weights_on_cuda_equal_cpu(name: str, tf32_everywhere: None) -> None:
+    cfg = small_configs(nf=32)[name]
+    net = random_net(cfg, seed=2)
+    x = _image(cfg.in_nc, 33, 29, seed=2)
+    expect = from_network(net, cfg)(x)
+    outs = {}
+    for backend in _backends():
+        outs[backend] = from_network(net, cfg, device="cuda", backend=backend)(x)
+        d = _max_diff(outs[backend], expect)
+        assert d <= TOL, f"{name} {backend}: max diff {d:.2e}"
+    if "fused" in outs:  # the same arithmetic on the same device
+        assert _max_diff(outs["fused"], outs["float"]) <= TOL
+
+
+UNIT_CASES = [(64, 64, 1, False), (64, 64, 1, True), (64, 64, 2, False), (32, 32, 3, False),
+              (64, 3, 1, False)]
+
+
+@pytest.mark.skipif(not _triton(), reason="Triton is not installed")
+@pytest.mark.parametrize(("cin", "cout", "up", "bias"), UNIT_CASES)
+def test_fused_unit_is_bitwise_the_float_unit(cin: int, cout: int, up: int, bias: bool) -> None:
+    from models.kernels import fused
+
+    ref = deploy_unit(cin, cout, seed=cin + cout + up, up=up, bias=bias).cuda()
+    unit = fused.FusedUnit(ref)
+    g = torch.Generator().manual_seed(up)
+    x = (torch.randn(2, cin, 37, 53, generator=g) * 3).cuda()
+    x[:, :, 5, 7] = -ref.shift.view(1, -1)  # exact zeros of x + shift
+    residual = torch.randn(2, cout, 37, 53, generator=g).cuda() if cout != cin else None
+    for layout in (torch.contiguous_format, torch.channels_last):
+        xl = x.contiguous(memory_format=layout)
+        with torch.no_grad():
+            assert torch.equal(unit(xl, residual), ref(xl, residual))
