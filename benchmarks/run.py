@@ -14,6 +14,8 @@ SECTIONS = {
     "kernels": ("Engine and bit-packed 1-bit kernels vs the paper-style float simulation",
                 "benchmarks.kernels"),
     "service": ("Service overhead (API + Celery + Redis vs engine alone)", "benchmarks.service"),
+    "gpu": ("The engine on a GPU vs the paper-style float simulation (same GPU and weights)",
+            "benchmarks.gpu"),
 }
 
 

@@ -23,9 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                        description="Run a worker taking jobs from the given queues (needs BBCU_BROKER_URL).")
     w.add_argument("--queues", default="cpu", help="comma list of queues: cpu, gpu (default cpu)")
     w.add_argument("--concurrency", type=int, default=None,
-                   help="worker processes or threads (default: CPU count for cpu, 1 for gpu)")
+                   help="worker processes or threads (default: CPU count for cpu, "
+                        "BBCU_GPU_WORKER_THREADS for gpu)")
     w.add_argument("--pool", choices=("prefork", "solo", "threads"), default=None,
-                   help="default prefork for cpu; gpu workers run solo or threads (no CUDA before a fork)")
+                   help="default prefork for cpu, threads for gpu (no CUDA before a fork)")
     w.add_argument("--hostname", default=None, help="Celery node name (default celery@<host>)")
     w.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     w.set_defaults(handler=worker)
@@ -80,7 +81,9 @@ def worker(args: argparse.Namespace) -> int:
     if not queues or unknown:
         return fail(f"unknown queue(s) {unknown}; choose from {list(QUEUES)}")
     gpu = "gpu" in queues
-    pool = args.pool or ("solo" if gpu else "prefork")
+    # a GPU worker runs several jobs in threads: while one job's tiles are on the GPU (its model lock
+    # lets one batch run at a time), others decode or encode on the CPU
+    pool = args.pool or ("threads" if gpu else "prefork")
     if gpu and pool == "prefork":
         return fail("gpu workers run --pool solo or threads (CUDA must not be initialized "
                     "before a fork)")
@@ -89,7 +92,12 @@ def worker(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             return fail("queue gpu needs a CUDA device; none is available")
-    concurrency = args.concurrency or (1 if gpu or pool == "solo" else (os.cpu_count() or 1))
+    if pool == "solo":
+        concurrency = 1
+    elif gpu:
+        concurrency = args.concurrency or settings.gpu_worker_threads
+    else:
+        concurrency = args.concurrency or (os.cpu_count() or 1)
     run_worker(settings, queues, pool=pool, concurrency=concurrency, log_level=args.log_level,
                hostname=args.hostname, device="cuda" if gpu else "cpu")
     return 0

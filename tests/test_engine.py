@@ -91,6 +91,31 @@ def test_tiled_equals_whole(name: str) -> None:
     assert seen[-1] == (12, 12) and len(seen) == 12  # 4 x 3 tiles
 
 
+def test_batched_tiles_equal_one_by_one() -> None:
+    from models.tiling import run_tiled
+
+    cfg = CONFIGS["denoise"]  # receptive radius 5
+    model = from_network(random_net(cfg, 5), cfg, backend="float")
+    x = torch.rand(2, cfg.in_nc, 80, 96, generator=torch.Generator().manual_seed(6))
+    radius, cpu = model.info.receptive_radius, torch.device("cpu")
+    calls: list[int] = []
+
+    def net(t: torch.Tensor) -> torch.Tensor:
+        calls.append(t.shape[0])
+        return model(t)
+
+    one = run_tiled(net, x, scale=1, radius=radius, tile=16, device=cpu)
+    assert calls == [2] * 30  # 5 x 6 tiles, two images each
+    calls.clear()
+    seen: list[tuple[int, int]] = []
+    batched = run_tiled(net, x, scale=1, radius=radius, tile=16, device=cpu, batch=3,
+                        progress=lambda d, t: seen.append((d, t)))
+    # padded shapes: 26x26 (12 tiles), 26x21 (6), 21x26 (8), 21x21 (4): 4 + 2 + 3 + 2 batches of <= 3
+    assert len(calls) == 11 and max(calls) == 6 and sum(calls) == 60
+    assert seen[-1] == (30, 30)
+    assert torch.equal(batched, one)
+
+
 def test_radius_is_needed_tiles_without_overlap_differ() -> None:
     cfg = CONFIGS["denoise"]
     model = from_network(random_net(cfg, 5), cfg, backend="float")

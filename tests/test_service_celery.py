@@ -191,6 +191,8 @@ def test_celery_configuration() -> None:
     assert sorted(q.name for q in conf.task_queues) == ["cpu", "gpu"]
     with pytest.raises(ValueError):
         Settings(soft_time_limit_s=10, hard_time_limit_s=5)
+    with pytest.raises(ValueError, match="backend 'gpu' unknown; choose from auto, float"):
+        Settings(backend="gpu")
 
 
 def test_worker_command_refusals(logdir: Path) -> None:

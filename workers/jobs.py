@@ -163,8 +163,12 @@ class JobRunner:
         deadline = t1 + self.settings.soft_time_limit_s
         img = imageio.decode(data, max_pixels=self.settings.max_pixels)
         t2 = time.perf_counter()
-        tile = spec.tile or model.auto_tile(self.settings.tile_memory_mb << 20)
-        out = pipeline.restore_image(model, img, tile=tile, progress=self._progress(spec.id, deadline))
+        budget = self.settings.tile_memory_mb << 20
+        if model.device.type == "cuda":
+            budget = self.settings.gpu_tile_memory_mb << 20
+        tile = spec.tile or model.auto_tile(budget)
+        out = pipeline.restore_image(model, img, tile=tile, progress=self._progress(spec.id, deadline),
+                                     memory_bytes=budget)
         t3 = time.perf_counter()
         self._check(spec.id, deadline)
         encoded = imageio.encode(out, spec.format)

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.catalog import WEIGHTS_DIR
+from models.config import BACKENDS
 
 
 class Settings(BaseSettings):
@@ -38,9 +39,15 @@ class Settings(BaseSettings):
     hard_time_limit_s: int = Field(
         default=360, gt=0, description="A worker process running a job longer is replaced")
     backend: str = Field(
-        default="auto", description="Engine backend: auto, float, fp16, bitpacked")
+        default="auto", description="Engine backend: " + ", ".join(BACKENDS))
     tile_memory_mb: int = Field(
-        default=512, gt=0, description="Activation memory per tile (sets the tile size)")
+        default=512, gt=0, description="Activation memory per tile on the CPU (sets the tile size)")
+    gpu_tile_memory_mb: int = Field(
+        default=4096, gt=0,
+        description="Activation memory per tile batch on a GPU (a 1080p denoise needs about 3200)")
+    gpu_worker_threads: int = Field(
+        default=3, gt=0,
+        description="Jobs a GPU worker runs at once: decoding and encoding overlap the GPU work")
     gpu_release_pixels: int = Field(
         default=1024 * 1024, gt=0, description="Free cached GPU memory after jobs with more input pixels")
     torch_threads: int = Field(
@@ -62,6 +69,8 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r} unknown; choose from {', '.join(BACKENDS)}")
         if self.hard_time_limit_s <= self.soft_time_limit_s:
             raise ValueError("hard_time_limit_s must exceed soft_time_limit_s")
         if self.job_ttl_s < self.result_ttl_s:

@@ -28,7 +28,7 @@ def unit_kernel(s_ptr, w_ptr, alpha_ptr, pre_ptr, slope_ptr,
     w = m64 % W
     kk = tl.arange(0, BLOCK_K)
     acc = tl.full((BLOCK_M, BLOCK_N), 0, tl.int32)  # tl.zeros is a jit function: no interpreter
-    for tap in range(9):
+    for tap in tl.static_range(9):  # unrolled: constant tap offsets
         hh = h + (tap // 3 - 1)
         ww = w + (tap % 3 - 1)
         inside = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
