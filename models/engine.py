@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from models import archs, catalog, checkpoints, deploy
 from models.complexity import count
-from models.config import BACKENDS, NetworkConfig
+from models.config import NetworkConfig
 from models.errors import UnknownModelError
 from models.precision import ieee_fp32
 from models.tiling import Progress, run_tiled

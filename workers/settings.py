@@ -12,7 +12,7 @@ from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.catalog import WEIGHTS_DIR
-from models.config import BACKENDS
+from models.vocab import BACKENDS
 
 
 class Settings(BaseSettings):
