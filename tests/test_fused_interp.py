@@ -26,7 +26,7 @@ def _x(c: int, h: int, w: int, seed: int, scale: float = 1.0) -> torch.Tensor:
 
 @pytest.mark.parametrize(("cin", "cout", "up", "bias"), [(16, 16, 1, False), (40, 40, 1, True),
                                                          (16, 16, 2, False), (8, 8, 3, False)])
-def test_unit_is_bitwise_the_deploydeploy_unit(cin: int, cout: int, up: int, bias: bool) -> None:
+def test_unit_is_bitwise_the_deploy_unit(cin: int, cout: int, up: int, bias: bool) -> None:
     ref = deploy_unit(cin, cout, seed=cin + up, up=up, bias=bias)
     unit = fused.FusedUnit(ref)
     for layout in (torch.contiguous_format, torch.channels_last):

@@ -26,8 +26,9 @@ from torch import Tensor, nn
 from models.deploy import DeployUnit
 from models.kernels.chain import Link, chain_names, link_chain, replace_units
 
-BLOCK_M = 128
-MIN_BLOCK = 32  # int8 tensor-core dots need K (and N) of at least 32
+# One tile shape for every unit (narrower units are zero-padded): int8 tensor-core dots need K of at
+# least 32, and fewer distinct shapes mean fewer compilations; 64 is the paper's width.
+BLOCK_M, BLOCK_N, BLOCK_K = 128, 64, 64
 
 
 def available() -> bool:
@@ -50,13 +51,6 @@ def _compiled(interpret: bool) -> Any:
 
         return InterpretedFunction(unit_kernel)
     return triton.jit(unit_kernel)
-
-
-def _pow2_at_least(n: int, lo: int, hi: int) -> int:
-    p = lo
-    while p < n and p < hi:
-        p *= 2
-    return p
 
 
 def _is_nhwc(x: Tensor) -> bool:
@@ -84,10 +78,8 @@ class FusedUnit(nn.Module):
         wsign = unit.wsign
         cout, cin = int(wsign.shape[0]), int(wsign.shape[1])
         self.cin, self.cout, self.channels = cin, cout, cout // (r * r)
-        self.block_k = _pow2_at_least(cin, MIN_BLOCK, 64)
-        self.block_n = _pow2_at_least(cout, MIN_BLOCK, 64)
-        cin_pad = -(-cin // self.block_k) * self.block_k
-        cout_pad = -(-cout // self.block_n) * self.block_n
+        cin_pad = -(-cin // BLOCK_K) * BLOCK_K
+        cout_pad = -(-cout // BLOCK_N) * BLOCK_N
         # K-major weights: row tap*cin_pad + ci, column o; the padding is zero
         wq = torch.zeros((9, cin_pad, cout_pad), dtype=torch.int8, device=wsign.device)
         wq[:, :cin, :cout] = wsign.permute(2, 3, 1, 0).reshape(9, cin, cout).to(torch.int8)
@@ -126,12 +118,12 @@ class FusedUnit(nn.Module):
         last = self.link_out is None or self.next_shift is None
         nsigns = signs if last else torch.empty((n, h * r, w * r, c), dtype=torch.int8, device=x.device)
         nshift = self.shift if last or self.next_shift is None else self.next_shift
-        grid = (-(-n * h * w // BLOCK_M), self.wq.shape[2] // self.block_n)
+        grid = (-(-n * h * w // BLOCK_M), self.wq.shape[2] // BLOCK_N)
         _compiled(x.device.type == "cpu")[grid](
             signs, self.wq, self.alpha, self.pre, self.slope, self.post,
             res, *res.stride(), out, *out.stride(), nshift, nsigns,
             n * h * w, h, w, cin, self.cout, self.wq.shape[1], self.wq.shape[2],
-            R=r, HAS_NEXT=not last, BLOCK_M=BLOCK_M, BLOCK_N=self.block_n, BLOCK_K=self.block_k,
+            R=r, HAS_NEXT=not last, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
             num_warps=4, enable_fp_fusion=False)
         if not last and self.link_out is not None:
             self.link_out.tensor, self.link_out.act = out, nsigns
