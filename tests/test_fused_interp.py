@@ -71,3 +71,17 @@ def test_network_is_bitwise_the_float_engine(name: str) -> None:
         expect = net(x)
         got = fnet(x)
     assert torch.equal(got, expect)
+
+
+def test_links_read_the_buffers_the_network_holds_now() -> None:
+    """Moving a network (``.to(device)``) replaces its buffers: a link must not keep the old ones."""
+    cfg = small_configs(nf=16)["denoise"]
+    net = deploy.to_deploy(random_net(cfg, seed=6))
+    fnet = fused.convert(copy.deepcopy(net))
+    fnet._apply(lambda t: t.clone())  # what .to() does to every buffer
+    for m in (*net.modules(), *fnet.modules()):
+        if isinstance(m, (deploy.DeployUnit, fused.FusedUnit)):
+            m.shift.add_(0.25)
+    x = torch.rand(1, 3, 9, 11, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        assert torch.equal(fnet(x), net(x))

@@ -112,9 +112,13 @@ class BitUnit(nn.Module):
         self.register_buffer("shift", unit.shift.reshape(-1).float().contiguous())
         self.link_in: Link | None = None
         self.link_out: Link | None = None
-        self.next_shift: Tensor | None = None
         self._constants_key: tuple[int | None, ...] = ()
         self._constant_arrays: dict[str, np.ndarray | None] = {}
+
+    @property
+    def next_shift(self) -> Tensor | None:
+        """The linked next unit's shift, read now (moving the network replaces its buffers)."""
+        return None if self.link_out is None else self.link_out.consumer.shift
 
     def extra_repr(self) -> str:
         return f"{self.cin} -> {self.cout}, upscale={self.upscale}, isa={_ext.isa()[0]}"
@@ -165,7 +169,8 @@ class BitUnit(nn.Module):
                 resid, add_after = None, residual
             else:
                 resid, resid_nchw = _layout(residual.float().expand(n, c, h, w))
-        last = self.link_out is None or self.next_shift is None or add_after is not None
+        last = self.link_out is None or add_after is not None
+        nshift = None if last or self.link_out is None else self.link_out.consumer.shift
         out_nchw = int(last and entry_nchw)
         if out_nchw:
             # the end of a chain given NCHW: NCHW, for the float ops that follow (as the float units)

@@ -15,10 +15,23 @@ from torch import Tensor, nn
 from models.deploy import DeployUnit
 
 
-class Link:
-    """Hands the sign form of one unit's output to the next (valid only for that exact tensor)."""
+class LinkedUnit(Protocol):
+    cin: int
+    channels: int
+    shift: Tensor
+    link_in: Link | None
+    link_out: Link | None
 
-    def __init__(self) -> None:
+
+class Link:
+    """Hands the sign form of one unit's output to the next (valid only for that exact tensor).
+
+    ``consumer`` is the next unit; its ``shift`` is read at each call, never kept, because moving the
+    network to another device replaces the buffers.
+    """
+
+    def __init__(self, consumer: LinkedUnit) -> None:
+        self.consumer = consumer
         self.tensor: Tensor | None = None
         self.act: Tensor | None = None
         self.nchw = 1  # memory format of the chain's input, given to the chain's output
@@ -29,13 +42,6 @@ class Link:
         return act
 
 
-class LinkedUnit(Protocol):
-    cin: int
-    channels: int
-    shift: Tensor
-    link_in: Link | None
-    link_out: Link | None
-    next_shift: Tensor | None
 
 
 def chain_names(net: nn.Module) -> list[str]:
@@ -70,5 +76,5 @@ def link_chain(chain: list[str], units: dict[str, LinkedUnit]) -> None:
     for a_name, b_name in zip(chain, chain[1:], strict=False):
         a, b = units.get(a_name), units.get(b_name)
         if a is not None and b is not None and a.channels == b.cin:
-            link = Link()
-            a.link_out, b.link_in, a.next_shift = link, link, b.shift
+            link = Link(b)
+            a.link_out, b.link_in = link, link

@@ -90,7 +90,6 @@ class FusedUnit(nn.Module):
         self.register_buffer("shift", unit.shift.reshape(-1).float().contiguous())
         self.link_in: Link | None = None
         self.link_out: Link | None = None
-        self.next_shift: Tensor | None = None
 
     def extra_repr(self) -> str:
         return f"{self.cin} -> {self.cout}, upscale={self.upscale}"
@@ -115,18 +114,19 @@ class FusedUnit(nn.Module):
             out = x  # in place: each element's residual is read before its output is written
         else:
             out = torch.empty((n, c, h * r, w * r), device=x.device, memory_format=fmt)
-        last = self.link_out is None or self.next_shift is None
-        nsigns = signs if last else torch.empty((n, h * r, w * r, c), dtype=torch.int8, device=x.device)
-        nshift = self.shift if last or self.next_shift is None else self.next_shift
+        link = self.link_out
+        nsigns = signs if link is None else torch.empty((n, h * r, w * r, c), dtype=torch.int8,
+                                                         device=x.device)
+        nshift = self.shift if link is None else link.consumer.shift
         grid = (-(-n * h * w // BLOCK_M), self.wq.shape[2] // BLOCK_N)
         _compiled(x.device.type == "cpu")[grid](
             signs, self.wq, self.alpha, self.pre, self.slope, self.post,
             res, *res.stride(), out, *out.stride(), nshift, nsigns,
             n * h * w, h, w, cin, self.cout, self.wq.shape[1], self.wq.shape[2],
-            R=r, HAS_NEXT=not last, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+            R=r, HAS_NEXT=link is not None, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
             num_warps=4, enable_fp_fusion=False)
-        if not last and self.link_out is not None:
-            self.link_out.tensor, self.link_out.act = out, nsigns
+        if link is not None:
+            link.tensor, link.act = out, nsigns
         return out
 
 
