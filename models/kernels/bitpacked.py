@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from models.deploy import DeployUnit
 from models.kernels import _bitpacked as _ext  # type: ignore[attr-defined]
-from models.kernels.chain import Link, chain_names, link_chain, replace_units
+from models.kernels.chain import KernelUnit, chain_names, link_chain, replace_units
 
 GROUP = 16
 
@@ -81,37 +81,23 @@ def binary_counts(x: Tensor, shift: Tensor, wsign: Tensor) -> Tensor:
     return counts.permute(0, 3, 1, 2)
 
 
-class BitUnit(nn.Module):
+class BitUnit(KernelUnit):
     """A BBCU (or BBCU-U) unit computed by the bit-packed kernel; same math as ``DeployUnit``."""
 
     wpacked: Tensor
-    alpha: Tensor
-    pre: Tensor
-    post: Tensor
-    slope: Tensor
-    shift: Tensor
 
     def __init__(self, unit: DeployUnit) -> None:
-        super().__init__()
-        self.upscale = r = int(unit.upscale)
-        wsign = unit.wsign
-        cout, cin = int(wsign.shape[0]), int(wsign.shape[1])
-        c = cout // (r * r)
+        r = int(unit.upscale)
+        cout = int(unit.wsign.shape[0])
         # sub-pixel-major output order for BBCU-U: o' = (i*r + j)*C + c  <-  o = c*r*r + i*r + j
-        perm = torch.arange(cout).view(c, r * r).t().reshape(-1)
-        packed, zeros = pack_weights(wsign[perm])
+        perm = torch.arange(cout).view(cout // (r * r), r * r).t().reshape(-1)
+        packed, zeros = pack_weights(unit.wsign[perm])
         if zeros:
             raise ValueError("weights with exact zeros cannot be bit-packed")
-        self.cin, self.cout, self.channels = cin, cout, c
+        super().__init__(unit, perm)
         # flat: a 4-D buffer would be made channels_last with the network, and no longer C-contiguous
         self._wshape = tuple(packed.shape)
         self.register_buffer("wpacked", packed.reshape(-1))
-        for name in ("alpha", "pre", "post"):
-            self.register_buffer(name, getattr(unit, name).reshape(-1)[perm].float().contiguous())
-        self.register_buffer("slope", unit.slope.reshape(-1).expand(cout)[perm].float().contiguous())
-        self.register_buffer("shift", unit.shift.reshape(-1).float().contiguous())
-        self.link_in: Link | None = None
-        self.link_out: Link | None = None
         self._constants_key: tuple[int | None, ...] = ()
         self._constant_arrays: dict[str, np.ndarray | None] = {}
 
@@ -170,7 +156,6 @@ class BitUnit(nn.Module):
             else:
                 resid, resid_nchw = _layout(residual.float().expand(n, c, h, w))
         last = self.link_out is None or add_after is not None
-        nshift = None if last or self.link_out is None else self.link_out.consumer.shift
         out_nchw = int(last and entry_nchw)
         if out_nchw:
             # the end of a chain given NCHW: NCHW, for the float ops that follow (as the float units)

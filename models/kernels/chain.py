@@ -23,6 +23,42 @@ class LinkedUnit(Protocol):
     link_out: Link | None
 
 
+class KernelUnit(nn.Module):
+    """What the kernel units share: a DeployUnit's epilogue parameters as flat fp32 buffers and links.
+
+    ``perm`` reorders the output channels (the bit-packed kernel writes BBCU-U sub-pixel-major).
+    """
+
+    alpha: Tensor
+    pre: Tensor
+    post: Tensor
+    slope: Tensor
+    shift: Tensor
+
+    def __init__(self, unit: DeployUnit, perm: Tensor | None = None) -> None:
+        super().__init__()
+        self.upscale = r = int(unit.upscale)
+        cout, cin = int(unit.wsign.shape[0]), int(unit.wsign.shape[1])
+        self.cin, self.cout, self.channels = cin, cout, cout // (r * r)
+
+        def flat(t: Tensor) -> Tensor:
+            t = t.reshape(-1).expand(cout)
+            return (t if perm is None else t[perm.to(t.device)]).float().contiguous()
+
+        for name in ("alpha", "pre", "post", "slope"):
+            self.register_buffer(name, flat(getattr(unit, name)))
+        self.register_buffer("shift", unit.shift.reshape(-1).float().contiguous())
+        self.link_in: Link | None = None
+        self.link_out: Link | None = None
+
+    def check_input(self, x: Tensor) -> tuple[int, int, int, int]:
+        """(n, c, h, w) of an input this unit can take; ValueError otherwise."""
+        n, cin, h, w = (int(s) for s in x.shape)
+        if cin != self.cin:
+            raise ValueError(f"expected {self.cin} input channels, got {cin}")
+        return n, cin, h, w
+
+
 class Link:
     """Hands the sign form of one unit's output to the next (valid only for that exact tensor).
 

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from models.deploy import DeployUnit
-from models.kernels.chain import Link, chain_names, link_chain, replace_units
+from models.kernels.chain import KernelUnit, chain_names, link_chain, replace_units
 
 # One tile shape for every unit (narrower units are zero-padded): int8 tensor-core dots need K of at
 # least 32, and fewer distinct shapes mean fewer compilations; 64 is the paper's width.
@@ -62,42 +62,26 @@ def signs_nhwc(x: Tensor, shift: Tensor) -> Tensor:
     return torch.add(x, shift.view(1, -1, 1, 1)).sign_().to(torch.int8).permute(0, 2, 3, 1).contiguous()
 
 
-class FusedUnit(nn.Module):
+class FusedUnit(KernelUnit):
     """A BBCU (or BBCU-U) unit computed by one Triton kernel; same math as ``DeployUnit``."""
 
     wq: Tensor
-    alpha: Tensor
-    pre: Tensor
-    slope: Tensor
-    post: Tensor
-    shift: Tensor
 
     def __init__(self, unit: DeployUnit) -> None:
-        super().__init__()
-        self.upscale = r = int(unit.upscale)
-        wsign = unit.wsign
-        cout, cin = int(wsign.shape[0]), int(wsign.shape[1])
-        self.cin, self.cout, self.channels = cin, cout, cout // (r * r)
+        super().__init__(unit)
+        wsign, cin, cout = unit.wsign, self.cin, self.cout
         cin_pad = -(-cin // BLOCK_K) * BLOCK_K
         cout_pad = -(-cout // BLOCK_N) * BLOCK_N
         # K-major weights: row tap*cin_pad + ci, column o; the padding is zero
         wq = torch.zeros((9, cin_pad, cout_pad), dtype=torch.int8, device=wsign.device)
         wq[:, :cin, :cout] = wsign.permute(2, 3, 1, 0).reshape(9, cin, cout).to(torch.int8)
         self.register_buffer("wq", wq)
-        for name in ("alpha", "pre", "post"):
-            self.register_buffer(name, getattr(unit, name).reshape(-1).float().contiguous())
-        self.register_buffer("slope", unit.slope.reshape(-1).expand(cout).float().contiguous())
-        self.register_buffer("shift", unit.shift.reshape(-1).float().contiguous())
-        self.link_in: Link | None = None
-        self.link_out: Link | None = None
 
     def extra_repr(self) -> str:
         return f"{self.cin} -> {self.cout}, upscale={self.upscale}"
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
-        n, cin, h, w = (int(s) for s in x.shape)
-        if cin != self.cin:
-            raise ValueError(f"expected {self.cin} input channels, got {cin}")
+        n, cin, h, w = self.check_input(x)
         if x.device != self.wq.device:
             raise ValueError(f"input on {x.device}, unit on {self.wq.device}")
         x = x.float()
