@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test bench lint redis clean
+.PHONY: install run test bench lint redis browser clean
 
 install: $(STAMP)
 
@@ -21,10 +21,17 @@ $(STAMP): pyproject.toml $(wildcard setup.py) $(wildcard csrc/*)
 redis:
 	@command -v redis-server >/dev/null || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q redis-server; }
 
+# Debian's headless Chromium and its driver for the page's browser tests; where they cannot be
+# installed those tests are skipped (and say why), the rest of the suite still runs
+browser:
+	@{ command -v chromium >/dev/null && command -v chromedriver >/dev/null; } || \
+	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; } || \
+	  echo "warning: chromium/chromium-driver not installed: the browser tests will be skipped"
+
 run: install
 	$(BIN)/bbcu serve --host 0.0.0.0 --port 8000
 
-test: install redis
+test: install redis browser
 	$(BIN)/python -m pytest -q
 
 bench: install redis

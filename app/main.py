@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
-from app import errors
-from app.api.routes import health, jobs, models, restore
+from app import errors, web
+from app.api.routes import events, health, jobs, models, restore
 from app.metrics import Metrics, MetricsMiddleware
 from app.services import Services
 from workers.settings import Settings, get_settings
@@ -19,9 +21,14 @@ Image restoration with BBCU binarized networks: super-resolution (`sr`), color d
 (`denoise`) and JPEG deblocking (`deblock`).
 
 `POST /restore?task=...` with the image answers the restored image (synchronous), or `202` with a
-job to poll when asked with `Prefer: respond-async` or `?async=true`. Errors are problem details
-(RFC 9457).
+job to poll when asked with `Prefer: respond-async` or `?async=true`. `GET /jobs/{id}/events`
+follows a job live (Server-Sent Events); `callback_url` has its record POSTed, signed, as it runs.
+Errors are problem details (RFC 9457). The page at `/` does all of this in a browser.
 """
+
+# response headers a page on another origin may read (CORS hides all but a few by default)
+EXPOSED_HEADERS = ["X-Job-Id", "X-Model", "Server-Timing", "Location", "Link", "Retry-After",
+                   "Preference-Applied", "Content-Disposition"]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -40,10 +47,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             services.close()
 
-    app = FastAPI(title="BBCU restoration service", version="0.1.0", description=DESCRIPTION,
-                  lifespan=lifespan)
+    # FastAPIOffline serves the Swagger UI and ReDoc assets from its package: /docs works offline
+    app = FastAPIOffline(title="BBCU restoration service", version="0.1.0", description=DESCRIPTION,
+                         lifespan=lifespan)
     errors.install(app, settings.retry_after_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
-    for module in (restore, jobs, models, health):
+    if settings.cors_origin_list:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
+                           allow_methods=["GET", "POST", "DELETE"],
+                           allow_headers=["Content-Type", "Accept", "Prefer", "Last-Event-ID"],
+                           expose_headers=EXPOSED_HEADERS, max_age=600)
+    for module in (restore, events, jobs, models, health):
         app.include_router(module.router)
+    web.install(app)
     return app

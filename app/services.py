@@ -8,6 +8,7 @@ from app.metrics import Metrics
 from workers.dispatch import Dispatcher, create_backend
 from workers.settings import Settings
 from workers.store import JobStore
+from workers.webhooks import WebhookSender
 
 
 @dataclass
@@ -16,11 +17,13 @@ class Services:
     store: JobStore
     dispatcher: Dispatcher
     metrics: Metrics
+    webhooks: WebhookSender  # for the events the API itself causes (a cancelled job)
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> Services:
         store, dispatcher = create_backend(settings)
-        return cls(settings, store, dispatcher, metrics)
+        return cls(settings, store, dispatcher, metrics, WebhookSender(settings))
 
     def close(self) -> None:
         self.dispatcher.close()
+        self.webhooks.close()

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
 from app.api.views import job_problem
+from app.callbacks import callback_fields
 from app.errors import Problem, refused
 from app.services import Services
 from app.uploads import read_upload
@@ -35,6 +37,8 @@ class RestoreOptions:
     format: Format
     device: Device
     tile: int | None
+    callback_url: str | None = None
+    callback_events: str | None = None  # comma list, as in the query
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class Admitted:
     variant: str
     data: bytes
     facts: ImageFacts
+    callback: dict[str, Any]  # the job spec's callback fields
 
 
 def check_model(weights_dir: Path, task: str, scale: int | None, variant: str | None) -> tuple[int, str]:
@@ -74,6 +79,8 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
         try:
             scale, variant = await run_in_threadpool(check_model, settings.weights_dir, options.task,
                                                      options.scale, options.variant)
+            callback = await run_in_threadpool(callback_fields, settings, options.callback_url,
+                                               options.callback_events)
             data = (await read_upload(request, settings.max_upload_bytes)).data
             facts = await run_in_threadpool(probe, data, settings.max_pixels)
         except BBCUError as e:
@@ -81,7 +88,7 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
     except Problem as p:
         services.metrics.uploads_rejected.labels(reason=p.slug).inc()
         raise
-    return Admitted(options, scale, variant, data, facts)
+    return Admitted(options, scale, variant, data, facts, callback)
 
 
 def submit(services: Services, job: Admitted) -> JobRecord:
@@ -89,7 +96,7 @@ def submit(services: Services, job: Admitted) -> JobRecord:
     o = job.options
     queue = services.dispatcher.pick_queue(o.device)
     spec = JobSpec(id=new_job_id(), task=o.task, scale=job.scale, variant=job.variant, format=o.format,
-                   queue=queue, tile=o.tile)  # type: ignore[arg-type]
+                   queue=queue, tile=o.tile, **job.callback)  # type: ignore[arg-type]
     rec = services.store.create(spec, job.facts, job.data)
     try:
         services.dispatcher.submit(spec.id, queue)

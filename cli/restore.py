@@ -26,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--format", choices=FORMATS, help="output format (default: from OUT or png)")
     p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger inputs")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--url", metavar="URL",
+                   help="restore on a running service (e.g. http://host:8000) instead of in this process")
+    p.add_argument("--concurrency", type=int, default=4, metavar="N",
+                   help="with --url: images in flight at once (default 4)")
     p.set_defaults(handler=run)
 
 
@@ -38,13 +42,6 @@ def _destinations(inputs: list[Path], output: Path, fmt: str | None) -> list[Pat
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from models import imageio
-    from models.engine import load_for_task
-    from models.errors import BBCUError
-    from models.pipeline import restore_image
-
     if args.tile is not None and args.tile < 16:
         return fail(f"--tile must be at least 16 pixels, got {args.tile}")
     if args.scale is not None and args.task != "sr":
@@ -55,6 +52,21 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"no such file: {', '.join(missing)}")
     output = Path(args.output)
     dests = _destinations(inputs, output, args.format)
+    if args.url:
+        from cli.remote import restore_remote
+
+        return restore_remote(args, list(zip(inputs, dests, strict=True)))
+    return _restore_here(args, inputs, dests)
+
+
+def _restore_here(args: argparse.Namespace, inputs: list[Path], dests: list[Path]) -> int:
+    from tqdm import tqdm
+
+    from models import imageio
+    from models.engine import load_for_task
+    from models.errors import BBCUError
+    from models.pipeline import restore_image
+
     try:
         model = load_for_task(args.task, args.scale, args.variant, args.weights,
                               device=args.device, backend=args.backend)

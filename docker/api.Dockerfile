@@ -12,6 +12,7 @@ COPY app app
 COPY workers workers
 COPY models models
 COPY cli cli
+COPY bbcu_client bbcu_client
 # without the engine extra: no torch; the optional C extension is skipped (no compiler here)
 RUN pip install . && rm -rf /src
 

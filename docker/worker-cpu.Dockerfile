@@ -12,6 +12,7 @@ COPY app app
 COPY workers workers
 COPY models models
 COPY cli cli
+COPY bbcu_client bbcu_client
 RUN pip wheel --no-cache-dir --no-deps -w /wheels .
 
 FROM ${PYTHON_IMAGE}

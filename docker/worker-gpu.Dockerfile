@@ -14,6 +14,7 @@ COPY app app
 COPY workers workers
 COPY models models
 COPY cli cli
+COPY bbcu_client bbcu_client
 # the base image's torch satisfies the engine extra; the CPU-only C kernels are not needed here
 RUN pip install ".[engine]" && rm -rf /src
 

@@ -25,6 +25,9 @@ TINY_MODELS = ("tiny_denoise_l", "tiny_sr_x2_l", "tiny_sr_x4_l", "tiny_deblock_l
 # limits small enough to test cheaply, large enough for every test image
 MAX_UPLOAD_BYTES = 1_000_000
 MAX_PIXELS = 512 * 512
+# every test service signs webhooks with this secret and may call back receivers on this machine
+WEBHOOK_SECRET = "test-webhook-secret"
+CORS_ORIGIN = "http://page.example"
 
 
 def free_port() -> int:
@@ -124,7 +127,9 @@ def redis_port(logdir: Path) -> Iterator[int]:
 def service_env(weights: Path, **extra: str) -> dict[str, str]:
     env = {"BBCU_WEIGHTS_DIR": str(weights), "BBCU_MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES),
            "BBCU_MAX_PIXELS": str(MAX_PIXELS), "BBCU_TORCH_THREADS": "1", "BBCU_HEARTBEAT_S": "1",
-           "BBCU_SYNC_WAIT_S": "60", "BBCU_EMBEDDED_WORKERS": "2", "PYTHONUNBUFFERED": "1"}
+           "BBCU_SYNC_WAIT_S": "60", "BBCU_EMBEDDED_WORKERS": "2", "PYTHONUNBUFFERED": "1",
+           "BBCU_WEBHOOK_SECRET": WEBHOOK_SECRET, "BBCU_WEBHOOK_HOSTS": "127.0.0.1",
+           "BBCU_WEBHOOK_BACKOFF_S": "0.2", "BBCU_CORS_ORIGINS": CORS_ORIGIN}
     return {**env, **extra}
 
 

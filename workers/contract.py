@@ -19,6 +19,9 @@ from models.vocab import MEDIA_TYPES, Format, Task
 Device = Literal["auto", "cpu", "gpu"]
 QUEUES: tuple[str, ...] = ("cpu", "gpu")
 TASK_NAME = "bbcu.restore"
+# webhook events a job can send: it started, it progressed, it ended (succeeded, failed or cancelled)
+WebhookEvent = Literal["start", "progress", "completed"]
+WEBHOOK_EVENTS: tuple[str, ...] = ("start", "progress", "completed")
 
 
 class JobStatus(str, Enum):
@@ -52,6 +55,8 @@ class JobSpec(BaseModel):
     format: Format = "png"
     queue: Literal["cpu", "gpu"] = "cpu"
     tile: int | None = None
+    callback_url: str | None = None
+    callback_events: list[WebhookEvent] = Field(default=["completed"])
 
 
 class ImageFacts(BaseModel):
@@ -89,6 +94,7 @@ class JobRecord(BaseModel):
     task: Task
     queue: str
     progress: float = Field(default=0.0, ge=0.0, le=1.0)
+    eta_s: float | None = Field(default=None, description="Seconds left, from the measured tile rate")
     created_at: float
     started_at: float | None = None
     finished_at: float | None = None

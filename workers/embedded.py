@@ -75,3 +75,4 @@ class EmbeddedPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+        self.runner.webhooks.close()

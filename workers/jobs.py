@@ -17,6 +17,7 @@ from models.errors import BBCUError, ErrorCode
 from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, Timings, now
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
+from workers.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from models.engine import RestorationModel
@@ -103,10 +104,11 @@ class ModelCache:
 class JobRunner:
     """Runs jobs from a store; one instance per process, shared by that process's threads."""
 
-    def __init__(self, settings: Settings, store: JobStore) -> None:
+    def __init__(self, settings: Settings, store: JobStore, webhooks: WebhookSender | None = None) -> None:
         self.settings = settings
         self.store = store
         self.models = ModelCache(settings)
+        self.webhooks = webhooks or WebhookSender(settings)
 
     def run(self, job_id: str, *, worker: str | None = None,
             limit_errors: tuple[type[BaseException], ...] = ()) -> JobRecord | None:
@@ -123,31 +125,36 @@ class JobRunner:
                                     timings=Timings(queue=queued_ms))
         if rec is None:  # cancelled while queued, or already finished by an earlier delivery
             return self.store.get(job_id)
+        self.webhooks.notify(rec)
+        ended: JobRecord | None = None  # the terminal record when this runner ended the job
         try:
-            return self._execute(rec)
+            ended = self._execute(rec)
         except JobCancelled:
             self.store.drop_result(job_id)
-            self.store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now())
+            ended = self.store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now())
         except limit_errors:
-            self._fail(job_id, ErrorCode.timeout, self._over_time())
+            ended = self._fail(job_id, ErrorCode.timeout, self._over_time())
         except Exception as e:
             code = e.code if isinstance(e, BBCUError) else ErrorCode.internal
             if code is ErrorCode.internal:  # a bug or a broken install: keep the traceback visible
-                self._fail(job_id, code, f"{type(e).__name__}: {e}")
+                ended = self._fail(job_id, code, f"{type(e).__name__}: {e}")
                 raise
-            self._fail(job_id, code, str(e))
+            ended = self._fail(job_id, code, str(e))
         finally:
             self.store.drop_input(job_id)
+            # whoever ended the job sends its webhook (a cancelling API request sends its own)
+            self.webhooks.notify(ended)
         return self.store.get(job_id)
 
     def _over_time(self) -> str:
         return f"the job ran past the time limit of {self.settings.soft_time_limit_s} s"
 
-    def _fail(self, job_id: str, code: ErrorCode, detail: str) -> None:
-        self.store.transition(job_id, JobStatus.failed, ACTIVE, finished_at=now(),
+    def _fail(self, job_id: str, code: ErrorCode, detail: str) -> JobRecord | None:
+        return self.store.transition(job_id, JobStatus.failed, ACTIVE, finished_at=now(),
                               error=JobError(code=code, detail=detail))
 
     def _execute(self, rec: JobRecord) -> JobRecord | None:
+        """Restore the image; the succeeded record, or None when the job ended otherwise meanwhile."""
         from models import imageio, pipeline
 
         spec: JobSpec = rec.spec
@@ -182,12 +189,12 @@ class JobRunner:
         output = ImageFacts(width=out.width, height=out.height, bytes=len(encoded), format=spec.format)
         facts = loaded.facts(img.width, img.height)
         done = self.store.transition(spec.id, JobStatus.succeeded, (JobStatus.running,), progress=1.0,
-                                     finished_at=now(), timings=timings, output=output, model=facts)
+                                     eta_s=0.0, finished_at=now(), timings=timings, output=output,
+                                     model=facts)
         if done is None:  # cancelled meanwhile, or a second delivery finished first
             current = self.store.get(spec.id)
             if current is None or current.status == JobStatus.cancelled:
                 self.store.drop_result(spec.id)  # nobody may download a cancelled job's result
-            return current
         return done
 
     def _check(self, job_id: str, deadline: float) -> None:
@@ -198,6 +205,7 @@ class JobRunner:
             raise JobCancelled(job_id)
 
     def _progress(self, job_id: str, deadline: float):  # type: ignore[no-untyped-def]
+        begun = time.perf_counter()
         last = [0.0]
 
         def report(done: int, total: int) -> None:
@@ -206,7 +214,9 @@ class JobRunner:
                 return
             last[0] = t
             self._check(job_id, deadline)
-            self.store.set_progress(job_id, 0.99 * done / max(total, 1))
+            # the tiles left at the rate measured so far (the encode after the last tile is not counted)
+            eta_s = (t - begun) / max(done, 1) * (total - done)
+            self.webhooks.notify(self.store.set_progress(job_id, 0.99 * done / max(total, 1), eta_s))
 
         return report
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.catalog import WEIGHTS_DIR
@@ -66,6 +66,19 @@ class Settings(BaseSettings):
         default=5, gt=0, description="Retry-After sent with 503 answers")
     redis_timeout_s: float = Field(
         default=3.0, gt=0, description="Socket timeout of Redis connections")
+    cors_origins: str = Field(
+        default="", description="Comma list of origins whose pages may call the API (CORS); empty: off")
+    webhook_secret: SecretStr | None = Field(
+        default=None, description="HMAC-SHA256 key signing webhook bodies; unset: callback_url refused")
+    webhook_hosts: str = Field(
+        default="", description="Comma list of callback hosts (name, *.domain, IP or CIDR); "
+                                "empty: public addresses only")
+    webhook_attempts: int = Field(
+        default=5, gt=0, description="Deliveries tried per webhook event before giving up")
+    webhook_backoff_s: float = Field(
+        default=1.0, gt=0, description="Wait before the first webhook retry, doubled after each")
+    webhook_timeout_s: float = Field(
+        default=5.0, gt=0, description="Time a webhook receiver has to answer one delivery")
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:
@@ -88,7 +101,19 @@ class Settings(BaseSettings):
 
     @property
     def required_queue_list(self) -> list[str]:
-        return [q.strip() for q in self.required_queues.split(",") if q.strip()]
+        return _items(self.required_queues)
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _items(self.cors_origins)
+
+    @property
+    def webhook_host_list(self) -> list[str]:
+        return _items(self.webhook_hosts)
+
+
+def _items(comma_list: str) -> list[str]:
+    return [item.strip() for item in comma_list.split(",") if item.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -58,9 +58,12 @@ class JobStore(ABC):
 
         return self.update(job_id, change)
 
-    def set_progress(self, job_id: str, progress: float) -> None:
-        self.update(job_id, lambda r: r.model_copy(update={"progress": min(1.0, max(0.0, progress))})
-                    if r.status == JobStatus.running else None)
+    def set_progress(self, job_id: str, progress: float, eta_s: float | None = None) -> JobRecord | None:
+        """Record a running job's progress (to 0.1 %) and time left (to 0.1 s); None if not running."""
+        update = {"progress": round(min(1.0, max(0.0, progress)), 3),
+                  "eta_s": None if eta_s is None else round(max(0.0, eta_s), 1)}
+        return self.update(job_id, lambda r: r.model_copy(update=update)
+                           if r.status == JobStatus.running else None)
 
     def input(self, job_id: str) -> bytes | None:
         return self._get_blob("in", job_id)

@@ -11,6 +11,7 @@ from app.services import Services
 from workers.dispatch import Dispatcher
 from workers.settings import Settings
 from workers.store import JobStore
+from workers.webhooks import WebhookSender
 
 
 def get_services(request: Request) -> Services:
@@ -34,8 +35,13 @@ def get_metrics(services: Annotated[Services, Depends(get_services)]) -> Metrics
     return services.metrics
 
 
+def get_webhooks(services: Annotated[Services, Depends(get_services)]) -> WebhookSender:
+    return services.webhooks
+
+
 ServicesDep = Annotated[Services, Depends(get_services)]
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 StoreDep = Annotated[JobStore, Depends(get_store)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+WebhooksDep = Annotated[WebhookSender, Depends(get_webhooks)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import Response
 
-from app.api.deps import DispatcherDep, SettingsDep, StoreDep
+from app.api.deps import DispatcherDep, SettingsDep, StoreDep, WebhooksDep
 from app.api.examples import JOB_RESPONSES, RESULT_RESPONSES
 from app.api.views import JobView, image_response
 from app.errors import Problem
@@ -15,29 +15,36 @@ from workers.dispatch import Dispatcher
 from workers.lost import fail_if_lost
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
+from workers.webhooks import WebhookSender
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def read_job(job_id: str, store: JobStore, settings: Settings, dispatcher: Dispatcher) -> JobRecord:
+def read_job(job_id: str, store: JobStore, settings: Settings, dispatcher: Dispatcher,
+             webhooks: WebhookSender) -> JobRecord:
     """The job's record (404 if unknown), judged lost first if its worker is gone."""
     rec = store.get(job_id)
     if rec is None:
         raise Problem(404, "Unknown job", f"no job {job_id} (never created, or its record expired)",
                       slug="unknown-job", job_id=job_id)
-    return fail_if_lost(rec, store, settings, dispatcher)
+    judged = fail_if_lost(rec, store, settings, dispatcher)
+    if judged.status != rec.status:
+        webhooks.notify(judged)  # its worker is gone and cannot send the job's end
+    return judged
 
 
 @router.get("/{job_id}", responses=JOB_RESPONSES)
-def get_job(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep) -> JobView:
+def get_job(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep,
+            webhooks: WebhooksDep) -> JobView:
     """The job's status, progress, timings, model metadata, sizes and error."""
-    return JobView.of(read_job(job_id, store, settings, dispatcher))
+    return JobView.of(read_job(job_id, store, settings, dispatcher, webhooks))
 
 
 @router.get("/{job_id}/result", response_class=Response, responses=RESULT_RESPONSES)
-def get_result(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep) -> Response:
+def get_result(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep,
+               webhooks: WebhooksDep) -> Response:
     """The restored image: 409 while the job is not done, 410 once the result expired."""
-    rec = read_job(job_id, store, settings, dispatcher)
+    rec = read_job(job_id, store, settings, dispatcher, webhooks)
     if rec.status != JobStatus.succeeded:
         headers = {"Retry-After": "1"} if rec.status in ACTIVE else {}
         raise Problem(409, "Result not available", f"job {job_id} is {rec.status.value}", slug="not-ready",
@@ -51,13 +58,15 @@ def get_result(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: 
 
 
 @router.delete("/{job_id}", responses={409: {"description": "The job already finished"}})
-def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep) -> JobView:
+def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep,
+               webhooks: WebhooksDep) -> JobView:
     """Cancel a queued or running job (a running job stops at its next tile)."""
     rec = store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now(),
                            error=JobError(code=ErrorCode.cancelled, detail="cancelled by the client"))
     if rec is None:
-        existing = read_job(job_id, store, settings, dispatcher)
+        existing = read_job(job_id, store, settings, dispatcher, webhooks)
         raise Problem(409, "Job already finished", f"job {job_id} is {existing.status.value}",
                       slug="already-finished", job_id=job_id, status_of_job=existing.status.value)
     store.drop_input(job_id)
+    webhooks.notify(rec)
     return JobView.of(rec)

@@ -30,12 +30,16 @@ async def restore(
     device: Annotated[Device, Query(description="auto picks a GPU worker when one is alive")] = "auto",
     tile: Annotated[int | None, Query(ge=32, le=8192, description="tile size in input pixels")] = None,
     async_: Annotated[bool, Query(alias="async", description="answer 202 with a job at once")] = False,
+    callback_url: Annotated[str | None, Query(description="POST the signed job record here")] = None,
+    callback_events: Annotated[str | None, Query(
+        description="comma list of start, progress, completed (default completed)")] = None,
     prefer: Annotated[str | None, Header(description="respond-async: 202 at once; wait=N: wait less")] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
     """Restore an image: the result when done within the wait limit, else 202 and a job to poll."""
     options = submission.RestoreOptions(task=task, scale=scale, variant=variant, device=device, tile=tile,
-                                        format=negotiate_format(format, accept))
+                                        format=negotiate_format(format, accept), callback_url=callback_url,
+                                        callback_events=callback_events)
     prefs = parse_prefer(prefer)
     job = await submission.admit(request, services, options)
     if async_ or "respond-async" in prefs:

@@ -1,0 +1,271 @@
+// The restoration page: submit each image as a job, follow it over Server-Sent Events, show the result.
+// Plain browser JavaScript, no build step and no downloads: everything comes from this server.
+"use strict";
+
+const CONCURRENT_UPLOADS = 2;
+
+const $ = (selector, root = document) => root.querySelector(selector);
+const form = $("#options");
+const fileInput = $("#files");
+const drop = $("#drop");
+const taskSelect = $("#task");
+const scaleSelect = $("#scale");
+const variantSelect = $("#variant");
+const notice = $("#notice");
+let catalogue = [];
+let restoreParams = new Set();
+let dropped = null; // files dropped on the page, used instead of the file input's
+
+// ---- problem details (RFC 9457) in words ----
+
+async function problemText(response) {
+  try {
+    const body = await response.json();
+    if (body && body.detail) return `${body.title || response.status}: ${body.detail}`;
+  } catch (_) {
+    // not JSON: fall through to the status line
+  }
+  return `${response.status} ${response.statusText || "error"}`;
+}
+
+function showNotice(text) {
+  notice.textContent = text;
+  notice.hidden = !text;
+}
+
+// ---- options from the server: /models for tasks, scales and variants; the OpenAPI for extra options ----
+
+function unique(values) {
+  return [...new Set(values)];
+}
+
+function fillSelect(select, values, label) {
+  const keep = select.value;
+  select.replaceChildren(...values.map((v) => new Option(label(v), String(v))));
+  if (values.map(String).includes(keep)) select.value = keep;
+}
+
+function entriesFor(task) {
+  return catalogue.filter((m) => m.task === task);
+}
+
+function refreshChoices() {
+  const entries = entriesFor(taskSelect.value);
+  const isSr = taskSelect.value === "sr";
+  $("#scale-field").hidden = !isSr;
+  fillSelect(scaleSelect, unique(entries.map((m) => m.scale)).sort(), (s) => `×${s}`);
+  if (isSr && [...scaleSelect.options].some((o) => o.value === "4") && !scaleSelect.dataset.touched) {
+    scaleSelect.value = "4";
+  }
+  const scale = isSr ? Number(scaleSelect.value) : null;
+  const variants = unique(entries.filter((m) => scale === null || m.scale === scale).map((m) => m.variant));
+  fillSelect(variantSelect, variants, (v) => `BBCU-${v.toUpperCase()}`);
+  $("#strength-field").hidden = !restoreParams.has("strength") || isSr;
+}
+
+async function loadOptions() {
+  const [models, spec] = await Promise.all([fetch("/models"), fetch("/openapi.json")]);
+  if (!models.ok) throw new Error(await problemText(models));
+  catalogue = (await models.json()).models;
+  if (spec.ok) {
+    const params = (await spec.json()).paths["/restore"].post.parameters || [];
+    restoreParams = new Set(params.map((p) => p.name));
+  }
+  const labels = { sr: "Super-resolution", denoise: "Denoise", deblock: "JPEG deblock" };
+  fillSelect(taskSelect, unique(catalogue.map((m) => m.task)), (t) => labels[t] || t);
+  refreshChoices();
+}
+
+taskSelect.addEventListener("change", refreshChoices);
+scaleSelect.addEventListener("change", () => {
+  scaleSelect.dataset.touched = "1";
+  refreshChoices();
+});
+$("#strength").addEventListener("input", (e) => {
+  $("#strength-value").textContent = Number(e.target.value).toFixed(2);
+});
+
+// ---- files: the input or a drop ----
+
+fileInput.addEventListener("change", () => {
+  dropped = null;
+});
+for (const type of ["dragenter", "dragover"]) {
+  drop.addEventListener(type, (e) => {
+    e.preventDefault();
+    drop.classList.add("over");
+  });
+}
+for (const type of ["dragleave", "drop"]) {
+  drop.addEventListener(type, () => drop.classList.remove("over"));
+}
+drop.addEventListener("drop", (e) => {
+  e.preventDefault();
+  dropped = [...e.dataTransfer.files];
+  $("#drop-hint").textContent = `${dropped.length} file(s) dropped: ${dropped.map((f) => f.name).join(", ")}`;
+});
+
+// ---- one job per file ----
+
+function query() {
+  const params = new URLSearchParams({ task: taskSelect.value, format: $("#format").value });
+  if (taskSelect.value === "sr") params.set("scale", scaleSelect.value);
+  if (variantSelect.value) params.set("variant", variantSelect.value);
+  if (!$("#strength-field").hidden) params.set("strength", $("#strength").value);
+  return params;
+}
+
+function seconds(s) {
+  return s >= 90 ? `${Math.round(s / 60)} min` : `${Math.max(1, Math.round(s))} s`;
+}
+
+function describe(job) {
+  if (job.status === "queued") return "queued";
+  if (job.status === "running") {
+    const pct = `${Math.round(job.progress * 100)} %`;
+    return job.eta_s == null ? `running ${pct}` : `running ${pct}, about ${seconds(job.eta_s)} left`;
+  }
+  return job.status;
+}
+
+function serverTiming(header) {
+  // "queue;dur=8.1, inference;dur=151.0" -> "queue 8 ms · inference 151 ms"
+  return (header || "")
+    .split(",")
+    .map((part) => part.trim().match(/^([\w-]+);dur=([\d.]+)/))
+    .filter(Boolean)
+    .map((m) => `${m[1]} ${Math.round(Number(m[2]))} ms`)
+    .join(" · ");
+}
+
+function follow(jobId, onUpdate) {
+  // resolves with the final record; the browser reconnects on its own (sending Last-Event-ID) until
+  // the stream is closed here
+  return new Promise((resolve, reject) => {
+    const events = new EventSource(`/jobs/${jobId}/events`);
+    const update = (e) => onUpdate(JSON.parse(e.data));
+    events.addEventListener("status", update);
+    events.addEventListener("progress", update);
+    events.addEventListener("completed", (e) => {
+      events.close();
+      resolve(JSON.parse(e.data));
+    });
+    events.onerror = () => {
+      if (events.readyState === EventSource.CLOSED) reject(new Error("the server closed the event stream"));
+    };
+  });
+}
+
+class JobView {
+  constructor(file) {
+    this.file = file;
+    this.el = $("#job-template").content.firstElementChild.cloneNode(true);
+    $(".name", this.el).textContent = file.name;
+    this.bar = $(".bar", this.el);
+    this.bar.setAttribute("aria-label", `Progress of ${file.name}`);
+    this.state = $(".state", this.el);
+    $("#jobs").append(this.el);
+  }
+
+  progress(job) {
+    this.state.textContent = describe(job);
+    if (job.status === "running") this.bar.value = job.progress;
+  }
+
+  fail(text) {
+    this.bar.hidden = true;
+    this.state.textContent = "failed";
+    const problem = $(".problem", this.el);
+    problem.textContent = text;
+    problem.hidden = false;
+  }
+
+  async done(job, blob, timing) {
+    this.bar.value = 1;
+    this.state.textContent = "done";
+    const compare = $(".compare", this.el);
+    const frame = $(".frame", this.el);
+    const after = $(".after", this.el);
+    const before = $(".before", this.el);
+    const url = URL.createObjectURL(blob);
+    after.src = url;
+    after.alt = `${this.file.name} restored, ${job.output.width}×${job.output.height}`;
+    after.width = job.output.width;
+    after.height = job.output.height;
+    before.src = URL.createObjectURL(this.file);
+    before.alt = `${this.file.name} original, shown at the restored size`;
+    await Promise.all([after.decode(), before.decode()]); // shown (and sized) once both are ready
+    const split = $(".split", this.el);
+    const move = () => frame.style.setProperty("--split", `${split.value}%`);
+    split.addEventListener("input", move);
+    move();
+    const model = job.model || {};
+    const sizes = `${job.input.width}×${job.input.height} → ${job.output.width}×${job.output.height}`;
+    $(".facts", this.el).textContent =
+      `${model.name} (${model.backend} on ${model.device}) · ${sizes} · ${serverTiming(timing)}`;
+    compare.hidden = false;
+    const link = $(".download", this.el);
+    const stem = this.file.name.replace(/\.[^.]+$/, "");
+    link.href = url;
+    link.download = `${stem}-${job.task}.${job.spec.format}`;
+    link.textContent = `Download ${link.download} (${Math.round(blob.size / 1024)} KiB)`;
+    link.hidden = false;
+  }
+
+  async run(params) {
+    const body = new FormData();
+    body.append("image", this.file, this.file.name);
+    const submitted = await fetch(`/restore?${params}`, {
+      method: "POST",
+      body,
+      headers: { Prefer: "respond-async" },
+    });
+    if (submitted.status !== 202) throw new Error(await problemText(submitted));
+    const job = await submitted.json();
+    this.progress(job);
+    const final = await follow(job.id, (j) => this.progress(j));
+    if (final.status !== "succeeded") {
+      const why = final.error ? `${final.error.code}: ${final.error.detail}` : final.status;
+      throw new Error(`The job ${final.status}. ${why}`);
+    }
+    const result = await fetch(final.links.result);
+    if (!result.ok) throw new Error(await problemText(result));
+    await this.done(final, await result.blob(), result.headers.get("Server-Timing"));
+  }
+}
+
+async function runAll(files, params) {
+  const views = files.map((f) => new JobView(f));
+  let next = 0;
+  async function lane() {
+    while (next < views.length) {
+      const view = views[next++];
+      try {
+        await view.run(params);
+      } catch (e) {
+        view.fail(e.message);
+      }
+    }
+  }
+  await Promise.all(Array.from({ length: CONCURRENT_UPLOADS }, lane));
+}
+
+form.addEventListener("submit", async (e) => {
+  e.preventDefault();
+  const files = dropped || [...fileInput.files];
+  if (!files.length) {
+    showNotice("Choose an image first.");
+    fileInput.focus();
+    return;
+  }
+  showNotice("");
+  const button = $("#start");
+  button.disabled = true;
+  try {
+    await runAll(files, query());
+  } finally {
+    button.disabled = false;
+  }
+});
+
+loadOptions().catch((e) => showNotice(`Could not load the models: ${e.message}`));

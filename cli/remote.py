@@ -1,0 +1,52 @@
+"""``bbcu restore --url``: the same command against a running service, through ``bbcu_client``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from cli.common import fail
+
+_LOCAL_ONLY = {"weights": None, "backend": "auto", "max_pixels": 100_000_000}  # option -> its default
+
+
+def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> int:
+    """Restore each (input, output) pair on the service at ``args.url``; 1 if any failed."""
+    import httpx
+
+    from bbcu_client import Client, Restored, ServiceError
+
+    local = [f"--{name.replace('_', '-')}" for name, default in _LOCAL_ONLY.items()
+             if getattr(args, name) != default]
+    if local:
+        return fail(f"{', '.join(local)} cannot be used with --url (the service uses its own models)")
+    if args.concurrency < 1:
+        return fail(f"--concurrency must be at least 1, got {args.concurrency}")
+    suffix = pairs[0][1].suffix.lower().lstrip(".")
+    fmt = args.format or {"jpg": "jpeg"}.get(suffix, suffix if suffix in ("png", "webp", "jpeg") else "png")
+    failures = 0
+
+    def save(index: int, outcome: Restored | Exception) -> None:
+        nonlocal failures
+        src, dst = pairs[index]
+        if isinstance(outcome, Restored):
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            outcome.save(dst)
+        else:
+            failures += 1
+            print(f"bbcu: {src}: {outcome}", file=sys.stderr)
+
+    client = Client(args.url, timeout=120.0)
+    try:
+        client.models()  # one cheap request first: an unreachable service is one clear error
+        client.restore_many([src for src, _ in pairs], task=args.task, scale=args.scale, variant=args.variant,
+                            format=fmt, tile=args.tile, device="gpu" if args.device == "cuda" else None,
+                            concurrency=args.concurrency, on_result=save, progress_bar=not args.quiet)
+    except ServiceError as e:
+        return fail(f"{args.url}: {e}")
+    except httpx.HTTPError as e:
+        return fail(f"cannot reach {args.url}: {e}")
+    if failures:
+        return fail(f"{failures} of {len(pairs)} files failed", code=1)
+    return 0
