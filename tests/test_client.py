@@ -12,7 +12,7 @@ from PIL import Image
 
 from bbcu_client import AsyncClient, Client, Restored, ServiceError
 from tests.conftest import ROOT, Service, bbcu, free_port
-from tests.test_service_api import make_image
+from tests.helpers import make_image
 
 
 def direct(service: Service, data: bytes, **params: object) -> bytes:

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 
 from tests.conftest import Service
-from tests.test_service_api import assert_problem, make_image, wait_job
+from tests.helpers import assert_problem, make_image, wait_job
 
 Event = tuple[str, str | None, dict]
 

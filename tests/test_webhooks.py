@@ -12,7 +12,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from tests.conftest import CORS_ORIGIN, WEBHOOK_SECRET, Service
-from tests.test_service_api import assert_problem, make_image, wait_job
+from tests.helpers import assert_problem, make_image, wait_job
 from workers import signing
 from workers.webhooks import CallbackRefused, check_callback
 
