@@ -12,8 +12,8 @@ import triton.language as tl
 def unit_kernel(s_ptr, w_ptr, alpha_ptr, pre_ptr, slope_ptr,
                 post_ptr, res_ptr, rs_n, rs_c, rs_h, rs_w,
                 out_ptr, os_n, os_c, os_h, os_w,
-                nshift_ptr, ns_ptr, M, H, W, CIN, COUT,
-                CIN_PAD, COUT_PAD, R: tl.constexpr, HAS_NEXT: tl.constexpr,
+                nshift_ptr, ns_ptr, M, H, W, CIN: tl.constexpr, COUT,
+                CIN_PAD: tl.constexpr, COUT_PAD, R: tl.constexpr, HAS_NEXT: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
@@ -33,10 +33,13 @@ def unit_kernel(s_ptr, w_ptr, alpha_ptr, pre_ptr, slope_ptr,
         ww = w + (tap % 3 - 1)
         inside = m_ok & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
         row = ((n * H + hh) * W + ww) * CIN
-        for k0 in range(0, CIN_PAD, BLOCK_K):
+        for k0 in tl.static_range(0, CIN_PAD, BLOCK_K):
             k = k0 + kk
-            a = tl.load(s_ptr + row[:, None] + k[None, :], mask=inside[:, None] & (k[None, :] < CIN),
-                        other=0)
+            if CIN % BLOCK_K == 0:  # no channel mask: the pixel mask is uniform along a row (vector loads)
+                a = tl.load(s_ptr + row[:, None] + k[None, :], mask=inside[:, None], other=0)
+            else:
+                a = tl.load(s_ptr + row[:, None] + k[None, :],
+                            mask=inside[:, None] & (k[None, :] < CIN), other=0)
             b = tl.load(w_ptr + (tap * CIN_PAD + k)[:, None] * COUT_PAD + o[None, :])
             acc = tl.dot(a, b, acc, out_dtype=tl.int32)
     alpha = tl.load(alpha_ptr + o, mask=o_ok, other=0.0)
@@ -49,9 +52,14 @@ def unit_kernel(s_ptr, w_ptr, alpha_ptr, pre_ptr, slope_ptr,
     y = tl.where(y > 0, y, y * slope[None, :])
     y = y + post[None, :]
     # BBCU-U: conv channel o = c*R*R + i*R + j goes to output pixel (h*R + i, w*R + j), channel c
-    c = (o // (R * R)).to(tl.int64)
-    i = ((o // R) % R).to(tl.int64)
-    j = (o % R).to(tl.int64)
+    if R == 1:  # plain arithmetic on o keeps the channel axis provably contiguous (vector access)
+        c = o.to(tl.int64)
+        i = tl.full((BLOCK_N,), 0, tl.int64)
+        j = tl.full((BLOCK_N,), 0, tl.int64)
+    else:
+        c = (o // (R * R)).to(tl.int64)
+        i = ((o // R) % R).to(tl.int64)
+        j = (o % R).to(tl.int64)
     ok = m_ok[:, None] & o_ok[None, :]
     res = tl.load(res_ptr + (n * rs_n + h * rs_h + w * rs_w)[:, None] + (c * rs_c)[None, :], mask=ok,
                   other=0.0)
