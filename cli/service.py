@@ -67,9 +67,23 @@ def _share_metrics() -> None:
         os.environ[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="bbcu-metrics-")
 
 
-def worker(args: argparse.Namespace) -> int:
+def pool_and_concurrency(gpu: bool, pool: str | None, concurrency: int | None,
+                         gpu_threads: int) -> tuple[str, int]:
+    """The Celery pool and its size for a worker (``None``: the default)."""
     import os
 
+    if gpu:
+        # a GPU worker runs several jobs in threads: while one job's tiles are on the GPU (its model
+        # lock lets one batch run at a time), the others decode or encode on the CPU
+        pool = pool or "threads"
+        default = gpu_threads
+    else:
+        pool = pool or "prefork"
+        default = os.cpu_count() or 1
+    return pool, 1 if pool == "solo" else concurrency or default
+
+
+def worker(args: argparse.Namespace) -> int:
     from workers.celery_app import run_worker
     from workers.settings import get_settings
 
@@ -81,9 +95,8 @@ def worker(args: argparse.Namespace) -> int:
     if not queues or unknown:
         return fail(f"unknown queue(s) {unknown}; choose from {list(QUEUES)}")
     gpu = "gpu" in queues
-    # a GPU worker runs several jobs in threads: while one job's tiles are on the GPU (its model lock
-    # lets one batch run at a time), others decode or encode on the CPU
-    pool = args.pool or ("threads" if gpu else "prefork")
+    pool, concurrency = pool_and_concurrency(gpu, args.pool, args.concurrency,
+                                             settings.gpu_worker_threads)
     if gpu and pool == "prefork":
         return fail("gpu workers run --pool solo or threads (CUDA must not be initialized "
                     "before a fork)")
@@ -92,12 +105,6 @@ def worker(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             return fail("queue gpu needs a CUDA device; none is available")
-    if pool == "solo":
-        concurrency = 1
-    elif gpu:
-        concurrency = args.concurrency or settings.gpu_worker_threads
-    else:
-        concurrency = args.concurrency or (os.cpu_count() or 1)
     run_worker(settings, queues, pool=pool, concurrency=concurrency, log_level=args.log_level,
                hostname=args.hostname, device="cuda" if gpu else "cpu")
     return 0

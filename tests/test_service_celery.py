@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import subprocess
 import sys
@@ -206,6 +207,17 @@ def test_worker_command_refusals(logdir: Path) -> None:
     assert bad.returncode == 2 and "unknown queue" in bad.stderr
     fork = run("--queues", "gpu", "--pool", "prefork", env=broker)
     assert fork.returncode == 2 and "solo or threads" in fork.stderr
+
+
+def test_worker_pool_defaults() -> None:
+    from cli.service import pool_and_concurrency
+
+    # GPU workers: threads, so that decoding and encoding overlap the GPU work of other jobs
+    assert pool_and_concurrency(True, None, None, gpu_threads=3) == ("threads", 3)
+    assert pool_and_concurrency(True, "threads", 5, gpu_threads=3) == ("threads", 5)
+    assert pool_and_concurrency(True, "solo", 4, gpu_threads=3) == ("solo", 1)
+    assert pool_and_concurrency(False, None, None, gpu_threads=3) == ("prefork", os.cpu_count() or 1)
+    assert pool_and_concurrency(False, "prefork", 2, gpu_threads=3) == ("prefork", 2)
 
 
 def test_compose_file_matches_the_commands_and_settings() -> None:
