@@ -13,7 +13,7 @@ from models.vocab import BACKENDS, DEFAULT_SR_SCALE, SR_SCALES, TASKS, VARIANTS
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("eval", help="evaluate a network with the paper's protocol",
                        description="PSNR/SSIM per image and mean, next to the baseline (bicubic, noisy "
-                                   "input, JPEG input), by the protocol of BBCU.md section 7.")
+                                   "input, JPEG input), by the protocol of docs/evaluation.md.")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--data", required=True, type=Path, help="folder of clean/HR images")
     p.add_argument("--scale", type=int, choices=SR_SCALES, help=f"sr only (default {DEFAULT_SR_SCALE})")

@@ -32,7 +32,7 @@ def _positive(text: str) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("train", help="train a BBCU network (paper recipe by default)",
-                       description="Train a BBCU network. Defaults follow the paper (BBCU.md section 6); "
+                       description="Train a BBCU network. Defaults follow the paper (docs/training.md); "
                                    "every value can be overridden.")
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--scale", type=int, choices=SR_SCALES, help=f"SR scale (default {DEFAULT_SR_SCALE})")

@@ -1,7 +1,7 @@
 """Inference form of the binary units: no STE arithmetic, binarized weights computed once.
 
 A deploy unit computes ``conv(sign(x + shift), sign(W))`` as exact integer counts and applies the
-per-channel scale alpha after the sum (BBCU.md section 1), then RPReLU and the residual with few
+per-channel scale alpha after the sum (docs/networks.md), then RPReLU and the residual with few
 passes over memory. The counts come from a *backend*:
 
 - ``float``: an fp32 convolution of the signs (integers below 2**24 are exact in fp32);

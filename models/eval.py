@@ -1,4 +1,4 @@
-"""The evaluation protocol of BBCU (Xia et al., ICLR 2023; BBCU.md section 7) over a folder of images.
+"""The evaluation protocol of BBCU (Xia et al., ICLR 2023; docs/evaluation.md) over a folder of images.
 
 - ``sr``: HR cropped to a multiple of the scale, LR by MATLAB-compatible bicubic ``imresize``
   (rounded to 8 bits), Y-channel (BT.601) PSNR/SSIM with ``scale`` border pixels cropped; the

@@ -248,8 +248,8 @@ def test_compose_file_matches_the_commands_and_settings() -> None:
     assert not any("torch" in ln or "engine" in ln for ln in api_runs)
 
 
-def test_readme_lists_every_setting() -> None:
-    doc = (ROOT / "README.md").read_text()
+def test_service_docs_list_every_setting() -> None:
+    doc = (ROOT / "docs" / "service.md").read_text()
     names = [f"BBCU_{name.upper()}" for name in Settings.model_fields]
     missing = [n for n in names if f"`{n}`" not in doc]
     assert missing == []

@@ -2,7 +2,7 @@
 
 Any folder of HR images works (DIV2K's ``DIV2K_train_HR`` as is). Patches are sampled uniformly at
 random, re-drawn when their mean gradient is low (flat sky, smooth wallpaper), transformed by one
-of the 8 dihedral symmetries, then degraded per task (section 6 of BBCU.md):
+of the 8 dihedral symmetries, then degraded per task (docs/training.md):
 
 - ``sr``: the HR patch is reduced by MATLAB bicubic ``imresize`` and rounded to 8 bits;
 - ``denoise``: AWGN with sigma ~ U[0, 75] / 255 per sample, in float, not clipped;

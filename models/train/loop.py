@@ -1,4 +1,4 @@
-"""The BBCU training loop (Xia et al., ICLR 2023, recipe of BBCU.md section 6), CPU or CUDA.
+"""The BBCU training loop (Xia et al., ICLR 2023, recipe in docs/training.md), CPU or CUDA.
 
 L1 loss, Adam (betas 0.9, 0.99), step-wise learning-rate halving, a fixed seed, periodic
 validation PSNR on held-out images (never a benchmark image), a tqdm progress bar (loss, lr, ETA),
@@ -80,7 +80,7 @@ class TrainConfig:
 
 
 def recipe(task: str, scale: int | None = None) -> dict[str, Any]:
-    """The paper's defaults (BBCU.md section 6) for a task."""
+    """The paper's defaults (docs/training.md) for a task."""
     if task == "sr":
         return {"scale": scale_for(task, scale), "batch": 16, "patch": 128, "iters": 300_000, "lr": 1e-4,
                 "milestones": (200_000,)}
