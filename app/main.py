@@ -26,6 +26,8 @@ follows a job live (Server-Sent Events); `callback_url` has its record POSTed, s
 Errors are problem details (RFC 9457). The page at `/` does all of this in a browser.
 """
 
+# request headers a page on another origin may send
+ALLOWED_HEADERS = ["Content-Type", "Accept", "Prefer", "Last-Event-ID", "Authorization", "X-API-Key"]
 # response headers a page on another origin may read (CORS hides all but a few by default)
 EXPOSED_HEADERS = ["X-Job-Id", "X-Model", "Server-Timing", "Location", "Link", "Retry-After",
                    "Preference-Applied", "Content-Disposition"]
@@ -55,7 +57,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if settings.cors_origin_list:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origin_list,
                            allow_methods=["GET", "POST", "DELETE"],
-                           allow_headers=["Content-Type", "Accept", "Prefer", "Last-Event-ID"],
+                           allow_headers=ALLOWED_HEADERS,
                            expose_headers=EXPOSED_HEADERS, max_age=600)
     for module in (restore, events, jobs, models, health):
         app.include_router(module.router)

@@ -102,11 +102,17 @@ async def _sse(lines: AsyncIterator[str]) -> AsyncIterator[tuple[str, str | None
 
 
 class AsyncClient:
-    """An asyncio client of one service, e.g. ``AsyncClient("http://host:8000")``."""
+    """An asyncio client of one service, e.g. ``AsyncClient("http://host:8000")``.
 
-    def __init__(self, url: str, *, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
+    ``api_key`` is sent as ``Authorization: Bearer <key>`` to a service that requires keys.
+    """
+
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0,
+                 headers: dict[str, str] | None = None) -> None:
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout, headers=headers)
+        auth = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.AsyncClient(base_url=self.url, timeout=timeout,
+                                       headers={**auth, **(headers or {})})
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -229,14 +235,17 @@ class Client:
     Each call runs its own event loop; inside async code use ``AsyncClient``.
     """
 
-    def __init__(self, url: str, *, timeout: float = 60.0, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, url: str, *, api_key: str | None = None, timeout: float = 60.0,
+                 headers: dict[str, str] | None = None) -> None:
         self.url = url
+        self._api_key = api_key
         self._timeout = timeout
         self._headers = headers
 
     def _run(self, call: Callable[[AsyncClient], Any]) -> Any:
         async def main() -> Any:
-            async with AsyncClient(self.url, timeout=self._timeout, headers=self._headers) as client:
+            async with AsyncClient(self.url, api_key=self._api_key, timeout=self._timeout,
+                                   headers=self._headers) as client:
                 return await call(client)
 
         return asyncio.run(main())

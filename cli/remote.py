@@ -37,7 +37,7 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
             failures += 1
             print(f"bbcu: {src}: {outcome}", file=sys.stderr)
 
-    client = Client(args.url, timeout=120.0)
+    client = Client(args.url, api_key=args.api_key, timeout=120.0)
     try:
         client.models()  # one cheap request first: an unreachable service is one clear error
         client.restore_many([src for src, _ in pairs], task=args.task, scale=args.scale, variant=args.variant,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--url", metavar="URL",
                    help="restore on a running service (e.g. http://host:8000) instead of in this process")
+    p.add_argument("--api-key", metavar="KEY", default=os.environ.get("BBCU_API_KEY"),
+                   help="with --url: the service's API key (default: $BBCU_API_KEY)")
     p.add_argument("--concurrency", type=int, default=4, metavar="N",
                    help="with --url: images in flight at once (default 4)")
     p.set_defaults(handler=run)

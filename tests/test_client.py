@@ -41,6 +41,15 @@ def test_sync_restore_from_a_path_and_from_bytes(service: Service, tmp_path: Pat
     assert webp.save(tmp_path / "o.webp").read_bytes() == webp.image
 
 
+def test_api_key_is_sent_as_a_bearer_token() -> None:
+    async def headers() -> tuple[str | None, str | None]:
+        async with AsyncClient("http://127.0.0.1:9", api_key="k-123") as keyed, \
+                AsyncClient("http://127.0.0.1:9") as plain:
+            return keyed._http.headers.get("authorization"), plain._http.headers.get("authorization")
+
+    assert asyncio.run(headers()) == ("Bearer k-123", None)
+
+
 def test_client_errors_are_problem_details(service: Service) -> None:
     client = Client(service.url)
     with pytest.raises(ServiceError) as e:

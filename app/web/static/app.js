@@ -33,6 +33,23 @@ function showNotice(text) {
   notice.hidden = !text;
 }
 
+// ---- requests: an API key when the server asks for one (401), kept for this tab only ----
+
+const keyInput = $("#api-key");
+keyInput.value = sessionStorage.getItem("bbcu-api-key") || "";
+$("#key-field").hidden = !keyInput.value;
+keyInput.addEventListener("change", () => sessionStorage.setItem("bbcu-api-key", keyInput.value));
+
+async function call(url, init = {}) {
+  const headers = new Headers(init.headers || {});
+  if (keyInput.value) headers.set("X-API-Key", keyInput.value);
+  const response = await fetch(url, { ...init, headers });
+  if (response.status === 401) $("#key-field").hidden = false;
+  return response;
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
 // ---- options from the server: /models for tasks, scales and variants; the OpenAPI for extra options ----
 
 function unique(values) {
@@ -45,34 +62,50 @@ function fillSelect(select, values, label) {
   if (values.map(String).includes(keep)) select.value = keep;
 }
 
-function entriesFor(task) {
-  return catalogue.filter((m) => m.task === task);
+const TASK_LABELS = { sr: "Super-resolution", denoise: "Denoise", deblock: "JPEG deblock" };
+
+function stages() {
+  return taskSelect.value.split(","); // a task, or a pipeline such as "deblock,sr" run in order
 }
 
 function refreshChoices() {
-  const entries = entriesFor(taskSelect.value);
-  const isSr = taskSelect.value === "sr";
-  $("#scale-field").hidden = !isSr;
-  fillSelect(scaleSelect, unique(entries.map((m) => m.scale)).sort(), (s) => `×${s}`);
-  if (isSr && [...scaleSelect.options].some((o) => o.value === "4") && !scaleSelect.dataset.touched) {
+  const hasSr = stages().includes("sr");
+  const single = stages().length === 1;
+  const srEntries = catalogue.filter((m) => m.task === "sr");
+  $("#scale-field").hidden = !hasSr;
+  fillSelect(scaleSelect, unique(srEntries.map((m) => m.scale)).sort(), (s) => `×${s}`);
+  if (hasSr && [...scaleSelect.options].some((o) => o.value === "4") && !scaleSelect.dataset.touched) {
     scaleSelect.value = "4";
   }
-  const scale = isSr ? Number(scaleSelect.value) : null;
-  const variants = unique(entries.filter((m) => scale === null || m.scale === scale).map((m) => m.variant));
+  // a variant names one network: offered for a single task, a pipeline uses each stage's default
+  const scale = hasSr ? Number(scaleSelect.value) : null;
+  const variants = unique(catalogue.filter((m) => m.task === stages()[0] && (scale === null || m.scale === scale))
+    .map((m) => m.variant));
+  $("#variant-field").hidden = !single;
   fillSelect(variantSelect, variants, (v) => `BBCU-${v.toUpperCase()}`);
-  $("#strength-field").hidden = !restoreParams.has("strength") || isSr;
+  $("#strength-field").hidden = !restoreParams.has("strength") || !stages().includes("denoise");
+}
+
+function pipelinesOf(taskParam) {
+  // the API lists its pipelines in the task parameter's description ("... deblock,sr or denoise,sr")
+  const found = (taskParam && taskParam.description ? taskParam.description : "").match(/\b[a-z]+(?:,[a-z]+)+\b/g);
+  return unique(found || []);
 }
 
 async function loadOptions() {
-  const [models, spec] = await Promise.all([fetch("/models"), fetch("/openapi.json")]);
+  const [models, spec] = await Promise.all([call("/models"), fetch("/openapi.json")]);
   if (!models.ok) throw new Error(await problemText(models));
   catalogue = (await models.json()).models;
+  let pipelines = [];
   if (spec.ok) {
     const params = (await spec.json()).paths["/restore"].post.parameters || [];
     restoreParams = new Set(params.map((p) => p.name));
+    pipelines = pipelinesOf(params.find((p) => p.name === "task"));
   }
-  const labels = { sr: "Super-resolution", denoise: "Denoise", deblock: "JPEG deblock" };
-  fillSelect(taskSelect, unique(catalogue.map((m) => m.task)), (t) => labels[t] || t);
+  const tasks = unique(catalogue.map((m) => m.task));
+  const runnable = pipelines.filter((p) => p.split(",").every((t) => tasks.includes(t)));
+  const label = (t) => t.split(",").map((s) => TASK_LABELS[s] || s).join(", then ");
+  fillSelect(taskSelect, [...tasks, ...runnable], label);
   refreshChoices();
 }
 
@@ -83,6 +116,9 @@ scaleSelect.addEventListener("change", () => {
 });
 $("#strength").addEventListener("input", (e) => {
   $("#strength-value").textContent = Number(e.target.value).toFixed(2);
+});
+$("#strength-auto").addEventListener("change", (e) => {
+  $("#strength").disabled = e.target.checked;
 });
 
 // ---- files: the input or a drop ----
@@ -109,9 +145,11 @@ drop.addEventListener("drop", (e) => {
 
 function query() {
   const params = new URLSearchParams({ task: taskSelect.value, format: $("#format").value });
-  if (taskSelect.value === "sr") params.set("scale", scaleSelect.value);
-  if (variantSelect.value) params.set("variant", variantSelect.value);
-  if (!$("#strength-field").hidden) params.set("strength", $("#strength").value);
+  if (stages().includes("sr")) params.set("scale", scaleSelect.value);
+  if (!$("#variant-field").hidden && variantSelect.value) params.set("variant", variantSelect.value);
+  if (!$("#strength-field").hidden) {
+    params.set("strength", $("#strength-auto").checked ? "auto" : $("#strength").value);
+  }
   return params;
 }
 
@@ -138,22 +176,57 @@ function serverTiming(header) {
     .join(" · ");
 }
 
-function follow(jobId, onUpdate) {
-  // resolves with the final record; the browser reconnects on its own (sending Last-Event-ID) until
-  // the stream is closed here
-  return new Promise((resolve, reject) => {
-    const events = new EventSource(`/jobs/${jobId}/events`);
-    const update = (e) => onUpdate(JSON.parse(e.data));
-    events.addEventListener("status", update);
-    events.addEventListener("progress", update);
-    events.addEventListener("completed", (e) => {
-      events.close();
-      resolve(JSON.parse(e.data));
-    });
-    events.onerror = () => {
-      if (events.readyState === EventSource.CLOSED) reject(new Error("the server closed the event stream"));
-    };
-  });
+function parseEvent(block) {
+  // one text/event-stream event: "id: ...", "event: ...", "data: ..." lines; comments start with ":"
+  const event = { name: "message", id: null, data: [] };
+  for (const line of block.split("\n")) {
+    const colon = line.indexOf(":");
+    if (colon === 0) continue;
+    const field = colon < 0 ? line : line.slice(0, colon);
+    const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+    if (field === "event") event.name = value;
+    else if (field === "id") event.id = value;
+    else if (field === "data") event.data.push(value);
+  }
+  return event.data.length ? { ...event, data: JSON.parse(event.data.join("\n")) } : null;
+}
+
+async function follow(jobId, onUpdate) {
+  // the job's events until "completed", read with fetch (unlike EventSource it can send the API key
+  // and read a problem's detail); a dropped stream is resumed after the last event seen
+  let lastId = null;
+  for (let failures = 0; failures < 6; failures++) {
+    const headers = { Accept: "text/event-stream" };
+    if (lastId) headers["Last-Event-ID"] = lastId;
+    try {
+      const response = await call(`/jobs/${jobId}/events`, { headers });
+      if (!response.ok) throw new Error(await problemText(response), { cause: "refused" });
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replace(/\r\n?/g, "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const event = parseEvent(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+          if (!event) continue;
+          failures = 0;
+          lastId = event.id || lastId;
+          if (event.name === "completed") {
+            reader.cancel();
+            return event.data;
+          }
+          onUpdate(event.data);
+        }
+      }
+    } catch (e) {
+      if (e.cause === "refused") throw e;
+    }
+    await sleep(1000);
+  }
+  throw new Error("lost the connection to the server while following the job");
 }
 
 class JobView {
@@ -215,7 +288,7 @@ class JobView {
   async run(params) {
     const body = new FormData();
     body.append("image", this.file, this.file.name);
-    const submitted = await fetch(`/restore?${params}`, {
+    const submitted = await call(`/restore?${params}`, {
       method: "POST",
       body,
       headers: { Prefer: "respond-async" },
@@ -228,7 +301,7 @@ class JobView {
       const why = final.error ? `${final.error.code}: ${final.error.detail}` : final.status;
       throw new Error(`The job ${final.status}. ${why}`);
     }
-    const result = await fetch(final.links.result);
+    const result = await call(final.links.result);
     if (!result.ok) throw new Error(await problemText(result));
     await this.done(final, await result.blob(), result.headers.get("Server-Timing"));
   }
