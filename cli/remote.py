@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from cli.common import fail
+from models.vocab import format_of
 
 _LOCAL_ONLY = {"weights": None, "backend": "auto", "max_pixels": 100_000_000}  # option -> its default
 
@@ -24,7 +25,7 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
     if args.concurrency < 1:
         return fail(f"--concurrency must be at least 1, got {args.concurrency}")
     suffix = pairs[0][1].suffix.lower().lstrip(".")
-    fmt = args.format or {"jpg": "jpeg"}.get(suffix, suffix if suffix in ("png", "webp", "jpeg") else "png")
+    fmt = args.format or format_of(suffix) or "png"
     failures = 0
 
     def save(index: int, outcome: Restored | Exception) -> None:
