@@ -123,6 +123,38 @@ def table(device: torch.device, repeats: int = 3, scale: float = 1.0, cases: lis
     return "\n".join(notes + ["", *rows, ""])
 
 
+def profile(device: torch.device, backend: str, label: str = "denoise", scale: float = 1.0,
+            top: int = 12) -> str:
+    """Where one forward's device time goes: the ``top`` kernels by total time, as a markdown table."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    label_, cfg, h, w = next(c for c in CASES if c[0] == label)
+    h, w = max(8, int(h * scale)), max(8, int(w * scale))
+    model = from_network(random_net(cfg), cfg, device=device, backend=backend)
+    x = torch.rand(1, cfg.in_nc, h, w, generator=torch.Generator().manual_seed(1)).to(device)
+    model(x)  # warm-up: compilation, algorithm choice
+    _sync(device)
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with torch_profile(activities=activities) as prof:
+        model(x)
+        _sync(device)
+    events = prof.key_averages()
+    attr = "self_cpu_time_total"
+    if cuda:  # renamed in PyTorch 2.4
+        attr = "device_time_total" if hasattr(events[0], "device_time_total") else "cuda_time_total"
+    events = sorted((e for e in events if getattr(e, attr, 0) > 0), key=lambda e: -getattr(e, attr))
+    total = sum(getattr(e, attr) for e in events) or 1.0
+    rows = [f"{label_} {w}x{h}, backend {backend}: {total / 1e3:.1f} ms of "
+            f"{'device' if cuda else 'CPU self'} time in one forward", "",
+            "| kernel | calls | ms | share |", "|---|---:|---:|---:|"]
+    for e in events[:top]:
+        t = getattr(e, attr)
+        rows.append(f"| `{e.key[:70]}` | {e.count} | {t / 1e3:.2f} | {100 * t / total:.0f}% |")
+    return "\n".join(rows) + "\n"
+
+
 def run() -> str:
     """The ``make bench`` section: the table on the first CUDA device, or why it did not run."""
     if not torch.cuda.is_available():
@@ -137,11 +169,19 @@ def main() -> int:
     parser.add_argument("--scale", type=float, default=1.0, help="fraction of the benchmark sizes")
     parser.add_argument("--case", action="append", help="only these networks (by label)")
     parser.add_argument("--out", type=Path, help="also write the table to this file")
+    parser.add_argument("--profile", metavar="BACKEND",
+                        help="instead of the table: where one denoise forward of BACKEND spends its time")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         print("no CUDA device", file=sys.stderr)
         return 2
+    if args.profile:
+        text = profile(device, args.profile, scale=args.scale)
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return 0
     if args.out:
         args.out.write_text("")
 

@@ -10,6 +10,8 @@
 # Everything goes to $OUT/gpu_check.log. The whole run stays under 90 s: each step has a timeout and
 # none runs past GPU_CHECK_BUDGET (default 85 s) counted from the start.
 # GPU_CHECK_DEVICE=cpu runs the same steps on the CPU at a tenth of the benchmark size (a dry run).
+# GPU_CHECK_PROFILE=1 adds, after the benchmark, where one fused denoise forward spends its device
+# time ($OUT/gpu_profile.txt), within the same budget.
 set -u
 : "${OUT:?set OUT to an output folder}"
 mkdir -p "$OUT"
@@ -57,6 +59,10 @@ print("C extension:", kernels.available() or kernels.unavailable_reason())'
         tests/test_precision.py tests/test_cuda.py
     step "GPU benchmark" 27 "$PY" -m benchmarks.gpu --device "$DEVICE" --scale "$SCALE" --repeats 3 \
         --out "$OUT/gpu_bench.txt"
+    if [ "${GPU_CHECK_PROFILE:-0}" = 1 ]; then
+        step "profile of the fused denoise" 20 "$PY" -m benchmarks.gpu --device "$DEVICE" --scale "$SCALE" \
+            --profile fused --out "$OUT/gpu_profile.txt"
+    fi
     step "Triton interpreter tests (CPU)" 15 "$PY" -m pytest -x -q --noconftest -p no:cacheprovider \
         tests/test_fused_interp.py
     echo "== total $(( $(date +%s) - start ))s"
