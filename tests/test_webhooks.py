@@ -174,6 +174,16 @@ def test_callback_checks_without_an_allow_list() -> None:
         check_callback("https://example.com.evil.test/h", ["*.example.com", "example.com"])
 
 
+def test_an_empty_secret_means_no_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:
+    from workers.settings import Settings
+
+    monkeypatch.setenv("BBCU_WEBHOOK_SECRET", "")  # what compose passes when the host has none
+    assert Settings().webhook_secret is None
+    monkeypatch.setenv("BBCU_WEBHOOK_SECRET", "s3")
+    secret = Settings().webhook_secret
+    assert secret is not None and secret.get_secret_value() == "s3"
+
+
 def test_signature_rejects_old_timestamps() -> None:
     body = b'{"id": "x"}'
     sig = signing.sign("k", 1_000_000, body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.catalog import WEIGHTS_DIR
@@ -79,6 +79,11 @@ class Settings(BaseSettings):
         default=1.0, gt=0, description="Wait before the first webhook retry, doubled after each")
     webhook_timeout_s: float = Field(
         default=5.0, gt=0, description="Time a webhook receiver has to answer one delivery")
+
+    @field_validator("webhook_secret", mode="before")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: object) -> object:
+        return None if value == "" else value  # `BBCU_WEBHOOK_SECRET=` (e.g. from compose) means unset
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:

@@ -108,10 +108,17 @@ class WebhookSender:
         self._in_flight = 0
         self._thread: threading.Thread | None = None
         self._closed = False
+        self._warned = False
 
     def notify(self, rec: JobRecord | None) -> None:
         """Queue the event ``rec`` stands for if its job asked for it; never blocks on the network."""
-        if rec is None or rec.spec.callback_url is None or self._secret is None:
+        if rec is None or rec.spec.callback_url is None:
+            return
+        if self._secret is None:  # the API accepted the callback, so its secret is set: ours is not
+            if not self._warned:
+                log.warning("job %s asks for webhooks but BBCU_WEBHOOK_SECRET is not set in this process: "
+                            "no webhooks are sent from it", rec.id)
+                self._warned = True
             return
         event = event_of(rec)
         if event is None or event not in rec.spec.callback_events:
@@ -156,10 +163,10 @@ class WebhookSender:
     def _loop(self) -> None:
         with httpx.Client(timeout=self._timeout_s, follow_redirects=False) as client:
             while (delivery := self._next()) is not None:
-                error = self._send(client, delivery)
+                error, retry = self._send(client, delivery)
                 with self._cond:
                     self._in_flight -= 1
-                    if error is not None and delivery.attempt < self._attempts and not self._closed:
+                    if error is not None and retry and delivery.attempt < self._attempts and not self._closed:
                         delay = self._backoff_s * 2 ** (delivery.attempt - 1)
                         delivery.attempt += 1
                         self._schedule(delivery, time.monotonic() + delay)
@@ -168,14 +175,13 @@ class WebhookSender:
                                     delivery.event, delivery.job_id, delivery.url, delivery.attempt, error)
                     self._cond.notify_all()
 
-    def _send(self, client: httpx.Client, delivery: Delivery) -> str | None:
-        """Deliver once; the reason it failed, or None."""
+    def _send(self, client: httpx.Client, delivery: Delivery) -> tuple[str | None, bool]:
+        """Deliver once: why it failed (None if it did not), and whether a retry may succeed."""
         assert self._secret is not None  # notify() queues nothing without a secret
         try:
             check_callback(delivery.url, self._allowed)
         except CallbackRefused as e:
-            delivery.attempt = self._attempts  # the host is refused: retrying cannot help
-            return str(e)
+            return str(e), False
         timestamp = int(time.time())
         headers = {"Content-Type": "application/json", "User-Agent": "bbcu-webhooks/1",
                    signing.EVENT_HEADER: delivery.event, signing.DELIVERY_HEADER: delivery.id,
@@ -184,8 +190,8 @@ class WebhookSender:
         try:
             answer = client.post(delivery.url, content=delivery.body, headers=headers)
         except httpx.HTTPError as e:
-            return f"{type(e).__name__}: {e}"
-        return None if answer.is_success else f"HTTP {answer.status_code}"
+            return f"{type(e).__name__}: {e}", True
+        return (None if answer.is_success else f"HTTP {answer.status_code}"), True
 
     def flush(self, timeout: float) -> bool:
         """Wait until nothing is due now or in flight (retries scheduled later do not count)."""
