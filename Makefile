@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test bench lint redis browser clean
+.PHONY: install run test bench lint redis browser docker compose-test clean
 
 install: $(STAMP)
 
@@ -31,7 +31,17 @@ browser:
 run: install
 	$(BIN)/bbcu serve --host 0.0.0.0 --port 8000
 
+# Docker for the Compose test: installs docker.io, docker-compose and debootstrap where missing and
+# starts dockerd (root); where that cannot be done the test says why and is skipped
+docker:
+	@bash docker/ensure-daemon.sh
+
+# the whole stack in Docker, built and run for real (docker/compose_test.py says what it checks)
+compose-test: install docker
+	TORCH_VERSION=$(TORCH_VERSION) $(BIN)/python docker/compose_test.py
+
 test: install redis browser
+	@bash docker/ensure-daemon.sh || echo "no Docker daemon: the Compose test will be skipped"
 	$(BIN)/python -m pytest -q
 
 bench: install redis

@@ -31,6 +31,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     w.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     w.set_defaults(handler=worker)
 
+    h = sub.add_parser("worker-alive", help="exit 0 if this host's worker has a live heartbeat",
+                       description="A container health check: succeeds while a worker on this host "
+                                   "beats in Redis (needs BBCU_BROKER_URL).")
+    h.set_defaults(handler=worker_alive)
+
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
@@ -107,4 +112,26 @@ def worker(args: argparse.Namespace) -> int:
             return fail("queue gpu needs a CUDA device; none is available")
     run_worker(settings, queues, pool=pool, concurrency=concurrency, log_level=args.log_level,
                hostname=args.hostname, device="cuda" if gpu else "cpu")
+    return 0
+
+
+def worker_alive(args: argparse.Namespace) -> int:
+    import socket
+
+    from workers.errors import StoreUnavailable
+    from workers.settings import get_settings
+    from workers.store import RedisStore
+
+    settings = get_settings()
+    if not settings.broker_url:
+        return fail("set BBCU_BROKER_URL (e.g. redis://localhost:6379/0)")
+    store = RedisStore.from_settings(settings)
+    host = socket.gethostname()
+    try:
+        mine = [w for q in QUEUES for w in store.workers(q) if w.get("host") == host]
+    except StoreUnavailable as e:
+        return fail(f"Redis unreachable: {e}")
+    if not mine:
+        return fail(f"no live worker heartbeat from host {host}")
+    print("alive:", ", ".join(sorted({str(w.get("worker")) for w in mine})))
     return 0

@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from workers.contract import QUEUES, TASK_NAME
+from workers.contract import QUEUES, TASK_NAME, now
 from workers.errors import NoWorker, StoreUnavailable
 from workers.settings import Settings
 from workers.store import RedisStore
@@ -129,14 +129,15 @@ class Heartbeat:
         self.queues = queues
         self.period_s = period_s
         self.name = f"celery@{socket.gethostname()}"
-        self.info = {"queues": queues, **info}
+        # host: what the container healthcheck looks for; since: tells a restart under the same name
+        self.info = {"queues": queues, "host": socket.gethostname(), **info}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="bbcu-heartbeat", daemon=True)
 
     def start(self, name: str) -> None:
         """Start beating as Celery node ``name`` (the name jobs record as their worker)."""
         self.name = name
-        self.info["worker"] = name
+        self.info.update(worker=name, since=now())
         self._thread.start()
 
     def _loop(self) -> None:

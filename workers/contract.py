@@ -22,6 +22,8 @@ TASK_NAME = "bbcu.restore"
 # webhook events a job can send: it started, it progressed, it ended (succeeded, failed or cancelled)
 WebhookEvent = Literal["start", "progress", "completed"]
 WEBHOOK_EVENTS: tuple[str, ...] = ("start", "progress", "completed")
+# a job whose whole worker died is queued again this many times, then reported worker_lost
+LOST_WORKER_RETRIES = 1
 
 
 class JobStatus(str, Enum):
@@ -99,6 +101,7 @@ class JobRecord(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     worker: str | None = None
+    attempt: int = Field(default=1, ge=1, description="2 once a lost worker's job was queued again")
     timings: Timings = Field(default_factory=Timings)
     model: dict[str, Any] | None = None
     input: ImageFacts | None = None

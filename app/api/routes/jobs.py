@@ -12,7 +12,7 @@ from app.errors import Problem
 from models.errors import ErrorCode
 from workers.contract import JobError, JobRecord, JobStatus, now
 from workers.dispatch import Dispatcher
-from workers.lost import fail_if_lost
+from workers.lost import recover_if_lost
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
 from workers.webhooks import WebhookSender
@@ -22,14 +22,14 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 def read_job(job_id: str, store: JobStore, settings: Settings, dispatcher: Dispatcher,
              webhooks: WebhookSender) -> JobRecord:
-    """The job's record (404 if unknown), judged lost first if its worker is gone."""
+    """The job's record (404 if unknown), queued again or failed first if its worker is gone."""
     rec = store.get(job_id)
     if rec is None:
         raise Problem(404, "Unknown job", f"no job {job_id} (never created, or its record expired)",
                       slug="unknown-job", job_id=job_id)
-    judged = fail_if_lost(rec, store, settings, dispatcher)
+    judged = recover_if_lost(rec, store, settings, dispatcher)
     if judged.status != rec.status:
-        webhooks.notify(judged)  # its worker is gone and cannot send the job's end
+        webhooks.notify(judged)  # its worker is gone and cannot send the job's end (none when queued again)
     return judged
 
 
