@@ -9,6 +9,7 @@ Usage (as root for debootstrap): python3 docker/bases.py   # prints PYTHON_IMAGE
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
 import sys
@@ -29,6 +30,14 @@ path-exclude /usr/share/man/*
 path-exclude /usr/share/info/*
 path-exclude /usr/share/locale/*
 """
+# like them too: apt keeps no downloaded packages or caches in an image layer
+APT_CLEAN = """DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+"""
+# the imported image carries this label: a changed recipe makes it again
+RECIPE = hashlib.sha256(f"{DEBIAN_MIRROR}\n{DPKG_EXCLUDES}\n{APT_CLEAN}".encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -76,12 +85,14 @@ def import_debian() -> None:
         subprocess.run(["debootstrap", "--variant=minbase", "bookworm", str(root), DEBIAN_MIRROR],
                        check=True, stdout=subprocess.DEVNULL)
         (root / "etc/dpkg/dpkg.cfg.d/excludes").write_text(DPKG_EXCLUDES)
+        (root / "etc/apt/apt.conf.d/docker-clean").write_text(APT_CLEAN)
         for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*", "usr/share/man/*",
                         "usr/share/info/*", "usr/share/locale/*"):
             for path in root.glob(pattern):
                 shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
         tar = subprocess.Popen(["tar", "-C", str(root), "-c", "."], stdout=subprocess.PIPE)
-        subprocess.run(["docker", "import", "--change", 'CMD ["bash"]', "-", DEBIAN_IMAGE],
+        subprocess.run(["docker", "import", "--change", 'CMD ["bash"]', "--change",
+                        f"LABEL bbcu.recipe={RECIPE}", "-", DEBIAN_IMAGE],
                        stdin=tar.stdout, check=True, stdout=subprocess.DEVNULL)
         if tar.wait() != 0:
             raise SystemExit("tar of the debootstrap tree failed")
@@ -89,7 +100,9 @@ def import_debian() -> None:
 
 def build_local(base: Base) -> None:
     """Build the stand-in (cached by Docker's layer cache: a no-op when nothing changed)."""
-    if not present(DEBIAN_IMAGE):
+    made = subprocess.run(["docker", "image", "inspect", "-f", '{{index .Config.Labels "bbcu.recipe"}}',
+                           DEBIAN_IMAGE], capture_output=True, text=True).stdout.strip()
+    if made != RECIPE:
         import_debian()
     with tempfile.TemporaryDirectory(prefix="bbcu-base-") as tmp:
         context = Path(tmp)
