@@ -220,8 +220,8 @@ def ready_workers(client: httpx.Client, count: int) -> Callable[[], bool]:
 
 
 def kill_worker_mid_job(stack: Stack, client: httpx.Client, hr: np.ndarray) -> None:
-    params = {"task": "sr", "scale": "4", "tile": "48", "async": "true"}
-    data = png(hr)
+    params = {"task": "sr", "scale": "4", "tile": "32", "async": "true"}
+    data = png(hr[64:192, 64:192])  # a few seconds of work: long enough to be caught running
     job_id = client.post("/restore", params=params, files={"image": ("in", data)}).json()["id"]
     job = wait_for("the job to run", lambda: (j := client.get(f"/jobs/{job_id}").json())["status"]
                    == "running" and j, 120, 0.05)
@@ -244,7 +244,7 @@ def kill_worker_mid_job(stack: Stack, client: httpx.Client, hr: np.ndarray) -> N
 def no_root_and_redis_private(stack: Stack) -> None:
     for c in stack.containers():
         name = docker("inspect", "-f", "{{.Name}}", c).lstrip("/")
-        uids = docker("top", c, "-eo", "uid").split()[1:]
+        uids = [row.split()[1] for row in docker("top", c, "-eo", "pid,uid").splitlines()[1:]]
         check(bool(uids) and "0" not in uids, f"{name} runs processes as root: uids {uids}")
         ports = json.loads(docker("inspect", "-f", "{{json .NetworkSettings.Ports}}", c)) or {}
         published = {p: b for p, b in ports.items() if b}

@@ -9,6 +9,7 @@ from models.vocab import MEDIA_TYPES
 JOB_EXAMPLE: dict[str, Any] = {
     "id": "3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01", "status": "succeeded", "task": "denoise", "queue": "cpu",
     "progress": 1.0, "created_at": 1764100000.0, "started_at": 1764100000.01, "finished_at": 1764100000.2,
+    "worker": "celery@worker-host", "attempt": 1,
     "timings": {"queue": 8.1, "load": 0.0, "decode": 2.3, "inference": 151.0, "encode": 9.7, "total": 174.0},
     "model": {"name": "bbcu_denoise_l", "task": "denoise", "variant": "l", "scale": 1, "params": 558000,
               "sha256": "9d2c...", "device": "cpu", "backend": "float",
