@@ -1,5 +1,5 @@
 """The pure parts of the API and job layer, tested directly: header negotiation, the error table,
-and when a running job is judged lost."""
+and when a running job is judged lost (queued again, then failed)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from app.api.views import job_problem
 from app.errors import ANSWERS, refused
 from models.errors import ErrorCode, ImageDecodeError, ImageTooLargeError, UnknownModelError
 from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, new_job_id, now
-from workers.lost import GRACE_S, fail_if_lost
+from workers.lost import GRACE_S, recover_if_lost
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore, MemoryStore, RedisStore
 
@@ -116,29 +116,49 @@ def _running(store: JobStore, worker: str, started_ago_s: float) -> JobRecord:
     return rec
 
 
-def test_a_job_whose_worker_stopped_beating_is_lost(celery) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_whose_worker_stopped_beating_is_queued_again_then_lost(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
+    queued = store.queue_length("cpu")
     rec = _running(store, "gone@host", started_ago_s=3 * settings.heartbeat_s + 1)
-    lost = fail_if_lost(rec, store, settings, dispatcher)
-    assert lost.status == JobStatus.failed and lost.error is not None
+    again = recover_if_lost(rec, store, settings, dispatcher)
+    assert (again.status, again.attempt, again.worker, again.started_at) == (JobStatus.queued, 2, None, None)
+    assert store.get(rec.id) == again and store.queue_length("cpu") == queued + 1  # its id is sent again
+    # lost a second time: failed
+    second = store.transition(rec.id, JobStatus.running, ACTIVE, worker="gone@host",
+                              started_at=now() - 3 * settings.heartbeat_s - 1)
+    lost = recover_if_lost(second, store, settings, dispatcher)  # type: ignore[arg-type]
+    assert lost.status == JobStatus.failed and lost.error is not None and lost.attempt == 2
     assert lost.error.code == ErrorCode.worker_lost and "gone@host" in lost.error.detail
     assert store.get(rec.id).status == JobStatus.failed  # type: ignore[union-attr]
+    assert store.queue_length("cpu") == queued + 1
+
+
+def test_a_job_of_a_worker_restarted_under_its_name_is_queued_again(celery) -> None:  # type: ignore[no-untyped-def]
+    store, dispatcher, settings = celery
+    rec = _running(store, "back@host", started_ago_s=1)
+    store.beat("cpu", "back@host", {"worker": "back@host", "since": rec.started_at + 0.5}, ttl_s=60)
+    again = recover_if_lost(rec, store, settings, dispatcher)
+    assert (again.status, again.attempt) == (JobStatus.queued, 2)
+    # a job another worker took meanwhile is not the run that was judged: left alone
+    other = _running(store, "back@host", started_ago_s=1)
+    store.transition(other.id, JobStatus.running, ACTIVE, worker="other@host")
+    assert recover_if_lost(other, store, settings, dispatcher).worker == "other@host"
 
 
 def test_a_job_of_a_live_worker_is_left_running(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
     store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
     rec = _running(store, "alive@host", started_ago_s=5)
-    assert fail_if_lost(rec, store, settings, dispatcher).status == JobStatus.running
+    assert recover_if_lost(rec, store, settings, dispatcher).status == JobStatus.running
     young = _running(store, "gone@host", started_ago_s=0)  # its worker may not have beaten yet
-    assert fail_if_lost(young, store, settings, dispatcher).status == JobStatus.running
+    assert recover_if_lost(young, store, settings, dispatcher).status == JobStatus.running
 
 
 def test_a_job_past_the_hard_limit_is_lost_even_with_a_live_worker(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
     store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
     rec = _running(store, "alive@host", started_ago_s=settings.hard_time_limit_s + GRACE_S + 1)
-    lost = fail_if_lost(rec, store, settings, dispatcher)
+    lost = recover_if_lost(rec, store, settings, dispatcher)
     assert lost.error is not None and lost.error.code == ErrorCode.worker_lost
     assert "hard time limit" in lost.error.detail
 
@@ -151,6 +171,6 @@ def test_the_embedded_pool_never_judges_jobs_lost() -> None:
     pool = EmbeddedPool(settings, store)
     try:
         rec = _running(store, "embedded", started_ago_s=10_000)
-        assert fail_if_lost(rec, store, settings, pool).status == JobStatus.running
+        assert recover_if_lost(rec, store, settings, pool).status == JobStatus.running
     finally:
         pool.close()
