@@ -14,14 +14,20 @@ COMMAND_MODULES = ("cli.restore", "cli.catalog", "cli.train", "cli.evaluate", "c
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bbcu", description="BBCU binarized image restoration")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    missing = []
     for name in COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
-            continue  # a command group not present in this checkout
+            if e.name == name:
+                continue  # a command group not present in this checkout
+            # e.g. the service commands on a GPU box that has torch but not fastapi/celery/redis:
+            # training and evaluation must still run there
+            missing.append(f"{name.removeprefix('cli.')} (needs {e.name})")
+            continue
         module.register(sub)
+    if missing:
+        parser.epilog = "not available in this environment: " + ", ".join(missing)
     return parser
 
 

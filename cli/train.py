@@ -20,6 +20,16 @@ def _milestones(text: str) -> tuple[int, ...]:
     return values
 
 
+def _quality_range(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX JPEG qualities, got {text!r}") from e
+    if not 0 <= lo <= hi <= 100:
+        raise argparse.ArgumentTypeError(f"qualities must satisfy 0 <= MIN <= MAX <= 100, got {text!r}")
+    return lo, hi
+
+
 def _positive(text: str) -> int:
     try:
         v = int(text)
@@ -37,7 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--task", required=True, choices=TASKS)
     p.add_argument("--scale", type=int, choices=SR_SCALES, help=f"SR scale (default {DEFAULT_SR_SCALE})")
     p.add_argument("--variant", default="l", help="l, m, or binary parts joined by '+' (SR only)")
-    p.add_argument("--data", nargs="+", required=True, type=Path, help="folders of HR training images")
+    p.add_argument("--data", nargs="+", required=True, type=Path,
+                   help="folders of HR training images and/or corpus shards (.tar, from bbcu corpus --shard)")
+    p.add_argument("--channels", type=int, choices=(1, 3),
+                   help="deblock only: 1 = gray/Y network (paper, default), 3 = color network")
+    p.add_argument("--quality", type=_quality_range, default=(0, 50), metavar="MIN,MAX",
+                   help="deblock: JPEG qualities drawn uniformly from MIN..MAX (paper 0,50)")
     p.add_argument("--iters", type=_positive, help="iterations (paper: SR 300k, others 500k)")
     p.add_argument("--batch", type=_positive, help="batch size (paper: SR 16, others 32)")
     p.add_argument("--patch", type=_positive, help="HR patch size (paper: SR 128, others 64)")
@@ -75,6 +90,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="extra image folders to include (default: ../shared/datasets/train-extra if present)")
     c.add_argument("--no-debs", action="store_true", help="skip the Debian packages")
     c.add_argument("--no-pypi", action="store_true", help="skip the PyPI wheel")
+    c.add_argument("--shard", type=Path, metavar="FILE.tar",
+                   help="also pack the corpus into one portable file for training elsewhere")
+    c.add_argument("--shard-max-side", type=_positive, default=768,
+                   help="longer side of the images in the shard (larger ones are reduced)")
+    c.add_argument("--from-folder", action="store_true",
+                   help="only pack an already assembled --out folder into --shard (fetch nothing)")
     c.set_defaults(handler=run_corpus)
 
 
@@ -85,21 +106,25 @@ def run_train(args: argparse.Namespace) -> int:
         return fail(f"--scale applies to sr only, not {args.task}")
     if args.task != "sr" and args.variant != "l":
         return fail(f"--variant applies to sr only; the {args.task} network has one layout")
-    missing = [str(d) for d in args.data if not d.is_dir()]
+    if args.channels is not None and args.task != "deblock":
+        return fail(f"--channels applies to deblock only, not {args.task}")
+    missing = [str(d) for d in args.data if not (d.is_dir() or (d.suffix == ".tar" and d.is_file()))]
     if missing:
-        return fail(f"--data: not a folder: {', '.join(missing)}")
+        return fail(f"--data: not a folder or a .tar shard: {', '.join(missing)}")
     if args.out is not None and args.out.suffix != ".safetensors":
         return fail("--out must end in .safetensors")
     if args.init is not None and not Path(args.init).is_file():
         return fail(f"--init: no such file: {args.init}")
     base = recipe(args.task, args.scale)
     run_dir = args.run_dir or Path("runs") / (f"sr-x{base['scale']}" if args.task == "sr" else args.task)
+    quality_min, quality_max = args.quality
     if args.resume and not (run_dir / "state.pt").is_file():
         return fail(f"--resume: no training state at {run_dir / 'state.pt'}")
     overrides = {k: v for k, v in {"iters": args.iters, "batch": args.batch, "patch": args.patch,
                                    "lr": args.lr, "milestones": args.milestones}.items() if v is not None}
     try:
         cfg = TrainConfig(task=args.task, data=tuple(str(d) for d in args.data), variant=args.variant,
+                          channels=args.channels, quality_min=quality_min, quality_max=quality_max,
                           nf=args.width, depth=args.depth, gamma=args.gamma, seed=args.seed,
                           device=args.device, threads=args.threads, val_every=args.val_every,
                           val_images=args.val_images, save_every=args.save_every,
@@ -109,7 +134,7 @@ def run_train(args: argparse.Namespace) -> int:
                           **{**base, **overrides})
         cfg.network()
         result = train(cfg, resume=args.resume, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # ShardError is a ValueError
         return fail(str(e))
     last = f", last val PSNR {result.val_psnr[-1][1]:.2f} dB" if result.val_psnr else ""
     print(f"trained {result.iterations} iterations in {result.wall_seconds / 60:.1f} min, "
@@ -125,9 +150,18 @@ def run_corpus(args: argparse.Namespace) -> int:
     if extra is None:
         default = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "train-extra"
         extra = [default] if default.is_dir() else []
+    if args.from_folder and args.shard is None:
+        return fail("--from-folder needs --shard FILE.tar")
+    if args.shard is not None and args.shard.suffix != ".tar":
+        return fail("--shard must end in .tar")
     try:
-        manifest = build_corpus(args.out, extra, debs=not args.no_debs, pypi=not args.no_pypi)
-    except (CorpusError, OSError) as e:
+        if not args.from_folder:
+            print(f"wrote {build_corpus(args.out, extra, debs=not args.no_debs, pypi=not args.no_pypi)}")
+        if args.shard is not None:
+            from models.train.data import list_images
+            from models.train.shard import write_shard
+
+            write_shard(list_images([args.out]), args.shard, max_side=args.shard_max_side)
+    except (CorpusError, OSError, ValueError) as e:
         return fail(str(e))
-    print(f"wrote {manifest}")
     return 0

@@ -29,6 +29,11 @@ class CatalogEntry:
     variant: str
     metadata: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def channels(self) -> int:
+        """Image channels the network takes (3 unless its config says otherwise)."""
+        return int((self.metadata.get("config") or {}).get("in_nc", 3))
+
     def sha256(self) -> str:
         return sha256_file(self.path)
 
@@ -72,17 +77,22 @@ def entries(weights_dir: Path = WEIGHTS_DIR) -> list[CatalogEntry]:
 
 
 def find(task: str, scale: int | None = None, variant: str | None = None,
-         weights_dir: Path = WEIGHTS_DIR) -> CatalogEntry:
+         weights_dir: Path = WEIGHTS_DIR, channels: int | None = None) -> CatalogEntry:
     """The shipped entry for a task (and scale / variant); a clear error if there is none."""
     want_scale = scale_for(task, scale)
     pool = [e for e in entries(weights_dir) if e.task == task and e.scale == want_scale]
     if variant is not None:
         pool = [e for e in pool if e.variant == variant.lower()]
+    if channels is not None:
+        pool = [e for e in pool if e.channels == channels]
+    # without a choice, the paper's main network: BBCU-L, and the gray (Y) deblocker
+    pool.sort(key=lambda e: (e.variant != "l", e.channels != 1 if e.task == "deblock" else False))
     if not pool:
         have = ", ".join(f"{e.name} ({e.task} x{e.scale} {e.variant})" for e in entries(weights_dir))
         raise UnknownModelError(
             f"no shipped weights for task={task} scale={want_scale}"
-            + (f" variant={variant}" if variant else "") + f"; available: {have or 'none'}")
+            + (f" variant={variant}" if variant else "") + (f" channels={channels}" if channels else "")
+            + f"; available: {have or 'none'}")
     return pool[0]
 
 

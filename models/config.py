@@ -86,8 +86,10 @@ def denoise_config(nf: int = 64, depth: int = 20, k: float | None = None) -> Net
                          k=default_k(nf) if k is None else k)
 
 
-def deblock_config(nf: int = 64, depth: int = 20, k: float | None = None) -> NetworkConfig:
-    return NetworkConfig(task="deblock", scale=1, in_nc=1, out_nc=1, nf=nf, depth=depth,
+def deblock_config(nf: int = 64, depth: int = 20, k: float | None = None,
+                   channels: int = 1) -> NetworkConfig:
+    """The paper's deblocker restores gray (Y) images; ``channels=3`` is this project's color one."""
+    return NetworkConfig(task="deblock", scale=1, in_nc=channels, out_nc=channels, nf=nf, depth=depth,
                          binary=VARIANT_PARTS["l"], bias=True,
                          k=default_k(nf) if k is None else k)
 
@@ -105,11 +107,11 @@ def parts_for(variant: str) -> frozenset[str]:
 
 
 def config_for(task: str, scale: int | None = None, variant: str = "l", nf: int = 64,
-               depth: int | None = None) -> NetworkConfig:
+               depth: int | None = None, channels: int | None = None) -> NetworkConfig:
     if task == "sr":
         return sr_config(scale_for(task, scale), variant, nf, depth or 16)
     if task == "denoise":
         return denoise_config(nf, depth or 20)
     if task == "deblock":
-        return deblock_config(nf, depth or 20)
+        return deblock_config(nf, depth or 20, channels=channels or 1)
     raise ValueError(f"unknown task {task!r}; expected one of {TASKS}")

@@ -7,7 +7,8 @@
   drawn image after image in sorted order (as the KAIR test scripts do); RGB PSNR/SSIM of the
   output quantized to 8 bits; the baseline is the noisy input (clipped and quantized).
 - ``deblock``: the 8-bit gray image (full-range luma of a colour image), JPEG at quality ``q``
-  with Pillow; PSNR/SSIM of the 8-bit output; the baseline is the JPEG image.
+  with Pillow; PSNR/SSIM of the 8-bit output; the baseline is the JPEG image. A color deblocking
+  network (this project's, not the paper's) gets the RGB image as a 4:2:0 color JPEG, scored on RGB.
 
 Inference goes through ``models.engine`` (deploy form, tiled).
 """
@@ -166,13 +167,21 @@ def eval_denoise(model: RestorationModel, files: Sequence[Path], sigma: float, s
 
 def eval_deblock(model: RestorationModel, files: Sequence[Path], quality: int, tile: int | None = 512,
                  progress: Progress | None = None) -> list[Row]:
+    """Gray networks: the 8-bit luma through JPEG. Color networks: the RGB image through a color JPEG
+    (4:2:0, as Pillow and cameras write it), scored on RGB."""
     _check_task(model, "deblock")
+    color = model.config.in_nc == 3
     rows = []
     for f in files:
         img = read_image(f)
-        gt = img if img.ndim == 2 else to_uint8(rgb_to_luma(to_float(img)))
-        lq = jpeg(gt, quality)
-        out = to_uint8(_run(model, to_float(lq)[..., None], tile))[..., 0]
+        if color:
+            gt = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+            lq = jpeg(gt, quality)
+            out = to_uint8(_run(model, to_float(lq), tile))
+        else:
+            gt = img if img.ndim == 2 else to_uint8(rgb_to_luma(to_float(img)))
+            lq = jpeg(gt, quality)
+            out = to_uint8(_run(model, to_float(lq)[..., None], tile))[..., 0]
         rows.append(Row(f.name, psnr(out, gt), ssim(out, gt), psnr(lq, gt), ssim(lq, gt)))
         if progress:
             progress(f"{f.name}: {rows[-1].psnr:.2f} dB")
@@ -198,7 +207,8 @@ def evaluate(model: RestorationModel, task: str, folder: Path, *, sigma: float =
         if not 0 <= quality <= 100:
             raise ValueError(f"JPEG quality must be in 0..100, got {quality}")
         rows = eval_deblock(model, files, quality, tile, progress)
-        rep = Report(task, folder.name, f"q{quality}", "jpeg", "gray/Y PSNR/SSIM, 8-bit output", name, sha)
+        metric = "RGB" if model.config.in_nc == 3 else "gray/Y"
+        rep = Report(task, folder.name, f"q{quality}", "jpeg", f"{metric} PSNR/SSIM, 8-bit output", name, sha)
     else:
         raise ValueError(f"unknown task {task!r}; expected sr, denoise or deblock")
     rep.rows = rows

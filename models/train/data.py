@@ -12,9 +12,11 @@ of the 8 dihedral symmetries, then degraded per task (docs/training.md):
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -23,10 +25,31 @@ from PIL import Image
 from torch import Tensor
 
 from models.degrade import imresize, jpeg, rgb_to_luma, to_float, to_uint8
+from models.train.shard import SHARD_SUFFIX, read_shard
 from models.vocab import TASKS
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 U8 = NDArray[np.uint8]
+
+
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
+
+
+@dataclass(frozen=True)
+class TrainImage:
+    """One training image: a stable name (for the hold-out split) and its encoded bytes."""
+
+    name: str
+    data: bytes
+
+    def rgb(self) -> U8:
+        with Image.open(io.BytesIO(self.data)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
 def list_images(dirs: Sequence[Path]) -> list[Path]:
@@ -41,12 +64,24 @@ def list_images(dirs: Sequence[Path]) -> list[Path]:
     return sorted(files)
 
 
-def data_manifest_sha256(dirs: Sequence[Path]) -> str:
+def load_sources(sources: Sequence[Path]) -> list[TrainImage]:
+    """Every training image of the given folders and shard files (``.tar``), sorted by name."""
+    folders = [s for s in sources if s.suffix != SHARD_SUFFIX]
+    found = [TrainImage(p.name, p.read_bytes()) for p in (list_images(folders) if folders else [])]
+    for s in sources:
+        if s.suffix == SHARD_SUFFIX:
+            if not s.is_file():
+                raise FileNotFoundError(f"{s}: no such shard file")
+            found.extend(TrainImage(name, data) for name, data in read_shard(s))
+    return sorted(found, key=lambda t: t.name)
+
+
+def data_manifest_sha256(images: Sequence[TrainImage]) -> str:
     """SHA-256 over the sorted (name, content hash) list of every training image."""
     h = hashlib.sha256()
-    for p in list_images(dirs):
-        h.update(p.name.encode())
-        h.update(hashlib.sha256(p.read_bytes()).digest())
+    for t in sorted(images, key=lambda t: t.name):
+        h.update(t.name.encode())
+        h.update(hashlib.sha256(t.data).digest())
     return h.hexdigest()
 
 
@@ -55,15 +90,16 @@ def load_rgb(path: Path) -> U8:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
-def split_holdout(files: Sequence[Path], count: int) -> tuple[list[Path], list[Path]]:
-    """(train, held-out): the held-out images are the ``count`` with the smallest name hash."""
+def split_holdout(files: Sequence[T], count: int) -> tuple[list[T], list[T]]:
+    """(train, held-out): the held-out items are the ``count`` with the smallest name hash."""
     if count <= 0:
         return list(files), []
     if count >= len(files):
         raise ValueError(f"cannot hold out {count} of {len(files)} images")
     ranked = sorted(files, key=lambda p: hashlib.sha256(p.name.encode()).hexdigest())
-    held = set(ranked[:count])
-    return [f for f in files if f not in held], sorted(held)
+    held = {id(f) for f in ranked[:count]}
+    return ([f for f in files if id(f) not in held],
+            sorted((f for f in files if id(f) in held), key=lambda f: f.name))
 
 
 def dihedral(img: NDArray[np.generic], mode: int) -> NDArray[np.generic]:
@@ -93,10 +129,14 @@ class DegradeSpec:
     quality_max: int = 50
     min_gradient: float = 2.0
     tries: int = 10
+    channels: int = 3
+    quality_min: int = 0
 
     def __post_init__(self) -> None:
         if self.task not in TASKS:
             raise ValueError(f"unknown task {self.task!r}; expected one of {TASKS}")
+        if self.channels not in (1, 3):
+            raise ValueError(f"channels must be 1 or 3, got {self.channels}")
         if self.patch % self.scale or self.patch < 8 * self.scale:
             raise ValueError(f"patch {self.patch} must be a multiple of scale {self.scale} and >= "
                              f"{8 * self.scale}")
@@ -113,8 +153,11 @@ def degrade(hr: U8, spec: DegradeSpec, rng: np.random.Generator) -> tuple[NDArra
         gt = hr.astype(np.float32) / np.float32(255)
         sigma = rng.uniform(0.0, spec.sigma_max) / 255.0
         return gt + rng.normal(0.0, sigma, gt.shape).astype(np.float32), gt
+    q = int(rng.integers(spec.quality_min, spec.quality_max + 1))
+    if spec.channels == 3:  # color JPEG as cameras and browsers write it: 4:2:0 chroma
+        return (jpeg(hr, q).astype(np.float32) / np.float32(255),
+                hr.astype(np.float32) / np.float32(255))
     y = to_uint8(rgb_to_luma(to_float(hr))) if hr.ndim == 3 else hr
-    q = int(rng.integers(0, spec.quality_max + 1))
     return (jpeg(y, q)[..., None].astype(np.float32) / np.float32(255),
             y[..., None].astype(np.float32) / np.float32(255))
 
@@ -177,11 +220,13 @@ def validation_pairs(images: Sequence[U8], spec: DegradeSpec, crop: int = 192,
         c -= c % spec.scale
         y0, x0 = (im.shape[0] - c) // 2, (im.shape[1] - c) // 2
         hr = im[y0:y0 + c, x0:x0 + c]
-        fixed = DegradeSpec(spec.task, c, spec.scale, min_gradient=0.0)
+        fixed = DegradeSpec(spec.task, c, spec.scale, min_gradient=0.0, channels=spec.channels)
         if spec.task == "denoise":
             gt = hr.astype(np.float32) / np.float32(255)
             rng = np.random.RandomState(seed + i)
             lq = gt + rng.normal(0.0, 25.0 / 255, gt.shape).astype(np.float32)
+        elif spec.task == "deblock" and spec.channels == 3:
+            lq, gt = jpeg(hr, 10) / np.float32(255), hr / np.float32(255)
         elif spec.task == "deblock":
             y = to_uint8(rgb_to_luma(to_float(hr)))
             lq, gt = jpeg(y, 10)[..., None] / np.float32(255), y[..., None] / np.float32(255)

@@ -28,9 +28,9 @@ from models.config import NetworkConfig, config_for
 from models.train.data import (
     DegradeSpec,
     PatchSampler,
+    TrainImage,
     data_manifest_sha256,
-    list_images,
-    load_rgb,
+    load_sources,
     split_holdout,
     validation_pairs,
 )
@@ -48,6 +48,9 @@ class TrainConfig:
     data: tuple[str, ...]
     scale: int = 1
     variant: str = "l"
+    channels: int | None = None
+    quality_min: int = 0
+    quality_max: int = 50
     nf: int = 64
     depth: int | None = None
     iters: int = 300_000
@@ -73,7 +76,7 @@ class TrainConfig:
 
     def network(self) -> NetworkConfig:
         return config_for(self.task, self.scale if self.task == "sr" else None, self.variant, self.nf,
-                          self.depth)
+                          self.depth, channels=self.channels)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,13 +225,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Log = print,
         raise ValueError("--device cuda requested but CUDA is not available")
     torch.manual_seed(cfg.seed)
     ncfg = cfg.network()
-    dirs = [Path(d) for d in cfg.data]
-    train_files, held = split_holdout(list_images(dirs), cfg.val_images)
+    sources = load_sources([Path(d) for d in cfg.data])
+    train_files, held = split_holdout(sources, cfg.val_images)
     log(f"data: {len(train_files)} training images, {len(held)} held out for validation")
-    spec = DegradeSpec(cfg.task, cfg.patch, ncfg.scale, min_gradient=cfg.min_gradient)
-    images = [im for im in (load_rgb(p) for p in train_files) if min(im.shape[:2]) >= cfg.patch]
+    spec = DegradeSpec(cfg.task, cfg.patch, ncfg.scale, min_gradient=cfg.min_gradient,
+                       channels=ncfg.in_nc, quality_min=cfg.quality_min, quality_max=cfg.quality_max)
+    images = [im for im in (t.rgb() for t in train_files) if min(im.shape[:2]) >= cfg.patch]
     sampler = PatchSampler(images, spec, seed=cfg.seed)
-    pairs = validation_pairs([load_rgb(p) for p in held], spec)
+    pairs = validation_pairs([t.rgb() for t in held], spec)
     net = archs.build(ncfg).to(device)
     opt = make_optimizer(net, cfg)
     start, elapsed, history = 0, 0.0, []
@@ -284,7 +288,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, log: Log = print,
     save_state(state_path, net, opt, sampler, cfg, it, wall, history)
     weights = None
     if cfg.out:
-        weights = save_weights(Path(cfg.out), net, cfg, it, wall, history, dirs, device)
+        weights = save_weights(Path(cfg.out), net, cfg, it, wall, history, sources, device)
         log(f"wrote {weights}")
     return TrainResult(weights, state_path, it, wall, loss_v, history)
 
@@ -296,15 +300,15 @@ def device_name(device: torch.device) -> str:
 
 
 def save_weights(path: Path, net: nn.Module, cfg: TrainConfig, iterations: int, wall: float,
-                 history: list[tuple[int, float]], dirs: list[Path], device: torch.device,
+                 history: list[tuple[int, float]], sources: list[TrainImage], device: torch.device,
                  provenance: dict[str, Any] | None = None) -> Path:
     """Write the shipped-format weights with training metadata (the ``eval`` key comes later)."""
     net_cpu = archs.build(cfg.network())
     net_cpu.load_state_dict({k: v.detach().cpu() for k, v in net.state_dict().items()})
     training = {"config": replace(cfg, out=None).to_dict(), "iterations": iterations,
                 "wall_seconds": round(wall, 1), "device": device_name(device),
-                "data_manifest_sha256": data_manifest_sha256(dirs),
-                "data": [d.name for d in dirs], "val_psnr": [list(v) for v in history],
+                "data_manifest_sha256": data_manifest_sha256(sources),
+                "data": [Path(d).name for d in cfg.data], "images": len(sources), "val_psnr": [list(v) for v in history],
                 "torch": torch.__version__}
     prov = provenance or {
         "method": "BBCU (Xia et al., ICLR 2023), trained from scratch by this project"
