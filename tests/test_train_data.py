@@ -149,7 +149,7 @@ class Blocker:
     def find_spec(self, name, path=None, target=None):
         if name.split('.')[0] in {'fastapi', 'pydantic', 'pydantic_settings', 'celery', 'redis',
                                   'uvicorn', 'starlette', 'kombu', 'httpx'}:
-            raise ImportError(f'{name} is not installed on this machine')
+            raise ModuleNotFoundError(f'No module named {name!r}', name=name)
         return None
 sys.meta_path.insert(0, Blocker())
 from cli.main import main
