@@ -108,8 +108,9 @@ def main() -> int:
         while True:
             now = (time.monotonic() - t0) / 60
             for r in list(pending):
-                if r.proc is None and now >= r.start and (not r.init or not r.init.startswith("@")
-                                                          or (a.work / f"{r.init[1:]}.phase0.safetensors").exists()):
+                waits_for = (a.work / f"{r.init[1:]}.phase0.safetensors"
+                             if r.init and r.init.startswith("@") else None)
+                if r.proc is None and now >= r.start and (waits_for is None or waits_for.exists()):
                     span = r.end - max(r.start, now)
                     if r.name.startswith("sr-x2"):
                         first = a.minutes * a.sr2 - now - a.startup

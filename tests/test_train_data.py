@@ -163,7 +163,8 @@ def test_train_and_eval_run_without_the_service_packages(tmp_path: Path) -> None
     write_shard(sorted((tmp_path / "src").glob("*.png")), tmp_path / "c.tar", log=lambda _: None)
     run = [sys.executable, "-c", _BLOCK_SERVICE]
     out = tmp_path / "w.safetensors"
-    r = subprocess.run([*run, "train", "--task", "deblock", "--channels", "3", "--data", str(tmp_path / "c.tar"),
+    r = subprocess.run([*run, "train", "--task", "deblock", "--channels", "3",
+                        "--data", str(tmp_path / "c.tar"),
                         "--width", "8", "--depth", "4", "--iters", "3", "--batch", "2", "--patch", "24",
                         "--val-images", "1", "--min-gradient", "0", "--threads", "1", "--no-progress",
                         "--run-dir", str(tmp_path / "r"), "--out", str(out)],

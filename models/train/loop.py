@@ -308,7 +308,8 @@ def save_weights(path: Path, net: nn.Module, cfg: TrainConfig, iterations: int, 
     training = {"config": replace(cfg, out=None).to_dict(), "iterations": iterations,
                 "wall_seconds": round(wall, 1), "device": device_name(device),
                 "data_manifest_sha256": data_manifest_sha256(sources),
-                "data": [Path(d).name for d in cfg.data], "images": len(sources), "val_psnr": [list(v) for v in history],
+                "data": [Path(d).name for d in cfg.data], "images": len(sources),
+                "val_psnr": [list(v) for v in history],
                 "torch": torch.__version__}
     prov = provenance or {
         "method": "BBCU (Xia et al., ICLR 2023), trained from scratch by this project"
