@@ -9,7 +9,7 @@ bounded by its own data pipeline and kernel launches, not by the GPU). Phases:
 - B: x3/x4 (L and M) start from the phase-A x2 weights; x2 continues at lr 1e-4;
 - the lr of every run drops to 1e-4 for its last part (``--final``).
 
-Everything the run writes (weights, logs) is packed into ``<out>/campaign.tar``.
+The last weights of every run and the logs are packed into tars under ``<out>`` (sr-x2.tar, ...).
 Usage: python3 scripts/gpu_campaign.py --data corpus.tar --minutes 7 --out "$OUT"
 """
 
@@ -139,12 +139,22 @@ def main() -> int:
         for r in runs:
             if r.proc is not None and r.proc.poll() is None:
                 r.proc.terminate()
-        with tarfile.open(a.out / "campaign.tar", "w") as tar:
-            for p in sorted(a.work.glob("*")):
-                if p.suffix in (".safetensors", ".log"):
-                    tar.add(p, arcname=p.name)
+        pack(a.work, a.out)
     print(f"campaign done in {(time.monotonic() - t0) / 60:.2f} min", flush=True)
     return 0
+
+
+def pack(work: Path, out: Path) -> None:
+    """The last weights of every run and all logs, in tars of at most ~16 MB (one per group)."""
+    groups: dict[str, list[Path]] = {"logs": sorted(work.glob("*.log"))}
+    for name in sorted({p.name.split(".phase")[0] for p in work.glob("*.phase*.safetensors")}):
+        last = sorted(work.glob(f"{name}.phase*.safetensors"))[-1]
+        group = name.rsplit("-", 1)[0] if name.startswith("sr-") else "dncnn"
+        groups.setdefault(group, []).append(last)
+    for group, files in groups.items():
+        with tarfile.open(out / f"{group}.tar", "w") as tar:
+            for p in files:
+                tar.add(p, arcname=p.name)
 
 
 def _elapsed(run_dir: Path) -> float:
