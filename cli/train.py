@@ -94,6 +94,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="also pack the corpus into one portable file for training elsewhere")
     c.add_argument("--shard-max-side", type=_positive, default=768,
                    help="longer side of the images in the shard (larger ones are reduced)")
+    c.add_argument("--shard-quality", type=int, default=95, choices=range(50, 101), metavar="50..100",
+                   help="JPEG quality of the images in the shard")
     c.add_argument("--from-folder", action="store_true",
                    help="only pack an already assembled --out folder into --shard (fetch nothing)")
     c.set_defaults(handler=run_corpus)
@@ -161,7 +163,8 @@ def run_corpus(args: argparse.Namespace) -> int:
             from models.train.data import list_images
             from models.train.shard import write_shard
 
-            write_shard(list_images([args.out]), args.shard, max_side=args.shard_max_side)
+            write_shard(list_images([args.out]), args.shard, max_side=args.shard_max_side,
+                        quality=args.shard_quality)
     except (CorpusError, OSError, ValueError) as e:
         return fail(str(e))
     return 0

@@ -56,7 +56,9 @@ def plan(total: float, sr2: float, shipped: Path) -> list[Run]:
     ]
     for scale in (3, 4):
         for v in ("l", "m"):
-            runs.append(Run(f"sr-x{scale}-{v}", ["--task", "sr", "--scale", str(scale), "--variant", v],
+            # the HR patch must be a multiple of the scale: 132 for x3 (the paper's 128 otherwise)
+            patch = ["--patch", "132"] if scale == 3 else []
+            runs.append(Run(f"sr-x{scale}-{v}", ["--task", "sr", "--scale", str(scale), "--variant", v, *patch],
                             f"@sr-x2-{v}", sr2, total))
     return runs
 
