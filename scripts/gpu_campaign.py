@@ -58,8 +58,8 @@ def plan(total: float, sr2: float, shipped: Path) -> list[Run]:
         for v in ("l", "m"):
             # the HR patch must be a multiple of the scale: 132 for x3 (the paper's 128 otherwise)
             patch = ["--patch", "132"] if scale == 3 else []
-            runs.append(Run(f"sr-x{scale}-{v}", ["--task", "sr", "--scale", str(scale), "--variant", v, *patch],
-                            f"@sr-x2-{v}", sr2, total))
+            args = ["--task", "sr", "--scale", str(scale), "--variant", v, *patch]
+            runs.append(Run(f"sr-x{scale}-{v}", args, f"@sr-x2-{v}", sr2, total))
     return runs
 
 
