@@ -129,7 +129,7 @@ class DegradeSpec:
     quality_max: int = 50
     min_gradient: float = 2.0
     tries: int = 10
-    channels: int = 3
+    channels: int = 1  # deblock only: 1 = gray/Y (the paper), 3 = color JPEG
     quality_min: int = 0
 
     def __post_init__(self) -> None:
