@@ -74,11 +74,12 @@ class Report:
                 "rows": [asdict(r) for r in self.rows]}
 
     def summary(self) -> dict[str, Any]:
-        """The compact form stored in a weights file's ``eval`` metadata."""
+        """The compact form stored in a weights file's ``eval`` metadata (strict JSON: an infinite
+        PSNR, the baseline of a sigma-0 run, is stored as null)."""
         m = self.mean
-        return {"psnr": round(m["psnr"], 3), "ssim": round(m["ssim"], 4),
-                "baseline": self.baseline, "baseline_psnr": round(m["baseline_psnr"], 3),
-                "baseline_ssim": round(m["baseline_ssim"], 4), "metric": self.metric,
+        return {"psnr": _finite(m["psnr"], 3), "ssim": _finite(m["ssim"], 4),
+                "baseline": self.baseline, "baseline_psnr": _finite(m["baseline_psnr"], 3),
+                "baseline_ssim": _finite(m["baseline_ssim"], 4), "metric": self.metric,
                 "images": len(self.rows)}
 
     def table(self) -> str:
@@ -95,6 +96,10 @@ class Report:
             lines.append(f"{r.image:<{w}}  {r.psnr:7.2f}  {r.ssim:6.4f}  {r.baseline_psnr:14.2f}  "
                          f"{r.baseline_ssim:14.4f}")
         return "\n".join(lines)
+
+
+def _finite(v: float, digits: int) -> float | None:
+    return round(v, digits) if np.isfinite(v) else None
 
 
 def list_images(folder: Path) -> list[Path]:

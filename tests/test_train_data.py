@@ -175,3 +175,20 @@ def test_train_and_eval_run_without_the_service_packages(tmp_path: Path) -> None
                         "--limit", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "RGB PSNR" in r.stdout
+
+
+def test_shipped_catalogue_is_strict_json_and_sigma0_baseline_is_null() -> None:
+    """GET /models serves these summaries: an infinite PSNR (a sigma-0 run's baseline) must not
+    reach the JSON encoder, which refuses it."""
+    import json
+
+    from models import catalog
+    from models.eval import Report, Row
+
+    rep = Report("denoise", "x", "sigma0", "noisy", "RGB", "m", "", [Row("a", 40.0, 0.99, float("inf"), 1.0)])
+    assert rep.summary()["baseline_psnr"] is None and rep.summary()["psnr"] == 40.0
+    names = {e.name for e in catalog.entries()}
+    assert {"bbcu-sr-x2-m", "bbcu-sr-x3-m", "bbcu-sr-x4-m", "bbcu-deblock-color"} <= names
+    for e in catalog.entries():
+        json.dumps(e.summary(), allow_nan=False)
+        assert e.metadata.get("eval"), f"{e.name} carries no measured results"
