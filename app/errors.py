@@ -28,6 +28,7 @@ class Answer:
 
 ANSWERS: dict[ErrorCode, Answer] = {
     ErrorCode.bad_image: Answer(415, "Unsupported media type", "not-an-image"),
+    ErrorCode.bad_option: Answer(422, "Invalid request", "invalid-request"),
     ErrorCode.too_large: Answer(413, "Image too large", "image-too-large"),
     ErrorCode.unknown_model: Answer(422, "Unknown model", "unknown-model"),
     ErrorCode.timeout: Answer(504, "Job timed out", "timeout"),

@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from app import errors, web
-from app.api.routes import events, health, jobs, models, restore
+from app.api.routes import events, health, jobs, limits, models, restore
 from app.metrics import Metrics, MetricsMiddleware
 from app.services import Services
 from workers.settings import Settings, get_settings
@@ -20,8 +20,10 @@ DESCRIPTION = """
 Image restoration with BBCU binarized networks: super-resolution (`sr`), color denoising
 (`denoise`) and JPEG deblocking (`deblock`).
 
-`POST /restore?task=...` with the image answers the restored image (synchronous), or `202` with a
-job to poll when asked with `Prefer: respond-async` or `?async=true`. `GET /jobs/{id}/events`
+`POST /restore?task=...` with the image answers the restored image (synchronous: the image or an
+error status, `504` if the job outlasts the wait), or `202` with a job to poll only when asked with
+`Prefer: respond-async`, `?async=true`, or `Prefer: wait=N` (the result within N s, else 202).
+`task=deblock,sr` runs a pipeline in one job. Size limits: `GET /limits`. `GET /jobs/{id}/events`
 follows a job live (Server-Sent Events); `callback_url` has its record POSTed, signed, as it runs.
 Errors are problem details (RFC 9457). The page at `/` does all of this in a browser.
 """
@@ -59,7 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST", "DELETE"],
                            allow_headers=ALLOWED_HEADERS,
                            expose_headers=EXPOSED_HEADERS, max_age=600)
-    for module in (restore, events, jobs, models, health):
+    for module in (restore, events, jobs, models, limits, health):
         app.include_router(module.router)
     web.install(app)
     return app

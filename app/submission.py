@@ -20,10 +20,12 @@ from app.errors import Problem, refused
 from app.services import Services
 from app.uploads import read_upload
 from models import catalog, imageio
-from models.errors import BBCUError, ErrorCode, UnknownModelError
-from models.vocab import SR_SCALES, Format, Task, scale_for
+from models.errors import BBCUError, ErrorCode, ImageTooLargeError
+from models.stages import Strength, check_options, parse_pipeline, parse_strength
+from models.vocab import Format
 from workers.contract import Device, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, new_job_id, now
 from workers.errors import QueueFull
+from workers.settings import Settings
 from workers.store import ACTIVE
 
 
@@ -31,7 +33,7 @@ from workers.store import ACTIVE
 class RestoreOptions:
     """What a client asked for, as the route read it from the query and headers."""
 
-    task: Task
+    task: str
     scale: int | None
     variant: str | None
     format: Format
@@ -39,6 +41,8 @@ class RestoreOptions:
     tile: int | None
     callback_url: str | None = None
     callback_events: str | None = None  # comma list, as in the query
+    strength: str | None = None
+    quality: int | None = None
 
 
 @dataclass(frozen=True)
@@ -46,24 +50,34 @@ class Admitted:
     """An upload that passed every check: the model exists and the bytes are an image within limits."""
 
     options: RestoreOptions
+    tasks: tuple[str, ...]
+    strength: Strength | None
     scale: int
-    variant: str
+    variant: str | None
     data: bytes
     facts: ImageFacts
+    filename: str | None
     callback: dict[str, Any]  # the job spec's callback fields
 
 
-def check_model(weights_dir: Path, task: str, scale: int | None, variant: str | None) -> tuple[int, str]:
-    """The (scale, variant) of the shipped network serving the request; UnknownModelError if none."""
-    if task == "sr":
-        scale = scale_for(task, scale)
-        if scale not in SR_SCALES:
-            raise UnknownModelError(f"scale {scale} is not supported for sr; "
-                                    f"choose from {', '.join(map(str, SR_SCALES))}")
-    elif scale not in (None, 1):
-        raise UnknownModelError(f"scale applies to sr only (task {task} has scale 1)")
-    entry = catalog.find(task, scale, variant, weights_dir)
-    return entry.scale, entry.variant
+def check_models(weights_dir: Path, tasks: tuple[str, ...], scale: int | None,
+                 variant: str | None) -> tuple[int, str | None]:
+    """The SR scale of the pipeline (1 without sr) and the variant of its networks (as found for a
+    single task); UnknownModelError if a stage has no shipped network."""
+    entries = [catalog.find(t, scale, variant, weights_dir) for t in tasks]
+    return entries[-1].scale, variant or (entries[0].variant if len(entries) == 1 else None)
+
+
+def check_output_size(facts: ImageFacts, scale: int, settings: Settings) -> None:
+    """SR is limited by the size of what it makes."""
+    out = facts.width * facts.height * scale * scale
+    if out > settings.max_output_pixels:
+        w, h = facts.width * scale, facts.height * scale
+        raise ImageTooLargeError(
+            f"x{scale} output would be {w}x{h} = {out} pixels, over the limit of "
+            f"{settings.max_output_pixels} output pixels; send at most "
+            f"{settings.max_output_pixels // (scale * scale)} input pixels for x{scale}",
+            pixels=facts.width * facts.height, max_pixels=settings.max_output_pixels // (scale * scale))
 
 
 def probe(data: bytes, max_pixels: int) -> ImageFacts:
@@ -77,26 +91,32 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
     settings = services.settings
     try:
         try:
-            scale, variant = await run_in_threadpool(check_model, settings.weights_dir, options.task,
+            tasks = parse_pipeline(options.task)
+            strength = parse_strength(options.strength)
+            check_options(tasks, options.scale, strength)
+            scale, variant = await run_in_threadpool(check_models, settings.weights_dir, tasks,
                                                      options.scale, options.variant)
             callback = await run_in_threadpool(callback_fields, settings, options.callback_url,
                                                options.callback_events)
-            data = (await read_upload(request, settings.max_upload_bytes)).data
-            facts = await run_in_threadpool(probe, data, settings.max_pixels)
+            upload = await read_upload(request, settings.max_upload_bytes)
+            facts = await run_in_threadpool(probe, upload.data, settings.max_pixels)
+            check_output_size(facts, scale, settings)
         except BBCUError as e:
             raise refused(e) from e
     except Problem as p:
         services.metrics.uploads_rejected.labels(reason=p.slug).inc()
         raise
-    return Admitted(options, scale, variant, data, facts, callback)
+    return Admitted(options, tasks, strength, scale, variant, upload.data, facts, upload.filename,
+                    callback)
 
 
 def submit(services: Services, job: Admitted) -> JobRecord:
     """Store the job and enqueue it; a job the queue refuses is failed at once, never left queued."""
     o = job.options
     queue = services.dispatcher.pick_queue(o.device)
-    spec = JobSpec(id=new_job_id(), task=o.task, scale=job.scale, variant=job.variant, format=o.format,
-                   queue=queue, tile=o.tile, **job.callback)  # type: ignore[arg-type]
+    spec = JobSpec(id=new_job_id(), task=",".join(job.tasks), scale=job.scale, variant=job.variant,
+                   format=o.format, quality=o.quality, strength=job.strength, queue=queue,  # type: ignore[arg-type]
+                   tile=o.tile, filename=job.filename, **job.callback)
     rec = services.store.create(spec, job.facts, job.data)
     try:
         services.dispatcher.submit(spec.id, queue)
@@ -104,7 +124,7 @@ def submit(services: Services, job: Admitted) -> JobRecord:
         services.store.transition(spec.id, JobStatus.failed, ACTIVE, finished_at=now(),
                                   error=JobError(code=ErrorCode.internal, detail=str(e)))
         raise
-    services.metrics.jobs_submitted.labels(queue=queue, task=o.task).inc()
+    services.metrics.jobs_submitted.labels(queue=queue, task=spec.task).inc()
     return rec
 
 

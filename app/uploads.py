@@ -23,6 +23,7 @@ FIELD = "image"
 class Upload:
     data: bytes
     content_type: str | None
+    filename: str | None = None
 
 
 def too_large(limit: int, received: int | None = None) -> Problem:
@@ -39,6 +40,7 @@ class _ImageField:
     def __init__(self) -> None:
         self.data: bytearray | None = None
         self.content_type: str | None = None
+        self.filename: str | None = None
         self._headers: dict[bytes, bytes] = {}
         self._field = bytearray()
         self._value = bytearray()
@@ -72,6 +74,8 @@ class _ImageField:
             self.data = bytearray()
             ctype = self._headers.get(b"content-type")
             self.content_type = ctype.decode("latin-1") if ctype else None
+            name = params.get(b"filename")
+            self.filename = name.decode("utf-8", "replace") if name else None
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._capture and self.data is not None:
@@ -125,4 +129,4 @@ async def read_upload(request: Request, limit: int) -> Upload:
         raise Problem(422, "Invalid request", f"the multipart body has no '{FIELD}' field",
                       slug="invalid-request", errors=[{"loc": ["body", FIELD], "msg": "Field required",
                                                        "type": "missing"}])
-    return Upload(bytes(field.data), field.content_type)
+    return Upload(bytes(field.data), field.content_type, field.filename)

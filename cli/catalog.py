@@ -14,8 +14,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("models", help="list the shipped models with their metadata")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=run_models)
-    q = sub.add_parser("info", help="describe a checkpoint file as JSON")
-    q.add_argument("checkpoint", metavar="CKPT")
+    q = sub.add_parser("info", help="describe a checkpoint file or a shipped model as JSON")
+    q.add_argument("checkpoint", metavar="CKPT", help="a checkpoint file, or a name from `bbcu models`")
     q.set_defaults(handler=run_info)
 
 
@@ -45,12 +45,14 @@ def run_models(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from models import checkpoints
+    from models import catalog, checkpoints
     from models.complexity import count
     from models.errors import BBCUError
 
     path = Path(args.checkpoint)
     try:
+        if not path.exists() and path.suffix not in checkpoints.SUFFIXES:
+            path = catalog.by_name(args.checkpoint).path
         ckpt = checkpoints.read(path)
         checkpoints.build_network(ckpt)
     except BBCUError as e:

@@ -41,9 +41,11 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
     client = Client(args.url, api_key=args.api_key, timeout=120.0)
     try:
         client.models()  # one cheap request first: an unreachable service is one clear error
+        extra = {k: v for k, v in (("strength", args.strength), ("quality", args.quality)) if v is not None}
         client.restore_many([src for src, _ in pairs], task=args.task, scale=args.scale, variant=args.variant,
                             format=fmt, tile=args.tile, device="gpu" if args.device == "cuda" else None,
-                            concurrency=args.concurrency, on_result=save, progress_bar=not args.quiet)
+                            options=extra, concurrency=args.concurrency, on_result=save,
+                            progress_bar=not args.quiet)
     except ServiceError as e:
         return fail(f"{args.url}: {e}")
     except httpx.HTTPError as e:

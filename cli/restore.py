@@ -1,32 +1,52 @@
-"""``bbcu restore``: restore image files with a shipped or given BBCU network."""
+"""``bbcu restore``: restore image files or folders with shipped or given BBCU networks.
+
+Inputs are never overwritten, and existing outputs only with ``--overwrite``; every destination is
+checked before the first image is restored.
+"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import time
 from pathlib import Path
 
 from cli.common import fail
-from models.vocab import BACKENDS, DEFAULT_SR_SCALE, FORMATS, SR_SCALES, TASKS, VARIANTS, format_of
+from models.vocab import BACKENDS, DEFAULT_SR_SCALE, FORMATS, SR_SCALES, VARIANTS, format_of
+
+# what a folder is searched for (the decoder reads more; these are the usual photo files)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+
+
+class UsageError(Exception):
+    """Arguments that cannot be carried out; the message says why."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("restore", help="restore image files",
-                       description="Restore images: super-resolution, color denoising or JPEG deblocking.")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="input image files")
+                       description="Restore images: super-resolution, color denoising, JPEG deblocking, "
+                                   "or a pipeline of them (e.g. --task deblock,sr).")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="input image files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
-                   help="output file (one input) or directory")
-    p.add_argument("--task", required=True, choices=TASKS)
-    p.add_argument("--scale", type=int, choices=SR_SCALES, help=f"sr only (default {DEFAULT_SR_SCALE})")
+                   help="output file (one input file) or folder")
+    p.add_argument("--task", required=True, metavar="TASK",
+                   help="sr, denoise or deblock, or a pipeline run in order: deblock,sr or denoise,sr")
+    p.add_argument("--scale", type=int, help=f"sr only: {', '.join(map(str, SR_SCALES))} "
+                                             f"(default {DEFAULT_SR_SCALE})")
     p.add_argument("--variant", choices=VARIANTS, help="network variant of the shipped weights")
-    p.add_argument("--weights", metavar="PATH", help="a checkpoint (official format or ours)")
+    p.add_argument("--weights", metavar="PATH", help="a checkpoint (official format or ours); one task only")
+    p.add_argument("--strength", default=None, metavar="S",
+                   help="denoise only: auto (default: from the estimated noise) or 0..1 (0 keeps the input)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--backend", default="auto", choices=BACKENDS)
     p.add_argument("--tile", type=int, metavar="N", help="tile size in input pixels (seam-free)")
     p.add_argument("--format", choices=FORMATS, help="output format (default: from OUT or png)")
+    p.add_argument("--quality", type=int, metavar="Q", help="jpeg/webp quality 1..100 (default 95)")
     p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger inputs")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--recursive", action="store_true", help="also restore images in subfolders")
+    p.add_argument("--overwrite", action="store_true", help="replace existing output files (never inputs)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.add_argument("--url", metavar="URL",
                    help="restore on a running service (e.g. http://host:8000) instead of in this process")
     p.add_argument("--api-key", metavar="KEY", default=os.environ.get("BBCU_API_KEY"),
@@ -36,65 +56,145 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.set_defaults(handler=run)
 
 
-def _destinations(inputs: list[Path], output: Path, fmt: str | None) -> list[Path]:
-    single_file = len(inputs) == 1 and format_of(output.suffix) is not None
-    if single_file:
-        return [output]
-    ext = fmt or "png"
-    return [output / f"{p.stem}.{ext}" for p in inputs]
+def collect(paths: list[Path], recursive: bool) -> list[tuple[Path, Path]]:
+    """(file, path relative to the output folder) for every input file and image in input folders."""
+    found: list[tuple[Path, Path]] = []
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    for p in paths:
+        if p.is_dir():
+            pattern = "**/*" if recursive else "*"
+            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            found += [(f, f.relative_to(p)) for f in files]
+        else:
+            found.append((p, Path(p.name)))
+    if not found:
+        raise UsageError(f"no images in {', '.join(map(str, paths))}"
+                         + ("" if recursive else " (--recursive searches subfolders)"))
+    return found
+
+
+def destinations(inputs: list[Path], sources: list[tuple[Path, Path]], output: Path, fmt: str | None,
+                 overwrite: bool) -> list[Path]:
+    """Where each source goes; a UsageError before anything is written if any would be lost."""
+    one_file = len(inputs) == 1 and inputs[0].is_file()
+    names_a_file = bool(output.suffix) and output.suffix.lower() in IMAGE_SUFFIXES and not output.is_dir()
+    if names_a_file and not one_file:
+        raise UsageError(f"{output} names a file but there are {len(sources)} inputs; give a folder")
+    if names_a_file:
+        if format_of(output.suffix) is None:
+            raise UsageError(f"cannot write {output.suffix} files; write {', '.join(FORMATS)} "
+                             "(or give a folder)")
+        dests = [output]
+    else:
+        if output.is_file():
+            raise UsageError(f"{output} is a file; the output of {len(sources)} input(s) must be a folder")
+        ext = fmt or "png"
+        dests = [output / rel.with_suffix(f".{ext}") for _, rel in sources]
+    seen: dict[Path, Path] = {}
+    inputs_resolved = {src.resolve(): src for src, _ in sources}
+    for (src, _), dst in zip(sources, dests, strict=True):
+        key = dst.resolve()
+        if key in inputs_resolved:
+            raise UsageError(f"{dst} is an input ({inputs_resolved[key]}): inputs are never overwritten; "
+                             "choose another output folder or --format")
+        if key in seen:
+            raise UsageError(f"{seen[key]} and {src} would both be written to {dst}")
+        seen[key] = src
+    existing = [str(d) for d in dests if d.exists()]
+    if existing and not overwrite:
+        raise UsageError(f"output exists: {', '.join(existing[:5])}"
+                         + (f" and {len(existing) - 5} more" if len(existing) > 5 else "")
+                         + " (--overwrite replaces it)")
+    return dests
+
+
+def _check_args(args: argparse.Namespace) -> tuple[tuple[str, ...], object]:
+    from models.errors import OptionError
+    from models.stages import check_options, parse_pipeline, parse_strength
+
+    try:
+        tasks = parse_pipeline(args.task)
+        strength = parse_strength(args.strength)
+        check_options(tasks, args.scale, strength)
+    except OptionError as e:
+        raise UsageError(str(e)) from e
+    if args.tile is not None and args.tile < 16:
+        raise UsageError(f"--tile must be at least 16 pixels, got {args.tile}")
+    if args.quality is not None and not 1 <= args.quality <= 100:
+        raise UsageError(f"--quality must be from 1 to 100, got {args.quality}")
+    if args.weights and len(tasks) > 1:
+        raise UsageError("--weights names one network; a pipeline uses the shipped weights")
+    return tasks, strength
+
+
+def _describe(reports: list) -> str:  # type: ignore[type-arg]
+    parts = []
+    for r in reports:
+        extra = f", sigma {r.sigma:.1f}" if r.sigma is not None else ""
+        extra += f", strength {r.strength:.2f}" if r.strength is not None else ""
+        parts.append(f"{r.task} {r.inference_ms / 1000:.1f} s{extra}")
+    return "; ".join(parts)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.tile is not None and args.tile < 16:
-        return fail(f"--tile must be at least 16 pixels, got {args.tile}")
-    if args.scale is not None and args.task != "sr":
-        return fail("--scale applies to --task sr only")
-    inputs = [Path(p) for p in args.inputs]
-    missing = [str(p) for p in inputs if not p.is_file()]
-    if missing:
-        return fail(f"no such file: {', '.join(missing)}")
-    output = Path(args.output)
-    dests = _destinations(inputs, output, args.format)
+    try:
+        tasks, strength = _check_args(args)
+        inputs = [Path(p) for p in args.inputs]
+        sources = collect(inputs, args.recursive)
+        dests = destinations(inputs, sources, Path(args.output), args.format, args.overwrite)
+    except UsageError as e:
+        return fail(str(e))
     if args.url:
         from cli.remote import restore_remote
 
-        return restore_remote(args, list(zip(inputs, dests, strict=True)))
-    return _restore_here(args, inputs, dests)
+        return restore_remote(args, [(src, dst) for (src, _), dst in zip(sources, dests, strict=True)])
+    return _restore_here(args, tasks, strength, sources, dests)
 
 
-def _restore_here(args: argparse.Namespace, inputs: list[Path], dests: list[Path]) -> int:
-    from tqdm import tqdm
-
+def _restore_here(args: argparse.Namespace, tasks: tuple[str, ...], strength: object,
+                  sources: list[tuple[Path, Path]], dests: list[Path]) -> int:
     from models import imageio
     from models.engine import load_for_task
     from models.errors import BBCUError
-    from models.pipeline import restore_image
+    from models.pipeline import run_stages
 
     try:
-        model = load_for_task(args.task, args.scale, args.variant, args.weights,
-                              device=args.device, backend=args.backend)
+        models = [load_for_task(t, args.scale if t == "sr" else None, args.variant, args.weights,
+                                device=args.device, backend=args.backend) for t in tasks]
     except (BBCUError, ValueError) as e:
         return fail(str(e))
+    bars = not args.quiet and sys.stderr.isatty()
     failures = 0
-    files = tqdm(list(zip(inputs, dests, strict=True)), desc="files", unit="img", disable=args.quiet)
-    for src, dst in files:
-        bar = tqdm(desc=src.name, unit="tile", leave=False, disable=args.quiet)
+    for n, ((src, _), dst) in enumerate(zip(sources, dests, strict=True), 1):
+        progress = None
+        if bars:
+            from tqdm import tqdm
 
-        def progress(done: int, total: int, bar: tqdm = bar) -> None:  # type: ignore[type-arg]
-            bar.total = total
-            bar.update(done - bar.n)
+            bar = tqdm(desc=f"[{n}/{len(sources)}] {src.name}", total=1000, leave=False)
 
+            def progress(done: int, total: int, bar: tqdm = bar) -> None:  # type: ignore[type-arg]
+                bar.update(done * 1000 // max(total, 1) - bar.n)
+
+        t0 = time.perf_counter()
         try:
             img = imageio.decode(src.read_bytes(), max_pixels=args.max_pixels)
-            out = restore_image(model, img, tile=args.tile, progress=progress)
+            out, reports = run_stages(models, img, tile=args.tile, strength=strength,  # type: ignore[arg-type]
+                                      progress=progress)
             dst.parent.mkdir(parents=True, exist_ok=True)
-            fmt = args.format or dst.suffix.lower().lstrip(".") or "png"
-            dst.write_bytes(imageio.encode(out, fmt))
-        except BBCUError as e:
+            fmt = args.format or format_of(dst.suffix) or "png"
+            dst.write_bytes(imageio.encode(out, fmt, quality=args.quality))
+        except (BBCUError, OSError) as e:
             failures += 1
-            tqdm.write(f"bbcu: {src}: {e}", file=sys.stderr)
+            print(f"bbcu: {src}: {e}", file=sys.stderr)
+            continue
         finally:
-            bar.close()
+            if bars:
+                bar.close()
+        if not args.quiet:
+            print(f"{src} -> {dst} ({time.perf_counter() - t0:.1f} s: {_describe(reports)})",
+                  file=sys.stderr, flush=True)
     if failures:
-        return fail(f"{failures} of {len(inputs)} files failed", code=1)
+        return fail(f"{failures} of {len(sources)} files failed", code=1)
     return 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
@@ -29,6 +30,8 @@ from models.errors import (
 from models.hashing import sha256_file
 
 FORMAT_TAG = "bbcu-safetensors-1"
+# file name endings of the checkpoint files we read (anything else is looked up by name)
+SUFFIXES = (".pth", ".pt", ".safetensors", ".bin")
 _WRAPPER_KEYS = ("params_ema", "params", "state_dict", "model", "net")
 
 
@@ -74,13 +77,24 @@ def detect(sd: dict[str, Tensor]) -> NetworkConfig:
         "('conv_first.*', 'body.N.body.M.*') or DnCNN keys ('model.N.*')")
 
 
+def _refusal(path: Path, error: Exception) -> str:
+    """Why a file torch's safe loader refused is not a checkpoint (not torch's advice to unpickle it)."""
+    with path.open("rb") as f:
+        head = f.read(2)
+    if not zipfile.is_zipfile(path) and not head.startswith(b"\x80"):
+        return (f"{path.name}: not a checkpoint: neither a PyTorch archive (.pth/.pt), nor a pickle, "
+                "nor a .safetensors file")
+    found = re.search(r"GLOBAL (\S+)", str(error))
+    what = f" (e.g. {found.group(1)})" if found else ""
+    return (f"{path.name}: refused to load: it holds Python objects other than tensors{what}; "
+            "a checkpoint holds only tensors and plain containers")
+
+
 def _read_torch(path: Path) -> object:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        raise CheckpointReadError(
-            f"{path.name}: refused to load (only tensors and plain containers are accepted): "
-            f"{str(e).splitlines()[0]}") from e
+        raise CheckpointReadError(_refusal(path, e)) from e
     except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError, UnicodeDecodeError,
             struct.error, KeyError, IndexError, TypeError, AttributeError, AssertionError) as e:
         # torch raises all of these (asserts included) on malformed archives

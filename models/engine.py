@@ -22,14 +22,12 @@ from models.complexity import count
 from models.config import NetworkConfig
 from models.errors import UnknownModelError
 from models.precision import ieee_fp32
-from models.tiling import Progress, run_tiled
-from models.vocab import BACKENDS
+from models.tiling import Progress, choose_tile, redundancy, run_tiled
+from models.vocab import BACKENDS, DEFAULT_TILE_MEMORY_MB
 
-# Measured peak bytes of live activations per input pixel and feature channel (see tests):
-# a few tensors of nf channels at the input resolution, and more at the output for SR.
-_ACT_TENSORS = 6
-DEFAULT_TILE_BYTES = 256 << 20
-MIN_TILE = 32
+DEFAULT_TILE_BYTES = DEFAULT_TILE_MEMORY_MB << 20
+# Below 4 x the receptive radius (~38 px for SR) the overlap would cost more than 2.25x the tile.
+MIN_TILE_RADII = 4
 
 
 @dataclass(frozen=True)
@@ -153,20 +151,28 @@ class RestorationModel:
             out = self.net(x)
         return out.to(batch.device).contiguous()
 
-    def _bytes_per_px(self) -> int:
-        return 4 * self.config.nf * _ACT_TENSORS * max(1, self.config.scale ** 2)
+    @property
+    def bytes_per_pixel(self) -> float:
+        """Peak activation bytes per input pixel of one forward pass (the measured model above)."""
+        at_input, at_output = archs.for_config(self.config).activation_tensors
+        return 4.0 * self.config.nf * (at_input + at_output * self.scale ** 2)
 
-    def auto_tile(self, memory_bytes: int = DEFAULT_TILE_BYTES) -> int:
-        """The largest square tile (input pixels, overlap excluded) whose activations fit."""
-        side = int((memory_bytes / self._bytes_per_px()) ** 0.5) - 2 * self.info.receptive_radius
-        return max(MIN_TILE, side)
+    def tile_for(self, height: int, width: int, memory_bytes: int = DEFAULT_TILE_BYTES) -> int:
+        """The tile side (input pixels, overlap excluded) for an image of this size and budget."""
+        radius = self.info.receptive_radius
+        return choose_tile(height, width, radius=radius, bytes_per_pixel=self.bytes_per_pixel,
+                           memory_bytes=memory_bytes, min_tile=MIN_TILE_RADII * radius)
+
+    def redundancy(self, height: int, width: int, tile: int) -> float:
+        """Computed pixels per image pixel with this tile (the overlap's cost; 1.0 for one tile)."""
+        return redundancy(height, width, tile, self.info.receptive_radius)
 
     def tile_batch(self, tile: int, memory_bytes: int = DEFAULT_TILE_BYTES) -> int:
         """Tiles per batch: on CUDA as many padded tiles as fit the budget, on the CPU one."""
         if self.device.type != "cuda":
             return 1  # the CPU kernels use every core on one tile already
         side = tile + 2 * self.info.receptive_radius
-        return max(1, memory_bytes // (self._bytes_per_px() * side * side))
+        return max(1, int(memory_bytes // (self.bytes_per_pixel * side * side)))
 
     def restore(self, image: Tensor, tile: int | None = None, progress: Progress | None = None,
                 *, memory_bytes: int = DEFAULT_TILE_BYTES) -> Tensor:
@@ -176,8 +182,8 @@ class RestorationModel:
         so that the activations of one tile stay within that budget whatever the image size. On
         CUDA, smaller tiles run several to a batch within the same budget.
         """
-        tile = tile or self.auto_tile(memory_bytes)
         h, w = image.shape[-2:]
+        tile = tile or self.tile_for(h, w, memory_bytes)
         if h <= tile and w <= tile:
             out = self(image.to(self.device)).cpu()
             if progress is not None:
@@ -209,7 +215,7 @@ def load_model(name_or_path: str | Path, device: str | torch.device = "cpu",
                backend: str = "auto") -> RestorationModel:
     """Load a checkpoint file (official or ours) or a shipped catalogue entry by name."""
     p = Path(name_or_path)
-    if p.suffix in (".pth", ".pt", ".safetensors", ".bin") or p.exists():
+    if p.suffix in checkpoints.SUFFIXES or p.exists():
         return from_checkpoint(checkpoints.read(p), device=device, backend=backend)
     entry = catalog.by_name(str(name_or_path))
     return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device,

@@ -14,6 +14,7 @@ class ErrorCode(str, Enum):
     """Why a job failed or a request was refused."""
 
     bad_image = "bad_image"
+    bad_option = "bad_option"
     too_large = "too_large"
     unknown_model = "unknown_model"
     timeout = "timeout"
@@ -63,6 +64,12 @@ class ImageTooLargeError(ImageError):
         super().__init__(message)
         self.pixels = pixels
         self.max_pixels = max_pixels
+
+
+class OptionError(BBCUError):
+    """An option that cannot be run (task pipeline, strength, scale); the message lists what can."""
+
+    code = ErrorCode.bad_option
 
 
 class UnknownModelError(BBCUError):

@@ -19,6 +19,10 @@ from models.errors import ImageDecodeError, ImageTooLargeError
 from models.vocab import FORMATS, format_of
 
 _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
+_ORIENTATION = 0x0112
+# zlib level 1: at 2000x1500 about 3x faster than Pillow's default 6 for files ~14% larger
+PNG_COMPRESS_LEVEL = 1
+DEFAULT_QUALITY = 95
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
                   PILImage.DecompressionBombError, struct.error)
 
@@ -33,6 +37,7 @@ class Image:
     source_format: str | None = None
     source_mode: str = "RGB"
     icc_profile: bytes | None = None
+    exif: bytes | None = None  # orientation already applied to the pixels and reset to 1
 
     @property
     def height(self) -> int:
@@ -123,11 +128,21 @@ def decode(data: bytes, *, max_pixels: int) -> Image:
         src_format, src_mode = im.format, im.mode
         icc = im.info.get("icc_profile")
         im = ImageOps.exif_transpose(im) or im
+        exif = _normalised_exif(im)
         pixels, alpha, depth = _to_float(im)
     except _DECODE_ERRORS as e:
         raise ImageDecodeError(f"corrupt or truncated image ({type(e).__name__}: {e})") from e
     return Image(pixels=pixels, alpha=alpha, bit_depth=depth, source_format=src_format,
-                 source_mode=src_mode, icc_profile=icc if isinstance(icc, bytes) else None)
+                 source_mode=src_mode, icc_profile=icc if isinstance(icc, bytes) else None, exif=exif)
+
+
+def _normalised_exif(upright: PILImage.Image) -> bytes | None:
+    """The EXIF block of an image already turned upright, saying so (Orientation 1)."""
+    exif = upright.getexif()
+    if not exif:
+        return None
+    exif[_ORIENTATION] = 1
+    return exif.tobytes()
 
 
 def read(path: str) -> Image:
@@ -157,8 +172,9 @@ def to_pil(img: Image, fmt: str) -> PILImage.Image:
     return PILImage.fromarray(both)
 
 
-def encode(img: Image, fmt: str = "png") -> bytes:
-    """PNG (16-bit gray kept), WebP, or JPEG (alpha composited over white)."""
+def encode(img: Image, fmt: str = "png", *, quality: int | None = None) -> bytes:
+    """PNG (16-bit gray kept), WebP, or JPEG (alpha composited over white), with the source's ICC
+    profile and EXIF; ``quality`` (1..100, default 95) for JPEG and WebP."""
     key = format_of(fmt)
     if key is None:
         raise ValueError(f"unsupported output format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -168,19 +184,21 @@ def encode(img: Image, fmt: str = "png") -> bytes:
     opts: dict[str, object] = {}
     if img.icc_profile:
         opts["icc_profile"] = img.icc_profile
+    if img.exif:
+        opts["exif"] = img.exif
     if pil_fmt == "JPEG":
-        opts["quality"] = 95
+        opts["quality"] = quality or DEFAULT_QUALITY
     elif pil_fmt == "WEBP":
-        opts.update(quality=95, method=4)
+        opts.update(quality=quality or DEFAULT_QUALITY, method=4)
     elif pil_fmt == "PNG":
-        opts["compress_level"] = 6
+        opts["compress_level"] = PNG_COMPRESS_LEVEL
     im.save(buf, format=pil_fmt, **opts)
     return buf.getvalue()
 
 
-def write(img: Image, path: str, fmt: str | None = None) -> None:
+def write(img: Image, path: str, fmt: str | None = None, *, quality: int | None = None) -> None:
     ext = fmt or path.rsplit(".", 1)[-1]
-    data = encode(img, ext)
+    data = encode(img, ext, quality=quality)
     with open(path, "wb") as f:
         f.write(data)
 

@@ -1,25 +1,50 @@
-"""From a decoded image to a restored image: channel mapping, alpha, tiling.
+"""From a decoded image to a restored image: channel mapping, alpha, tiling, strength, stages.
 
 - A gray image through an RGB network runs as three equal channels and comes back as their mean.
 - A color image through the gray (Y) JPEG deblocker: the network restores the full-range BT.601
   luma (the plane JPEG itself stores); the chroma planes are kept as the decoder upsampled them.
 - Alpha is resized (bicubic) for super-resolution and kept unchanged otherwise.
+- ``strength`` blends the result with the input (same-size tasks only); ``auto`` picks it from
+  the input's estimated noise (models.noise), and a strength of 0 skips the network.
+- ``run_stages`` runs a pipeline (e.g. deblock then sr): each stage takes the previous output,
+  exactly as running the stages one after the other would.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 from PIL import Image as PILImage
 
+from models import noise
 from models.engine import DEFAULT_TILE_BYTES, RestorationModel
 from models.imageio import Image, rgb_to_ycbcr, ycbcr_to_rgb
+from models.stages import AUTO, STRENGTH_TASK, Strength
+from models.tiling import count_tiles
+
+Progress = Callable[[int, int], None]
 
 
-def _run(model: RestorationModel, planes: np.ndarray, tile: int | None,
-         progress: Callable[[int, int], None] | None, memory_bytes: int) -> np.ndarray:
+@dataclass(frozen=True)
+class StageReport:
+    """What one stage did: its model, time, tiling and (denoise) noise estimate and strength."""
+
+    task: str
+    model: str
+    inference_ms: float
+    tile: int
+    tiles: int
+    redundancy: float
+    sigma: float | None = None
+    strength: float | None = None
+
+
+def _run(model: RestorationModel, planes: np.ndarray, tile: int | None, progress: Progress | None,
+         memory_bytes: int) -> np.ndarray:
     x = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
     y = model.restore(x, tile=tile, progress=progress, memory_bytes=memory_bytes).clamp_(0.0, 1.0)
     return y[0].permute(1, 2, 0).numpy()
@@ -31,29 +56,81 @@ def _resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(np.asarray(im.resize((w * scale, h * scale), PILImage.Resampling.BICUBIC)), 0, 1)
 
 
+def _network(model: RestorationModel, img: Image, tile: int | None, progress: Progress | None,
+             memory_bytes: int) -> np.ndarray:
+    net_c = model.config.in_nc
+    px = img.pixels
+    if net_c == img.channels:
+        return _run(model, px, tile, progress, memory_bytes)
+    if net_c == 3:  # gray image, color network
+        return _run(model, np.repeat(px, 3, axis=2), tile, progress, memory_bytes).mean(axis=2, keepdims=True)
+    ycc = rgb_to_ycbcr(px)  # color image, luma network
+    y = _run(model, ycc[..., :1], tile, progress, memory_bytes)
+    s = model.scale
+    if s > 1:
+        chroma = np.stack([_resize_alpha(ycc[..., i], s) for i in (1, 2)], axis=-1)
+    else:
+        chroma = ycc[..., 1:]
+    return ycbcr_to_rgb(np.concatenate([y, chroma], axis=2))
+
+
+def resolve_strength(strength: Strength, img: Image) -> tuple[float, float | None]:
+    """The strength to apply and, in auto mode, the estimated noise sigma (0..255) it came from."""
+    if strength == AUTO:
+        sigma = noise.estimate_sigma(img.pixels)
+        return noise.auto_strength(sigma), sigma
+    return float(strength), None
+
+
 def restore_image(model: RestorationModel, img: Image, *, tile: int | None = None,
-                  progress: Callable[[int, int], None] | None = None,
+                  progress: Progress | None = None, strength: float = 1.0,
                   memory_bytes: int = DEFAULT_TILE_BYTES) -> Image:
     """Run ``model`` on ``img`` and return the restored image (same mode and bit depth).
 
     ``memory_bytes`` is the activation budget that sets the tile size (and on CUDA the tile batch).
     """
-    net_c = model.config.in_nc
-    px = img.pixels
-    if net_c == img.channels:
-        out = _run(model, px, tile, progress, memory_bytes)
-    elif net_c == 3:  # gray image, color network
-        out = _run(model, np.repeat(px, 3, axis=2), tile, progress, memory_bytes).mean(axis=2, keepdims=True)
-    else:  # color image, luma network
-        ycc = rgb_to_ycbcr(px)
-        y = _run(model, ycc[..., :1], tile, progress, memory_bytes)
-        s = model.scale
-        if s > 1:
-            chroma = np.stack([_resize_alpha(ycc[..., i], s) for i in (1, 2)], axis=-1)
-        else:
-            chroma = ycc[..., 1:]
-        out = ycbcr_to_rgb(np.concatenate([y, chroma], axis=2))
+    if strength != 1.0 and model.scale != 1:
+        raise ValueError("strength blends with the input, so it needs a task that keeps the size")
+    if strength <= 0.0:
+        if progress is not None:
+            progress(1, 1)
+        return img
+    out = noise.blend(img.pixels, _network(model, img, tile, progress, memory_bytes), strength)
     alpha = img.alpha
     if alpha is not None and model.scale > 1:
         alpha = _resize_alpha(alpha, model.scale)
     return img.with_pixels(out.astype(np.float32), alpha)
+
+
+def run_stages(models: Sequence[RestorationModel], img: Image, *, tile: int | None = None,
+               strength: Strength | None = None, memory_bytes: int = DEFAULT_TILE_BYTES,
+               progress: Progress | None = None) -> tuple[Image, list[StageReport]]:
+    """Run each model on the previous one's output; the final image and one report per stage.
+
+    ``strength`` (default ``auto``) applies to the denoise stage; the other stages run in full.
+    ``progress(done, total)`` counts stages in thousandths so a client sees one bar.
+    """
+    reports: list[StageReport] = []
+    n = len(models)
+    for i, model in enumerate(models):
+        denoise = model.config.task == STRENGTH_TASK
+        value, sigma = resolve_strength(strength if strength is not None else AUTO, img) \
+            if denoise else (1.0, None)
+        h, w = img.height, img.width
+        side = tile or model.tile_for(h, w, memory_bytes)
+
+        def stage_progress(done: int, total: int, i: int = i) -> None:
+            if progress is not None:
+                progress(int(1000 * (i + done / max(total, 1)) / n), 1000)
+
+        t0 = time.perf_counter()
+        img = restore_image(model, img, tile=side, progress=stage_progress, strength=value,
+                            memory_bytes=memory_bytes)
+        ms = (time.perf_counter() - t0) * 1000.0
+        skipped = value <= 0.0
+        reports.append(StageReport(
+            task=model.config.task, model=model.info.name, inference_ms=ms, tile=side,
+            tiles=0 if skipped else count_tiles(h, w, side),
+            redundancy=0.0 if skipped else model.redundancy(h, w, side),
+            sigma=sigma, strength=value if denoise else None))
+    return img, reports

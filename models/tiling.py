@@ -1,8 +1,11 @@
-"""Seam-free tiled inference.
+"""Seam-free tiled inference, and the choice of tile size.
 
 Each tile is cut with an overlap of the network's receptive radius, run, and only its core is
 kept, so the stitched result equals the whole-image result while only one tile (plus overlap)
 lives on the device at a time. The image stays on the host; the output is assembled there.
+
+Tiles split the image evenly (a 640-pixel side with tile 320 gives two 320-pixel tiles, with tile
+300 three of 214), so no thin last tile pays a full overlap for a few pixels of its own.
 """
 
 from __future__ import annotations
@@ -15,14 +18,51 @@ from torch import Tensor
 Progress = Callable[[int, int], None]
 
 
+def _spans(n: int, tile: int) -> list[tuple[int, int]]:
+    k = -(-n // tile)
+    edges = [i * n // k for i in range(k + 1)]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
 def tile_grid(height: int, width: int, tile: int) -> Iterator[tuple[int, int, int, int]]:
-    for y0 in range(0, height, tile):
-        for x0 in range(0, width, tile):
-            yield y0, min(y0 + tile, height), x0, min(x0 + tile, width)
+    for y0, y1 in _spans(height, tile):
+        for x0, x1 in _spans(width, tile):
+            yield y0, y1, x0, x1
 
 
 def count_tiles(height: int, width: int, tile: int) -> int:
     return -(-height // tile) * -(-width // tile)
+
+
+def redundancy(height: int, width: int, tile: int, radius: int) -> float:
+    """Pixels the network computes (tiles with their overlap) per pixel of the image; 1.0: none."""
+    def padded(n: int) -> int:
+        return sum(min(b + radius, n) - max(a - radius, 0) for a, b in _spans(n, tile))
+
+    return padded(height) * padded(width) / (height * width)
+
+
+def _largest_padded(n: int, tile: int, radius: int) -> int:
+    return max(min(b + radius, n) - max(a - radius, 0) for a, b in _spans(n, tile))
+
+
+def choose_tile(height: int, width: int, *, radius: int, bytes_per_pixel: float, memory_bytes: int,
+                min_tile: int) -> int:
+    """The tile side with the least overlap whose largest tile (overlap included) fits
+    ``memory_bytes``: the whole image when it fits; ``min_tile`` when nothing does."""
+    fits = memory_bytes / bytes_per_pixel
+    if height * width <= fits:
+        return max(height, width)
+    # every distinct grid: k tiles along one side give a tile side of ceil(side / k)
+    sides = {-(-n // k) for n in (height, width) for k in range(1, -(-n // min_tile) + 1)}
+    best: tuple[float, int] | None = None
+    for t in sorted(s for s in sides if s >= min_tile):
+        if _largest_padded(height, t, radius) * _largest_padded(width, t, radius) > fits:
+            continue
+        cost = (redundancy(height, width, t, radius), -t)
+        if best is None or cost < best:
+            best = cost
+    return -best[1] if best is not None else min_tile
 
 
 Box = tuple[int, int, int, int]

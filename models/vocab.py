@@ -27,6 +27,9 @@ VARIANTS: tuple[str, ...] = tuple(VARIANT_PARTS)
 Backend = Literal["auto", "float", "fp16", "fused", "bitpacked"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
+# Activation memory of one tile: the one default of the CLI, the engine and the service.
+DEFAULT_TILE_MEMORY_MB = 1024
+
 Format = Literal["png", "webp", "jpeg"]
 FORMATS: tuple[Format, ...] = get_args(Format)
 MEDIA_TYPES: dict[Format, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}

@@ -26,7 +26,8 @@ def pixels(data: bytes) -> np.ndarray:
 
 
 @lru_cache(maxsize=8)
-def _model(weights: Path, task: str, scale: int | None):  # type: ignore[no-untyped-def]
+def load_model(weights: Path, task: str, scale: int | None):  # type: ignore[no-untyped-def]
+    """The engine's model for a task from a weights directory (cached)."""
     from models.engine import load_for_task
 
     return load_for_task(task, scale, weights_dir=weights)
@@ -36,7 +37,7 @@ def reference(weights: Path, task: str, scale: int | None, data: bytes, fmt: str
     """The engine alone on the same image and weights."""
     from models import imageio, pipeline
 
-    out = pipeline.restore_image(_model(weights, task, scale), imageio.decode(data, max_pixels=1 << 30))
+    out = pipeline.restore_image(load_model(weights, task, scale), imageio.decode(data, max_pixels=1 << 30))
     return pixels(imageio.encode(out, fmt))
 
 

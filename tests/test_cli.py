@@ -8,9 +8,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image as PILImage
 
+from cli.main import main
 from models import load_model
 from models.config import deblock_config, sr_config
 from tests.factories import save_official, save_ours
@@ -94,3 +96,137 @@ def test_models_lists_the_catalogue_as_json() -> None:
     entries = json.loads(r.stdout)
     shipped = sorted(p.stem for p in (ROOT / "models" / "weights").glob("*.safetensors"))
     assert sorted(e["name"] for e in entries) == shipped
+
+
+class Ran:
+    def __init__(self, returncode: int, stderr: str) -> None:
+        self.returncode, self.stderr = returncode, stderr
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> Ran:
+    """The CLI in this process (saves a torch import per call); stderr is not a terminal here."""
+    capsys.readouterr()
+    code = main(list(args))
+    return Ran(code, capsys.readouterr().err)
+
+
+def _tiny_weights(tmp_path: Path) -> dict[str, Path]:
+    from models.config import denoise_config
+
+    return {"deblock": save_ours(tmp_path, "db", deblock_config(nf=8, depth=3), seed=1),
+            "denoise": save_ours(tmp_path, "dn", denoise_config(nf=8, depth=3), seed=2)}
+
+
+def test_inputs_are_never_overwritten_and_outputs_only_with_overwrite(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _tiny_weights(tmp_path)["deblock"]
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    a = _image(photos / "a.png", (12, 10))
+    original = a.read_bytes()
+    base = ("--task", "deblock", "--weights", str(ckpt), "--quiet")
+    r = run_main(capsys, "restore", str(a), "-o", str(a), *base)
+    assert r.returncode == 2 and "inputs are never overwritten" in r.stderr
+    r = run_main(capsys, "restore", str(a), "-o", str(photos), *base)  # into the input's own folder
+    assert r.returncode == 2 and "is an input" in r.stderr
+    # not even with --overwrite
+    r = run_main(capsys, "restore", str(a), "-o", str(photos), "--overwrite", *base)
+    assert r.returncode == 2 and a.read_bytes() == original
+    out = tmp_path / "out.png"
+    out.write_bytes(b"precious")
+    r = run_main(capsys, "restore", str(a), "-o", str(out), *base)
+    assert r.returncode == 2 and "output exists" in r.stderr and out.read_bytes() == b"precious"
+    r = run_main(capsys, "restore", str(a), "-o", str(out), "--overwrite", *base)
+    assert r.returncode == 0, r.stderr
+    assert PILImage.open(out).size == (12, 10)
+    # the same folder with another format is fine: a.webp next to a.png
+    r = run_main(capsys, "restore", str(a), "-o", str(photos), "--format", "webp", *base)
+    assert r.returncode == 0, r.stderr
+    assert PILImage.open(photos / "a.webp").format == "WEBP" and a.read_bytes() == original
+
+
+def test_output_paths_that_cannot_work_are_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _tiny_weights(tmp_path)["deblock"]
+    a = _image(tmp_path / "a.png", (8, 8))
+    b = _image(tmp_path / "b.png", (8, 8))
+    base = ("--task", "deblock", "--weights", str(ckpt), "--quiet")
+    r = run_main(capsys, "restore", str(a), "-o", str(tmp_path / "out.tif"), *base)
+    assert r.returncode == 2 and "cannot write .tif" in r.stderr
+    assert not (tmp_path / "out.tif").exists()
+    r = run_main(capsys, "restore", str(a), str(b), "-o", str(tmp_path / "both.png"), *base)
+    assert r.returncode == 2 and "names a file but there are 2 inputs" in r.stderr
+    (tmp_path / "jpegs").mkdir()
+    c = tmp_path / "jpegs" / "a.jpg"
+    PILImage.open(a).save(c)
+    r = run_main(capsys, "restore", str(a), str(c), "-o", str(tmp_path / "o"), *base)
+    assert r.returncode == 2 and "would both be written" in r.stderr
+    r = run_main(capsys, "restore", str(a), "-o", str(tmp_path / "o"), "--task", "sr", "--scale", "0",
+                 "--quiet")
+    assert r.returncode == 2 and "scale 0 is not supported" in r.stderr
+
+
+def test_folders_recursive_and_plain_progress_lines(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    ckpt = _tiny_weights(tmp_path)["deblock"]
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    _image(src / "x.png", (8, 8))
+    _image(src / "sub" / "y.png", (9, 7))
+    (src / "notes.txt").write_text("not an image")
+    base = ("--task", "deblock", "--weights", str(ckpt))
+    r = run_main(capsys, "restore", str(src), "-o", str(tmp_path / "flat"), *base)
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in (tmp_path / "flat").rglob("*")) == ["x.png"]
+    # stderr is a pipe here: one plain line per file, no progress bar control characters
+    assert "\r" not in r.stderr and "x.png ->" in r.stderr and "deblock" in r.stderr
+    r = run_main(capsys, "restore", str(src), "-o", str(tmp_path / "deep"), "--recursive", *base)
+    assert r.returncode == 0, r.stderr
+    assert PILImage.open(tmp_path / "deep" / "sub" / "y.png").size == (9, 7)
+    assert (tmp_path / "deep" / "x.png").is_file() and len(r.stderr.splitlines()) == 2
+
+
+def test_pipeline_equals_the_stages_one_after_the_other(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    w = tmp_path / "w"
+    w.mkdir()
+    from models import catalog
+    from models.config import denoise_config
+
+    save_ours(w, "tiny-denoise", denoise_config(nf=8, depth=3), seed=3)
+    save_ours(w, "tiny-sr", sr_config(2, "l", nf=8, depth=1), seed=4)
+    monkeypatch.setattr(catalog, "WEIGHTS_DIR", w)  # the shipped-weights lookup, pointed at tiny ones
+    a = _image(tmp_path / "a.png", (20, 16))
+
+    def run(*args: str) -> Ran:
+        return run_main(capsys, *args)
+
+    r = run("restore", str(a), "-o", str(tmp_path / "piped.png"), "--task", "denoise,sr", "--scale", "2",
+            "--strength", "1")
+    assert r.returncode == 0, r.stderr
+    assert "denoise" in r.stderr and "strength 1.00" in r.stderr
+    assert run("restore", str(a), "-o", str(tmp_path / "d.png"), "--task", "denoise", "--strength", "1",
+               "--quiet").returncode == 0
+    assert run("restore", str(tmp_path / "d.png"), "-o", str(tmp_path / "ds.png"), "--task", "sr",
+               "--scale", "2", "--quiet").returncode == 0
+    piped = np.asarray(PILImage.open(tmp_path / "piped.png"))
+    stepwise = np.asarray(PILImage.open(tmp_path / "ds.png"))
+    assert piped.shape == (32, 40, 3)
+    # the stepwise run rounds to 8 bits between the stages; the pipeline keeps floats
+    assert np.abs(piped.astype(int) - stepwise.astype(int)).max() <= 2
+    r = run("restore", str(a), "-o", str(tmp_path / "bad.png"), "--task", "sr,denoise")
+    assert r.returncode == 2 and "sr must come last" in r.stderr
+    r = run("restore", str(a), "-o", str(tmp_path / "bad.png"), "--task", "sr", "--strength", "0.5")
+    assert r.returncode == 2 and "strength applies to the denoise stage" in r.stderr
+
+
+def test_info_by_catalogue_name_and_on_a_non_checkpoint(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    name = sorted(p.stem for p in (ROOT / "models" / "weights").glob("*.safetensors"))[0]
+    capsys.readouterr()
+    assert main(["info", name]) == 0
+    assert len(json.loads(capsys.readouterr().out)["sha256"]) == 64
+    png = _image(tmp_path / "photo.png", (8, 8))
+    r = run_main(capsys, "info", str(png))
+    assert r.returncode == 2 and "not a checkpoint" in r.stderr and "weights_only" not in r.stderr
+    r = run_main(capsys, "info", "no-such-model")
+    assert r.returncode == 2 and "unknown model 'no-such-model'" in r.stderr

@@ -151,3 +151,25 @@ def test_jpeg_output_composites_alpha_over_white() -> None:
     assert out.min() >= 250
     with pytest.raises(ValueError, match="unsupported output format"):
         imageio.encode(img, "tiff")
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg", "webp"])
+def test_exif_and_icc_are_kept_with_orientation_normalised(fmt: str) -> None:
+    from PIL import ImageCms
+
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    exif = PILImage.Exif()
+    exif[0x010F] = "BBCU test camera"  # Make
+    exif[0x0112] = 8  # rotate 90 degrees counter-clockwise on display
+    src = _png(_photo((40, 30)), "JPEG", exif=exif.tobytes(), icc_profile=icc, quality=95)
+    out = PILImage.open(io.BytesIO(imageio.encode(imageio.decode(src, max_pixels=BIG), fmt)))
+    kept = out.getexif()
+    assert out.size == (30, 40) and kept[0x010F] == "BBCU test camera" and kept[0x0112] == 1
+    assert out.info.get("icc_profile") == icc
+
+
+def test_quality_sets_the_jpeg_size() -> None:
+    img = imageio.decode(_png(_photo((64, 64))), max_pixels=BIG)
+    sizes = [len(imageio.encode(img, "jpeg", quality=q)) for q in (30, 60, 95)]
+    assert sizes == sorted(sizes) and sizes[0] < sizes[2] / 2
+    assert len(imageio.encode(img, "jpeg")) == sizes[2]  # 95 is the default

@@ -10,11 +10,21 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlparse
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from tests.conftest import MAX_PIXELS, MAX_UPLOAD_BYTES, TINY_MODELS, Service
-from tests.helpers import assert_problem, assert_same_image, make_image, pixels, reference, sha256, wait_job
+from tests.helpers import (
+    assert_problem,
+    assert_same_image,
+    load_model,
+    make_image,
+    pixels,
+    reference,
+    sha256,
+    wait_job,
+)
 
 TASKS = [("denoise", None, "tiny_denoise_l", 1), ("deblock", None, "tiny_deblock_l", 1),
          ("sr", 2, "tiny_sr_x2_l", 2), ("sr", None, "tiny_sr_x4_l", 4)]
@@ -153,6 +163,12 @@ def test_cancel_and_not_ready(service: Service) -> None:
     ({"task": "denoise", "device": "tpu"}, "device"),
     ({"task": "denoise", "tile": 8}, "tile"),
     ({}, "task"),
+    ({"task": "sr", "scale": 0}, "scale 0"),
+    ({"task": "sr,denoise"}, "sr must come last"),
+    ({"task": "denoise,denoise"}, "repeats"),
+    ({"task": "sr", "strength": "0.5"}, "denoise stage"),
+    ({"task": "denoise", "strength": "2"}, "from 0 to 1"),
+    ({"task": "denoise", "quality": 0}, "quality"),
 ])
 def test_invalid_options_422(service: Service, params: dict, fragment: str) -> None:
     with service.client() as c:
@@ -309,3 +325,58 @@ def test_memory_stays_flat_over_many_requests(service: Service) -> None:
         burst(40)
         after = _tree_rss(proc.popen.pid)
     assert after - before < 40 << 20, f"RSS grew by {(after - before) >> 20} MiB over 40 requests"
+
+
+def _exif_jpeg(w: int, h: int) -> bytes:
+    rng = np.random.default_rng(21)
+    exif = Image.Exif()
+    exif[0x010F] = "BBCU test camera"  # Make
+    exif[0x0112] = 6  # Orientation: rotate 90 degrees clockwise on display
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, format="JPEG", quality=95,
+                                                                         exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def test_pipeline_strength_exif_and_download_name(service: Service, tiny_weights: Path) -> None:
+    """deblock,sr in one job equals deblock then sr; strength 0 returns the input; EXIF is kept."""
+    from models import imageio, pipeline
+
+    data = make_image(30, 22, seed=31)
+    decoded = imageio.decode(data, max_pixels=1 << 30)
+    deblocked = pipeline.restore_image(load_model(tiny_weights, "deblock", None), decoded)
+    stepwise = pipeline.restore_image(load_model(tiny_weights, "sr", 2), deblocked)
+    with service.client() as c:
+        r = c.post("/restore", params={"task": "deblock,sr", "scale": 2},
+                   files={"image": ("holiday photo.png", data, "image/png")})
+        assert r.status_code == 200, r.text
+        assert_same_image(r.content, pixels(imageio.encode(stepwise, "png")))
+        assert r.headers["content-disposition"] == 'inline; filename="holiday_photo-deblock-sr.png"'
+        assert re.search(r'deblock;desc="tiny_deblock_l";dur=[\d.]+, sr;desc="tiny_sr_x2_l";dur=[\d.]+',
+                         r.headers["server-timing"])
+        job = c.get(f"/jobs/{r.headers['x-job-id']}").json()
+        assert job["task"] == "deblock,sr" and [s["task"] for s in job["stages"]] == ["deblock", "sr"]
+        assert [s["model"] for s in job["stages"]] == ["tiny_deblock_l", "tiny_sr_x2_l"]
+        assert all(s["inference_ms"] > 0 and s["tiles"] == 1 and s["redundancy"] == 1.0
+                   for s in job["stages"])
+        assert job["model"]["name"] == "tiny_sr_x2_l" and job["output"]["width"] == 60
+
+        untouched = c.post("/restore", params={"task": "denoise", "strength": "0"},
+                           files={"image": ("x.png", data, "image/png")})
+        assert untouched.status_code == 200 and untouched.headers["x-strength"] == "0.000"
+        assert np.array_equal(pixels(untouched.content), pixels(data))
+        auto = c.post("/restore", params={"task": "denoise"}, files={"image": ("x.png", data, "image/png")})
+        # uniform random pixels read as very noisy: the full network, as the reference runs it
+        assert auto.headers["x-strength"] == "1.000" and float(auto.headers["x-noise-sigma"]) > 30
+        assert_same_image(auto.content, reference(tiny_weights, "denoise", None, data))
+
+        jpeg = _exif_jpeg(20, 12)
+        small = c.post("/restore", params={"task": "deblock", "format": "jpeg", "quality": 40},
+                       files={"image": ("cam.jpg", jpeg, "image/jpeg")})
+        large = c.post("/restore", params={"task": "deblock", "format": "jpeg", "quality": 100},
+                       files={"image": ("cam.jpg", jpeg, "image/jpeg")})
+    assert small.status_code == 200 and len(small.content) < len(large.content)
+    out = Image.open(io.BytesIO(small.content))
+    exif = out.getexif()
+    assert out.size == (12, 20)  # turned upright on decode...
+    assert exif[0x010F] == "BBCU test camera" and exif[0x0112] == 1  # ...and says so

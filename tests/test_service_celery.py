@@ -119,7 +119,9 @@ def test_job_waits_for_a_worker_and_messages_carry_no_image(tiny_weights: Path, 
         r.flushdb()
 
 
-def test_sync_wait_limit_gives_202(tiny_weights: Path, redis_port: int, logdir: Path) -> None:
+def test_sync_wait_limit_gives_504_unless_a_202_was_asked_for(tiny_weights: Path, redis_port: int,
+                                                              logdir: Path) -> None:
+    """No worker runs: a synchronous request gets 504 at the wait limit, never a 202 it did not ask for."""
     redis_url = f"redis://127.0.0.1:{redis_port}/2"
     env = service_env(tiny_weights, BBCU_BROKER_URL=redis_url, BBCU_SYNC_WAIT_S="0.5")
     url, api = start_api("api-db2", env, logdir)
@@ -128,13 +130,17 @@ def test_sync_wait_limit_gives_202(tiny_weights: Path, redis_port: int, logdir: 
             t = time.monotonic()
             resp = c.post("/restore", params={"task": "denoise"},
                           files={"image": ("q.png", make_image(8, 8), "image/png")})
-            assert resp.status_code == 202 and 0.5 <= time.monotonic() - t < 5
-            assert resp.headers["location"] == f"/jobs/{resp.json()['id']}"
-            assert "preference-applied" not in resp.headers
-            # Prefer: wait=N shortens the wait below the setting, never lengthens it
+            assert resp.status_code == 504 and 0.5 <= time.monotonic() - t < 5
+            assert resp.headers["content-type"] == "application/problem+json"
+            job_id = resp.json()["job_id"]
+            assert c.get(f"/jobs/{job_id}").json()["status"] == "queued"  # it goes on when a worker comes
+            # Prefer: wait=N opts into a 202, and shortens the wait below the setting, never lengthens it
+            t = time.monotonic()
             env_wait = c.post("/restore", params={"task": "denoise"}, headers={"Prefer": "wait=100"},
                               files={"image": ("q.png", make_image(8, 8), "image/png")})
-            assert env_wait.status_code == 202
+            assert env_wait.status_code == 202 and time.monotonic() - t < 5
+            assert env_wait.headers["location"] == f"/jobs/{env_wait.json()['id']}"
+            assert "preference-applied" not in env_wait.headers
     finally:
         api.stop()
         redis.Redis.from_url(redis_url).flushdb()

@@ -14,7 +14,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from models.errors import ErrorCode
-from models.vocab import MEDIA_TYPES, Format, Task
+from models.stages import Strength, parse_pipeline
+from models.vocab import MEDIA_TYPES, Format
 
 Device = Literal["auto", "cpu", "gpu"]
 QUEUES: tuple[str, ...] = ("cpu", "gpu")
@@ -51,14 +52,24 @@ class JobSpec(BaseModel):
     """What a worker needs to run a job (the input image is the blob stored under ``id``)."""
 
     id: str
-    task: Task
+    task: str = Field(description="one task, or a pipeline run in order such as deblock,sr")
     scale: int = 1
     variant: str | None = None
     format: Format = "png"
+    quality: int | None = Field(default=None, ge=1, le=100, description="JPEG/WebP quality")
+    strength: Strength | None = Field(default=None, description="denoise strength 0..1 or auto")
     queue: Literal["cpu", "gpu"] = "cpu"
     tile: int | None = None
     callback_url: str | None = None
     callback_events: list[WebhookEvent] = Field(default=["completed"])
+    filename: str | None = Field(default=None, description="the uploaded file's name")
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return parse_pipeline(self.task)
+
+    def scale_of(self, task: str) -> int:
+        return self.scale if task == "sr" else 1
 
 
 class ImageFacts(BaseModel):
@@ -88,12 +99,25 @@ class Timings(BaseModel):
         return ", ".join(parts)
 
 
+class StageRecord(BaseModel):
+    """One stage of a job: model, inference time, tiling and (denoise) noise estimate and strength."""
+
+    task: str
+    model: str
+    inference_ms: float
+    tile: int
+    tiles: int
+    redundancy: float = Field(description="pixels computed per image pixel (tile overlap); 1: none")
+    sigma: float | None = Field(default=None, description="estimated noise sigma (0..255), auto strength")
+    strength: float | None = None
+
+
 class JobRecord(BaseModel):
     """The public state of a job, as ``GET /jobs/{id}`` shows it."""
 
     id: str
     status: JobStatus
-    task: Task
+    task: str
     queue: str
     progress: float = Field(default=0.0, ge=0.0, le=1.0)
     eta_s: float | None = Field(default=None, description="Seconds left, from the measured tile rate")
@@ -103,7 +127,8 @@ class JobRecord(BaseModel):
     worker: str | None = None
     attempt: int = Field(default=1, ge=1, description="2 once a lost worker's job was queued again")
     timings: Timings = Field(default_factory=Timings)
-    model: dict[str, Any] | None = None
+    model: dict[str, Any] | None = Field(default=None, description="the model of the last stage")
+    stages: list[StageRecord] = Field(default_factory=list)
     input: ImageFacts | None = None
     output: ImageFacts | None = None
     error: JobError | None = None

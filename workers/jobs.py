@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from models.errors import BBCUError, ErrorCode
-from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, Timings, now
+from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, StageRecord, Timings, now
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
 from workers.webhooks import WebhookSender
@@ -163,34 +163,37 @@ class JobRunner:
         if data is None:
             raise JobTimeout("the input expired before a worker took the job")
         t0 = time.perf_counter()
-        loaded = self.models.get(spec.task, spec.scale, spec.variant, QUEUE_DEVICES[spec.queue])
-        model = loaded.model
+        device = QUEUE_DEVICES[spec.queue]
+        stages = [self.models.get(task, spec.scale_of(task), spec.variant, device) for task in spec.tasks]
         t1 = time.perf_counter()
         # loading a model is a once-per-process cost: the job's own time starts after it
         deadline = t1 + self.settings.soft_time_limit_s
         img = imageio.decode(data, max_pixels=self.settings.max_pixels)
         t2 = time.perf_counter()
         budget = self.settings.tile_memory_mb << 20
-        if model.device.type == "cuda":
+        if device == "cuda":
             budget = self.settings.gpu_tile_memory_mb << 20
-        tile = spec.tile or model.auto_tile(budget)
-        out = pipeline.restore_image(model, img, tile=tile, progress=self._progress(spec.id, deadline),
-                                     memory_bytes=budget)
+        out, reports = pipeline.run_stages([s.model for s in stages], img, tile=spec.tile,
+                                           strength=spec.strength, memory_bytes=budget,
+                                           progress=self._progress(spec.id, deadline))
         t3 = time.perf_counter()
         self._check(spec.id, deadline)
-        encoded = imageio.encode(out, spec.format)
+        encoded = imageio.encode(out, spec.format, quality=spec.quality)
         t4 = time.perf_counter()
         self.store.put_result(spec.id, encoded)
-        self._release_gpu(model, img.width * img.height)
+        for loaded in stages:
+            self._release_gpu(loaded.model, img.width * img.height)
         ms = 1000.0
         timings = Timings(queue=rec.timings.queue, load=(t1 - t0) * ms, decode=(t2 - t1) * ms,
                           inference=(t3 - t2) * ms, encode=(t4 - t3) * ms,
                           total=(rec.timings.queue or 0.0) + (time.perf_counter() - t_start) * ms)
         output = ImageFacts(width=out.width, height=out.height, bytes=len(encoded), format=spec.format)
-        facts = loaded.facts(img.width, img.height)
+        scale = stages[-1].model.scale
+        facts = stages[-1].facts(out.width // scale, out.height // scale)
+        stage_records = [StageRecord(**asdict(r)) for r in reports]
         done = self.store.transition(spec.id, JobStatus.succeeded, (JobStatus.running,), progress=1.0,
                                      eta_s=0.0, finished_at=now(), timings=timings, output=output,
-                                     model=facts)
+                                     model=facts, stages=stage_records)
         if done is None:  # cancelled meanwhile, or a second delivery finished first
             current = self.store.get(spec.id)
             if current is None or current.status == JobStatus.cancelled:

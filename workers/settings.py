@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.catalog import WEIGHTS_DIR
-from models.vocab import BACKENDS
+from models.vocab import BACKENDS, DEFAULT_TILE_MEMORY_MB
 
 
 class Settings(BaseSettings):
@@ -25,15 +25,18 @@ class Settings(BaseSettings):
     weights_dir: Path = Field(
         default=WEIGHTS_DIR, description="Directory of *.safetensors model files")
     max_upload_bytes: int = Field(
-        default=32 << 20, gt=0, description="Largest accepted request body")
+        default=64 << 20, gt=0, description="Largest accepted request body")
     max_pixels: int = Field(
-        default=2048 * 2048, gt=0, description="Largest accepted input (width x height)")
+        default=4096 * 4096, gt=0, description="Largest accepted input (width x height): a 12 MP photo fits")
+    max_output_pixels: int = Field(
+        default=4096 * 4096, gt=0, description="Largest output (limits the input of sr by its scale)")
     result_ttl_s: int = Field(
         default=3600, gt=0, description="How long inputs and results are kept")
     job_ttl_s: int = Field(
         default=86400, gt=0, description="How long job records are kept (410 once results expire)")
     sync_wait_s: float = Field(
-        default=30.0, ge=0, description="Synchronous requests wait this long, then get 202")
+        default=330.0, ge=0,
+        description="A synchronous request waits this long for its job, then answers 504 (the job goes on)")
     soft_time_limit_s: int = Field(
         default=300, gt=0, description="A job running longer fails (time limit)")
     hard_time_limit_s: int = Field(
@@ -41,7 +44,8 @@ class Settings(BaseSettings):
     backend: str = Field(
         default="auto", description="Engine backend: " + ", ".join(BACKENDS))
     tile_memory_mb: int = Field(
-        default=512, gt=0, description="Activation memory per tile on the CPU (sets the tile size)")
+        default=DEFAULT_TILE_MEMORY_MB, gt=0,
+        description="Activation memory per tile on the CPU (sets the tile size)")
     gpu_tile_memory_mb: int = Field(
         default=4096, gt=0,
         description="Activation memory per tile batch on a GPU (a 1080p denoise needs about 3200)")

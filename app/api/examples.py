@@ -16,9 +16,12 @@ JOB_EXAMPLE: dict[str, Any] = {
               "ops": {"flops": 1.1e9, "bops": 3.4e10, "ops_paper": 1.6e9, "height": 256, "width": 256}},
     "input": {"width": 256, "height": 256, "bytes": 120345, "format": "png"},
     "output": {"width": 256, "height": 256, "bytes": 118002, "format": "png"},
+    "stages": [{"task": "denoise", "model": "bbcu_denoise_l", "inference_ms": 151.0, "tile": 256,
+                "tiles": 1, "redundancy": 1.0, "sigma": 24.6, "strength": 1.0}],
     "error": None,
     "spec": {"id": "3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01", "task": "denoise", "scale": 1, "variant": "l",
-             "format": "png", "queue": "cpu", "tile": None},
+             "format": "png", "quality": None, "strength": None, "queue": "cpu", "tile": None,
+             "filename": "photo.png"},
     "links": {"self": "/jobs/3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01",
               "result": "/jobs/3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01/result"},
 }
@@ -32,20 +35,30 @@ def _problem_example(status: int, title: str, detail: str, **extra: Any) -> dict
 RESTORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The restored image", "content": {ct: {} for ct in MEDIA_TYPES.values()},
           "headers": {"X-Job-Id": {"description": "The job id", "schema": {"type": "string"}},
-                      "Server-Timing": {"description": "queue, load, decode, inference, encode, total (ms)",
+                      "Server-Timing": {"description": "queue, load, decode, inference, encode, total "
+                                                       "and each stage's inference (ms)",
+                                        "schema": {"type": "string"}},
+                      "X-Strength": {"description": "denoise: the strength used (0 keeps the input)",
+                                     "schema": {"type": "string"}},
+                      "X-Noise-Sigma": {"description": "denoise, strength auto: the estimated noise sigma "
+                                                       "(0..255) the strength came from",
                                         "schema": {"type": "string"}},
                       "X-Model": {"description": "Model name and weights SHA-256",
                                   "schema": {"type": "string"}},
                       "Link": {"description": "The job resource", "schema": {"type": "string"}}}},
-    202: {"description": "Accepted: poll the Location", "content": {"application/json": {"example": {
-        **JOB_EXAMPLE, "status": "queued", "progress": 0.0}}}},
-    413: {"description": "Upload or image too large", "content": _problem_example(
-        413, "Image too large", "image is 5000x4000 = 20000000 pixels, over the limit of 4194304 pixels",
-        pixels=20000000, max_pixels=4194304)},
+    202: {"description": "Accepted, when asked for (async=true, Prefer: respond-async or wait=N): poll the "
+                         "Location", "content": {"application/json": {"example": {
+                             **JOB_EXAMPLE, "status": "queued", "progress": 0.0}}}},
+    413: {"description": "Upload or image too large (see GET /limits)", "content": _problem_example(
+        413, "Image too large", "image is 5000x4000 = 20000000 pixels, over the limit of 16777216 pixels",
+        pixels=20000000, max_pixels=16777216)},
     415: {"description": "Not an image", "content": _problem_example(
         415, "Unsupported media type", "not a readable image")},
-    422: {"description": "Unknown task, scale or variant", "content": _problem_example(
+    422: {"description": "Unknown task, pipeline, scale, variant or strength", "content": _problem_example(
         422, "Unknown model", "no shipped weights for task=sr scale=3 variant=m")},
+    504: {"description": "A synchronous request whose job did not finish in time (the job goes on)",
+          "content": _problem_example(504, "Job not finished", "the job did not finish within 330 s",
+                                      job_id="3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01")},
     503: {"description": "Broker unreachable or queue full (see Retry-After)", "content": _problem_example(
         503, "Service unavailable", "Redis unreachable", retry_after_s=5)},
 }
@@ -70,3 +83,8 @@ MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"applicat
                 "file": "bbcu_sr_x4_l.safetensors", "size_bytes": 1234567, "sha256": "9d2c...",
                 "config": {"nf": 64, "depth": 16}, "eval": {"Set5": {"psnr_y": 30.9}}, "training": {},
                 "provenance": {}}]}}}}}
+
+LIMITS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"example": {
+    "max_upload_bytes": 67108864, "max_input_pixels": 16777216, "max_output_pixels": 16777216,
+    "max_input_pixels_by_task": {"denoise": 16777216, "deblock": 16777216, "sr_x2": 4194304,
+                                 "sr_x3": 1864135, "sr_x4": 1048576}}}}}}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import PurePath
+
 from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict
 
@@ -33,11 +36,17 @@ def job_url(job_id: str) -> str:
 def job_headers(rec: JobRecord) -> dict[str, str]:
     """X-Job-Id, Link, Server-Timing and X-Model (name and weights checksum) of a job."""
     headers = {"X-Job-Id": rec.id, "Link": f'<{job_url(rec.id)}>; rel="monitor"'}
-    timing = rec.timings.server_timing()
+    timing = ", ".join(filter(None, [rec.timings.server_timing()] + [
+        f'{s.task};desc="{s.model}";dur={s.inference_ms:.1f}' for s in rec.stages]))
     if timing:
         headers["Server-Timing"] = timing
     if rec.model:
         headers["X-Model"] = f'{rec.model.get("name")}; sha256={rec.model.get("sha256")}'
+    for stage in rec.stages:
+        if stage.strength is not None:
+            headers["X-Strength"] = f"{stage.strength:.3f}"
+        if stage.sigma is not None:
+            headers["X-Noise-Sigma"] = f"{stage.sigma:.2f}"
     return headers
 
 
@@ -49,10 +58,25 @@ def accepted(rec: JobRecord, *, preference_applied: bool) -> JSONResponse:
     return JSONResponse(JobView.of(rec).model_dump(mode="json"), status_code=202, headers=headers)
 
 
+def download_name(rec: JobRecord) -> str:
+    """The uploaded file's stem, the tasks and the output extension, e.g. ``photo-deblock-sr.png``."""
+    stem = PurePath((rec.spec.filename or "").replace("\\", "/")).stem
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._") or rec.id
+    return f"{stem}-{rec.spec.task.replace(',', '-')}.{rec.spec.format}"
+
+
 def image_response(rec: JobRecord, data: bytes) -> Response:
-    headers = {**job_headers(rec),
-               "Content-Disposition": f'inline; filename="{rec.id}.{rec.spec.format}"'}
+    headers = {**job_headers(rec), "Content-Disposition": f'inline; filename="{download_name(rec)}"'}
     return Response(data, media_type=rec.content_type, headers=headers)
+
+
+def still_running(job_id: str, waited_s: float) -> Problem:
+    """504 for a synchronous request whose job outlasted the wait: the job goes on, here is where."""
+    return Problem(504, "Job not finished",
+                   f"the job did not finish within {waited_s:g} s; it goes on: poll {job_url(job_id)} "
+                   "(send Prefer: respond-async or Prefer: wait=N to get a 202 and the job instead)",
+                   slug="sync-timeout", job_id=job_id,
+                   headers={"X-Job-Id": job_id, "Link": f'<{job_url(job_id)}>; rel="monitor"'})
 
 
 def job_problem(rec: JobRecord) -> Problem:

@@ -19,7 +19,9 @@ class Architecture:
     each side influence one output pixel (the tile halo); ``unchained`` names the binary units a
     bit-packed kernel chain must not link, because something other than the previous unit's
     unmodified output feeds them; ``official_wrapper`` is the key the authors' checkpoint files
-    wrap the state dict in (None: a plain state dict).
+    wrap the state dict in (None: a plain state dict); ``activation_tensors`` is the peak memory
+    of one forward pass, in float32 tensors of nf channels per input pixel and per output pixel
+    (measured; it sets the tile size for a memory budget).
     """
 
     name: str
@@ -29,4 +31,5 @@ class Architecture:
     detect: Callable[[dict[str, Tensor]], NetworkConfig | None]
     receptive_radius: Callable[[NetworkConfig], int]
     unchained: frozenset[str]
+    activation_tensors: tuple[float, float]
     official_wrapper: str | None = None

@@ -12,8 +12,8 @@ from app import submission
 from app.api.deps import ServicesDep
 from app.api.examples import RESTORE_REQUEST_BODY, RESTORE_RESPONSES
 from app.api.negotiation import negotiate_format, parse_prefer
-from app.api.views import accepted, image_response
-from models.vocab import Format, Task
+from app.api.views import accepted, image_response, still_running
+from models.vocab import Format
 from workers.contract import Device
 
 router = APIRouter(tags=["restore"])
@@ -23,33 +23,43 @@ router = APIRouter(tags=["restore"])
              response_class=Response)
 async def restore(
     request: Request, services: ServicesDep,
-    task: Annotated[Task, Query(description="sr, denoise or deblock")],
+    task: Annotated[str, Query(description="sr, denoise or deblock, or a pipeline run in order: "
+                                           "deblock,sr or denoise,sr")],
     scale: Annotated[int | None, Query(description="sr only: 2, 3 or 4 (default 4)")] = None,
     variant: Annotated[str | None, Query(description="network variant, e.g. l or m")] = None,
+    strength: Annotated[str | None, Query(description="denoise only: auto (default: from the estimated "
+                                                      "noise) or 0..1 (0 keeps the input)")] = None,
     format: Annotated[Format | None, Query(description="png (default), webp or jpeg")] = None,
+    quality: Annotated[int | None, Query(ge=1, le=100, description="jpeg/webp quality (default 95)")] = None,
     device: Annotated[Device, Query(description="auto picks a GPU worker when one is alive")] = "auto",
     tile: Annotated[int | None, Query(ge=32, le=8192, description="tile size in input pixels")] = None,
     async_: Annotated[bool, Query(alias="async", description="answer 202 with a job at once")] = False,
     callback_url: Annotated[str | None, Query(description="POST the signed job record here")] = None,
     callback_events: Annotated[str | None, Query(
         description="comma list of start, progress, completed (default completed)")] = None,
-    prefer: Annotated[str | None, Header(description="respond-async: 202 at once; wait=N: wait less")] = None,
+    prefer: Annotated[str | None, Header(description="respond-async: 202 at once; wait=N: the result "
+                                                     "within N s, else 202")] = None,
     accept: Annotated[str | None, Header()] = None,
 ) -> Response:
-    """Restore an image: the result when done within the wait limit, else 202 and a job to poll."""
+    """Restore an image: the result or an error status; 202 and a job only when asked for."""
     options = submission.RestoreOptions(task=task, scale=scale, variant=variant, device=device, tile=tile,
-                                        format=negotiate_format(format, accept), callback_url=callback_url,
+                                        format=negotiate_format(format, accept), strength=strength,
+                                        quality=quality, callback_url=callback_url,
                                         callback_events=callback_events)
     prefs = parse_prefer(prefer)
     job = await submission.admit(request, services, options)
     if async_ or "respond-async" in prefs:
         rec = await run_in_threadpool(submission.submit, services, job)
         return accepted(rec, preference_applied="respond-async" in prefs)
+    # a client that sent neither respond-async nor wait gets the image or an error, never a 202
+    wait_pref = prefs.get("wait", "")
     wait_s = services.settings.sync_wait_s
-    if prefs.get("wait", "").isdigit():
-        wait_s = min(wait_s, float(prefs["wait"]))
+    if wait_pref.isdigit():
+        wait_s = min(wait_s, float(wait_pref))
     done = await run_in_threadpool(submission.submit_and_wait, services, job, wait_s)
     if not done.status.terminal:
-        return accepted(done, preference_applied=False)
+        if wait_pref.isdigit():
+            return accepted(done, preference_applied=False)
+        raise still_running(done.id, wait_s)
     data = await run_in_threadpool(submission.result, services, done)
     return image_response(done, data)
