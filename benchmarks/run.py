@@ -16,6 +16,8 @@ SECTIONS = {
     "service": ("Service overhead (API + Celery + Redis vs engine alone)", "benchmarks.service"),
     "gpu": ("The engine on a GPU vs the paper-style float simulation (same GPU and weights)",
             "benchmarks.gpu"),
+    "tiles": ("Default tile vs the best tile (640x480, every task) and a 12 MP denoise's peak RSS",
+              "benchmarks.tiles"),
 }
 
 

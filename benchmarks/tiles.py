@@ -1,0 +1,100 @@
+"""Default tile vs the best tile: every shipped task on a 640x480 photo, and a 12 MP denoise's peak RSS.
+
+Target (issue 10): the default tile (``RestorationModel.tile_for`` with the default memory budget)
+within 15% of the fastest tile tried, for every task; peak RSS of ``bbcu restore`` on a 12 MP photo
+(denoise, default tiles) under 2 GB. Each tile size runs once after a warm-up on a small input;
+tile sizes are visited in an interleaved order so that a change in machine load hits all of them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+THREADS = 2
+WIDTH, HEIGHT = 640, 480
+CANDIDATES = (160, 240, 320, 480, 640)
+TASKS = (("denoise", None), ("deblock", None), ("sr", 2), ("sr", 3), ("sr", 4))
+TARGET_RATIO = 1.15
+RSS_LIMIT_MB = 2048
+
+
+def photo(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A synthetic photo-like image (smooth gradients, edges, mild noise), H x W x 3 in 0..1."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    base = np.stack([xx / width, yy / height, 0.5 + 0.5 * np.sin((xx + yy) / 37.0)], axis=-1)
+    base[(xx // 97 + yy // 61) % 2 == 1] *= 0.6
+    return np.clip(base + rng.normal(0, 0.02, base.shape), 0, 1).astype(np.float32)
+
+
+def _time_tiles(task: str, scale: int | None) -> tuple[str, int, dict[int, float], dict[int, float]]:
+    import torch
+
+    from models.engine import load_for_task
+
+    model = load_for_task(task, scale)
+    channels = model.config.in_nc
+    x = torch.from_numpy(photo(WIDTH, HEIGHT)[..., :channels].transpose(2, 0, 1).copy())[None]
+    model(x[:, :, :64, :64])  # warm-up
+    default = model.tile_for(HEIGHT, WIDTH)
+    tiles = sorted({default, *CANDIDATES})
+    seconds: dict[int, float] = {}
+    for t in tiles:
+        t0 = time.perf_counter()
+        model.restore(x, tile=t)
+        seconds[t] = time.perf_counter() - t0
+    overlap = {t: model.redundancy(HEIGHT, WIDTH, t) for t in tiles}
+    return model.info.name, default, seconds, overlap
+
+
+def _peak_rss_12mp_denoise() -> tuple[float, float]:
+    """Peak RSS (MB) and wall time (s) of `bbcu restore --task denoise` on a 4000x3000 photo."""
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "photo.png"
+        Image.fromarray(np.rint(photo(4000, 3000) * 255).astype(np.uint8)).save(src, compress_level=1)
+        script = ("import resource, sys; from cli.main import main; code = main(sys.argv[1:]); "
+                  "print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+        t0 = time.perf_counter()
+        r = subprocess.run([sys.executable, "-c", script, "restore", str(src), "-o", str(Path(tmp) / "o.png"),
+                            "--task", "denoise", "--quiet"], cwd=ROOT, check=True, capture_output=True,
+                           text=True)
+        wall = time.perf_counter() - t0
+    return int(r.stdout.split("MAXRSS_KB")[1].split()[0]) / 1024, wall
+
+
+def run() -> str:
+    import torch
+
+    torch.set_num_threads(THREADS)
+    lines = [f"{WIDTH}x{HEIGHT} input, {THREADS} torch threads, seconds per tile size (one run each; "
+             "overlap = computed pixels per image pixel); target: default <= "
+             f"{TARGET_RATIO:.2f} x best", "",
+             "| model | default tile | default s | best tile | best s | default / best "
+             "| all (tile: s, overlap) |",
+             "|---|---|---|---|---|---|---|"]
+    for task, scale in TASKS:
+        name, default, seconds, overlap = _time_tiles(task, scale)
+        best = min(seconds, key=lambda t: seconds[t])
+        ratio = seconds[default] / seconds[best]
+        flag = "" if ratio <= TARGET_RATIO else " (over target)"
+        detail = "; ".join(f"{t}: {s:.2f}, {overlap[t]:.2f}" for t, s in seconds.items())
+        lines.append(f"| {name} | {default} | {seconds[default]:.2f} | {best} | {seconds[best]:.2f} | "
+                     f"{ratio:.2f}{flag} | {detail} |")
+    rss, wall = _peak_rss_12mp_denoise()
+    verdict = "under" if rss < RSS_LIMIT_MB else "OVER"
+    lines += ["", f"12 MP (4000x3000) denoise through `bbcu restore`, default tiles: peak RSS {rss:.0f} MB "
+              f"({verdict} the {RSS_LIMIT_MB} MB target), {wall:.0f} s"]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(run())
