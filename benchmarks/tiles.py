@@ -19,7 +19,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 THREADS = 2
 WIDTH, HEIGHT = 640, 480
-CANDIDATES = (160, 240, 320, 480, 640)
+CANDIDATES = (240, 320, 480, 640)
 TASKS = (("denoise", None), ("deblock", None), ("sr", 2), ("sr", 3), ("sr", 4))
 TARGET_RATIO = 1.15
 RSS_LIMIT_MB = 2048
