@@ -27,6 +27,8 @@ SIGMA_FULL = 12.5
 _DARKEST, _BRIGHTEST = 15.0, 240.0
 # the 10th percentile of 16x16 block estimates on pure Gaussian noise, as a share of sigma
 _CALIBRATION = 0.943
+# images up to this many rows x BLOCK are read whole (every CBSD68 photo); taller ones in bands
+_ROWS_READ_ALL = 1024 * BLOCK
 _KERNEL = np.array([[1, -2, 1], [-2, 4, -2], [1, -2, 1]], np.float32) / 6.0
 
 
@@ -40,21 +42,34 @@ def _residual(plane: np.ndarray) -> np.ndarray:
     return out
 
 
+def _bands(height: int) -> list[tuple[int, int]]:
+    """Rows to read: all of a small image; spaced bands of whole blocks covering ~1/4 of a large one."""
+    if height * BLOCK < _ROWS_READ_ALL:
+        return [(0, height)]
+    band = 4 * BLOCK + 2
+    return [(y, min(y + band, height)) for y in range(0, height - 2, 4 * band)]
+
+
 def estimate_sigma(pixels: np.ndarray) -> float:
     """The standard deviation of additive white noise in ``pixels`` (H x W x C in 0..1), on 0..255."""
-    x = np.asarray(pixels, np.float32) * np.float32(255.0)
-    if x.ndim == 2:
-        x = x[..., None]
-    if x.shape[0] < 3 or x.shape[1] < 3:
+    if pixels.ndim == 2:
+        pixels = pixels[..., None]
+    if pixels.shape[0] < 3 or pixels.shape[1] < 3:
         return 0.0
-    res = np.stack([_residual(x[..., c]) for c in range(x.shape[2])], axis=-1)
-    level = x[1:-1, 1:-1].mean(axis=-1)
-    b = BLOCK if min(res.shape[:2]) >= BLOCK else min(res.shape[:2])
-    h, w = res.shape[0] // b * b, res.shape[1] // b * b
-    var = (res[:h, :w] ** 2).reshape(h // b, b, w // b, b, -1).mean(axis=(1, 3, 4))
-    mean = level[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3))
+    variances, levels = [], []
+    for y0, y1 in _bands(pixels.shape[0]):  # bands keep the memory small on a 12 MP photo
+        x = np.asarray(pixels[y0:y1], np.float32) * np.float32(255.0)
+        if x.shape[0] < 3:
+            continue
+        res = np.stack([_residual(x[..., c]) for c in range(x.shape[2])], axis=-1)
+        level = x[1:-1, 1:-1].mean(axis=-1)
+        b = BLOCK if min(res.shape[:2]) >= BLOCK else min(res.shape[:2])
+        h, w = res.shape[0] // b * b, res.shape[1] // b * b
+        variances.append((res[:h, :w] ** 2).reshape(h // b, b, w // b, b, -1).mean(axis=(1, 3, 4)).ravel())
+        levels.append(level[:h, :w].reshape(h // b, b, w // b, b).mean(axis=(1, 3)).ravel())
+    var, mean = np.concatenate(variances), np.concatenate(levels)
     usable = (mean > _DARKEST) & (mean < _BRIGHTEST)
-    pool = var[usable] if usable.sum() >= 8 else var.ravel()
+    pool = var[usable] if usable.sum() >= 8 else var
     return float(np.sqrt(np.percentile(pool, PERCENTILE)) / _CALIBRATION)
 
 
