@@ -98,7 +98,7 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
                                                      options.scale, options.variant)
             callback = await run_in_threadpool(callback_fields, settings, options.callback_url,
                                                options.callback_events)
-            upload = await read_upload(request, settings.max_upload_bytes)
+            upload = await read_upload(request, settings.max_upload_bytes, settings.http_body_timeout_s)
             facts = await run_in_threadpool(probe, upload.data, settings.max_pixels)
             check_output_size(facts, scale, settings)
         except BBCUError as e:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import anyio
 from python_multipart import MultipartParser
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import parse_options_header
@@ -85,8 +86,9 @@ class _ImageField:
         self._capture = False
 
 
-async def read_upload(request: Request, limit: int) -> Upload:
-    """The image bytes of the request; 413 as soon as more than ``limit`` bytes have arrived."""
+async def read_upload(request: Request, limit: int, timeout_s: float) -> Upload:
+    """The image bytes of the request; 413 as soon as more than ``limit`` bytes have arrived, 408 when
+    the body is not complete ``timeout_s`` after it began (a client dribbling bytes holds a slot)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise too_large(limit, int(declared))
@@ -108,16 +110,21 @@ async def read_upload(request: Request, limit: int) -> Upload:
     raw = bytearray()
     received = 0
     try:
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise too_large(limit)
-            if parser is not None:
-                parser.write(chunk)
-            else:
-                raw += chunk
+        with anyio.fail_after(timeout_s):
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise too_large(limit)
+                if parser is not None:
+                    parser.write(chunk)
+                else:
+                    raw += chunk
         if parser is not None:
             parser.finalize()
+    except TimeoutError as e:
+        raise Problem(408, "Request timeout", f"the upload was not complete after {timeout_s:g} s "
+                      f"({received} bytes arrived)", slug="upload-timeout",
+                      headers={"Connection": "close"}) from e
     except MultipartParseError as e:
         raise Problem(400, "Malformed multipart body", str(e), slug="malformed-multipart") from e
     except ClientDisconnect as e:

@@ -40,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from app.server import uvicorn_options
     from workers.settings import get_settings
 
     settings = get_settings()
@@ -48,7 +49,8 @@ def serve(args: argparse.Namespace) -> int:
     if args.workers > 1:
         _share_metrics()
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
-                workers=args.workers, log_level=args.log_level, proxy_headers=True)
+                workers=args.workers, log_level=args.log_level, proxy_headers=True,
+                **uvicorn_options(settings))
     return 0
 
 

@@ -14,6 +14,7 @@ import redis
 import uvicorn
 
 from app.main import create_app
+from app.server import uvicorn_options
 from tests.conftest import free_port
 from tests.helpers import assert_problem, make_image, wait_job
 from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
@@ -106,7 +107,7 @@ def serve_in_thread(settings: Settings) -> Iterator[str]:
     """Real HTTP to an embedded-mode app in this process (settings a subprocess would be slow to get)."""
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(create_app(settings), host="127.0.0.1", port=port,
-                                           log_level="warning"))
+                                           log_level="warning", **uvicorn_options(settings)))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30

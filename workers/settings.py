@@ -70,6 +70,16 @@ class Settings(BaseSettings):
         default=5, gt=0, description="Retry-After sent with 503 answers")
     redis_timeout_s: float = Field(
         default=3.0, gt=0, description="Socket timeout of Redis connections")
+    http_limit_concurrency: int = Field(
+        default=1000, gt=0, description="Open connections and tasks before uvicorn answers 503")
+    http_backlog: int = Field(
+        default=2048, gt=0, description="Pending TCP connections the listening socket queues")
+    http_keep_alive_s: float = Field(
+        default=30.0, gt=0, description="Idle keep-alive connections close after this long")
+    http_header_timeout_s: float = Field(
+        default=10.0, gt=0, description="A connection that has not sent a full request head is closed")
+    http_body_timeout_s: float = Field(
+        default=60.0, gt=0, description="An upload not complete after this long gets 408")
     cors_origins: str = Field(
         default="", description="Comma list of origins whose pages may call the API (CORS); empty: off")
     webhook_secret: SecretStr | None = Field(
