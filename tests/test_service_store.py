@@ -207,3 +207,29 @@ def test_runner_failures_carry_a_code(tiny_weights: Path) -> None:
     store.drop_input(expired)
     rec = runner.run(expired)
     assert rec is not None and rec.error is not None and "expired" in rec.error.detail
+
+
+def test_more_waiters_than_the_default_pool_share_connections(redis_port: int) -> None:
+    """Issue 11, defect 1: redis-py's default pool of 100 connections answered "Too many connections"
+    (reported as Redis unreachable) to the 101st synchronous request waiting at once."""
+    url = f"redis://127.0.0.1:{redis_port}/8"
+    settings = Settings(broker_url=url, api_threads=150)
+    store = RedisStore.from_settings(settings)
+    job = new_job(store)
+    errors: list[BaseException] = []
+    seen: list[JobStatus] = []
+
+    def waiter() -> None:
+        try:
+            rec = store.wait(job, 1.5)
+            seen.append(rec.status if rec else JobStatus.failed)
+        except Exception as e:  # noqa: BLE001  (every failure is what the test counts)
+            errors.append(e)
+
+    threads = [threading.Thread(target=waiter) for _ in range(settings.api_threads)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    redis.Redis.from_url(url).flushdb()
+    assert errors == [] and seen == [JobStatus.queued] * settings.api_threads

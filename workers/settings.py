@@ -123,6 +123,11 @@ class Settings(BaseSettings):
         return _items(self.required_queues)
 
     @property
+    def redis_max_connections(self) -> int:
+        """Every API thread may hold one connection in a blocking wait; the rest serve everyone else."""
+        return self.api_threads + 32
+
+    @property
     def cors_origin_list(self) -> list[str]:
         return _items(self.cors_origins)
 

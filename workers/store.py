@@ -205,21 +205,27 @@ class RedisStore(JobStore):
 
     _POLL_S = 1.0
 
-    def __init__(self, url: str, result_ttl_s: int, job_ttl_s: int, timeout_s: float = 3.0) -> None:
+    def __init__(self, url: str, result_ttl_s: int, job_ttl_s: int, timeout_s: float = 3.0, *,
+                 max_connections: int = 160) -> None:
         import redis
 
         super().__init__(result_ttl_s, job_ttl_s)
         self._redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._watch_error = redis.exceptions.WatchError
-        self.client = redis.Redis.from_url(url, socket_timeout=timeout_s + self._POLL_S,
-                                           socket_connect_timeout=timeout_s, health_check_interval=30)
+        # a blocking pool: past the cap (sized above the API's threads) a caller waits for a free
+        # connection instead of failing with "Too many connections" as if Redis were down
+        pool = redis.BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s + self._POLL_S,
+            socket_connect_timeout=timeout_s, health_check_interval=30)
+        self.client = redis.Redis(connection_pool=pool)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStore:
         """The store every process of a Celery deployment uses: the broker's Redis, the settings' TTLs."""
         if not settings.broker_url:
             raise ValueError("a Redis store needs BBCU_BROKER_URL")
-        return cls(settings.broker_url, settings.result_ttl_s, settings.job_ttl_s, settings.redis_timeout_s)
+        return cls(settings.broker_url, settings.result_ttl_s, settings.job_ttl_s, settings.redis_timeout_s,
+                   max_connections=settings.redis_max_connections)
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
