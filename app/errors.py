@@ -9,6 +9,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from models.errors import BBCUError, ErrorCode, ImageTooLargeError
 from workers.errors import ServiceError
@@ -103,8 +104,10 @@ def install(app: FastAPI, retry_after_s: int) -> None:
     async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         title = {404: "Not found", 405: "Method not allowed"}.get(exc.status_code, "HTTP error")
-        return Problem(exc.status_code, title, str(exc.detail),
-                       headers=dict(exc.headers or {})).response(request.url.path)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # Starlette names the first matching route's methods only
+            headers["Allow"] = ", ".join(allowed_methods(request))
+        return Problem(exc.status_code, title, str(exc.detail), headers=headers).response(request.url.path)
 
     async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
         return unavailable(str(exc), retry_after_s).response(request.url.path)
@@ -113,3 +116,13 @@ def install(app: FastAPI, retry_after_s: int) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     app.add_exception_handler(ServiceError, on_unavailable)
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at the request's path (asked of the router, method by method)."""
+    return [method for method in _METHODS
+            if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+                   for route in request.app.router.routes)]
+
+
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")

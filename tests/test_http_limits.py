@@ -1,5 +1,5 @@
-"""Slow clients (issue 11, defect 5): a request head or an upload dribbled in is cut off, and the
-API keeps answering meanwhile."""
+"""Slow clients (issue 11, defect 5: a request head or an upload dribbled in is cut off, and the
+API keeps answering meanwhile) and the small contract fixes of defect 9."""
 
 from __future__ import annotations
 
@@ -31,3 +31,17 @@ def test_slow_request_heads_and_bodies_are_cut_off(tiny_weights: Path) -> None:
                       b"Content-Length: 1000\r\n\r\n" + b"x" * 10)
             answer = b"".join(iter(lambda: s.recv(4096), b"")).decode()  # until the server closes
         assert answer.startswith("HTTP/1.1 408") and "upload-timeout" in answer
+
+
+def test_contract_fixes(tiny_weights: Path) -> None:
+    """An empty variant is named as such; the job resource documents its 404; a 405 lists every method."""
+    settings = Settings(weights_dir=tiny_weights)
+    with serve_in_thread(settings) as url, httpx.Client(base_url=url, timeout=30) as c:
+        empty = c.post("/restore", params={"task": "denoise", "variant": ""},
+                       files={"image": ("x.png", b"x", "image/png")})
+        assert empty.status_code == 422 and "variant" in empty.json()["detail"]
+        assert "at least 1 character" in empty.json()["detail"]
+        schema = c.get("/openapi.json").json()["paths"]["/jobs/{job_id}"]
+        assert "404" in schema["get"]["responses"] and "404" in schema["delete"]["responses"]
+        not_allowed = c.post("/jobs/" + "a" * 32)
+        assert not_allowed.status_code == 405 and not_allowed.headers["allow"] == "DELETE, GET"

@@ -71,7 +71,10 @@ RESTORE_REQUEST_BODY = {"requestBody": {"required": True, "content": {
 }}}
 
 JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {"example": JOB_EXAMPLE}}}}
+    200: {"content": {"application/json": {"example": JOB_EXAMPLE}}}, 404: {"description": "Unknown job"}}
+
+CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Unknown job"}, 409: {"description": "The job already finished"}}
 
 RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {ct: {} for ct in MEDIA_TYPES.values()}},

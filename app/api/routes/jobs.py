@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.api.deps import DispatcherDep, SettingsDep, StoreDep, WebhooksDep
-from app.api.examples import JOB_RESPONSES, RESULT_RESPONSES
+from app.api.examples import CANCEL_RESPONSES, JOB_RESPONSES, RESULT_RESPONSES
 from app.api.views import JobView, image_response
 from app.errors import Problem
 from models.errors import ErrorCode
@@ -57,7 +57,7 @@ def get_result(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: 
     return image_response(rec, data)
 
 
-@router.delete("/{job_id}", responses={409: {"description": "The job already finished"}})
+@router.delete("/{job_id}", responses=CANCEL_RESPONSES)
 def cancel_job(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep,
                webhooks: WebhooksDep) -> JobView:
     """Cancel a queued or running job (a running job stops at its next tile)."""

@@ -26,7 +26,7 @@ async def restore(
     task: Annotated[str, Query(description="sr, denoise or deblock, or a pipeline run in order: "
                                            "deblock,sr or denoise,sr")],
     scale: Annotated[int | None, Query(description="sr only: 2, 3 or 4 (default 4)")] = None,
-    variant: Annotated[str | None, Query(description="network variant, e.g. l or m")] = None,
+    variant: Annotated[str | None, Query(min_length=1, description="network variant, e.g. l or m")] = None,
     strength: Annotated[str | None, Query(description="denoise only: auto (default: from the estimated "
                                                       "noise) or 0..1 (0 keeps the input)")] = None,
     format: Annotated[Format | None, Query(description="png (default), webp or jpeg")] = None,
