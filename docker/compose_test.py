@@ -161,7 +161,9 @@ def engine_here(params: dict[str, str], data: bytes) -> tuple[np.ndarray, dict[s
     model = load_for_task(task, int(params["scale"]) if task == "sr" else None, params.get("variant"),
                           weights_dir=ROOT / "models" / "weights", backend=settings.backend)
     img = imageio.decode(data, max_pixels=settings.max_pixels)
-    out = pipeline.restore_image(model, img, tile=model.auto_tile(settings.tile_memory_mb << 20))
+    # the worker's own path: default strength (auto for denoise), the tile from the same budget
+    tile = int(params["tile"]) if "tile" in params else None
+    out, _ = pipeline.run_stages([model], img, tile=tile, memory_bytes=settings.tile_memory_mb << 20)
     facts = {"sha256": model.info.sha256, "backend": model.info.backend}
     return decode_png(imageio.encode(out, "png")), facts
 

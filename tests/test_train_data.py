@@ -7,6 +7,7 @@ import io
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,6 @@ from models.train.loop import TrainConfig, train
 from models.train.shard import ShardError, read_shard, write_shard
 
 ROOT = Path(__file__).resolve().parents[1]
-CBSD68 = ROOT.parent / "shared" / "datasets" / "benchmarks" / "CBSD68"
 
 
 def _photos(folder: Path, n: int = 4, size: tuple[int, int] = (90, 120)) -> list[Path]:
@@ -92,7 +92,7 @@ def test_training_from_a_shard_equals_training_from_its_folder(tmp_path: Path) -
 
 def test_color_deblock_degradation_is_a_420_color_jpeg() -> None:
     rng = np.random.default_rng(0)
-    hr = np.asarray(Image.open(sorted(CBSD68.glob("*.png"))[0]).convert("RGB"))[:64, :64].copy()
+    hr = np.asarray(Image.open(_photos(Path(tempfile.mkdtemp()), n=1, size=(64, 64))[0]).convert("RGB"))
     spec = data.DegradeSpec("deblock", 64, channels=3, quality_min=20, quality_max=20)
     lq, gt = data.degrade(hr, spec, rng)
     assert lq.shape == gt.shape == (64, 64, 3)
@@ -121,9 +121,11 @@ def test_color_deblock_network_trains_and_evaluates_on_rgb(tmp_path: Path) -> No
     assert files
     model = load_model(tmp_path / "c.safetensors")
     assert model.config.task == "deblock" and model.config.in_nc == 3 and model.config.bias
-    rep = evaluate(model, "deblock", CBSD68, quality=10, limit=2)
+    bench = tmp_path / "bench"
+    _photos(bench, n=2, size=(48, 64))
+    rep = evaluate(model, "deblock", bench, quality=10, limit=2)
     assert rep.metric.startswith("RGB")
-    first = np.asarray(Image.open(sorted(CBSD68.glob("*.png"))[0]).convert("RGB"))
+    first = np.asarray(Image.open(sorted(bench.glob("*.png"))[0]).convert("RGB"))
     from models.metrics import psnr
     assert rep.rows[0].baseline_psnr == pytest.approx(psnr(jpeg(first, 10), first))
 
@@ -171,8 +173,8 @@ def test_train_and_eval_run_without_the_service_packages(tmp_path: Path) -> None
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "trained 3 iterations" in r.stdout and out.is_file()
-    r = subprocess.run([*run, "eval", "--task", "deblock", "--weights", str(out), "--data", str(CBSD68),
-                        "--limit", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run([*run, "eval", "--task", "deblock", "--weights", str(out),
+                        "--data", str(tmp_path / "src"), "--limit", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "RGB PSNR" in r.stdout
 
