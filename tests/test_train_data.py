@@ -174,7 +174,8 @@ def test_train_and_eval_run_without_the_service_packages(tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     assert "trained 3 iterations" in r.stdout and out.is_file()
     r = subprocess.run([*run, "eval", "--task", "deblock", "--weights", str(out),
-                        "--data", str(tmp_path / "src"), "--limit", "1", "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                        "--data", str(tmp_path / "src"), "--limit", "1", "--quiet"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "RGB PSNR" in r.stdout
 
