@@ -7,6 +7,7 @@ from pathlib import Path
 
 from cli.common import fail
 from models.train.corpus import CorpusError
+from models.train.shard import SHARD_SUFFIX
 from models.vocab import DEFAULT_SR_SCALE, SR_SCALES, TASKS
 
 
@@ -110,7 +111,7 @@ def run_train(args: argparse.Namespace) -> int:
         return fail(f"--variant applies to sr only; the {args.task} network has one layout")
     if args.channels is not None and args.task != "deblock":
         return fail(f"--channels applies to deblock only, not {args.task}")
-    missing = [str(d) for d in args.data if not (d.is_dir() or (d.suffix == ".tar" and d.is_file()))]
+    missing = [str(d) for d in args.data if not (d.is_dir() or (d.suffix == SHARD_SUFFIX and d.is_file()))]
     if missing:
         return fail(f"--data: not a folder or a .tar shard: {', '.join(missing)}")
     if args.out is not None and args.out.suffix != ".safetensors":
@@ -154,8 +155,8 @@ def run_corpus(args: argparse.Namespace) -> int:
         extra = [default] if default.is_dir() else []
     if args.from_folder and args.shard is None:
         return fail("--from-folder needs --shard FILE.tar")
-    if args.shard is not None and args.shard.suffix != ".tar":
-        return fail("--shard must end in .tar")
+    if args.shard is not None and args.shard.suffix != SHARD_SUFFIX:
+        return fail(f"--shard must end in {SHARD_SUFFIX}")
     try:
         if not args.from_folder:
             print(f"wrote {build_corpus(args.out, extra, debs=not args.no_debs, pypi=not args.no_pypi)}")

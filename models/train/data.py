@@ -85,11 +85,6 @@ def data_manifest_sha256(images: Sequence[TrainImage]) -> str:
     return h.hexdigest()
 
 
-def load_rgb(path: Path) -> U8:
-    with Image.open(path) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8)
-
-
 def split_holdout(files: Sequence[T], count: int) -> tuple[list[T], list[T]]:
     """(train, held-out): the held-out items are the ``count`` with the smallest name hash."""
     if count <= 0:
