@@ -233,3 +233,75 @@ def test_more_waiters_than_the_default_pool_share_connections(redis_port: int) -
         t.join(60)
     redis.Redis.from_url(url).flushdb()
     assert errors == [] and seen == [JobStatus.queued] * settings.api_threads
+
+
+def _fill(store: MemoryStore, n: int) -> list[str]:
+    ids = [new_job_id() for _ in range(n)]
+    spec = JobSpec(id=ids[0], task="denoise")
+    for job_id in ids:
+        store.create(spec.model_copy(update={"id": job_id}), FACTS, b"abc")
+    return ids
+
+
+def _gets_cost(store: MemoryStore, job_id: str, n: int = 2000) -> tuple[float, int]:
+    """Seconds for ``n`` gets (best of three) and the expiry entries they popped."""
+    swept = store.swept
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            assert store.get(job_id) is not None
+        best = min(best, time.perf_counter() - t0)
+    return best, store.swept - swept
+
+
+def test_memory_store_get_does_not_scan_every_record() -> None:
+    """Issue 11, defect 6: each operation swept every record under the lock (8.1 ms per get at 100k)."""
+    small, big = MemoryStore(60, 60), MemoryStore(60, 60)
+    one = _fill(small, 1)[0]
+    ids = _fill(big, 100_000)
+    t_small, popped_small = _gets_cost(small, one)
+    t_big, popped_big = _gets_cost(big, ids[50_000])
+    assert popped_small == popped_big == 0  # nothing is due: a get pops no expiry entry
+    # a full scan made this ratio about 10^4; a dict lookup and a heap peek keep it near 1
+    assert t_big < 5 * t_small + 0.05, (t_small, t_big)
+
+
+def test_memory_store_expiry_pops_only_what_is_due() -> None:
+    store = MemoryStore(result_ttl_s=1, job_ttl_s=2)
+    ids = _fill(store, 1000)
+    store.put_result(ids[0], b"out")
+    store.put_result(ids[0], b"out2")  # written again: the first expiry entry goes stale
+    assert store.result(ids[0]) == b"out2" and store.held_bytes == 1000 * 3 + 4
+    time.sleep(1.1)
+    assert store.get(ids[1]) is not None and store.result(ids[0]) is None and store.input(ids[1]) is None
+    assert store.held_bytes == 0 and store.swept == 1002  # the inputs, the result and its stale entry
+    time.sleep(1.2)
+    assert store.get(ids[1]) is None and store.swept == 2002  # then each record, once
+
+
+def test_memory_store_byte_budget() -> None:
+    """Results make room oldest first (410 then); inputs of accepted jobs are never dropped: a new job
+    that does not fit is refused."""
+    from workers.errors import StoreFull
+
+    store = MemoryStore(60, 60, max_bytes=1000)
+    a, b = (_job_with_input(store, b"i" * 300) for _ in range(2))
+    store.drop_input(a)
+    store.put_result(a, b"r" * 300)
+    store.drop_input(b)
+    store.put_result(b, b"r" * 300)
+    assert store.held_bytes == 600
+    c = _job_with_input(store, b"i" * 300)
+    assert store.held_bytes == 900
+    d = _job_with_input(store, b"i" * 300)  # a's result (the oldest) makes room
+    assert store.result(a) is None and store.get(a) is not None and store.result(b) == b"r" * 300
+    assert store.held_bytes == 900
+    e = _job_with_input(store, b"i" * 200)  # b's result goes too
+    assert store.result(b) is None and store.held_bytes == 800
+    with pytest.raises(StoreFull, match="1000 bytes"):
+        _job_with_input(store, b"i" * 400)  # inputs alone fill it: refused, nothing dropped
+    assert [store.input(j) is not None for j in (c, d, e)] == [True, True, True]
+    assert store.held_bytes == 800
+    store.drop_input(e)
+    assert store.held_bytes == 600

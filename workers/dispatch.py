@@ -33,5 +33,5 @@ def create_backend(settings: Settings) -> tuple[JobStore, Dispatcher]:
         return redis_store, CeleryDispatcher(settings, redis_store)
     from workers.embedded import EmbeddedPool
 
-    memory = MemoryStore(settings.result_ttl_s, settings.job_ttl_s)
+    memory = MemoryStore(settings.result_ttl_s, settings.job_ttl_s, settings.memory_store_max_bytes)
     return memory, EmbeddedPool(settings, memory)

@@ -9,6 +9,10 @@ class StoreUnavailable(ServiceError):
     """Redis (the broker and blob store) cannot be reached."""
 
 
+class StoreFull(ServiceError):
+    """The embedded store's memory budget is filled by the inputs of accepted jobs."""
+
+
 class QueueFull(ServiceError):
     """The embedded pool holds as many waiting jobs as it may."""
 

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
         default=2, gt=0, description="Threads of the embedded pool")
     embedded_queue: int = Field(
         default=64, gt=0, description="Jobs waiting in the embedded pool before 503")
+    memory_store_max_bytes: int = Field(
+        default=1 << 30, gt=0,
+        description="Embedded mode: bytes of inputs and results held; past it the oldest results are "
+                    "dropped (410), then new jobs get 503")
     required_queues: str = Field(
         default="cpu", description="Comma list of queues /readyz needs a live worker for")
     heartbeat_s: float = Field(

@@ -6,6 +6,8 @@ Every key written has a TTL: inputs and results ``result_ttl_s``, job records ``
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import json
 import threading
 import time
@@ -15,7 +17,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, now
-from workers.errors import StoreUnavailable
+from workers.errors import StoreFull, StoreUnavailable
 
 if TYPE_CHECKING:
     from workers.settings import Settings
@@ -114,23 +116,79 @@ class JobStore(ABC):
 
 
 class MemoryStore(JobStore):
-    """The embedded mode's store: dictionaries with expiry times, one condition for waiters."""
+    """The embedded mode's store: dictionaries with expiry times, one condition for waiters.
 
-    def __init__(self, result_ttl_s: int, job_ttl_s: int) -> None:
+    Expiry is a heap of (time, table, key) entries read lazily: each operation pops only what is
+    due, O(log n) per entry, instead of scanning every record. An entry whose key was written again
+    since (a later expiry) or deleted is skipped when popped. Blobs share a byte budget: past it the
+    oldest results are dropped first (their GET answers 410, as for an expired result), and a new
+    job is refused (``StoreFull``, a 503) while the inputs of accepted jobs fill it; an accepted job's
+    input is never dropped to make room.
+    """
+
+    def __init__(self, result_ttl_s: int, job_ttl_s: int, max_bytes: int = 1 << 30) -> None:
         super().__init__(result_ttl_s, job_ttl_s)
+        self.max_bytes = max_bytes
         self._cond = threading.Condition()
         self._records: dict[str, tuple[float, JobRecord]] = {}
         self._blobs: dict[tuple[str, str], tuple[float, bytes]] = {}
         self._beats: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._tables: dict[str, dict[Any, tuple[float, Any]]] = {
+            "record": self._records, "blob": self._blobs, "beat": self._beats}
+        self._expiry: list[tuple[float, int, str, Any]] = []  # (when, tie-break, table, key)
+        self._order = itertools.count()
+        self._results: dict[str, None] = {}  # job ids with a result blob, oldest written first
+        self.held_bytes = 0  # bytes of every blob held
+        self.swept = 0  # heap entries popped (the cost of expiry, for tests)
+
+    def _expire_at(self, table: str, key: Any, ttl_s: float) -> float:
+        when = time.monotonic() + ttl_s
+        heapq.heappush(self._expiry, (when, next(self._order), table, key))
+        return when
 
     def _sweep(self) -> None:
+        """Drop what is due: the heap's top entries up to now (stale entries are skipped)."""
         t = time.monotonic()
-        for expired in [k for k, (exp, _) in self._records.items() if exp <= t]:
-            del self._records[expired]
-        for blob in [k for k, (exp, _) in self._blobs.items() if exp <= t]:
-            del self._blobs[blob]
-        for beat in [k for k, (exp, _) in self._beats.items() if exp <= t]:
-            del self._beats[beat]
+        while self._expiry and self._expiry[0][0] <= t:
+            when, _, table, key = heapq.heappop(self._expiry)
+            self.swept += 1
+            item = self._tables[table].get(key)
+            if item is None or item[0] != when:
+                continue  # deleted, or written again with a later expiry
+            if table == "blob":
+                self._forget_blob(key)
+            else:
+                del self._tables[table][key]
+        # a heap of mostly stale entries (keys written again and again) is rebuilt from the live ones
+        live = len(self._records) + len(self._blobs) + len(self._beats)
+        if len(self._expiry) > 64 and len(self._expiry) > 4 * live:
+            self._expiry = [(exp, next(self._order), name, key) for name, tab in self._tables.items()
+                            for key, (exp, _) in tab.items()]
+            heapq.heapify(self._expiry)
+
+    def _forget_blob(self, key: tuple[str, str]) -> None:
+        _, data = self._blobs.pop(key)
+        self.held_bytes -= len(data)
+        if key[0] == "out":
+            self._results.pop(key[1], None)
+
+    def _make_room(self, size: int, keep: str | None = None) -> None:
+        """Drop the oldest results (not ``keep``'s) until ``size`` more bytes fit the budget."""
+        for job_id in list(self._results):
+            if self.held_bytes + size <= self.max_bytes:
+                return
+            if job_id != keep:
+                self._forget_blob(("out", job_id))
+
+    def create(self, spec: JobSpec, facts: ImageFacts, data: bytes) -> JobRecord:
+        """Refuse a job whose input does not fit the budget even with every result dropped."""
+        with self._cond:
+            self._sweep()
+            self._make_room(len(data))
+            if self.held_bytes + len(data) > self.max_bytes:
+                raise StoreFull(f"the inputs of accepted jobs fill the memory budget "
+                                f"({self.held_bytes} of {self.max_bytes} bytes, BBCU_MEMORY_STORE_MAX_BYTES)")
+            return super().create(spec, facts, data)
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._cond:
@@ -169,7 +227,8 @@ class MemoryStore(JobStore):
 
     def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
         with self._cond:
-            self._beats[(queue, worker)] = (time.monotonic() + ttl_s, info)
+            self._sweep()
+            self._beats[(queue, worker)] = (self._expire_at("beat", (queue, worker), ttl_s), info)
 
     def forget_worker(self, queue: str, worker: str) -> None:
         with self._cond:
@@ -183,11 +242,18 @@ class MemoryStore(JobStore):
     def _put_record(self, record: JobRecord, *, create: bool = False) -> None:
         with self._cond:
             self._sweep()
-            self._records[record.id] = (time.monotonic() + self.job_ttl_s, record)
+            self._records[record.id] = (self._expire_at("record", record.id, self.job_ttl_s), record)
 
     def _put_blob(self, kind: str, job_id: str, data: bytes) -> None:
         with self._cond:
-            self._blobs[(kind, job_id)] = (time.monotonic() + self.result_ttl_s, data)
+            self._sweep()
+            if (kind, job_id) in self._blobs:
+                self._forget_blob((kind, job_id))
+            if kind == "out":  # an accepted job's result is kept: older results make room for it
+                self._make_room(len(data), keep=job_id)
+                self._results[job_id] = None
+            self._blobs[(kind, job_id)] = (self._expire_at("blob", (kind, job_id), self.result_ttl_s), data)
+            self.held_bytes += len(data)
 
     def _get_blob(self, kind: str, job_id: str) -> bytes | None:
         with self._cond:
@@ -197,7 +263,8 @@ class MemoryStore(JobStore):
 
     def _del_blob(self, kind: str, job_id: str) -> None:
         with self._cond:
-            self._blobs.pop((kind, job_id), None)
+            if (kind, job_id) in self._blobs:
+                self._forget_blob((kind, job_id))
 
 
 class RedisStore(JobStore):

@@ -52,8 +52,9 @@ def get_result(job_id: str, store: StoreDep, settings: SettingsDep, dispatcher: 
                       error=rec.error.model_dump(mode="json") if rec.error else None)
     data = store.result(job_id)
     if data is None:
-        raise Problem(410, "Result expired", f"the result of job {job_id} expired "
-                      f"(results are kept {settings.result_ttl_s} s)", slug="expired", job_id=job_id)
+        raise Problem(410, "Result expired", f"the result of job {job_id} expired (results are kept "
+                      f"{settings.result_ttl_s} s, or less when the embedded store's memory is short)",
+                      slug="expired", job_id=job_id)
     return image_response(rec, data)
 
 
