@@ -21,6 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--weights", type=Path, help="checkpoint to evaluate (default: the shipped one)")
     p.add_argument("--sigma", type=float, default=25.0, help="denoise noise level (0..255)")
     p.add_argument("--quality", type=int, default=10, help="deblock JPEG quality (0..100)")
+    p.add_argument("--color", action="store_true",
+                   help="deblock: color 4:2:0 JPEGs scored on RGB, restored as the service restores a "
+                        "color photo (the gray network on luma, chroma from the shipped color network)")
     p.add_argument("--seed", type=int, default=0, help="numpy seed of the noise")
     p.add_argument("--tile", type=int, default=512, help="tile size in input pixels (0: whole image)")
     p.add_argument("--limit", type=int, help="only the first N images")
@@ -37,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from models.engine import load_for_task
+    from models.engine import load_chroma_partner, load_for_task
     from models.errors import BBCUError
     from models.eval import evaluate, record
 
@@ -53,14 +56,23 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"--tile must be 0 or at least 16, got {args.tile}")
     if args.limit is not None and args.limit < 1:
         return fail("--limit must be positive")
+    if args.color and args.task != "deblock":
+        return fail("--color applies to --task deblock only")
+    if args.color and args.record:
+        return fail("--record stores a network's own result; --color scores the service's color path")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         model = load_for_task(args.task, args.scale, args.variant, args.weights, device=args.device,
                               backend=args.backend)
+        chroma = None
+        if args.color:
+            chroma = load_chroma_partner(args.task, args.variant, args.weights, device=args.device,
+                                         backend=args.backend)
         report = evaluate(model, args.task, args.data, sigma=args.sigma, quality=args.quality,
                           seed=args.seed, tile=args.tile or None, limit=args.limit,
-                          progress=None if args.quiet else (lambda msg: print(msg, flush=True)))
+                          progress=None if args.quiet else (lambda msg: print(msg, flush=True)),
+                          color=args.color, chroma=chroma)
     except (BBCUError, ValueError, FileNotFoundError) as e:
         return fail(str(e))
     print(report.table())

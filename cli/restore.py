@@ -134,6 +134,7 @@ def _describe(reports: list) -> str:  # type: ignore[type-arg]
     for r in reports:
         extra = f", sigma {r.sigma:.1f}" if r.sigma is not None else ""
         extra += f", strength {r.strength:.2f}" if r.strength is not None else ""
+        extra += f", chroma from {r.chroma_model}" if r.chroma_model else ""
         parts.append(f"{r.task} {r.inference_ms / 1000:.1f} s{extra}")
     return "; ".join(parts)
 
@@ -156,13 +157,15 @@ def run(args: argparse.Namespace) -> int:
 def _restore_here(args: argparse.Namespace, tasks: tuple[str, ...], strength: object,
                   sources: list[tuple[Path, Path]], dests: list[Path]) -> int:
     from models import imageio
-    from models.engine import load_for_task
+    from models.engine import load_chroma_partner, load_for_task
     from models.errors import BBCUError
     from models.pipeline import run_stages
 
     try:
         models = [load_for_task(t, args.scale if t == "sr" else None, args.variant, args.weights,
                                 device=args.device, backend=args.backend) for t in tasks]
+        chroma = load_chroma_partner("deblock", args.variant, args.weights, device=args.device,
+                                     backend=args.backend) if "deblock" in tasks else None
     except (BBCUError, ValueError) as e:
         return fail(str(e))
     bars = not args.quiet and sys.stderr.isatty()
@@ -181,7 +184,7 @@ def _restore_here(args: argparse.Namespace, tasks: tuple[str, ...], strength: ob
         try:
             img = imageio.decode(src.read_bytes(), max_pixels=args.max_pixels)
             out, reports = run_stages(models, img, tile=args.tile, strength=strength,  # type: ignore[arg-type]
-                                      progress=progress)
+                                      progress=progress, chroma=chroma)
             dst.parent.mkdir(parents=True, exist_ok=True)
             fmt = args.format or format_of(dst.suffix) or "png"
             dst.write_bytes(imageio.encode(out, fmt, quality=args.quality))

@@ -96,6 +96,24 @@ def find(task: str, scale: int | None = None, variant: str | None = None,
     return pool[0]
 
 
+def chroma_partner(task: str, variant: str | None = None,
+                   weights_dir: Path = WEIGHTS_DIR) -> CatalogEntry | None:
+    """The color network whose chroma a color photo takes beside the gray (Y) deblocker, if shipped.
+
+    The gray deblocker restores JPEG's luma best, the color one also removes the chroma blocks the
+    luma path leaves; taking each plane from the network better at it beats either network alone
+    (docs/networks.md). The partner has the gray network's variant; explicit weights run alone.
+    """
+    if task != "deblock":
+        return None
+    gray = find(task, None, variant, weights_dir)
+    if gray.channels != 1:
+        return None
+    pool = sorted((e for e in entries(weights_dir)
+                   if e.task == task and e.channels == 3 and e.variant == gray.variant), key=lambda e: e.name)
+    return pool[0] if pool else None
+
+
 def by_name(name: str, weights_dir: Path = WEIGHTS_DIR) -> CatalogEntry:
     for e in entries(weights_dir):
         if e.name == name:

@@ -236,3 +236,16 @@ def load_for_task(task: str, scale: int | None = None, variant: str | None = Non
     entry = catalog.find(task, scale, variant, weights_dir or catalog.WEIGHTS_DIR)
     return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device,
                            backend=backend)
+
+
+def load_chroma_partner(task: str, variant: str | None = None, weights: str | Path | None = None,
+                        device: str | torch.device = "cpu", backend: str = "auto",
+                        weights_dir: Path | None = None) -> RestorationModel | None:
+    """The color network restoring a color photo's chroma beside the gray deblocker
+    (``catalog.chroma_partner``); None for explicit weights or where none is shipped."""
+    if weights is not None:
+        return None
+    entry = catalog.chroma_partner(task, variant, weights_dir or catalog.WEIGHTS_DIR)
+    if entry is None:
+        return None
+    return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device, backend=backend)

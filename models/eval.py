@@ -8,7 +8,9 @@
   output quantized to 8 bits; the baseline is the noisy input (clipped and quantized).
 - ``deblock``: the 8-bit gray image (full-range luma of a colour image), JPEG at quality ``q``
   with Pillow; PSNR/SSIM of the 8-bit output; the baseline is the JPEG image. A color deblocking
-  network (this project's, not the paper's) gets the RGB image as a 4:2:0 color JPEG, scored on RGB.
+  network (this project's, not the paper's) gets the RGB image as a 4:2:0 color JPEG, scored on RGB;
+  so does ``color=True`` for a gray network, restored as the service restores a color photo (luma
+  by the network, chroma by ``chroma`` when given, else the decoder's).
 
 Inference goes through ``models.engine`` (deploy form, tiled).
 """
@@ -171,18 +173,23 @@ def eval_denoise(model: RestorationModel, files: Sequence[Path], sigma: float, s
 
 
 def eval_deblock(model: RestorationModel, files: Sequence[Path], quality: int, tile: int | None = 512,
-                 progress: Progress | None = None) -> list[Row]:
-    """Gray networks: the 8-bit luma through JPEG. Color networks: the RGB image through a color JPEG
-    (4:2:0, as Pillow and cameras write it), scored on RGB."""
+                 progress: Progress | None = None, *, color: bool = False,
+                 chroma: RestorationModel | None = None) -> list[Row]:
+    """Gray networks: the 8-bit luma through JPEG. Color networks (or ``color``): the RGB image through
+    a color JPEG (4:2:0, as Pillow and cameras write it), scored on RGB."""
+    from models.imageio import Image as Decoded
+    from models.pipeline import restore_image
+
     _check_task(model, "deblock")
-    color = model.config.in_nc == 3
+    color = color or model.config.in_nc == 3
     rows = []
     for f in files:
         img = read_image(f)
         if color:
             gt = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
             lq = jpeg(gt, quality)
-            out = to_uint8(_run(model, to_float(lq), tile))
+            decoded = Decoded(pixels=to_float(lq).astype(np.float32))
+            out = to_uint8(restore_image(model, decoded, tile=tile, chroma=chroma).pixels)
         else:
             gt = img if img.ndim == 2 else to_uint8(rgb_to_luma(to_float(img)))
             lq = jpeg(gt, quality)
@@ -195,8 +202,10 @@ def eval_deblock(model: RestorationModel, files: Sequence[Path], quality: int, t
 
 def evaluate(model: RestorationModel, task: str, folder: Path, *, sigma: float = 25.0, quality: int = 10,
              seed: int = 0, tile: int | None = 512, limit: int | None = None,
-             progress: Progress | None = None) -> Report:
-    """Run the protocol for ``task`` on every image of ``folder`` (the first ``limit`` if given)."""
+             progress: Progress | None = None, color: bool = False,
+             chroma: RestorationModel | None = None) -> Report:
+    """Run the protocol for ``task`` on every image of ``folder`` (the first ``limit`` if given);
+    ``color`` and ``chroma``: deblock on color JPEGs as the service restores them (eval_deblock)."""
     files = list_images(folder)[:limit]
     name, sha = model.info.name, model.info.sha256
     if task == "sr":
@@ -211,8 +220,10 @@ def evaluate(model: RestorationModel, task: str, folder: Path, *, sigma: float =
     elif task == "deblock":
         if not 0 <= quality <= 100:
             raise ValueError(f"JPEG quality must be in 0..100, got {quality}")
-        rows = eval_deblock(model, files, quality, tile, progress)
-        metric = "RGB" if model.config.in_nc == 3 else "gray/Y"
+        rows = eval_deblock(model, files, quality, tile, progress, color=color, chroma=chroma)
+        metric = "RGB" if color or model.config.in_nc == 3 else "gray/Y"
+        if chroma is not None:
+            name += f" (chroma: {chroma.info.name})"
         rep = Report(task, folder.name, f"q{quality}", "jpeg", f"{metric} PSNR/SSIM, 8-bit output", name, sha)
     else:
         raise ValueError(f"unknown task {task!r}; expected sr, denoise or deblock")

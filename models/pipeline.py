@@ -2,7 +2,8 @@
 
 - A gray image through an RGB network runs as three equal channels and comes back as their mean.
 - A color image through the gray (Y) JPEG deblocker: the network restores the full-range BT.601
-  luma (the plane JPEG itself stores); the chroma planes are kept as the decoder upsampled them.
+  luma (the plane JPEG itself stores); the chroma planes come from the color deblocker when one is
+  given (``chroma``: it also removes the chroma blocks), else as the decoder upsampled them.
 - Alpha is resized (bicubic) for super-resolution and kept unchanged otherwise.
 - ``strength`` blends the result with the input (same-size tasks only); ``auto`` picks it from
   the input's estimated noise (models.noise), and a strength of 0 skips the network.
@@ -41,6 +42,7 @@ class StageReport:
     redundancy: float
     sigma: float | None = None
     strength: float | None = None
+    chroma_model: str | None = None  # the color network that restored a color image's chroma
 
 
 def _run(model: RestorationModel, planes: np.ndarray, tile: int | None, progress: Progress | None,
@@ -56,8 +58,22 @@ def _resize_alpha(alpha: np.ndarray, scale: int) -> np.ndarray:
     return np.clip(np.asarray(im.resize((w * scale, h * scale), PILImage.Resampling.BICUBIC)), 0, 1)
 
 
+def _halves(progress: Progress | None) -> tuple[Progress | None, Progress | None]:
+    """One bar for two networks run one after the other: each fills half of it."""
+    if progress is None:
+        return None, None
+
+    def first(done: int, total: int) -> None:
+        progress(done, 2 * total)
+
+    def second(done: int, total: int) -> None:
+        progress(total + done, 2 * total)
+
+    return first, second
+
+
 def _network(model: RestorationModel, img: Image, tile: int | None, progress: Progress | None,
-             memory_bytes: int) -> np.ndarray:
+             memory_bytes: int, chroma: RestorationModel | None = None) -> np.ndarray:
     net_c = model.config.in_nc
     px = img.pixels
     if net_c == img.channels:
@@ -65,13 +81,25 @@ def _network(model: RestorationModel, img: Image, tile: int | None, progress: Pr
     if net_c == 3:  # gray image, color network
         return _run(model, np.repeat(px, 3, axis=2), tile, progress, memory_bytes).mean(axis=2, keepdims=True)
     ycc = rgb_to_ycbcr(px)  # color image, luma network
-    y = _run(model, ycc[..., :1], tile, progress, memory_bytes)
     s = model.scale
+    if chroma is not None and s == 1:
+        luma_progress, chroma_progress = _halves(progress)
+        y = _run(model, ycc[..., :1], tile, luma_progress, memory_bytes)
+        del ycc
+        cbcr = rgb_to_ycbcr(_run(chroma, px, tile, chroma_progress, memory_bytes))[..., 1:]
+        return ycbcr_to_rgb(np.concatenate([y, cbcr], axis=2))
+    y = _run(model, ycc[..., :1], tile, progress, memory_bytes)
     if s > 1:
-        chroma = np.stack([_resize_alpha(ycc[..., i], s) for i in (1, 2)], axis=-1)
+        cbcr = np.stack([_resize_alpha(ycc[..., i], s) for i in (1, 2)], axis=-1)
     else:
-        chroma = ycc[..., 1:]
-    return ycbcr_to_rgb(np.concatenate([y, chroma], axis=2))
+        cbcr = ycc[..., 1:]
+    return ycbcr_to_rgb(np.concatenate([y, cbcr], axis=2))
+
+
+def takes_chroma(model: RestorationModel, chroma: RestorationModel | None, img: Image) -> bool:
+    """Whether ``chroma`` restores this image's chroma beside ``model`` (a color photo, a luma net)."""
+    return (chroma is not None and model.config.in_nc == 1 and img.channels == 3 and model.scale == 1
+            and chroma.config.in_nc == 3)
 
 
 def resolve_strength(strength: Strength, img: Image) -> tuple[float, float | None]:
@@ -84,10 +112,11 @@ def resolve_strength(strength: Strength, img: Image) -> tuple[float, float | Non
 
 def restore_image(model: RestorationModel, img: Image, *, tile: int | None = None,
                   progress: Progress | None = None, strength: float = 1.0,
-                  memory_bytes: int = DEFAULT_TILE_BYTES) -> Image:
+                  memory_bytes: int = DEFAULT_TILE_BYTES, chroma: RestorationModel | None = None) -> Image:
     """Run ``model`` on ``img`` and return the restored image (same mode and bit depth).
 
     ``memory_bytes`` is the activation budget that sets the tile size (and on CUDA the tile batch).
+    ``chroma``: a color network whose chroma a color image takes when ``model`` is a luma network.
     """
     if strength != 1.0 and model.scale != 1:
         raise ValueError("strength blends with the input, so it needs a task that keeps the size")
@@ -95,7 +124,8 @@ def restore_image(model: RestorationModel, img: Image, *, tile: int | None = Non
         if progress is not None:
             progress(1, 1)
         return img
-    out = noise.blend(img.pixels, _network(model, img, tile, progress, memory_bytes), strength)
+    partner = chroma if takes_chroma(model, chroma, img) else None
+    out = noise.blend(img.pixels, _network(model, img, tile, progress, memory_bytes, partner), strength)
     alpha = img.alpha
     if alpha is not None and model.scale > 1:
         alpha = _resize_alpha(alpha, model.scale)
@@ -104,11 +134,13 @@ def restore_image(model: RestorationModel, img: Image, *, tile: int | None = Non
 
 def run_stages(models: Sequence[RestorationModel], img: Image, *, tile: int | None = None,
                strength: Strength | None = None, memory_bytes: int = DEFAULT_TILE_BYTES,
-               progress: Progress | None = None) -> tuple[Image, list[StageReport]]:
+               progress: Progress | None = None,
+               chroma: RestorationModel | None = None) -> tuple[Image, list[StageReport]]:
     """Run each model on the previous one's output; the final image and one report per stage.
 
     ``strength`` (default ``auto``) applies to the denoise stage; the other stages run in full.
-    ``progress(done, total)`` counts stages in thousandths so a client sees one bar.
+    ``progress(done, total)`` counts stages in thousandths so a client sees one bar. ``chroma``
+    (``engine.load_chroma_partner``) joins a luma deblock stage on a color image.
     """
     reports: list[StageReport] = []
     n = len(models)
@@ -123,14 +155,16 @@ def run_stages(models: Sequence[RestorationModel], img: Image, *, tile: int | No
             if progress is not None:
                 progress(int(1000 * (i + done / max(total, 1)) / n), 1000)
 
+        partner = chroma if takes_chroma(model, chroma, img) else None
         t0 = time.perf_counter()
         img = restore_image(model, img, tile=side, progress=stage_progress, strength=value,
-                            memory_bytes=memory_bytes)
+                            memory_bytes=memory_bytes, chroma=partner)
         ms = (time.perf_counter() - t0) * 1000.0
         skipped = value <= 0.0
         reports.append(StageReport(
             task=model.config.task, model=model.info.name, inference_ms=ms, tile=side,
             tiles=0 if skipped else count_tiles(h, w, side),
             redundancy=0.0 if skipped else model.redundancy(h, w, side),
-            sigma=sigma, strength=value if denoise else None))
+            sigma=sigma, strength=value if denoise else None,
+            chroma_model=partner.info.name if partner is not None else None))
     return img, reports

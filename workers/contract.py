@@ -110,6 +110,8 @@ class StageRecord(BaseModel):
     redundancy: float = Field(description="pixels computed per image pixel (tile overlap); 1: none")
     sigma: float | None = Field(default=None, description="estimated noise sigma (0..255), auto strength")
     strength: float | None = None
+    chroma_model: str | None = Field(
+        default=None, description="deblock of a color photo: the color network its chroma came from")
 
 
 class JobRecord(BaseModel):

@@ -84,6 +84,7 @@ class ModelCache:
         self._settings = settings
         self._lock = threading.Lock()
         self._models: dict[tuple[str, int, str | None, str], Loaded] = {}
+        self._chroma: dict[tuple[str | None, str], RestorationModel | None] = {}
 
     def get(self, task: str, scale: int, variant: str | None, device: str) -> Loaded:
         key = (task, scale, variant, device)
@@ -99,6 +100,20 @@ class ModelCache:
                 loaded = Loaded(model, model.info.ops(_OPS_SIDE, _OPS_SIDE))
                 self._models[key] = loaded
             return loaded
+
+    def chroma(self, tasks: tuple[str, ...], variant: str | None, device: str) -> RestorationModel | None:
+        """The color deblocker that restores a color photo's chroma beside the gray one, if any."""
+        if "deblock" not in tasks:
+            return None
+        with self._lock:
+            if (variant, device) not in self._chroma:
+                from models.engine import load_chroma_partner
+
+                preload(self._settings.torch_threads)
+                self._chroma[(variant, device)] = load_chroma_partner(
+                    "deblock", variant, device=device, backend=self._settings.backend,
+                    weights_dir=self._settings.weights_dir)
+            return self._chroma[(variant, device)]
 
 
 class JobRunner:
@@ -165,6 +180,7 @@ class JobRunner:
         t0 = time.perf_counter()
         device = QUEUE_DEVICES[spec.queue]
         stages = [self.models.get(task, spec.scale_of(task), spec.variant, device) for task in spec.tasks]
+        chroma = self.models.chroma(spec.tasks, spec.variant, device)
         t1 = time.perf_counter()
         # loading a model is a once-per-process cost: the job's own time starts after it
         deadline = t1 + self.settings.soft_time_limit_s
@@ -175,7 +191,7 @@ class JobRunner:
             budget = self.settings.gpu_tile_memory_mb << 20
         out, reports = pipeline.run_stages([s.model for s in stages], img, tile=spec.tile,
                                            strength=spec.strength, memory_bytes=budget,
-                                           progress=self._progress(spec.id, deadline))
+                                           progress=self._progress(spec.id, deadline), chroma=chroma)
         t3 = time.perf_counter()
         self._check(spec.id, deadline)
         encoded = imageio.encode(out, spec.format, quality=spec.quality)
