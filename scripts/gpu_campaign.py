@@ -9,8 +9,13 @@ bounded by its own data pipeline and kernel launches, not by the GPU). Phases:
 - B: x3/x4 (L and M) start from the phase-A x2 weights; x2 continues at lr 1e-4;
 - the lr of every run drops to 1e-4 for its last part (``--final``).
 
+``--continue`` plans a later session instead: every run resumes training from its own shipped file
+(x3/x4 included), at a lower lr (``--lr``, then ``--final-lr``), with no phase dependencies; ``--only``
+picks the runs that get the GPU (fewer runs, more iterations each).
+
 The last weights of every run and the logs are packed into tars under ``<out>`` (sr-x2.tar, ...).
 Usage: python3 scripts/gpu_campaign.py --data corpus.tar --minutes 7 --out "$OUT"
+       python3 scripts/gpu_campaign.py --continue --only sr-x4-l,denoise,deblock --data ... --out ...
 """
 
 from __future__ import annotations
@@ -63,6 +68,26 @@ def plan(total: float, sr2: float, shipped: Path) -> list[Run]:
     return runs
 
 
+SHIPPED_FILES = {"sr-x2-l": "bbcu-sr-x2", "sr-x2-m": "bbcu-sr-x2-m", "sr-x3-l": "bbcu-sr-x3",
+                 "sr-x3-m": "bbcu-sr-x3-m", "sr-x4-l": "bbcu-sr-x4", "sr-x4-m": "bbcu-sr-x4-m",
+                 "denoise": "bbcu-denoise", "deblock": "bbcu-deblock", "deblock-color": "bbcu-deblock-color"}
+
+
+def plan_continue(total: float, shipped: Path, only: list[str], lr: float, final_lr: float) -> list[Run]:
+    """Every chosen run from its own shipped weights, for the whole campaign (no phase waits for x2)."""
+    runs = []
+    for r in plan(total, 0.0, shipped):
+        if only and r.name not in only:
+            continue
+        runs.append(Run(r.name, r.args, str(shipped / f"{SHIPPED_FILES[r.name]}.safetensors"), 0, total,
+                        lr=lr, final_lr=final_lr))
+    unknown = sorted(set(only) - set(SHIPPED_FILES))
+    if unknown:
+        raise SystemExit(f"--only: unknown run(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(SHIPPED_FILES)}")
+    return runs
+
+
 def launch(run: Run, data: list[str], work: Path, t0: float, lr: float, minutes: float,
            resume: bool) -> None:
     log = work / f"{run.name}.{run.phase}.log"
@@ -96,10 +121,18 @@ def main() -> int:
     ap.add_argument("--shipped", type=Path, default=Path("models/weights"),
                     help="the weights the runs start from")
     ap.add_argument("--work", type=Path, default=Path("runs/campaign"))
+    ap.add_argument("--continue", dest="cont", action="store_true",
+                    help="resume every run from its own shipped weights (a later session)")
+    ap.add_argument("--only", default="", help="with --continue: comma list of runs, e.g. sr-x4-l,denoise")
+    ap.add_argument("--lr", type=float, default=2e-4, help="with --continue: the lr of the first part")
+    ap.add_argument("--final-lr", type=float, default=5e-5, help="with --continue: the lr of the last part")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     a.out.mkdir(parents=True, exist_ok=True)
-    runs = plan(a.minutes, a.minutes * a.sr2, a.shipped)
+    if a.cont:
+        runs = plan_continue(a.minutes, a.shipped, [n for n in a.only.split(",") if n], a.lr, a.final_lr)
+    else:
+        runs = plan(a.minutes, a.minutes * a.sr2, a.shipped)
     # a time limit around the campaign sends SIGTERM: still stop the runs and pack what exists
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
     t0 = time.monotonic()
@@ -114,7 +147,7 @@ def main() -> int:
                              if r.init and r.init.startswith("@") else None)
                 if r.proc is None and now >= r.start and (waits_for is None or waits_for.exists()):
                     span = r.end - max(r.start, now)
-                    if r.name.startswith("sr-x2"):
+                    if r.name.startswith("sr-x2") and not a.cont:
                         first = a.minutes * a.sr2 - now - a.startup
                     else:
                         first = span * (1 - r.final) - a.startup
