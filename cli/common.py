@@ -8,3 +8,12 @@ import sys
 def fail(message: str, code: int = 2) -> int:
     print(f"bbcu: error: {message}", file=sys.stderr)
     return code
+
+
+def describe_stage(task: str, inference_ms: float, sigma: float | None, strength: float | None,
+                   chroma_model: str | None = None) -> str:
+    """One stage as the per-file line shows it, e.g. ``denoise 1.2 s, sigma 22.1, strength 1.00``."""
+    extra = f", sigma {sigma:.1f}" if sigma is not None else ""
+    extra += f", strength {strength:.2f}" if strength is not None else ""
+    extra += f", chroma from {chroma_model}" if chroma_model else ""
+    return f"{task} {inference_ms / 1000:.1f} s{extra}"

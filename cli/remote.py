@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cli.common import fail
+from cli.common import describe_stage, fail
 from models.vocab import format_of
 
 _LOCAL_ONLY = {"weights": None, "backend": "auto", "max_pixels": 100_000_000}  # option -> its default
@@ -34,6 +34,12 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
         if isinstance(outcome, Restored):
             dst.parent.mkdir(parents=True, exist_ok=True)
             outcome.save(dst)
+            if not args.quiet:
+                from tqdm import tqdm
+
+                stages = "; ".join(describe_stage(s["task"], s["inference_ms"], s.get("sigma"), s.get("strength"),
+                                                  s.get("chroma_model")) for s in outcome.job.get("stages", []))
+                tqdm.write(f"{src} -> {dst} (job {outcome.job['id']}: {stages})", file=sys.stderr)
         else:
             failures += 1
             print(f"bbcu: {src}: {outcome}", file=sys.stderr)

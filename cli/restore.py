@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from cli.common import fail
+from cli.common import describe_stage, fail
 from models.vocab import BACKENDS, DEFAULT_SR_SCALE, FORMATS, SR_SCALES, VARIANTS, format_of
 
 # what a folder is searched for (the decoder reads more; these are the usual photo files)
@@ -130,13 +130,7 @@ def _check_args(args: argparse.Namespace) -> tuple[tuple[str, ...], object]:
 
 
 def _describe(reports: list) -> str:  # type: ignore[type-arg]
-    parts = []
-    for r in reports:
-        extra = f", sigma {r.sigma:.1f}" if r.sigma is not None else ""
-        extra += f", strength {r.strength:.2f}" if r.strength is not None else ""
-        extra += f", chroma from {r.chroma_model}" if r.chroma_model else ""
-        parts.append(f"{r.task} {r.inference_ms / 1000:.1f} s{extra}")
-    return "; ".join(parts)
+    return "; ".join(describe_stage(r.task, r.inference_ms, r.sigma, r.strength, r.chroma_model) for r in reports)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import subprocess
 from pathlib import Path
 
@@ -101,6 +102,25 @@ def test_cli_restore_against_a_service(service: Service, tmp_path: Path) -> None
     for src in srcs:
         got = (out / f"{src.stem}.png").read_bytes()
         assert got == direct(service, src.read_bytes(), task="sr", scale=2)
+
+
+def test_cli_url_strength_and_quality_reach_the_job(service: Service, tmp_path: Path) -> None:
+    src = tmp_path / "noisy.png"
+    src.write_bytes(make_image(40, 24, seed=31))
+    out = tmp_path / "noisy.jpg"
+    run = subprocess.run(bbcu("restore", str(src), "-o", str(out), "--task", "denoise", "--strength", "0.4",
+                              "--quality", "35", "--url", service.url),
+                         cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    line = re.search(rf"{re.escape(str(src))} -> {re.escape(str(out))} \(job ([0-9a-f]+): denoise [\d.]+ s, "
+                     r"strength 0\.40\)", run.stderr)
+    assert line, run.stderr
+    with service.client() as c:
+        job = c.get(f"/jobs/{line.group(1)}").json()
+    assert job["spec"]["strength"] == 0.4 and job["spec"]["quality"] == 35 and job["spec"]["format"] == "jpeg"
+    assert [(s["task"], s["strength"], s["sigma"]) for s in job["stages"]] == [("denoise", 0.4, None)]
+    assert out.read_bytes() == direct(service, src.read_bytes(), task="denoise", strength=0.4, format="jpeg",
+                                      quality=35)
 
 
 def test_cli_url_refusals(tmp_path: Path) -> None:

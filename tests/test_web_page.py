@@ -120,6 +120,69 @@ def test_restore_in_the_page_equals_the_api(browser, service: Service, tmp_path:
     assert int(split.get_attribute("value")) < 50
 
 
+RECORD_REQUESTS = """
+    // every request the page makes: its URL and the job id the service answered with
+    window.sent = [];
+    const plain = window.fetch;
+    window.fetch = (url, init) => plain(url, init).then((r) => {
+      window.sent.push([String(url), r.headers.get("X-Job-Id")]);
+      return r;
+    });"""
+
+
+def submitted(driver) -> list[tuple[dict[str, list[str]], str]]:  # type: ignore[no-untyped-def]
+    """(query, job id) of each POST /restore the page made since RECORD_REQUESTS."""
+    from urllib.parse import parse_qs, urlsplit
+
+    return [(parse_qs(urlsplit(url).query), job) for url, job in driver.execute_script("return window.sent")
+            if urlsplit(url).path == "/restore"]
+
+
+def test_denoise_strength_is_auto_until_the_slider_moves(browser, service: Service,  # type: ignore[no-untyped-def]
+                                                         tmp_path: Path) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver = browser
+    open_page(driver, service)
+    driver.execute_script(RECORD_REQUESTS)
+    choose(driver, "task", "denoise")
+    assert driver.find_element(By.ID, "strength-field").is_displayed()
+    assert driver.find_element(By.ID, "strength-value").text == "auto"
+    assert driver.find_element(By.ID, "strength-auto").is_selected()
+    photo = _photo(tmp_path / "photo.png")
+
+    def restore() -> tuple[dict[str, list[str]], dict]:  # type: ignore[type-arg]
+        before = len(submitted(driver))
+        driver.find_element(By.ID, "files").send_keys(str(photo))
+        driver.find_element(By.ID, "start").click()
+        WebDriverWait(driver, WAIT_S).until(lambda d: len(submitted(d)) > before and d.find_element(
+            By.ID, "start").is_enabled())
+        query, job_id = submitted(driver)[-1]
+        with service.client() as c:
+            return query, c.get(f"/jobs/{job_id}").json()
+
+    query, job = restore()
+    assert query["strength"] == ["auto"] and query["task"] == ["denoise"]
+    assert job["status"] == "succeeded" and job["spec"]["strength"] == "auto"
+    stage = job["stages"][0]
+    assert stage["sigma"] is not None and 0.0 <= stage["strength"] <= 1.0
+    # moving the slider (keyboard: one step down from 1) leaves auto and sends that number
+    driver.find_element(By.ID, "strength").send_keys(Keys.ARROW_LEFT)
+    assert not driver.find_element(By.ID, "strength-auto").is_selected()
+    assert driver.find_element(By.ID, "strength-value").text == "0.95"
+    query, job = restore()
+    assert query["strength"] == ["0.95"]
+    assert job["status"] == "succeeded" and job["spec"]["strength"] == 0.95
+    assert job["stages"][0]["strength"] == 0.95 and job["stages"][0]["sigma"] is None
+    # ticking auto again goes back to it
+    driver.find_element(By.ID, "strength-auto").click()
+    assert driver.find_element(By.ID, "strength-value").text == "auto"
+    query, _ = restore()
+    assert query["strength"] == ["auto"]
+
+
 def test_the_page_shows_a_problem_in_words(browser, service: Service, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as ec

@@ -114,12 +114,16 @@ scaleSelect.addEventListener("change", () => {
   scaleSelect.dataset.touched = "1";
   refreshChoices();
 });
-$("#strength").addEventListener("input", (e) => {
-  $("#strength-value").textContent = Number(e.target.value).toFixed(2);
+// the strength is "auto" until the user moves the slider; only then is a number sent
+function showStrength() {
+  const auto = $("#strength-auto").checked;
+  $("#strength-value").textContent = auto ? "auto" : Number($("#strength").value).toFixed(2);
+}
+$("#strength").addEventListener("input", () => {
+  $("#strength-auto").checked = false;
+  showStrength();
 });
-$("#strength-auto").addEventListener("change", (e) => {
-  $("#strength").disabled = e.target.checked;
-});
+$("#strength-auto").addEventListener("change", showStrength);
 
 // ---- files: the input or a drop ----
 
