@@ -37,8 +37,9 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
             if not args.quiet:
                 from tqdm import tqdm
 
-                stages = "; ".join(describe_stage(s["task"], s["inference_ms"], s.get("sigma"), s.get("strength"),
-                                                  s.get("chroma_model")) for s in outcome.job.get("stages", []))
+                stages = "; ".join(
+                    describe_stage(s["task"], s["inference_ms"], s.get("sigma"), s.get("strength"),
+                                   s.get("chroma_model")) for s in outcome.job.get("stages", []))
                 tqdm.write(f"{src} -> {dst} (job {outcome.job['id']}: {stages})", file=sys.stderr)
         else:
             failures += 1
