@@ -1,0 +1,627 @@
+"""``make soak``: a load and fault campaign against the real service, counting what became of every request.
+
+It starts its own redis-server (append-only file on, a private port and directory), ``bbcu serve`` in
+Celery mode and ``bbcu worker`` processes with a tiny random denoise network (small images: jobs take
+milliseconds, so the campaign measures the service, not the network), and runs these scenarios:
+
+- ``sync``: synchronous ``POST /restore`` at high concurrency, one worker running;
+- ``async``: asynchronous submissions while no worker runs, then one worker starts;
+- ``kill``: a worker (its whole process group) is SIGKILLed while it runs jobs; another starts under the
+  same name, as a restarted container would;
+- ``redis-restart``: redis-server is stopped and started again (same append-only file) while jobs are
+  submitted and run;
+- ``evict``: a fresh Redis with a small ``maxmemory`` and the eviction policy of the shipped
+  docker-compose.yml, sent more input bytes than fit while no worker runs; then one starts.
+
+A probe thread GETs ``/healthz`` every 0.2 s throughout. Each scenario prints one row: requests
+accepted (a job was created: 200, 202, or a problem naming the job), refused (429/503 without a job,
+by status; each must carry Retry-After), succeeded, failed (by error code), lost (accepted but not
+terminal by the deadline, unknown (404), or its result gone), other 5xx, transport errors and the
+slowest ``/healthz``. Targets (issue 11): nothing lost, every refusal with Retry-After, no other 5xx,
+no transport error, ``/healthz`` within 1 s. The exit status is 1 if any scenario misses one.
+The table is written to .bench/soak.md as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ("sync", "async", "kill", "redis-restart", "evict")
+HEALTHZ_TARGET_S = 1.0
+PROBE_PERIOD_S = 0.2
+PROBE_TIMEOUT_S = 5.0
+TERMINAL = ("succeeded", "failed", "cancelled")
+REFUSALS = (429, 503)
+
+
+@dataclass(frozen=True)
+class Scale:
+    """How hard each scenario pushes (requests, concurrency, image side in pixels)."""
+
+    sync_n: int
+    sync_concurrency: int
+    async_n: int
+    kill_n: int
+    restart_n: int
+    evict_n: int
+    evict_maxmemory_mb: int
+    settle_s: float  # how long accepted jobs have to reach a terminal state after the last fault
+
+
+# the campaign of issue 11, and a scaled-down one that fits in CI time
+FULL = Scale(sync_n=400, sync_concurrency=150, async_n=1000, kill_n=300, restart_n=300, evict_n=200,
+             evict_maxmemory_mb=8, settle_s=180)
+QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=60, evict_n=60,
+              evict_maxmemory_mb=6, settle_s=90)
+SIDES = {"sync": 64, "async": 64, "kill": 160, "redis-restart": 96, "evict": 256}
+SUBMIT_CONCURRENCY = 16
+LOGDIR = Path(".bench/soak-logs")
+
+
+# ---------------------------------------------------------------------------------------------------
+# processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str,
+             proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited ({proc.returncode})")
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            if check():
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{what}: not after {timeout:.0f} s")
+
+
+def compose_eviction_policy() -> str:
+    """The ``--maxmemory-policy`` of the shipped docker-compose.yml (Redis's default if it sets none)."""
+    text = (ROOT / "docker-compose.yml").read_text()
+    found = re.search(r'"--maxmemory-policy",\s*"([a-z-]+)"', text)
+    return found.group(1) if found else "noeviction"
+
+
+class Cluster:
+    """redis-server, one API and any number of workers, each in its own process group.
+
+    ``close`` stops everything (SIGTERM, then SIGKILL to the group); the temporary directory goes too.
+    """
+
+    def __init__(self, workdir: Path, logdir: Path, weights: Path, *, maxmemory_mb: int = 0,
+                 policy: str = "noeviction") -> None:
+        self.dir = workdir
+        self.logdir = logdir
+        self.redis_port = free_port()
+        self.redis_args = [shutil.which("redis-server") or "redis-server", "--port", str(self.redis_port),
+                           "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
+                           "--appendonly", "yes", "--appendfsync", "everysec"]
+        if maxmemory_mb:
+            self.redis_args += ["--maxmemory", f"{maxmemory_mb}mb", "--maxmemory-policy", policy]
+        self.env = {"BBCU_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
+                    "BBCU_WEIGHTS_DIR": str(weights),
+                    "BBCU_TORCH_THREADS": "1", "BBCU_HEARTBEAT_S": "1", "BBCU_SYNC_WAIT_S": "60",
+                    "BBCU_REDIS_TIMEOUT_S": "2", "PYTHONUNBUFFERED": "1"}
+        self.redis: subprocess.Popen[bytes] | None = None
+        self.api: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self._spawned: list[subprocess.Popen[bytes]] = []
+        self._count: Counter[str] = Counter()
+
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+        self._count[name] += 1
+        base = {k: v for k, v in os.environ.items() if not k.startswith("BBCU_")}
+        with (self.logdir / f"{name}-{self._count[name]}.log").open("wb") as log:
+            proc = subprocess.Popen(argv, cwd=ROOT, env={**base, **(env or {})}, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+        self._spawned.append(proc)
+        return proc
+
+    def start_redis(self) -> None:
+        self.redis = self._spawn("redis", self.redis_args, None)
+
+        def pong() -> bool:
+            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+
+        wait_for(pong, 30, "redis-server", self.redis)
+
+    def stop_redis(self) -> None:
+        """A clean shutdown (SIGTERM): Redis writes its append-only file and exits."""
+        assert self.redis is not None
+        self.redis.terminate()
+        self.redis.wait(30)
+
+    def start_api(self) -> None:
+        port = free_port()
+        self.api = self._spawn("api", [sys.executable, "-m", "cli.main", "serve", "--port", str(port),
+                                       "--log-level", "warning"], self.env)
+        self.url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 120, "the API",
+                 self.api)
+
+    def start_worker(self, name: str = "soak") -> subprocess.Popen[bytes]:
+        worker = self._spawn("worker", [sys.executable, "-m", "cli.main", "worker", "--queues", "cpu",
+                                        "--concurrency", "2", "--hostname", f"{name}@%h",
+                                        "--log-level", "warning"], self.env)
+        self.workers.append(worker)
+        wait_for(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, 180,
+                 "a ready worker", worker)
+        return worker
+
+    def stop_workers(self) -> None:
+        """A warm shutdown: each worker finishes what it runs, then exits."""
+        for w in self.workers:
+            _stop(w, 60)
+        self.workers = []
+
+    def kill_worker(self, worker: subprocess.Popen[bytes]) -> None:
+        """SIGKILL to the worker's whole process group, as when its container is killed."""
+        os.killpg(worker.pid, signal.SIGKILL)
+        worker.wait(10)
+        self.workers.remove(worker)
+
+    def close(self) -> None:
+        for proc in reversed(self._spawned):
+            _stop(proc, 20)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout)
+        # the group's other members (a prefork worker's children) go with it
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+@contextlib.contextmanager
+def cluster(weights: Path, logdir: Path, *, maxmemory_mb: int = 0,
+            policy: str = "noeviction") -> Iterator[Cluster]:
+    """A started Redis and API (no worker yet); the processes' logs go to ``logdir``."""
+    shutil.rmtree(logdir, ignore_errors=True)
+    logdir.mkdir(parents=True)
+    with tempfile.TemporaryDirectory(prefix="bbcu-soak-") as tmp:
+        c = Cluster(Path(tmp), logdir, weights, maxmemory_mb=maxmemory_mb, policy=policy)
+        try:
+            c.start_redis()
+            c.start_api()
+            yield c
+        finally:
+            c.close()
+
+
+def tiny_weights(directory: Path) -> Path:
+    """A tiny random-init denoise network: jobs take milliseconds, the service is what is measured."""
+    import torch
+
+    from models import archs, checkpoints
+    from models.config import denoise_config
+
+    torch.manual_seed(0)
+    config = denoise_config(nf=8, depth=4)
+    checkpoints.save(directory / "soak_denoise_l.safetensors", archs.build(config).eval(), config,
+                     {"provenance": "random init for the soak campaign"})
+    return directory
+
+
+def image(side: int, seed: int) -> bytes:
+    """Random pixels: PNG cannot compress them, so the upload is about 3 bytes per pixel."""
+    from PIL import Image
+
+    a = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(a).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------
+# counting
+
+
+@dataclass
+class Tally:
+    """What became of one scenario's requests and jobs."""
+
+    scenario: str
+    sent: int = 0
+    accepted: int = 0
+    refused: Counter[int] = field(default_factory=Counter)
+    refused_without_retry_after: int = 0
+    succeeded: int = 0
+    failed: Counter[str] = field(default_factory=Counter)
+    lost: Counter[str] = field(default_factory=Counter)
+    other_5xx: Counter[int] = field(default_factory=Counter)
+    other_4xx: Counter[int] = field(default_factory=Counter)
+    transport_errors: Counter[str] = field(default_factory=Counter)
+    healthz_max_s: float = 0.0
+    healthz_failures: int = 0
+    pending: set[str] = field(default_factory=set)  # accepted jobs not yet known to be terminal
+    events: Counter[str] = field(default_factory=Counter)  # what a scenario did, e.g. messages held at a kill
+    notes: list[str] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def record(self, response: httpx.Response | Exception) -> None:
+        """Count one POST /restore answer (or the exception that stood for one)."""
+        with self._lock:
+            self.sent += 1
+            if isinstance(response, Exception):
+                self.transport_errors[type(response).__name__] += 1
+                return
+            status, job_id = response.status_code, response.headers.get("x-job-id")
+            if job_id:  # a job exists: it is ours to follow to its end
+                self.accepted += 1
+                if status == 200:
+                    self.succeeded += 1
+                elif status in (202, 504):  # queued, or outlasted the synchronous wait: it goes on
+                    self.pending.add(job_id)
+                else:
+                    self.failed[_problem_code(response)] += 1
+            elif status in REFUSALS:
+                self.refused[status] += 1
+                if not response.headers.get("retry-after", "").isdigit():
+                    self.refused_without_retry_after += 1
+            elif status >= 500:
+                self.other_5xx[status] += 1
+            else:
+                self.other_4xx[status] += 1
+
+    def misses(self) -> list[str]:
+        """The targets of issue 11 this scenario missed."""
+        out = []
+        if self.lost:
+            out.append(f"{sum(self.lost.values())} lost")
+        if self.refused_without_retry_after:
+            out.append(f"{self.refused_without_retry_after} refusals without Retry-After")
+        if self.other_5xx:
+            out.append(f"{sum(self.other_5xx.values())} other 5xx")
+        if self.transport_errors:
+            out.append(f"{sum(self.transport_errors.values())} transport errors")
+        if self.healthz_max_s > HEALTHZ_TARGET_S or self.healthz_failures:
+            out.append(f"/healthz {self.healthz_max_s:.2f} s")
+        if self.accepted == 0:
+            out.append("nothing accepted")
+        return out
+
+
+def _problem_code(response: httpx.Response) -> str:
+    """The error code of a failed job's problem (type ``urn:bbcu:problem:job-<code>``)."""
+    with contextlib.suppress(ValueError):
+        kind = str(response.json().get("type", ""))
+        return kind.rsplit(":", 1)[-1].removeprefix("job-") or str(response.status_code)
+    return str(response.status_code)
+
+
+def _fmt(counts: Counter[str] | Counter[int]) -> str:
+    return " ".join(f"{k}:{v}" for k, v in sorted(counts.items(), key=str)) or "0"
+
+
+HEADER = ["scenario", "sent", "accepted", "refused (status:n)", "refused w/o Retry-After", "succeeded",
+          "failed (code:n)", "lost", "other 5xx", "transport errors", "max /healthz (s)", "verdict"]
+
+
+def row(t: Tally) -> str:
+    misses = t.misses()
+    verdict = "pass" if not misses else "**miss**: " + ", ".join(misses)
+    cells = [t.scenario, str(t.sent), str(t.accepted), _fmt(t.refused), str(t.refused_without_retry_after),
+             str(t.succeeded), _fmt(t.failed), _fmt(t.lost) if t.lost else "0", _fmt(t.other_5xx),
+             _fmt(t.transport_errors), f"{t.healthz_max_s:.3f}"
+             + (f" ({t.healthz_failures} failed)" if t.healthz_failures else ""), verdict]
+    return "| " + " | ".join(cells) + " |"
+
+
+def table(tallies: list[Tally]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    lines += [row(t) for t in tallies]
+    notes = [f"- {t.scenario}: {n}" for t in tallies for n in t.notes]
+    return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
+
+
+# ---------------------------------------------------------------------------------------------------
+# load
+
+
+class HealthProbe:
+    """GETs /healthz every 0.2 s on its own connection; the slowest answer goes into the tally."""
+
+    def __init__(self, url: str, tally: Tally) -> None:
+        self.url, self.tally = url, tally
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="soak-healthz", daemon=True)
+
+    def _loop(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=PROBE_TIMEOUT_S) as c:
+            while not self._stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    ok = c.get("/healthz").status_code == 200
+                except httpx.HTTPError:
+                    ok = False
+                took = time.perf_counter() - t0
+                self.tally.healthz_max_s = max(self.tally.healthz_max_s, took)
+                self.tally.healthz_failures += not ok
+                self._stop.wait(max(0.0, PROBE_PERIOD_S - took))
+
+    def __enter__(self) -> HealthProbe:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def client(url: str, concurrency: int) -> httpx.Client:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    return httpx.Client(base_url=url, timeout=120.0, limits=limits)
+
+
+def post(c: httpx.Client, data: bytes, *, asynchronous: bool) -> httpx.Response | Exception:
+    params = {"task": "denoise", **({"async": "true"} if asynchronous else {})}
+    try:
+        return c.post("/restore", params=params, files={"image": ("soak.png", data, "image/png")})
+    except httpx.HTTPError as e:
+        return e
+
+
+def submit(url: str, tally: Tally, images: list[bytes], concurrency: int, *, asynchronous: bool,
+           every: Callable[[int], None] | None = None) -> None:
+    """POST every image, ``concurrency`` at a time; ``every(i)`` runs after the i-th answer is counted."""
+    done = 0
+    lock = threading.Lock()
+
+    def one(data: bytes) -> None:
+        nonlocal done
+        tally.record(post(c, data, asynchronous=asynchronous))
+        if every is not None:
+            with lock:
+                done += 1
+                i = done
+            every(i)
+
+    with client(url, concurrency) as c, ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, images))
+
+
+def settle(url: str, tally: Tally, within_s: float) -> None:
+    """Follow every pending job until it is terminal; what is not by the deadline is lost.
+
+    Reading a job is also what lets the API notice a dead worker's job and queue it again. A succeeded
+    job's result is fetched: a result that is gone (410) this early was lost too.
+    """
+    deadline = time.monotonic() + within_s
+    with client(url, 8) as c, ThreadPoolExecutor(8) as pool:
+
+        def look(job_id: str) -> tuple[str, str | None]:
+            try:
+                r = c.get(f"/jobs/{job_id}")
+            except httpx.HTTPError:
+                return job_id, None  # the API or Redis is not answering yet: look again
+            if r.status_code == 404:
+                return job_id, "unknown (404)"
+            if r.status_code != 200:
+                return job_id, None
+            body = r.json()
+            if body["status"] == "succeeded":
+                try:
+                    res = c.get(f"/jobs/{job_id}/result")
+                except httpx.HTTPError:
+                    return job_id, None
+                return job_id, ("succeeded" if res.status_code == 200 else
+                                f"result gone ({res.status_code})" if res.status_code in (404, 410) else None)
+            if body["status"] in TERMINAL:
+                error = body.get("error") or {}
+                return job_id, "failed:" + str(error.get("code", body["status"]))
+            return job_id, None
+
+        while tally.pending and time.monotonic() < deadline:
+            for job_id, end in pool.map(look, sorted(tally.pending)):
+                if end is None:
+                    continue
+                tally.pending.discard(job_id)
+                if end == "succeeded":
+                    tally.succeeded += 1
+                elif end.startswith("failed:"):
+                    tally.failed[end.removeprefix("failed:")] += 1
+                else:
+                    tally.lost[end] += 1
+            if tally.pending:
+                time.sleep(0.5)
+        if tally.pending:
+            statuses: Counter[str] = Counter()
+            for job_id in tally.pending:
+                with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
+                    statuses[c.get(f"/jobs/{job_id}").json()["status"]] += 1
+            tally.lost[f"stranded after {within_s:.0f} s ({_fmt(statuses)})"] += len(tally.pending)
+            tally.pending.clear()
+
+
+# ---------------------------------------------------------------------------------------------------
+# scenarios
+
+
+def run_sync(c: Cluster, scale: Scale, tally: Tally) -> None:
+    c.start_worker()
+    images = [image(SIDES["sync"], i) for i in range(scale.sync_n)]
+    submit(c.url, tally, images, scale.sync_concurrency, asynchronous=False)
+    settle(c.url, tally, scale.settle_s)
+
+
+def run_async(c: Cluster, scale: Scale, tally: Tally) -> None:
+    c.stop_workers()
+    images = [image(SIDES["async"], i) for i in range(scale.async_n)]
+    t0 = time.monotonic()
+    submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True)
+    tally.notes.append(f"{scale.async_n} submitted with no worker in {time.monotonic() - t0:.1f} s")
+    t0 = time.monotonic()
+    c.start_worker()
+    settle(c.url, tally, scale.settle_s)
+    tally.notes.append(f"one worker (2 processes) ran the queue in {time.monotonic() - t0:.1f} s")
+
+
+def _redis_count(c: Cluster, command: str, key: str) -> int:
+    """LLEN or HLEN of a kombu key in the campaign's Redis (-1 while it does not answer)."""
+    import redis
+
+    with contextlib.suppress(redis.exceptions.RedisError):
+        return int(redis.Redis(port=c.redis_port, socket_timeout=2).execute_command(command, key))
+    return -1
+
+
+def run_kill(c: Cluster, scale: Scale, tally: Tally) -> None:
+    if not c.workers:
+        c.start_worker()
+    worker = c.workers[0]
+    images = [image(SIDES["kill"], i) for i in range(scale.kill_n)]
+
+    def kill_at_half(i: int) -> None:
+        if i == scale.kill_n // 2:
+            # kombu keeps the messages a worker holds (running or prefetched) in the "unacked" hash
+            held, queued = _redis_count(c, "HLEN", "unacked"), _redis_count(c, "LLEN", "cpu")
+            c.kill_worker(worker)
+            tally.events["messages held by the killed worker"] += held
+            tally.notes.append(f"SIGKILL to the worker's process group after {i} answers, holding {held} "
+                               f"messages with {queued} queued; a new worker under the same name started "
+                               "once all were submitted")
+
+    submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True, every=kill_at_half)
+    c.start_worker()
+    settle(c.url, tally, scale.settle_s)
+
+
+def run_redis_restart(c: Cluster, scale: Scale, tally: Tally) -> None:
+    if not c.workers:
+        c.start_worker()
+    images = [image(SIDES["redis-restart"], i) for i in range(scale.restart_n)]
+    restarted = threading.Event()
+
+    def restart_at_a_third(i: int) -> None:
+        if i == scale.restart_n // 3 and not restarted.is_set():
+            restarted.set()
+            t0 = time.monotonic()
+            c.stop_redis()
+            time.sleep(1.0)
+            c.start_redis()
+            tally.notes.append(f"redis-server stopped (SIGTERM) and started on its AOF after {i} answers; "
+                               f"down {time.monotonic() - t0:.1f} s")
+
+    # a quarter of the requests synchronous: some wait for their job while Redis is away
+    sync_images, async_images = images[: len(images) // 4], images[len(images) // 4:]
+    threads = [threading.Thread(target=submit, args=(c.url, tally, sync_images, 4),
+                                kwargs={"asynchronous": False}),
+               threading.Thread(target=submit, args=(c.url, tally, async_images, 8),
+                                kwargs={"asynchronous": True, "every": restart_at_a_third})]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    settle(c.url, tally, scale.settle_s)
+
+
+def run_evict(weights: Path, logdir: Path, scale: Scale, tally: Tally) -> None:
+    policy = compose_eviction_policy()
+    side = SIDES["evict"]
+    images = [image(side, i) for i in range(scale.evict_n)]
+    total_mb = sum(map(len, images)) / 1e6
+    tally.notes.append(f"maxmemory {scale.evict_maxmemory_mb} MB, policy {policy} (docker-compose.yml's); "
+                       f"{scale.evict_n} inputs of {side}x{side} = {total_mb:.1f} MB sent with no worker")
+    with cluster(weights, logdir, maxmemory_mb=scale.evict_maxmemory_mb, policy=policy) as c, \
+            HealthProbe(c.url, tally):
+        submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True)
+        c.start_worker()
+        settle(c.url, tally, scale.settle_s)
+
+
+SHARED = {"sync": run_sync, "async": run_async, "kill": run_kill, "redis-restart": run_redis_restart}
+
+
+def campaign(names: list[str], scale: Scale, logdir: Path = LOGDIR,
+             log: Callable[[str], None] = print) -> list[Tally]:
+    """Run the named scenarios in order; the shared ones on one cluster, ``evict`` on its own.
+
+    The processes' logs are kept under ``logdir`` (one folder per cluster) for a look afterwards.
+    """
+    tallies = []
+    with tempfile.TemporaryDirectory(prefix="bbcu-soak-weights-") as wdir:
+        weights = tiny_weights(Path(wdir))
+        shared = [n for n in names if n in SHARED]
+        if shared:
+            with cluster(weights, logdir / "shared") as c:
+                for name in shared:
+                    log(f"== {name}")
+                    tally = Tally(name)
+                    with HealthProbe(c.url, tally):
+                        SHARED[name](c, scale, tally)
+                    tallies.append(tally)
+                    log(row(tally))
+        if "evict" in names:
+            log("== evict")
+            tally = Tally("evict")
+            run_evict(weights, logdir / "evict", scale, tally)
+            tallies.append(tally)
+            log(row(tally))
+    return tallies
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of {', '.join(SCENARIOS)} (default all, in this order)")
+    parser.add_argument("--quick", action="store_true", help="the scaled-down campaign (CI)")
+    args = parser.parse_args()
+    scale = QUICK if args.quick else FULL
+    unknown = sorted(set(args.scenarios) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    names = [n for n in SCENARIOS if n in (args.scenarios or SCENARIOS)]
+    if shutil.which("redis-server") is None:
+        print("redis-server not found (make redis installs it)", file=sys.stderr)
+        return 2
+    t0 = time.monotonic()
+    tallies = campaign(names, scale, log=lambda s: print(s, file=sys.stderr, flush=True))
+    head = (f"# bbcu soak — {time.strftime('%Y-%m-%d %H:%M:%S')} — {'quick' if args.quick else 'full'} "
+            f"campaign, {os.cpu_count()} CPUs, {time.monotonic() - t0:.0f} s\n\n"
+            f"Scale: {scale}\n\n")
+    out = head + table(tallies) + "\n"
+    print(out)
+    Path(".bench").mkdir(exist_ok=True)
+    Path(".bench/soak.md").write_text(out)
+    return 1 if any(t.misses() for t in tallies) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
