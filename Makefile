@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test bench lint redis browser docker compose-test clean
+.PHONY: install run test bench soak lint redis browser docker compose-test clean
 
 install: $(STAMP)
 
@@ -46,6 +46,12 @@ test: install redis browser
 
 bench: install redis
 	$(BIN)/python -m benchmarks.run
+
+# the load and fault campaign of issue 11 against real processes (benchmarks/load.py says what it
+# does); prints accepted / refused / succeeded / failed / lost per scenario and fails if a target is
+# missed. `make soak SOAK_ARGS=--quick` is the CI-sized one; SOAK_ARGS may also name scenarios
+soak: install redis
+	$(BIN)/python -m benchmarks.load $(SOAK_ARGS)
 
 lint: install
 	$(BIN)/ruff check .
