@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -84,6 +85,13 @@ def job_failed(code: ErrorCode, detail: str, job_id: str, headers: dict[str, str
 def unavailable(detail: str, retry_after_s: int) -> Problem:
     return Problem(503, "Service unavailable", detail, slug="unavailable",
                    headers={"Retry-After": str(retry_after_s)}, retry_after_s=retry_after_s)
+
+
+def too_many(detail: str, retry_after_s: float, **extra: Any) -> Problem:
+    """429 for a client over its own limit; Retry-After is when it may try again (whole seconds, >= 1)."""
+    seconds = max(1, math.ceil(retry_after_s))
+    return Problem(429, "Too many requests", detail, slug="too-many-requests",
+                   headers={"Retry-After": str(seconds)}, retry_after_s=seconds, **extra)
 
 
 def install(app: FastAPI, retry_after_s: int) -> None:

@@ -14,17 +14,19 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from app.access import Caller
 from app.api.views import job_problem
 from app.callbacks import callback_fields
 from app.errors import Problem, refused
 from app.services import Services
+from app.throttle import claim_job
 from app.uploads import read_upload
 from models import catalog, imageio
 from models.errors import BBCUError, ErrorCode, ImageTooLargeError
 from models.stages import Strength, check_options, parse_pipeline, parse_strength
 from models.vocab import Format
 from workers.contract import Device, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, new_job_id, now
-from workers.errors import QueueFull
+from workers.errors import QueueFull, ServiceError
 from workers.settings import Settings
 from workers.store import ACTIVE
 
@@ -43,6 +45,7 @@ class RestoreOptions:
     callback_events: str | None = None  # comma list, as in the query
     strength: str | None = None
     quality: int | None = None
+    caller: Caller | None = None  # who asked: the job is its owner's, and counts against its quota
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,15 @@ def submit(services: Services, job: Admitted) -> JobRecord:
     queue = services.dispatcher.pick_queue(o.device)
     spec = JobSpec(id=new_job_id(), task=",".join(job.tasks), scale=job.scale, variant=job.variant,
                    format=o.format, quality=o.quality, strength=job.strength, queue=queue,  # type: ignore[arg-type]
-                   tile=o.tile, filename=job.filename, **job.callback)
-    rec = services.store.create(spec, job.facts, job.data)
+                   tile=o.tile, filename=job.filename, owner=o.caller.owner if o.caller else None,
+                   **job.callback)
+    counted = claim_job(services.throttle, services.settings, o.caller, spec.id)
+    try:
+        rec = services.store.create(spec, job.facts, job.data)
+    except ServiceError:
+        if counted:
+            services.throttle.release(o.caller.client, spec.id)  # type: ignore[union-attr]
+        raise
     try:
         services.dispatcher.submit(spec.id, queue)
     except QueueFull as e:

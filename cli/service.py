@@ -36,6 +36,31 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                                    "beats in Redis (needs BBCU_BROKER_URL).")
     h.set_defaults(handler=worker_alive)
 
+    k = sub.add_parser("key", help="make an API key", description="API keys (see BBCU_API_KEYS).")
+    ksub = k.add_subparsers(dest="key_command", required=True, metavar="COMMAND")
+    new = ksub.add_parser("new", help="print a fresh random key and the digest line the server needs",
+                          description="Print a fresh random key (give it to the client) and its digest "
+                                      "line (give it to the server: BBCU_API_KEYS or BBCU_API_KEYS_FILE). "
+                                      "The server never holds the key itself.")
+    new.add_argument("--name", default=None,
+                     help="owner name of the key (letters, digits, . _ -): shown in logs and limits")
+    new.set_defaults(handler=key_new)
+
+
+def key_new(args: argparse.Namespace) -> int:
+    from app.access import new_key, parse_entry
+
+    key, entry = new_key()
+    if args.name is not None:
+        try:
+            parse_entry(f"{args.name}={entry}", "--name")
+        except ValueError as e:
+            return fail(str(e))
+    print(f"key (for the client, not kept anywhere): {key}")
+    print(f"BBCU_API_KEYS entry: {args.name + '=' if args.name else ''}{entry}")
+    print(f"BBCU_API_KEYS_FILE line: {entry}{' ' + args.name if args.name else ''}")
+    return 0
+
 
 def serve(args: argparse.Namespace) -> int:
     import uvicorn

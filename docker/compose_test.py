@@ -2,7 +2,9 @@
 
 Builds the API and CPU-worker images (on local stand-ins of the base images where Docker Hub cannot
 be reached, see bases.py), brings the stack up under its own project name, waits for /readyz,
-restores a real image for each task through the published port and compares each result with the
+checks that a request without the API key is refused (the compose file turns keys on; this
+run makes a key and hands the stack its digest), restores a real image for each task through the
+published port and compares each result with the
 engine run here outside Docker, scales worker-cpu to 2, kills the worker container running an
 async job and sees the job finish on the other, checks that no container runs as root and that
 Redis is not published, then `down -v`. Exit 0 when every check passed.
@@ -11,9 +13,11 @@ Redis is not published, then `down -v`. Exit 0 when every check passed.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -35,6 +39,8 @@ PROJECT = "bbcu-compose-test"
 WHEELHOUSE = HERE / "wheelhouse"
 REAL_IMAGE = ROOT.parent / "shared" / "datasets" / "benchmarks" / "CSet5" / "butterfly.png"
 PYPI = "https://pypi.org/simple"
+# the compose file turns API keys on: the stack gets this key's digest, the checks send the key
+API_KEY = "bbcu_compose-test-" + secrets.token_urlsafe(16)
 
 
 def log(msg: str) -> None:
@@ -291,7 +297,9 @@ def main() -> int:
         log(" ".join(f"{k}={v}" for k, v in env.items()))
     env |= torch_wheelhouse(args.torch_version)
     port = free_port()
-    env |= {"TORCH_VERSION": args.torch_version, "BUILD_NETWORK": "host", "BBCU_PORT": str(port)}
+    env |= {"TORCH_VERSION": args.torch_version, "BUILD_NETWORK": "host", "BBCU_PORT": str(port),
+            "BBCU_API_KEYS": "compose-test=sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest(),
+            "BBCU_RATE_LIMIT_PER_MIN": "0"}  # the checks poll a job faster than a client would
     stack = Stack(env)
     with step("build api and worker-cpu"):
         stack("build", "api", "worker-cpu")
@@ -302,9 +310,13 @@ def main() -> int:
             api_has_no_torch()
         with step("up"):
             stack("up", "-d")
-        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
+                          headers={"Authorization": f"Bearer {API_KEY}"}) as client:
             with step("/readyz"):
                 wait_for("/readyz", ready_workers(client, 1), 300)
+            with step("a request without the API key is refused"):
+                anonymous = httpx.get(f"http://127.0.0.1:{port}/jobs/{'0' * 32}", timeout=30)
+                check(anonymous.status_code == 401, f"without a key: {anonymous.status_code}")
             with step("restore each task through the published port, compare with the engine here"):
                 restore_each_task(client, task_inputs(hr))
             with step("scale worker-cpu to 2"):

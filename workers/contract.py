@@ -63,6 +63,8 @@ class JobSpec(BaseModel):
     callback_url: str | None = None
     callback_events: list[WebhookEvent] = Field(default=["completed"])
     filename: str | None = Field(default=None, description="the uploaded file's name")
+    owner: str | None = Field(default=None, description="the API key's owner id that made the job "
+                                                        "(None when keys are off); never the key")
 
     @property
     def tasks(self) -> tuple[str, ...]:

@@ -84,6 +84,21 @@ class Settings(BaseSettings):
         default=10.0, gt=0, description="A connection that has not sent a full request head is closed")
     http_body_timeout_s: float = Field(
         default=60.0, gt=0, description="An upload not complete after this long gets 408")
+    api_keys: str = Field(
+        default="", description="Comma list of API key digests (sha256:<hex>, or name=sha256:<hex>; "
+                                "`bbcu key new` makes one); with this or api_keys_file set, keys are "
+                                "required")
+    api_keys_file: Path | None = Field(
+        default=None, description="File of API key digests, one per line: sha256:<hex> [name]; # comments")
+    rate_limit_per_min: float = Field(
+        default=600.0, ge=0, description="Requests per minute per API key (a token bucket); 0: no limit")
+    rate_limit_burst: int = Field(
+        default=60, gt=0, description="Requests an API key may send at once before the rate applies")
+    max_active_jobs: int = Field(
+        default=16, ge=0, description="Queued and running jobs per API key; past it 429; 0: no limit")
+    anonymous_limits: bool = Field(
+        default=False, description="With no API keys configured, apply the rate and job limits per client "
+                                   "address (off: an open service is not limited)")
     cors_origins: str = Field(
         default="", description="Comma list of origins whose pages may call the API (CORS); empty: off")
     webhook_secret: SecretStr | None = Field(

@@ -295,7 +295,7 @@ class RedisStore(JobStore):
                    max_connections=settings.redis_max_connections)
 
     @contextmanager
-    def _guard(self) -> Iterator[None]:
+    def guard(self) -> Iterator[None]:
         try:
             yield
         except self._redis_errors as e:
@@ -306,13 +306,13 @@ class RedisStore(JobStore):
         return ":".join((PREFIX, *parts))
 
     def get(self, job_id: str) -> JobRecord | None:
-        with self._guard():
+        with self.guard():
             raw = self.client.get(self._key("job", job_id))
         return JobRecord.model_validate_json(raw) if raw else None
 
     def update(self, job_id: str, change: Callable[[JobRecord], JobRecord | None]) -> JobRecord | None:
         key = self._key("job", job_id)
-        with self._guard(), self.client.pipeline() as pipe:
+        with self.guard(), self.client.pipeline() as pipe:
             while True:
                 try:
                     pipe.watch(key)
@@ -341,48 +341,48 @@ class RedisStore(JobStore):
             left = deadline - time.monotonic()
             if rec is None or rec.status.terminal or left <= 0:
                 return rec
-            with self._guard():
+            with self.guard():
                 # rotating the list onto itself leaves the marker for every other waiter
                 self.client.blmove(done, done, min(left, self._POLL_S), "RIGHT", "LEFT")  # type: ignore[arg-type]
 
     def ping(self) -> None:
-        with self._guard():
+        with self.guard():
             self.client.ping()
 
     def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
-        with self._guard():
+        with self.guard():
             self.client.set(self._key("worker", queue, worker), json.dumps(info), px=int(ttl_s * 1000))
 
     def forget_worker(self, queue: str, worker: str) -> None:
-        with self._guard():
+        with self.guard():
             self.client.delete(self._key("worker", queue, worker))
 
     def workers(self, queue: str) -> list[dict[str, Any]]:
-        with self._guard():
+        with self.guard():
             keys = list(self.client.scan_iter(match=self._key("worker", queue, "*"), count=100))
             values = self.client.mget(keys) if keys else []
         return [json.loads(v) for v in values if v]
 
     def queue_length(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu keeps a Redis list named after the queue)."""
-        with self._guard():
+        with self.guard():
             return int(self.client.llen(queue))
 
     def _put_record(self, record: JobRecord, *, create: bool = False) -> None:
-        with self._guard():
+        with self.guard():
             self.client.set(self._key("job", record.id), record.model_dump_json(), ex=self.job_ttl_s,
                             nx=create)
 
     def _put_blob(self, kind: str, job_id: str, data: bytes) -> None:
-        with self._guard():
+        with self.guard():
             self.client.set(self._key(kind, job_id), data, ex=self.result_ttl_s)
 
     def _get_blob(self, kind: str, job_id: str) -> bytes | None:
-        with self._guard():
+        with self.guard():
             raw = self.client.get(self._key(kind, job_id))
         return bytes(raw) if raw is not None else None  # type: ignore[arg-type]
 
     def _del_blob(self, kind: str, job_id: str) -> None:
-        with self._guard():
+        with self.guard():
             self.client.delete(self._key(kind, job_id))
 

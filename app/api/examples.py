@@ -32,6 +32,13 @@ def _problem_example(status: int, title: str, detail: str, **extra: Any) -> dict
                                                      "status": status, "detail": detail, **extra}}}
 
 
+AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "Keys are required (BBCU_API_KEYS) and none, or an unknown one, was sent",
+          "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+          "content": _problem_example(401, "Unauthorized", "this service requires an API key: send "
+                                      "Authorization: Bearer <key> or X-API-Key: <key>")},
+}
+
 RESTORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The restored image", "content": {ct: {} for ct in MEDIA_TYPES.values()},
           "headers": {"X-Job-Id": {"description": "The job id", "schema": {"type": "string"}},
@@ -61,6 +68,7 @@ RESTORE_RESPONSES: dict[int | str, dict[str, Any]] = {
                                       job_id="3f1c0e9a5b7d4c2e8f6a1b3c5d7e9f01")},
     503: {"description": "Broker unreachable or queue full (see Retry-After)", "content": _problem_example(
         503, "Service unavailable", "Redis unreachable", retry_after_s=5)},
+    **AUTH_RESPONSES,
 }
 
 RESTORE_REQUEST_BODY = {"requestBody": {"required": True, "content": {
@@ -70,16 +78,20 @@ RESTORE_REQUEST_BODY = {"requestBody": {"required": True, "content": {
     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
 }}}
 
+_UNKNOWN_JOB = {"description": "Unknown job (never created, expired, or another key's)",
+                "content": _problem_example(404, "Unknown job", "no job 3f1c... (never created, or its "
+                                            "record expired)", job_id="3f1c...")}
+
 JOB_RESPONSES: dict[int | str, dict[str, Any]] = {
-    200: {"content": {"application/json": {"example": JOB_EXAMPLE}}}, 404: {"description": "Unknown job"}}
+    200: {"content": {"application/json": {"example": JOB_EXAMPLE}}}, 404: _UNKNOWN_JOB, **AUTH_RESPONSES}
 
 CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
-    404: {"description": "Unknown job"}, 409: {"description": "The job already finished"}}
+    404: _UNKNOWN_JOB, 409: {"description": "The job already finished"}, **AUTH_RESPONSES}
 
 RESULT_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"content": {ct: {} for ct in MEDIA_TYPES.values()}},
-    404: {"description": "Unknown job"}, 409: {"description": "Not ready"},
-    410: {"description": "Result expired"}}
+    404: _UNKNOWN_JOB, 409: {"description": "Not ready"},
+    410: {"description": "Result expired"}, **AUTH_RESPONSES}
 
 MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"example": {
     "models": [{"name": "bbcu_sr_x4_l", "task": "sr", "scale": 4, "variant": "l",

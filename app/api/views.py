@@ -6,17 +6,24 @@ import re
 from pathlib import PurePath
 
 from fastapi.responses import JSONResponse, Response
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from app.api.examples import JOB_EXAMPLE
 from app.errors import Problem, job_failed
 from models.errors import ErrorCode
-from workers.contract import JobRecord, JobStatus
+from workers.contract import JobRecord, JobSpec, JobStatus
+
+
+class PublicSpec(JobSpec):
+    """A job's options as the API shows them: without the owner (only its owner sees the job)."""
+
+    owner: str | None = Field(default=None, exclude=True)
 
 
 class JobView(JobRecord):
     """A job as the API shows it: the record plus links to itself and its result."""
 
+    spec: PublicSpec
     links: dict[str, str]
 
     model_config = ConfigDict(json_schema_extra={"examples": [JOB_EXAMPLE]})

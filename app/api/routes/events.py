@@ -17,7 +17,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import DispatcherDep, SettingsDep, StoreDep, WebhooksDep
+from app.api.deps import CallerDep, DispatcherDep, SettingsDep, StoreDep, WebhooksDep
+from app.api.examples import AUTH_RESPONSES
 from app.api.routes.jobs import read_job
 from app.api.views import JOB_EXAMPLE, JobView
 from app.errors import Problem
@@ -68,15 +69,16 @@ def next_frame(rec: JobRecord, last: JobRecord | None, last_id: str | None) -> s
             responses={200: {"description": "A text/event-stream; events status, progress and completed "
                                             "(the final record with links), then the stream ends",
                              "content": {"text/event-stream": {"example": EXAMPLE}}},
-                       404: {"description": "Unknown job"}})
+                       404: {"description": "Unknown job (never created, expired, or another key's)"},
+                       **AUTH_RESPONSES})
 async def job_events(
-    job_id: str, request: Request, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep,
-    webhooks: WebhooksDep,
+    job_id: str, request: Request, caller: CallerDep, store: StoreDep, settings: SettingsDep,
+    dispatcher: DispatcherDep, webhooks: WebhooksDep,
     last_event_id: Annotated[str | None, Header(description="resume after this event id")] = None,
 ) -> StreamingResponse:
     """Follow a job live: a snapshot, status changes, progress with an ETA, then the final record."""
     # an unknown job answers 404 here, before the stream starts
-    first = await run_in_threadpool(read_job, job_id, store, settings, dispatcher, webhooks)
+    first = await run_in_threadpool(read_job, job_id, caller, store, settings, dispatcher, webhooks)
 
     async def stream() -> AsyncIterator[str]:
         yield f"retry: {RETRY_MS}\n\n"
@@ -100,7 +102,7 @@ async def job_events(
             if await request.is_disconnected():
                 return
             try:
-                rec = await run_in_threadpool(read_job, job_id, store, settings, dispatcher, webhooks)
+                rec = await run_in_threadpool(read_job, job_id, caller, store, settings, dispatcher, webhooks)
             except Problem:
                 return  # the record expired while the stream was open
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
-from app.api.deps import DispatcherDep, MetricsDep, SettingsDep, StoreDep
+from app.api.deps import DispatcherDep, MetricsDep, SettingsDep, StoreDep, get_caller
+from app.api.examples import AUTH_RESPONSES
 from models import catalog
 from workers.contract import QUEUES
 from workers.dispatch import Dispatcher
@@ -50,7 +51,9 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
     return JSONResponse(body)
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
+# worker names, memory and traffic are for operators: a key is needed where keys are on
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(get_caller)],
+            responses=AUTH_RESPONSES)
 def metrics(metrics: MetricsDep, store: StoreDep, dispatcher: DispatcherDep) -> PlainTextResponse:
     """Prometheus text format: requests, latency, jobs, queue depth, live workers, broker up."""
     return PlainTextResponse(metrics.render(lambda: _live_gauges(store, dispatcher)),

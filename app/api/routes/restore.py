@@ -9,7 +9,7 @@ from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from app import submission
-from app.api.deps import ServicesDep
+from app.api.deps import CallerDep, ServicesDep
 from app.api.examples import RESTORE_REQUEST_BODY, RESTORE_RESPONSES
 from app.api.negotiation import negotiate_format, parse_prefer
 from app.api.views import accepted, image_response, still_running
@@ -22,7 +22,7 @@ router = APIRouter(tags=["restore"])
 @router.post("/restore", status_code=200, responses=RESTORE_RESPONSES, openapi_extra=RESTORE_REQUEST_BODY,
              response_class=Response)
 async def restore(
-    request: Request, services: ServicesDep,
+    request: Request, services: ServicesDep, caller: CallerDep,
     task: Annotated[str, Query(description="sr, denoise or deblock, or a pipeline run in order: "
                                            "deblock,sr or denoise,sr")],
     scale: Annotated[int | None, Query(description="sr only: 2, 3 or 4 (default 4)")] = None,
@@ -45,7 +45,7 @@ async def restore(
     options = submission.RestoreOptions(task=task, scale=scale, variant=variant, device=device, tile=tile,
                                         format=negotiate_format(format, accept), strength=strength,
                                         quality=quality, callback_url=callback_url,
-                                        callback_events=callback_events)
+                                        callback_events=callback_events, caller=caller)
     prefs = parse_prefer(prefer)
     job = await submission.admit(request, services, options)
     if async_ or "respond-async" in prefs:

@@ -1,0 +1,217 @@
+"""Access control (issue 11, defect 8): API keys, job ownership, rate limits and job quotas, over real
+HTTP, in the embedded mode (an in-process uvicorn) and across API processes sharing Redis."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from app.access import KeyRing, parse_entry
+from tests.conftest import ROOT, Service, start_api
+from tests.helpers import assert_problem, make_image, wait_job
+from tests.test_service_store import serve_in_thread
+from workers.settings import Settings
+
+ALICE, BOB = "bbcu_alice-test-key", "bbcu_bob-test-key"
+
+
+def entry(key: str, name: str | None = None) -> str:
+    line = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return f"{name}={line}" if name else line
+
+
+def keyed(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def submit(c: httpx.Client, headers: dict[str, str], **params: object) -> httpx.Response:
+    return c.post("/restore", params={"task": "denoise", "async": "true", **params}, headers=headers,
+                  files={"image": ("x.png", make_image(16, 16), "image/png")})
+
+
+@pytest.fixture(scope="module")
+def keyed_url(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """An embedded-mode service with two keys: alice's from BBCU_API_KEYS, bob's from a keys file."""
+    keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
+    keys_file.write_text(f"# the team's keys\n\n{entry(BOB)} bob\n")
+    settings = Settings(weights_dir=tiny_weights, torch_threads=1, api_keys=entry(ALICE, "alice"),
+                        api_keys_file=keys_file)
+    with serve_in_thread(settings) as url:
+        yield url
+
+
+def test_requests_without_a_valid_key_get_401(keyed_url: str) -> None:
+    with httpx.Client(base_url=keyed_url, timeout=60) as c:
+        missing = submit(c, {})
+        wrong = submit(c, keyed("bbcu_guessed"))
+        basic = c.get("/jobs/" + "0" * 32, headers={"Authorization": "Basic YTpi"})
+        metrics = c.get("/metrics")
+    assert "Authorization: Bearer" in assert_problem(missing, 401)["detail"]
+    assert missing.headers["www-authenticate"] == 'Bearer realm="bbcu"'
+    assert "not valid" in assert_problem(wrong, 401)["detail"]
+    assert wrong.headers["www-authenticate"] == 'Bearer realm="bbcu", error="invalid_token"'
+    assert_problem(basic, 401)
+    assert_problem(metrics, 401)
+
+
+def test_open_paths_need_no_key(keyed_url: str) -> None:
+    with httpx.Client(base_url=keyed_url, timeout=60) as c:
+        for path in ("/healthz", "/readyz", "/", "/static/app.js", "/docs", "/openapi.json", "/models",
+                     "/limits"):
+            assert c.get(path).status_code == 200, path
+        assert c.get("/metrics", headers={"X-API-Key": BOB}).status_code == 200
+
+
+def test_jobs_belong_to_the_key_that_made_them(keyed_url: str) -> None:
+    with httpx.Client(base_url=keyed_url, timeout=60, headers=keyed(ALICE)) as alice, \
+            httpx.Client(base_url=keyed_url, timeout=60, headers={"X-API-Key": BOB}) as bob:
+        made = submit(alice, {})
+        assert made.status_code == 202, made.text
+        job_id = made.json()["id"]
+        assert "owner" not in made.json()["spec"]  # the owner id is not shown, even to its owner
+        assert wait_job(alice, job_id)["status"] == "succeeded"
+        unknown = assert_problem(bob.get("/jobs/" + "0" * 32), 404)
+        for method, path in (("GET", ""), ("GET", "/result"), ("GET", "/events"), ("DELETE", "")):
+            body = assert_problem(bob.request(method, f"/jobs/{job_id}{path}"), 404)
+            # the same answer as an id that never existed
+            assert (body["title"], body["type"], set(body)) == (unknown["title"], unknown["type"],
+                                                                set(unknown)), (method, path)
+        result = alice.get(f"/jobs/{job_id}/result")
+        assert result.status_code == 200 and result.headers["content-type"] == "image/png"
+        with alice.stream("GET", f"/jobs/{job_id}/events") as events:
+            assert events.status_code == 200
+            assert "event: completed" in events.read().decode()
+        # bob cannot cancel alice's running job; alice can
+        big = alice.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                         files={"image": ("b.png", make_image(256, 256), "image/png")})
+        big_id = big.json()["id"]
+        assert_problem(bob.delete(f"/jobs/{big_id}"), 404)
+        assert alice.get(f"/jobs/{big_id}").json()["status"] in ("queued", "running")
+        assert alice.delete(f"/jobs/{big_id}").json()["status"] == "cancelled"
+
+
+def test_openapi_documents_keys_and_404() -> None:
+    from app.main import create_app
+
+    spec = create_app(Settings()).openapi()
+    schemes = spec["components"]["securitySchemes"]
+    assert schemes["HTTPBearer"]["scheme"] == "bearer" and schemes["APIKeyHeader"]["name"] == "X-API-Key"
+    for path, method in (("/jobs/{job_id}", "get"), ("/jobs/{job_id}", "delete"),
+                         ("/jobs/{job_id}/result", "get"), ("/jobs/{job_id}/events", "get")):
+        responses = spec["paths"][path][method]["responses"]
+        assert {"401", "404"} <= set(responses), (path, method)
+    assert "owner" not in spec["components"]["schemas"]["PublicSpec"]["properties"]
+
+
+def test_key_entries_and_the_key_command(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "cli.main", "key", "new", "--name", "ci"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout
+    key = re.search(r"client, not kept anywhere\): (\S+)", out).group(1)  # type: ignore[union-attr]
+    env_entry = re.search(r"BBCU_API_KEYS entry: (\S+)", out).group(1)  # type: ignore[union-attr]
+    file_line = re.search(r"BBCU_API_KEYS_FILE line: (.+)", out).group(1)  # type: ignore[union-attr]
+    assert key.startswith("bbcu_") and len(key) > 40 and key not in out.split("entry:")[1]
+    ring = KeyRing.from_settings(Settings(api_keys=env_entry))
+    assert ring.owner_of(key) == "ci" and ring.owner_of(key + "x") is None
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(file_line + "\n")
+    assert KeyRing.from_settings(Settings(api_keys_file=keys_file)).owner_of(key) == "ci"
+    digest = hashlib.sha256(b"k").hexdigest()
+    assert parse_entry(digest.upper(), "x") == (digest, f"key-{digest[:12]}")
+    for bad in ("sha256:abc", "alice=md5:" + digest, "a b=sha256:" + digest):
+        with pytest.raises(ValueError, match="x:"):
+            parse_entry(bad, "x")
+    (tmp_path / "empty").write_text("# nothing yet\n")
+    with pytest.raises(ValueError, match="holds no key digest"):
+        KeyRing.from_settings(Settings(api_keys_file=tmp_path / "empty"))
+    with pytest.raises(ValueError, match="cannot read"):
+        KeyRing.from_settings(Settings(api_keys_file=tmp_path / "missing"))
+    assert not KeyRing.from_settings(Settings()).enabled
+
+
+def test_rate_limit_per_key_429_with_computed_retry_after(tiny_weights: Path) -> None:
+    settings = Settings(weights_dir=tiny_weights, torch_threads=1, api_keys=f"{entry(ALICE)},{entry(BOB)}",
+                        rate_limit_per_min=6, rate_limit_burst=3)
+    with serve_in_thread(settings) as url, httpx.Client(base_url=url, timeout=60) as c:
+        spent = [c.get("/jobs/" + "0" * 32, headers=keyed(ALICE)).status_code for _ in range(3)]
+        assert spent == [404] * 3
+        over = c.get("/jobs/" + "0" * 32, headers=keyed(ALICE))
+        body = assert_problem(over, 429)
+        # 6 a minute: the next token is about 10 s away (less the few ms the requests took)
+        assert over.headers["retry-after"] == "10" and body["retry_after_s"] == 10
+        assert "6 requests per minute" in body["detail"]
+        assert c.get("/jobs/" + "0" * 32, headers=keyed(BOB)).status_code == 404  # each key its own bucket
+        assert c.get("/healthz").status_code == 200  # open paths are not counted
+
+
+def test_active_job_quota_per_key(tiny_weights: Path) -> None:
+    settings = Settings(weights_dir=tiny_weights, torch_threads=1, api_keys=f"{entry(ALICE)},{entry(BOB)}",
+                        max_active_jobs=2, rate_limit_per_min=0)
+    big = make_image(512, 512, seed=4)
+    with serve_in_thread(settings) as url, httpx.Client(base_url=url, timeout=60) as c:
+
+        def long_job(key: str) -> httpx.Response:
+            return c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                          headers=keyed(key), files={"image": ("b.png", big, "image/png")})
+
+        ids = [long_job(ALICE).json()["id"] for _ in range(2)]
+        full = long_job(ALICE)
+        body = assert_problem(full, 429)
+        assert body["max_active_jobs"] == 2 and "already has 2 queued or running jobs" in body["detail"]
+        assert int(full.headers["retry-after"]) >= 1
+        other = long_job(BOB)  # bob's quota is his own
+        assert other.status_code == 202
+        assert c.delete(f"/jobs/{ids[0]}", headers=keyed(ALICE)).json()["status"] == "cancelled"
+        again = long_job(ALICE)  # a cancelled job no longer counts
+        assert again.status_code == 202, again.text
+        for job_id, key in ((ids[1], ALICE), (again.json()["id"], ALICE), (other.json()["id"], BOB)):
+            assert c.delete(f"/jobs/{job_id}", headers=keyed(key)).status_code == 200
+
+
+def test_limits_are_off_for_an_open_service_unless_asked(tiny_weights: Path) -> None:
+    open_settings = Settings(weights_dir=tiny_weights, rate_limit_per_min=6, rate_limit_burst=1)
+    by_address = open_settings.model_copy(update={"anonymous_limits": True})
+    for settings, want in ((open_settings, [404, 404, 404]), (by_address, [404, 429, 429])):
+        with serve_in_thread(settings) as url, httpx.Client(base_url=url, timeout=60) as c:
+            assert [c.get("/jobs/" + "0" * 32).status_code for _ in range(3)] == want
+
+
+def test_ownership_and_limits_across_api_processes(celery_service: Service, logdir: Path) -> None:
+    """Two API processes on one Redis: a job made through one is its owner's through the other, and
+    the rate and job limits of a key are counted once for both."""
+    carol, dave = "bbcu_carol-test-key", "bbcu_dave-test-key"
+    env = {**celery_service.env, "BBCU_API_KEYS": ",".join(entry(k) for k in (ALICE, BOB, carol, dave)),
+           "BBCU_RATE_LIMIT_PER_MIN": "6", "BBCU_RATE_LIMIT_BURST": "4", "BBCU_MAX_ACTIVE_JOBS": "1"}
+    (url1, api1), (url2, api2) = (start_api(f"api-keyed-{n}", env, logdir) for n in (1, 2))
+    try:
+        with httpx.Client(base_url=url1, timeout=60) as one, httpx.Client(base_url=url2, timeout=60) as two:
+            made = submit(one, keyed(ALICE))
+            assert made.status_code == 202, made.text
+            job_id = made.json()["id"]
+            with two.stream("GET", f"/jobs/{job_id}/events", headers=keyed(ALICE)) as events:
+                assert events.status_code == 200 and "event: completed" in events.read().decode()
+            assert two.get(f"/jobs/{job_id}", headers=keyed(ALICE)).json()["status"] == "succeeded"
+            assert_problem(two.get(f"/jobs/{job_id}", headers=keyed(BOB)), 404)
+
+            spent = [(one, two)[i % 2].get("/jobs/" + "0" * 32, headers=keyed(carol)).status_code
+                     for i in range(4)]
+            assert spent == [404] * 4
+            over = one.get("/jobs/" + "0" * 32, headers=keyed(carol))
+            assert_problem(over, 429)
+            assert over.headers["retry-after"] == "10"  # one bucket in Redis, not one per process
+
+            big = make_image(512, 512, seed=9)
+            first = one.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                             headers=keyed(dave), files={"image": ("b.png", big, "image/png")})
+            assert first.status_code == 202, first.text
+            second = submit(two, keyed(dave))
+            assert "the limit is 1" in assert_problem(second, 429)["detail"]
+            assert two.delete(f"/jobs/{first.json()['id']}", headers=keyed(dave)).status_code == 200
+    finally:
+        api1.stop()
+        api2.stop()
