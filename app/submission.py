@@ -116,7 +116,10 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
 def submit(services: Services, job: Admitted) -> JobRecord:
     """Store the job and enqueue it; a job the queue refuses is failed at once, never left queued."""
     o = job.options
-    queue = services.dispatcher.pick_queue(o.device)
+    try:
+        queue = services.dispatcher.pick_queue(o.device)
+    except BBCUError as e:  # device=gpu where no GPU worker is configured
+        raise refused(e) from e
     spec = JobSpec(id=new_job_id(), task=",".join(job.tasks), scale=job.scale, variant=job.variant,
                    format=o.format, quality=o.quality, strength=job.strength, queue=queue,  # type: ignore[arg-type]
                    tile=o.tile, filename=job.filename, owner=o.caller.owner if o.caller else None,

@@ -17,6 +17,8 @@ from models.hashing import sha256_file
 from models.vocab import scale_for
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+# the training options that name files or folders of the machine that trained a network
+TRAINING_PATH_OPTIONS = ("data", "init", "run_dir", "out")
 _MAX_HEADER = 16 << 20
 
 
@@ -43,6 +45,26 @@ class CatalogEntry:
                 "file": self.path.name, "size_bytes": self.path.stat().st_size,
                 "config": meta.get("config"), "eval": meta.get("eval"),
                 "training": meta.get("training"), "provenance": meta.get("provenance")}
+
+    def public_summary(self) -> dict[str, Any]:
+        """The summary as the service shows it: training paths reduced to file names (where the
+        trainer kept its data and runs is nobody's business; which corpus file it read is)."""
+        out = self.summary()
+        training = out.get("training")
+        if isinstance(training, dict) and isinstance(training.get("config"), dict):
+            config = dict(training["config"])
+            for key in TRAINING_PATH_OPTIONS:
+                value = config.get(key)
+                if isinstance(value, str):
+                    config[key] = _file_name(value)
+                elif isinstance(value, list):
+                    config[key] = [_file_name(v) if isinstance(v, str) else v for v in value]
+            out["training"] = {**training, "config": config}
+        return out
+
+
+def _file_name(path: str) -> str:
+    return path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
 
 
 def read_safetensors_metadata(path: Path) -> dict[str, Any]:

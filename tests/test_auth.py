@@ -19,6 +19,7 @@ from tests.test_service_store import serve_in_thread
 from workers.settings import Settings
 
 ALICE, BOB = "bbcu_alice-test-key", "bbcu_bob-test-key"
+PAGE = "https://page.example"
 
 
 def entry(key: str, name: str | None = None) -> str:
@@ -41,7 +42,7 @@ def keyed_url(tiny_weights: Path, tmp_path_factory: pytest.TempPathFactory):  # 
     keys_file = tmp_path_factory.mktemp("keys") / "keys.txt"
     keys_file.write_text(f"# the team's keys\n\n{entry(BOB)} bob\n")
     settings = Settings(weights_dir=tiny_weights, torch_threads=1, api_keys=entry(ALICE, "alice"),
-                        api_keys_file=keys_file)
+                        api_keys_file=keys_file, cors_origins=PAGE)
     with serve_in_thread(settings) as url:
         yield url
 
@@ -66,6 +67,22 @@ def test_open_paths_need_no_key(keyed_url: str) -> None:
                      "/limits"):
             assert c.get(path).status_code == 200, path
         assert c.get("/metrics", headers={"X-API-Key": BOB}).status_code == 200
+
+
+def test_a_page_on_an_allowed_origin_can_send_a_key(keyed_url: str) -> None:
+    with httpx.Client(base_url=keyed_url, timeout=60) as c:
+        pre = c.options("/restore", headers={"Origin": PAGE, "Access-Control-Request-Method": "POST",
+                                             "Access-Control-Request-Headers": "x-api-key, prefer"})
+        refused = c.get("/jobs/" + "0" * 32, headers={"Origin": PAGE})
+        stranger = c.options("/restore", headers={"Origin": "https://evil.example",
+                                                  "Access-Control-Request-Method": "POST",
+                                                  "Access-Control-Request-Headers": "x-api-key"})
+    assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == PAGE
+    assert "x-api-key" in pre.headers["access-control-allow-headers"].lower()
+    # the 401 reaches the page's script (it shows the key field), no credentials mode involved
+    assert refused.status_code == 401 and refused.headers["access-control-allow-origin"] == PAGE
+    assert "access-control-allow-credentials" not in refused.headers
+    assert stranger.status_code == 400 and "access-control-allow-origin" not in stranger.headers
 
 
 def test_jobs_belong_to_the_key_that_made_them(keyed_url: str) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from models.errors import OptionError
 from workers.contract import QUEUES, TASK_NAME, now
 from workers.errors import NoWorker, StoreUnavailable
 from workers.settings import Settings
@@ -75,7 +76,13 @@ class CeleryDispatcher:
             return "cpu"
         has_gpu = bool(self.store.workers("gpu"))
         if device == "gpu" and not has_gpu:
-            raise NoWorker("device=gpu requested but no GPU worker is running")
+            # a GPU worker that is expected (required, or one ran lately) may come back: 503, retry;
+            # with none in this deployment, retrying cannot help: the request itself is at fault (422)
+            if "gpu" in self.settings.required_queue_list or self.store.seen("gpu"):
+                raise NoWorker("device=gpu requested but no GPU worker is running now (one is expected: "
+                               "retry later, or send device=auto)")
+            raise OptionError("device=gpu: this service has no GPU worker (none has run lately and "
+                              "BBCU_REQUIRED_QUEUES does not list gpu); send device=auto or cpu")
         return "gpu" if has_gpu else "cpu"
 
     def submit(self, job_id: str, queue: str) -> None:

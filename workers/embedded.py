@@ -13,7 +13,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import cached_property
 from typing import Any
 
-from workers.errors import NoWorker, QueueFull
+from models.errors import OptionError
+from workers.errors import QueueFull
 from workers.jobs import JobRunner
 from workers.settings import Settings
 from workers.store import MemoryStore
@@ -45,7 +46,8 @@ class EmbeddedPool:
         if device == "cpu":
             return "cpu"
         if device == "gpu" and not self.has_gpu:
-            raise NoWorker("device=gpu requested but this server has no CUDA device")
+            raise OptionError("device=gpu: this server runs jobs in its own process (embedded mode) and "
+                              "has no CUDA device; send device=auto or cpu")
         return "gpu" if self.has_gpu else "cpu"
 
     def submit(self, job_id: str, queue: str) -> None:

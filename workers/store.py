@@ -103,6 +103,10 @@ class JobStore(ABC):
         """The live workers of a queue (their heartbeat info)."""
 
     @abstractmethod
+    def seen(self, queue: str) -> bool:
+        """Whether a worker of the queue has beaten within ``job_ttl_s`` (one may be restarting)."""
+
+    @abstractmethod
     def _put_record(self, record: JobRecord, *, create: bool = False) -> None: ...
 
     @abstractmethod
@@ -133,6 +137,7 @@ class MemoryStore(JobStore):
         self._records: dict[str, tuple[float, JobRecord]] = {}
         self._blobs: dict[tuple[str, str], tuple[float, bytes]] = {}
         self._beats: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}
+        self._seen: dict[str, float] = {}  # queue -> last beat (monotonic)
         self._tables: dict[str, dict[Any, tuple[float, Any]]] = {
             "record": self._records, "blob": self._blobs, "beat": self._beats}
         self._expiry: list[tuple[float, int, str, Any]] = []  # (when, tie-break, table, key)
@@ -229,6 +234,7 @@ class MemoryStore(JobStore):
         with self._cond:
             self._sweep()
             self._beats[(queue, worker)] = (self._expire_at("beat", (queue, worker), ttl_s), info)
+            self._seen[queue] = time.monotonic()
 
     def forget_worker(self, queue: str, worker: str) -> None:
         with self._cond:
@@ -238,6 +244,11 @@ class MemoryStore(JobStore):
         with self._cond:
             self._sweep()
             return [info for (q, _), (_, info) in self._beats.items() if q == queue]
+
+    def seen(self, queue: str) -> bool:
+        with self._cond:
+            last = self._seen.get(queue)
+            return last is not None and time.monotonic() - last < self.job_ttl_s
 
     def _put_record(self, record: JobRecord, *, create: bool = False) -> None:
         with self._cond:
@@ -350,8 +361,10 @@ class RedisStore(JobStore):
             self.client.ping()
 
     def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
-        with self.guard():
-            self.client.set(self._key("worker", queue, worker), json.dumps(info), px=int(ttl_s * 1000))
+        with self.guard(), self.client.pipeline() as pipe:
+            pipe.set(self._key("worker", queue, worker), json.dumps(info), px=int(ttl_s * 1000))
+            pipe.set(self._key("seen", queue), "1", ex=self.job_ttl_s)
+            pipe.execute()
 
     def forget_worker(self, queue: str, worker: str) -> None:
         with self.guard():
@@ -362,6 +375,10 @@ class RedisStore(JobStore):
             keys = list(self.client.scan_iter(match=self._key("worker", queue, "*"), count=100))
             values = self.client.mget(keys) if keys else []
         return [json.loads(v) for v in values if v]
+
+    def seen(self, queue: str) -> bool:
+        with self.guard():
+            return bool(self.client.exists(self._key("seen", queue)))
 
     def queue_length(self, queue: str) -> int:
         """Messages waiting in a Celery queue (kombu keeps a Redis list named after the queue)."""

@@ -61,7 +61,8 @@ RESTORE_RESPONSES: dict[int | str, dict[str, Any]] = {
         pixels=20000000, max_pixels=16777216)},
     415: {"description": "Not an image", "content": _problem_example(
         415, "Unsupported media type", "not a readable image")},
-    422: {"description": "Unknown task, pipeline, scale, variant or strength", "content": _problem_example(
+    422: {"description": "Unknown task, pipeline, scale, variant or strength; device=gpu where no GPU "
+                         "worker is configured", "content": _problem_example(
         422, "Unknown model", "no shipped weights for task=sr scale=3 variant=m")},
     504: {"description": "A synchronous request whose job did not finish in time (the job goes on)",
           "content": _problem_example(504, "Job not finished", "the job did not finish within 330 s",

@@ -15,5 +15,6 @@ router = APIRouter(tags=["models"])
 
 @router.get("/models", responses=MODELS_RESPONSES)
 def list_models(settings: SettingsDep) -> dict[str, Any]:
-    """The shipped models: task, scale, variant, checksum, evaluation and provenance."""
-    return {"models": [{**e.summary(), "sha256": e.sha256()} for e in catalog.entries(settings.weights_dir)]}
+    """The shipped models: task, scale, variant, checksum, evaluation and provenance (no server paths)."""
+    return {"models": [{**e.public_summary(), "sha256": e.sha256()}
+                       for e in catalog.entries(settings.weights_dir)]}
