@@ -159,17 +159,21 @@ def task_inputs(hr: np.ndarray) -> dict[str, tuple[dict[str, str], bytes]]:
 def engine_here(params: dict[str, str], data: bytes) -> tuple[np.ndarray, dict[str, str]]:
     """What the worker computes, computed by this checkout's engine on the same weights."""
     from models import imageio, pipeline
-    from models.engine import load_for_task
+    from models.engine import load_chroma_partner, load_for_task
     from workers.settings import Settings
 
     settings = Settings()
     task = params["task"]
+    weights = ROOT / "models" / "weights"
     model = load_for_task(task, int(params["scale"]) if task == "sr" else None, params.get("variant"),
-                          weights_dir=ROOT / "models" / "weights", backend=settings.backend)
+                          weights_dir=weights, backend=settings.backend)
+    # a color photo's deblock takes its chroma from the color network, as the worker's does
+    chroma = load_chroma_partner(task, params.get("variant"), backend=settings.backend, weights_dir=weights)
     img = imageio.decode(data, max_pixels=settings.max_pixels)
     # the worker's own path: default strength (auto for denoise), the tile from the same budget
     tile = int(params["tile"]) if "tile" in params else None
-    out, _ = pipeline.run_stages([model], img, tile=tile, memory_bytes=settings.tile_memory_mb << 20)
+    out, _ = pipeline.run_stages([model], img, tile=tile, memory_bytes=settings.tile_memory_mb << 20,
+                                 chroma=chroma)
     facts = {"sha256": model.info.sha256, "backend": model.info.backend}
     return decode_png(imageio.encode(out, "png")), facts
 
