@@ -305,3 +305,24 @@ def test_memory_store_byte_budget() -> None:
     assert store.held_bytes == 800
     store.drop_input(e)
     assert store.held_bytes == 600
+
+
+def test_embedded_memory_budget_over_http(tiny_weights: Path) -> None:
+    """Past BBCU_MEMORY_STORE_MAX_BYTES a new job is refused with 503 + Retry-After; the accepted job's
+    input is kept, and room comes back when it ends."""
+    big = make_image(512, 512, seed=6)
+    settings = Settings(weights_dir=tiny_weights, torch_threads=1, embedded_workers=1, retry_after_s=4,
+                        memory_store_max_bytes=len(big) * 3 // 2)
+    with serve_in_thread(settings) as url, httpx.Client(base_url=url, timeout=60) as c:
+        first = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                       files={"image": ("b.png", big, "image/png")})
+        assert first.status_code == 202, first.text
+        refused = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
+                         files={"image": ("b.png", big, "image/png")})
+        body = assert_problem(refused, 503)
+        assert refused.headers["retry-after"] == "4" and "BBCU_MEMORY_STORE_MAX_BYTES" in body["detail"]
+        assert c.get(f"/jobs/{first.json()['id']}").json()["status"] in ("queued", "running")
+        assert c.delete(f"/jobs/{first.json()['id']}").json()["status"] == "cancelled"
+        ok = c.post("/restore", params={"task": "denoise"}, files={"image": ("s.png", make_image(8, 8),
+                                                                             "image/png")})
+        assert ok.status_code == 200

@@ -110,6 +110,7 @@ def test_webhooks_signed_in_order_and_filtered(service: Service, receiver: Recei
     assert [d.headers["x-bbcu-event"] for d in got] == ["start", "completed"]
     assert [d.record["status"] for d in got] == ["running", "succeeded"]
     assert all(d.record["id"] == job["id"] for d in got)
+    assert all("owner" not in d.record["spec"] for d in got)  # the record as GET /jobs/{id} shows it
     assert got[1].record["output"] == {"width": 32, "height": 32, "bytes": got[1].record["output"]["bytes"],
                                        "format": "png"}
     for d in got:

@@ -123,7 +123,7 @@ class WebhookSender:
         event = event_of(rec)
         if event is None or event not in rec.spec.callback_events:
             return
-        body = rec.model_dump_json().encode()
+        body = rec.model_dump_json(exclude={"spec": {"owner"}}).encode()  # as GET /jobs/{id} shows it
         with self._cond:
             if self._closed:
                 return
