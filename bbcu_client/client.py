@@ -19,6 +19,10 @@ import httpx
 Source = str | os.PathLike[str] | bytes
 Progress = Callable[[dict[str, Any]], None]
 _RECONNECTS = 5  # a dropped event stream is resumed this many times in a row (with Last-Event-ID)
+# a submission refused for load (429: the key's rate or job quota; 503: queue or memory full) is sent
+# again after the server's Retry-After (at most _BUSY_WAIT_S each time), this many times
+_BUSY_RETRIES = 5
+_BUSY_WAIT_S = 30.0
 
 
 class ServiceError(Exception):
@@ -62,6 +66,12 @@ def _problem(response: httpx.Response) -> ServiceError:
         return ServiceError(response.status_code, str(body.get("title", response.reason_phrase)),
                             str(body["detail"]), body)
     return ServiceError(response.status_code, f"HTTP {response.status_code}", response.text[:200])
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    """The seconds of a Retry-After header (the service sends whole seconds), or None."""
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
 
 
 def _read(source: Source) -> tuple[bytes, str]:
@@ -136,9 +146,15 @@ class AsyncClient:
                      options: dict[str, Any] | None = None) -> dict[str, Any]:
         """Upload an image as a job; its record (status queued). ``options``: further query parameters."""
         data, name = _read(source)
-        answer = await self._http.post(
-            "/restore", params=_params(task, scale, variant, format, tile, device, options or {}),
-            files={"image": (name, data, "application/octet-stream")}, headers={"Prefer": "respond-async"})
+        for attempt in range(_BUSY_RETRIES + 1):
+            answer = await self._http.post(
+                "/restore", params=_params(task, scale, variant, format, tile, device, options or {}),
+                files={"image": (name, data, "application/octet-stream")},
+                headers={"Prefer": "respond-async"})
+            wait = _retry_after(answer)
+            if answer.status_code not in (429, 503) or wait is None or attempt == _BUSY_RETRIES:
+                break
+            await asyncio.sleep(min(wait, _BUSY_WAIT_S))
         if answer.status_code != 202:
             raise _problem(answer)
         return dict(answer.json())

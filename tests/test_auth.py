@@ -4,6 +4,7 @@ HTTP, in the embedded mode (an in-process uvicorn) and across API processes shar
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import subprocess
 import sys
@@ -232,3 +233,33 @@ def test_ownership_and_limits_across_api_processes(celery_service: Service, logd
     finally:
         api1.stop()
         api2.stop()
+
+
+def test_client_and_cli_send_the_key_and_wait_out_the_quota(tiny_weights: Path, tmp_path: Path) -> None:
+    """bbcu_client over real HTTP: no key is a 401 ServiceError; with one, a batch wider than the key's
+    job quota still finishes (each 429 is retried after its Retry-After); `bbcu restore --url` reads
+    $BBCU_API_KEY."""
+    from bbcu_client import Client, Restored, ServiceError
+
+    settings = Settings(weights_dir=tiny_weights, torch_threads=1, api_keys=entry(ALICE),
+                        max_active_jobs=1, retry_after_s=1)
+    images = [make_image(24, 24, seed=s) for s in range(3)]
+    with serve_in_thread(settings) as url:
+        with pytest.raises(ServiceError) as refused:
+            Client(url).restore(images[0], task="denoise")
+        assert refused.value.status == 401
+        done = Client(url, api_key=ALICE).restore_many(images, task="denoise", concurrency=3)
+        assert [isinstance(r, Restored) and r.job["status"] for r in done] == ["succeeded"] * 3
+        src, out = tmp_path / "in.png", tmp_path / "out.png"
+        src.write_bytes(images[0])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BBCU_")}
+        cli = subprocess.run([sys.executable, "-m", "cli.main", "restore", str(src), "-o", str(out),
+                              "--task", "denoise", "--url", url, "--quiet"], cwd=ROOT, capture_output=True,
+                             text=True, env={**env, "BBCU_API_KEY": ALICE}, timeout=120)
+        assert cli.returncode == 0, cli.stderr
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        anonymous = subprocess.run([sys.executable, "-m", "cli.main", "restore", str(src), "-o",
+                                    str(tmp_path / "no.png"), "--task", "denoise", "--url", url, "--quiet"],
+                                   cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
+        assert anonymous.returncode == 1, anonymous.stderr
+        assert "Unauthorized: this service requires an API key" in anonymous.stderr
