@@ -178,12 +178,18 @@ class MemoryStore(JobStore):
             self._results.pop(key[1], None)
 
     def _make_room(self, size: int, keep: str | None = None) -> None:
-        """Drop the oldest results (not ``keep``'s) until ``size`` more bytes fit the budget."""
-        for job_id in list(self._results):
-            if self.held_bytes + size <= self.max_bytes:
-                return
+        """Drop the oldest results (not ``keep``'s) until ``size`` more bytes fit the budget; the cost
+        is the results dropped, not the results held."""
+        victims: list[str] = []
+        held = self.held_bytes
+        for job_id in self._results:  # oldest first
+            if held + size <= self.max_bytes:
+                break
             if job_id != keep:
-                self._forget_blob(("out", job_id))
+                victims.append(job_id)
+                held -= len(self._blobs[("out", job_id)][1])
+        for job_id in victims:
+            self._forget_blob(("out", job_id))
 
     def create(self, spec: JobSpec, facts: ImageFacts, data: bytes) -> JobRecord:
         """Refuse a job whose input does not fit the budget even with every result dropped."""
