@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -67,13 +68,14 @@ class Scale:
     evict_n: int
     evict_maxmemory_mb: int
     settle_s: float  # how long accepted jobs have to reach a terminal state after the last fault
+    unattended_s: float  # how long they have to do so with no client reading them
 
 
 # the campaign of issue 11, and a scaled-down one that fits in CI time
 FULL = Scale(sync_n=400, sync_concurrency=150, async_n=1000, kill_n=300, restart_n=300, evict_n=200,
-             evict_maxmemory_mb=8, settle_s=180)
+             evict_maxmemory_mb=8, settle_s=180, unattended_s=60)
 QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=60, evict_n=60,
-              evict_maxmemory_mb=6, settle_s=90)
+              evict_maxmemory_mb=6, settle_s=90, unattended_s=45)
 SIDES = {"sync": 64, "async": 64, "kill": 160, "redis-restart": 96, "evict": 256}
 SUBMIT_CONCURRENCY = 16
 LOGDIR = Path(".bench/soak-logs")
@@ -271,6 +273,7 @@ class Tally:
     healthz_failures: int = 0
     pending: set[str] = field(default_factory=set)  # accepted jobs not yet known to be terminal
     events: Counter[str] = field(default_factory=Counter)  # what a scenario did, e.g. messages held at a kill
+    needed_reader: int = 0  # jobs that ended only once a client read them (nothing else recovered them)
     notes: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -304,6 +307,8 @@ class Tally:
         out = []
         if self.lost:
             out.append(f"{sum(self.lost.values())} lost")
+        if self.needed_reader:
+            out.append(f"{self.needed_reader} stranded until read")
         if self.refused_without_retry_after:
             out.append(f"{self.refused_without_retry_after} refusals without Retry-After")
         if self.other_5xx:
@@ -330,14 +335,16 @@ def _fmt(counts: Counter[str] | Counter[int]) -> str:
 
 
 HEADER = ["scenario", "sent", "accepted", "refused (status:n)", "refused w/o Retry-After", "succeeded",
-          "failed (code:n)", "lost", "other 5xx", "transport errors", "max /healthz (s)", "verdict"]
+          "failed (code:n)", "lost", "stranded until read", "other 5xx", "transport errors",
+          "max /healthz (s)", "verdict"]
 
 
 def row(t: Tally) -> str:
     misses = t.misses()
     verdict = "pass" if not misses else "**miss**: " + ", ".join(misses)
     cells = [t.scenario, str(t.sent), str(t.accepted), _fmt(t.refused), str(t.refused_without_retry_after),
-             str(t.succeeded), _fmt(t.failed), _fmt(t.lost) if t.lost else "0", _fmt(t.other_5xx),
+             str(t.succeeded), _fmt(t.failed), _fmt(t.lost) if t.lost else "0", str(t.needed_reader),
+             _fmt(t.other_5xx),
              _fmt(t.transport_errors), f"{t.healthz_max_s:.3f}"
              + (f" ({t.healthz_failures} failed)" if t.healthz_failures else ""), verdict]
     return "| " + " | ".join(cells) + " |"
@@ -416,6 +423,32 @@ def submit(url: str, tally: Tally, images: list[bytes], concurrency: int, *, asy
         list(pool.map(one, images))
 
 
+def unattended(c: Cluster, tally: Tally, within_s: float) -> None:
+    """Watch the pending jobs' records in Redis, reading none through the API, until all are terminal
+    or ``within_s`` passes; those still queued or running then are counted as stranded until read.
+
+    The API recovers a dead worker's job when a client reads it; a job nobody asks about must be
+    recovered all the same (a client may be gone, or waiting for a webhook).
+    """
+    import redis
+
+    r = redis.Redis(port=c.redis_port, socket_timeout=2)
+    active = set(tally.pending)
+    deadline = time.monotonic() + within_s
+    while active and time.monotonic() < deadline:
+        with contextlib.suppress(redis.exceptions.RedisError):
+            ids = sorted(active)
+            for job_id, raw in zip(ids, r.mget([f"bbcu:job:{i}" for i in ids]), strict=True):
+                # an unknown record is left to settle(), which reads it through the API (404: lost)
+                if raw is None or json.loads(raw).get("status") in TERMINAL:
+                    active.discard(job_id)
+        time.sleep(0.5)
+    tally.needed_reader = len(active)
+    if active:
+        tally.notes.append(f"{len(active)} jobs still queued or running {within_s:.0f} s after the fault "
+                           "with no client reading them")
+
+
 def settle(url: str, tally: Tally, within_s: float) -> None:
     """Follow every pending job until it is terminal; what is not by the deadline is lost.
 
@@ -469,6 +502,12 @@ def settle(url: str, tally: Tally, within_s: float) -> None:
             tally.pending.clear()
 
 
+def finish(c: Cluster, tally: Tally, scale: Scale) -> None:
+    """Give the accepted jobs time to end unread, then follow each through the API to its end."""
+    unattended(c, tally, scale.unattended_s)
+    settle(c.url, tally, scale.settle_s)
+
+
 # ---------------------------------------------------------------------------------------------------
 # scenarios
 
@@ -477,7 +516,7 @@ def run_sync(c: Cluster, scale: Scale, tally: Tally) -> None:
     c.start_worker()
     images = [image(SIDES["sync"], i) for i in range(scale.sync_n)]
     submit(c.url, tally, images, scale.sync_concurrency, asynchronous=False)
-    settle(c.url, tally, scale.settle_s)
+    finish(c, tally, scale)
 
 
 def run_async(c: Cluster, scale: Scale, tally: Tally) -> None:
@@ -488,7 +527,7 @@ def run_async(c: Cluster, scale: Scale, tally: Tally) -> None:
     tally.notes.append(f"{scale.async_n} submitted with no worker in {time.monotonic() - t0:.1f} s")
     t0 = time.monotonic()
     c.start_worker()
-    settle(c.url, tally, scale.settle_s)
+    finish(c, tally, scale)
     tally.notes.append(f"one worker (2 processes) ran the queue in {time.monotonic() - t0:.1f} s")
 
 
@@ -519,7 +558,7 @@ def run_kill(c: Cluster, scale: Scale, tally: Tally) -> None:
 
     submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True, every=kill_at_half)
     c.start_worker()
-    settle(c.url, tally, scale.settle_s)
+    finish(c, tally, scale)
 
 
 def run_redis_restart(c: Cluster, scale: Scale, tally: Tally) -> None:
@@ -548,7 +587,7 @@ def run_redis_restart(c: Cluster, scale: Scale, tally: Tally) -> None:
         t.start()
     for t in threads:
         t.join()
-    settle(c.url, tally, scale.settle_s)
+    finish(c, tally, scale)
 
 
 def run_evict(weights: Path, logdir: Path, scale: Scale, tally: Tally) -> None:
@@ -562,7 +601,7 @@ def run_evict(weights: Path, logdir: Path, scale: Scale, tally: Tally) -> None:
             HealthProbe(c.url, tally):
         submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True)
         c.start_worker()
-        settle(c.url, tally, scale.settle_s)
+        finish(c, tally, scale)
 
 
 SHARED = {"sync": run_sync, "async": run_async, "kill": run_kill, "redis-restart": run_redis_restart}
