@@ -11,7 +11,15 @@ milliseconds, so the campaign measures the service, not the network), and runs t
 - ``redis-restart``: redis-server is stopped and started again (same append-only file) while jobs are
   submitted and run;
 - ``evict``: a fresh Redis with a small ``maxmemory`` and the eviction policy of the shipped
-  docker-compose.yml, sent more input bytes than fit while no worker runs; then one starts.
+  docker-compose.yml, sent more input bytes than fit while no worker runs; then one starts. The API's
+  admission limit on queued input bytes (where the settings have one) is half of maxmemory, as in
+  docker-compose.yml;
+- ``redis-full``: the same with the admission limit above maxmemory: Redis itself fills.
+
+Workers that exit on their own are started again (as compose's ``restart: unless-stopped`` does) and
+counted. Accepted jobs get ``unattended_s`` to end with no client reading them (the API can recover a
+dead worker's job when it is read; a job nobody asks about must end too), then are followed through
+the API until ``settle_s``.
 
 A probe thread GETs ``/healthz`` every 0.2 s throughout. Each scenario prints one row: requests
 accepted (a job was created: 200, 202, or a problem naming the job), refused (429/503 without a job,
@@ -48,7 +56,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("sync", "async", "kill", "redis-restart", "evict")
+SCENARIOS = ("sync", "async", "kill", "redis-restart", "evict", "redis-full")
+MEMORY = ("evict", "redis-full")
 HEALTHZ_TARGET_S = 1.0
 PROBE_PERIOD_S = 0.2
 PROBE_TIMEOUT_S = 5.0
@@ -73,9 +82,9 @@ class Scale:
 
 # the campaign of issue 11, and a scaled-down one that fits in CI time
 FULL = Scale(sync_n=400, sync_concurrency=150, async_n=1000, kill_n=300, restart_n=300, evict_n=200,
-             evict_maxmemory_mb=8, settle_s=180, unattended_s=60)
+             evict_maxmemory_mb=16, settle_s=180, unattended_s=60)
 QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=60, evict_n=60,
-              evict_maxmemory_mb=6, settle_s=90, unattended_s=45)
+              evict_maxmemory_mb=8, settle_s=90, unattended_s=45)
 SIDES = {"sync": 64, "async": 64, "kill": 160, "redis-restart": 96, "evict": 256}
 SUBMIT_CONCURRENCY = 16
 LOGDIR = Path(".bench/soak-logs")
@@ -118,7 +127,7 @@ class Cluster:
     """
 
     def __init__(self, workdir: Path, logdir: Path, weights: Path, *, maxmemory_mb: int = 0,
-                 policy: str = "noeviction") -> None:
+                 policy: str = "noeviction", env: dict[str, str] | None = None) -> None:
         self.dir = workdir
         self.logdir = logdir
         self.redis_port = free_port()
@@ -130,13 +139,17 @@ class Cluster:
         self.env = {"BBCU_BROKER_URL": f"redis://127.0.0.1:{self.redis_port}/0",
                     "BBCU_WEIGHTS_DIR": str(weights),
                     "BBCU_TORCH_THREADS": "1", "BBCU_HEARTBEAT_S": "1", "BBCU_SYNC_WAIT_S": "60",
-                    "BBCU_REDIS_TIMEOUT_S": "2", "PYTHONUNBUFFERED": "1"}
+                    "BBCU_REDIS_TIMEOUT_S": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.redis: subprocess.Popen[bytes] | None = None
         self.api: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.workers: list[subprocess.Popen[bytes]] = []
         self._spawned: list[subprocess.Popen[bytes]] = []
         self._count: Counter[str] = Counter()
+        self.worker_exits = 0  # workers that exited unasked (and were started again)
+        self._lock = threading.Lock()  # self.workers, between the scenario and the supervisor
+        self._closing = threading.Event()
+        self._supervisor = threading.Thread(target=self._supervise, name="soak-supervisor", daemon=True)
 
     def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
         self._count[name] += 1
@@ -171,28 +184,50 @@ class Cluster:
         wait_for(lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 120, "the API",
                  self.api)
 
-    def start_worker(self, name: str = "soak") -> subprocess.Popen[bytes]:
-        worker = self._spawn("worker", [sys.executable, "-m", "cli.main", "worker", "--queues", "cpu",
-                                        "--concurrency", "2", "--hostname", f"{name}@%h",
-                                        "--log-level", "warning"], self.env)
-        self.workers.append(worker)
+    def _spawn_worker(self) -> subprocess.Popen[bytes]:
+        # one node name for every worker, as a restarted container keeps its host name
+        return self._spawn("worker", [sys.executable, "-m", "cli.main", "worker", "--queues", "cpu",
+                                      "--concurrency", "2", "--hostname", "soak@%h", "--log-level",
+                                      "warning"], self.env)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        with self._lock:
+            worker = self._spawn_worker()
+            self.workers.append(worker)
         wait_for(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, 180,
                  "a ready worker", worker)
         return worker
 
     def stop_workers(self) -> None:
         """A warm shutdown: each worker finishes what it runs, then exits."""
-        for w in self.workers:
+        with self._lock:
+            stopping, self.workers = self.workers, []
+        for w in stopping:
             _stop(w, 60)
-        self.workers = []
 
     def kill_worker(self, worker: subprocess.Popen[bytes]) -> None:
         """SIGKILL to the worker's whole process group, as when its container is killed."""
-        os.killpg(worker.pid, signal.SIGKILL)
-        worker.wait(10)
-        self.workers.remove(worker)
+        with self._lock:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(10)
+            self.workers.remove(worker)
+
+    def supervise(self) -> None:
+        self._supervisor.start()
+
+    def _supervise(self) -> None:
+        """As compose's ``restart: unless-stopped`` does: a worker that exits unasked is started again."""
+        while not self._closing.wait(0.5):
+            with self._lock:
+                for i, w in enumerate(self.workers):
+                    if w.poll() is not None:
+                        self.workers[i] = self._spawn_worker()
+                        self.worker_exits += 1
 
     def close(self) -> None:
+        self._closing.set()
+        if self._supervisor.is_alive():
+            self._supervisor.join()
         for proc in reversed(self._spawned):
             _stop(proc, 20)
 
@@ -211,16 +246,17 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 
 @contextlib.contextmanager
-def cluster(weights: Path, logdir: Path, *, maxmemory_mb: int = 0,
-            policy: str = "noeviction") -> Iterator[Cluster]:
+def cluster(weights: Path, logdir: Path, *, maxmemory_mb: int = 0, policy: str = "noeviction",
+            env: dict[str, str] | None = None) -> Iterator[Cluster]:
     """A started Redis and API (no worker yet); the processes' logs go to ``logdir``."""
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="bbcu-soak-") as tmp:
-        c = Cluster(Path(tmp), logdir, weights, maxmemory_mb=maxmemory_mb, policy=policy)
+        c = Cluster(Path(tmp), logdir, weights, maxmemory_mb=maxmemory_mb, policy=policy, env=env)
         try:
             c.start_redis()
             c.start_api()
+            c.supervise()
             yield c
         finally:
             c.close()
@@ -273,6 +309,7 @@ class Tally:
     healthz_failures: int = 0
     pending: set[str] = field(default_factory=set)  # accepted jobs not yet known to be terminal
     events: Counter[str] = field(default_factory=Counter)  # what a scenario did, e.g. messages held at a kill
+    first_refusal: dict[int, str] = field(default_factory=dict)  # status: the first such problem's detail
     needed_reader: int = 0  # jobs that ended only once a client read them (nothing else recovered them)
     notes: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -292,9 +329,14 @@ class Tally:
                 elif status in (202, 504):  # queued, or outlasted the synchronous wait: it goes on
                     self.pending.add(job_id)
                 else:
-                    self.failed[_problem_code(response)] += 1
+                    code = _problem_code(response)
+                    if input_lost(code, _problem_detail(response)):
+                        self.lost[f"input lost ({code})"] += 1
+                    else:
+                        self.failed[code] += 1
             elif status in REFUSALS:
                 self.refused[status] += 1
+                self.first_refusal.setdefault(status, _problem_detail(response))
                 if not response.headers.get("retry-after", "").isdigit():
                     self.refused_without_retry_after += 1
             elif status >= 500:
@@ -330,6 +372,18 @@ def _problem_code(response: httpx.Response) -> str:
     return str(response.status_code)
 
 
+def input_lost(code: str, detail: str) -> bool:
+    """A job failed because the service lost its input: accepted, then lost (``input_lost``; before
+    that code existed, a ``timeout`` saying the input expired)."""
+    return code == "input_lost" or (code == "timeout" and "input expired" in detail)
+
+
+def _problem_detail(response: httpx.Response) -> str:
+    with contextlib.suppress(ValueError, AttributeError):
+        return str(response.json().get("detail", ""))[:160]
+    return response.text[:160]
+
+
 def _fmt(counts: Counter[str] | Counter[int]) -> str:
     return " ".join(f"{k}:{v}" for k, v in sorted(counts.items(), key=str)) or "0"
 
@@ -354,6 +408,8 @@ def table(tallies: list[Tally]) -> str:
     lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     lines += [row(t) for t in tallies]
     notes = [f"- {t.scenario}: {n}" for t in tallies for n in t.notes]
+    notes += [f"- {t.scenario}: first {status}: {detail}" for t in tallies
+              for status, detail in sorted(t.first_refusal.items())]
     return "\n".join(lines) + ("\n\n" + "\n".join(notes) if notes else "")
 
 
@@ -477,7 +533,10 @@ def settle(url: str, tally: Tally, within_s: float) -> None:
                                 f"result gone ({res.status_code})" if res.status_code in (404, 410) else None)
             if body["status"] in TERMINAL:
                 error = body.get("error") or {}
-                return job_id, "failed:" + str(error.get("code", body["status"]))
+                code = str(error.get("code", body["status"]))
+                if input_lost(code, str(error.get("detail", ""))):
+                    return job_id, f"input lost ({code})"
+                return job_id, "failed:" + code
             return job_id, None
 
         while tally.pending and time.monotonic() < deadline:
@@ -590,48 +649,67 @@ def run_redis_restart(c: Cluster, scale: Scale, tally: Tally) -> None:
     finish(c, tally, scale)
 
 
-def run_evict(weights: Path, logdir: Path, scale: Scale, tally: Tally) -> None:
-    policy = compose_eviction_policy()
-    side = SIDES["evict"]
-    images = [image(side, i) for i in range(scale.evict_n)]
-    total_mb = sum(map(len, images)) / 1e6
-    tally.notes.append(f"maxmemory {scale.evict_maxmemory_mb} MB, policy {policy} (docker-compose.yml's); "
-                       f"{scale.evict_n} inputs of {side}x{side} = {total_mb:.1f} MB sent with no worker")
-    with cluster(weights, logdir, maxmemory_mb=scale.evict_maxmemory_mb, policy=policy) as c, \
-            HealthProbe(c.url, tally):
-        submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True)
-        c.start_worker()
-        finish(c, tally, scale)
+def run_memory(c: Cluster, scale: Scale, tally: Tally) -> None:
+    """``evict`` and ``redis-full``: more input bytes than Redis holds, sent with no worker; then one."""
+    images = [image(SIDES["evict"], i) for i in range(scale.evict_n)]
+    submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True)
+    c.start_worker()
+    finish(c, tally, scale)
 
 
 SHARED = {"sync": run_sync, "async": run_async, "kill": run_kill, "redis-restart": run_redis_restart}
 
 
+def memory_cluster(name: str, weights: Path, logdir: Path, scale: Scale,
+                   tally: Tally) -> contextlib.AbstractContextManager[Cluster]:
+    """A fresh Redis at a small maxmemory with docker-compose.yml's eviction policy. ``evict`` sizes the
+    API's admission limit (BBCU_MAX_QUEUED_BYTES, where the settings have it) to half of maxmemory, as
+    compose does (1 GiB of 2 GB); ``redis-full`` leaves it above maxmemory, so Redis itself fills."""
+    policy = compose_eviction_policy()
+    maxmemory = scale.evict_maxmemory_mb << 20
+    env = {"BBCU_MAX_UPLOAD_BYTES": str(1 << 20)}
+    if name == "evict":
+        env["BBCU_MAX_QUEUED_BYTES"] = str(maxmemory // 2)
+    side = SIDES["evict"]
+    tally.notes.append(f"maxmemory {scale.evict_maxmemory_mb} MiB, policy {policy} (docker-compose.yml's), "
+                       f"admission limit {'half of maxmemory' if name == 'evict' else 'the default'}; "
+                       f"{scale.evict_n} inputs of {side}x{side} (about {len(image(side, 0)) >> 10} KiB "
+                       "each) sent with no worker")
+    return cluster(weights, logdir, maxmemory_mb=scale.evict_maxmemory_mb, policy=policy, env=env)
+
+
 def campaign(names: list[str], scale: Scale, logdir: Path = LOGDIR,
              log: Callable[[str], None] = print) -> list[Tally]:
-    """Run the named scenarios in order; the shared ones on one cluster, ``evict`` on its own.
+    """Run the named scenarios in order; the shared ones on one cluster, ``evict`` and ``redis-full``
+    each on its own.
 
     The processes' logs are kept under ``logdir`` (one folder per cluster) for a look afterwards.
     """
     tallies = []
+
+    def run(name: str, c: Cluster, scenario: Callable[[Cluster, Scale, Tally], None], tally: Tally) -> None:
+        log(f"== {name}")
+        exits = c.worker_exits
+        with HealthProbe(c.url, tally):
+            scenario(c, scale, tally)
+        if c.worker_exits > exits:
+            tally.events["worker exits"] += c.worker_exits - exits
+            tally.notes.append(f"{c.worker_exits - exits} worker(s) exited on their own and were started "
+                               "again (as compose's restart: unless-stopped would)")
+        tallies.append(tally)
+        log(row(tally))
+
     with tempfile.TemporaryDirectory(prefix="bbcu-soak-weights-") as wdir:
         weights = tiny_weights(Path(wdir))
         shared = [n for n in names if n in SHARED]
         if shared:
             with cluster(weights, logdir / "shared") as c:
                 for name in shared:
-                    log(f"== {name}")
-                    tally = Tally(name)
-                    with HealthProbe(c.url, tally):
-                        SHARED[name](c, scale, tally)
-                    tallies.append(tally)
-                    log(row(tally))
-        if "evict" in names:
-            log("== evict")
-            tally = Tally("evict")
-            run_evict(weights, logdir / "evict", scale, tally)
-            tallies.append(tally)
-            log(row(tally))
+                    run(name, c, SHARED[name], Tally(name))
+        for name in [n for n in names if n in MEMORY]:
+            tally = Tally(name)
+            with memory_cluster(name, weights, logdir / name, scale, tally) as c:
+                run(name, c, run_memory, tally)
     return tallies
 
 

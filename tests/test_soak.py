@@ -46,18 +46,19 @@ def test_load_loses_no_job(tmp_path: Path) -> None:
 # running jobs are recovered only when a client reads them, and the messages it had prefetched wait for
 # the visibility timeout (jobs left "queued"); a job whose worker loses Redis mid-run stays "running"
 # (its worker's heartbeat lives on); under an evicting Redis the records and inputs of queued jobs
-# vanish (404, or "input expired"). The `faults` branch of issue 11 fixes them: remove the skip once it
-# has landed on main.
+# vanish (404, or "input expired"), and with Redis itself full likewise. The `faults` branch of issue
+# 11 fixes them: remove the skip once it has landed on main.
 PENDING_FAULTS_FIX = pytest.mark.skip(reason="PENDING issue 11 `faults` branch (sweeper for a killed "
                                              "worker's jobs, Redis restart mid-job, noeviction): enable "
                                              "once it lands on main")
 
 
 @PENDING_FAULTS_FIX
-@pytest.mark.parametrize("name", ["kill", "redis-restart", "evict"])
+@pytest.mark.parametrize("name", ["kill", "redis-restart", "evict", "redis-full"])
 def test_faults_lose_no_job(name: str, tmp_path: Path) -> None:
     """A worker SIGKILLed with jobs in hand (another started under its name), Redis restarted on its
-    append-only file mid-flight, Redis out of memory: no accepted job is lost or waits for a reader."""
+    append-only file mid-flight, more inputs than Redis holds (admission limit under maxmemory, or not):
+    no accepted job is lost or waits for a reader."""
     tallies = campaign([name], QUICK, logdir=tmp_path, log=lambda _: None)
     assert_targets(tallies, [name], tmp_path)
     if name == "kill":
