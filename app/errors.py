@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from models.errors import BBCUError, ErrorCode, ImageTooLargeError
-from workers.errors import ServiceError
+from models.errors import BBCUError, ErrorCode, ImageTooLargeError, JobTooCostlyError
+from workers.errors import QueueFull, ServiceError
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -32,10 +32,12 @@ ANSWERS: dict[ErrorCode, Answer] = {
     ErrorCode.bad_image: Answer(415, "Unsupported media type", "not-an-image"),
     ErrorCode.bad_option: Answer(422, "Invalid request", "invalid-request"),
     ErrorCode.too_large: Answer(413, "Image too large", "image-too-large"),
+    ErrorCode.too_costly: Answer(413, "Job too costly", "job-too-costly"),
     ErrorCode.unknown_model: Answer(422, "Unknown model", "unknown-model"),
     ErrorCode.timeout: Answer(504, "Job timed out", "timeout"),
     ErrorCode.cancelled: Answer(409, "Job cancelled", "cancelled"),
     ErrorCode.worker_lost: Answer(503, "Worker lost", "worker-lost"),
+    ErrorCode.input_lost: Answer(503, "Input lost", "input-lost"),
     ErrorCode.internal: Answer(500, "Job failed", "internal"),
 }
 
@@ -72,12 +74,18 @@ def refused(error: BBCUError) -> Problem:
     extra: dict[str, Any] = {}
     if isinstance(error, ImageTooLargeError):
         extra = {"pixels": error.pixels, "max_pixels": error.max_pixels}
+    elif isinstance(error, JobTooCostlyError):
+        extra = {"gops": round(error.gops, 1), "max_gops": error.max_gops}
     return Problem(answer.status, answer.title, str(error), slug=answer.slug, **extra)
 
 
-def job_failed(code: ErrorCode, detail: str, job_id: str, headers: dict[str, str]) -> Problem:
-    """The problem a synchronous request answers when its job did not succeed."""
+def job_failed(code: ErrorCode, detail: str, job_id: str, headers: dict[str, str],
+               retry_after_s: int) -> Problem:
+    """The problem a synchronous request answers when its job did not succeed; a 503 (the service
+    lost the job, sending it again may work) says when to retry."""
     answer = ANSWERS[code]
+    if answer.status == 503:
+        headers = {**headers, "Retry-After": str(retry_after_s)}
     return Problem(answer.status, answer.title, detail, slug=f"job-{code.value}", job_id=job_id,
                    headers=headers)
 
@@ -92,6 +100,12 @@ def too_many(detail: str, retry_after_s: float, **extra: Any) -> Problem:
     seconds = max(1, math.ceil(retry_after_s))
     return Problem(429, "Too many requests", detail, slug="too-many-requests",
                    headers={"Retry-After": str(seconds)}, retry_after_s=seconds, **extra)
+
+
+def queue_full(detail: str, retry_after_s: int) -> Problem:
+    """Load shedding: the queue is at its job or byte limit; nothing was stored."""
+    return Problem(503, "Queue full", detail, slug="queue-full",
+                   headers={"Retry-After": str(retry_after_s)}, retry_after_s=retry_after_s)
 
 
 def install(app: FastAPI, retry_after_s: int) -> None:
@@ -118,7 +132,8 @@ def install(app: FastAPI, retry_after_s: int) -> None:
         return Problem(exc.status_code, title, str(exc.detail), headers=headers).response(request.url.path)
 
     async def on_unavailable(request: Request, exc: Exception) -> JSONResponse:
-        return unavailable(str(exc), retry_after_s).response(request.url.path)
+        answer = queue_full if isinstance(exc, QueueFull) else unavailable
+        return answer(str(exc), retry_after_s).response(request.url.path)
 
     app.add_exception_handler(Problem, on_problem)
     app.add_exception_handler(RequestValidationError, on_validation)

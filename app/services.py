@@ -8,8 +8,9 @@ from app.access import KeyRing
 from app.metrics import Metrics
 from app.throttle import Throttle, throttle_for
 from workers.dispatch import Dispatcher, create_backend
+from workers.lost import Sweeper
 from workers.settings import Settings
-from workers.store import JobStore
+from workers.store import JobStore, RedisStore
 from workers.webhooks import WebhookSender
 
 
@@ -19,16 +20,24 @@ class Services:
     store: JobStore
     dispatcher: Dispatcher
     metrics: Metrics
-    webhooks: WebhookSender  # for the events the API itself causes (a cancelled job)
+    webhooks: WebhookSender  # for the events the API itself causes (a cancelled job, a lost one)
     access: KeyRing
     throttle: Throttle  # rates and job quotas per key, shared like the store
+    sweeper: Sweeper | None = None  # Celery mode: recovers jobs whose worker is gone
 
     @classmethod
     def start(cls, settings: Settings, metrics: Metrics) -> Services:
         access = KeyRing.from_settings(settings)  # a malformed key list stops the start, before anything runs
         store, dispatcher = create_backend(settings)
-        return cls(settings, store, dispatcher, metrics, WebhookSender(settings), access, throttle_for(store))
+        webhooks = WebhookSender(settings)
+        sweeper = None
+        if isinstance(store, RedisStore):
+            sweeper = Sweeper(store, settings, dispatcher, webhooks.notify)
+            sweeper.start()
+        return cls(settings, store, dispatcher, metrics, webhooks, access, throttle_for(store), sweeper)
 
     def close(self) -> None:
+        if self.sweeper is not None:
+            self.sweeper.stop()
         self.dispatcher.close()
         self.webhooks.close()

@@ -7,6 +7,7 @@ queued.
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from models.errors import BBCUError, ErrorCode, ImageTooLargeError
 from models.stages import Strength, check_options, parse_pipeline, parse_strength
 from models.vocab import Format
 from workers.contract import Device, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, new_job_id, now
-from workers.errors import QueueFull, ServiceError
+from workers.errors import QueueFull, ServiceError, StoreUnavailable
 from workers.settings import Settings
 from workers.store import ACTIVE
 
@@ -127,15 +128,22 @@ def submit(services: Services, job: Admitted) -> JobRecord:
     counted = claim_job(services.throttle, services.settings, o.caller, spec.id)
     try:
         rec = services.store.create(spec, job.facts, job.data)
-    except ServiceError:
+    except ServiceError as e:
         if counted:
             services.throttle.release(o.caller.client, spec.id)  # type: ignore[union-attr]
+        if isinstance(e, QueueFull):
+            services.metrics.uploads_rejected.labels(reason="queue-full").inc()
         raise
     try:
         services.dispatcher.submit(spec.id, queue)
-    except QueueFull as e:
-        services.store.transition(spec.id, JobStatus.failed, ACTIVE, finished_at=now(),
-                                  error=JobError(code=ErrorCode.internal, detail=str(e)))
+    except ServiceError as e:
+        if isinstance(e, QueueFull):
+            services.metrics.uploads_rejected.labels(reason="queue-full").inc()
+        # the client gets a 503 and no job: end this one and free its room (if Redis still answers)
+        with suppress(StoreUnavailable):
+            services.store.transition(spec.id, JobStatus.failed, ACTIVE, finished_at=now(),
+                                      error=JobError(code=ErrorCode.internal, detail=f"not queued: {e}"))
+            services.store.drop_input(spec.id)
         raise
     services.metrics.jobs_submitted.labels(queue=queue, task=spec.task).inc()
     return rec
@@ -154,7 +162,7 @@ def submit_and_wait(services: Services, job: Admitted, wait_s: float) -> JobReco
 def result(services: Services, done: JobRecord) -> bytes:
     """The encoded image of a finished job; the job's failure, or 410 when the result expired."""
     if done.status != JobStatus.succeeded:
-        raise job_problem(done)
+        raise job_problem(done, services.settings.retry_after_s)
     data = services.store.result(done.id)
     if data is None:
         raise Problem(410, "Result expired", "the result expired before it could be sent", slug="expired")

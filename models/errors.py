@@ -17,9 +17,11 @@ class ErrorCode(str, Enum):
     bad_option = "bad_option"
     too_large = "too_large"
     unknown_model = "unknown_model"
+    too_costly = "too_costly"
     timeout = "timeout"
     cancelled = "cancelled"
     worker_lost = "worker_lost"
+    input_lost = "input_lost"
     internal = "internal"
 
 
@@ -64,6 +66,17 @@ class ImageTooLargeError(ImageError):
         super().__init__(message)
         self.pixels = pixels
         self.max_pixels = max_pixels
+
+
+class JobTooCostlyError(BBCUError):
+    """The estimated work of a job (operations of every stage on its pixels) exceeds the budget."""
+
+    code = ErrorCode.too_costly
+
+    def __init__(self, message: str, gops: float, max_gops: float) -> None:
+        super().__init__(message)
+        self.gops = gops
+        self.max_gops = max_gops
 
 
 class OptionError(BBCUError):

@@ -11,8 +11,17 @@ from app.api.negotiation import negotiate_format, parse_prefer
 from app.api.views import job_problem
 from app.errors import ANSWERS, refused
 from models.errors import ErrorCode, ImageDecodeError, ImageTooLargeError, UnknownModelError
-from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, new_job_id, now
-from workers.lost import GRACE_S, recover_if_lost
+from workers.contract import (
+    LOST_WORKER_RETRIES,
+    ImageFacts,
+    JobError,
+    JobRecord,
+    JobSpec,
+    JobStatus,
+    new_job_id,
+    now,
+)
+from workers.lost import GRACE_S, recover_if_lost, sweep
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore, MemoryStore, RedisStore
 
@@ -75,13 +84,17 @@ def _record(status: JobStatus, error: JobError | None = None) -> JobRecord:
     (JobStatus.failed, JobError(code=ErrorCode.timeout, detail="x"), 504, "job-timeout"),
     (JobStatus.failed, None, 500, "job-internal"),
     (JobStatus.cancelled, None, 409, "job-cancelled"),
+    (JobStatus.failed, JobError(code=ErrorCode.input_lost, detail="x"), 503, "job-input_lost"),
+    (JobStatus.failed, JobError(code=ErrorCode.worker_lost, detail="x"), 503, "job-worker_lost"),
 ])
 def test_failed_job_answers(status: JobStatus, error: JobError | None, want_status: int,
                             want_slug: str) -> None:
     rec = _record(status, error)
-    p = job_problem(rec)
+    p = job_problem(rec, retry_after_s=7)
     assert (p.status, p.slug, p.headers["X-Job-Id"], p.extra["job_id"]) == (want_status, want_slug, rec.id,
                                                                            rec.id)
+    # a job the service lost may be sent again: its 503 says when
+    assert p.headers.get("Retry-After") == ("7" if want_status == 503 else None)
 
 
 def test_terminal_states() -> None:
@@ -100,6 +113,7 @@ def celery(redis_port: int) -> Iterator[tuple[RedisStore, object, Settings]]:
     settings = Settings(broker_url=f"redis://127.0.0.1:{redis_port}/9", heartbeat_s=1.0,
                         soft_time_limit_s=10, hard_time_limit_s=20)
     store = RedisStore.from_settings(settings)
+    store.client.flushdb()  # a sweep sees every job of the database
     dispatcher = CeleryDispatcher(settings, store)
     try:
         yield store, dispatcher, settings
@@ -120,17 +134,21 @@ def test_a_job_whose_worker_stopped_beating_is_queued_again_then_lost(celery) ->
     store, dispatcher, settings = celery
     queued = store.queue_length("cpu")
     rec = _running(store, "gone@host", started_ago_s=3 * settings.heartbeat_s + 1)
-    again = recover_if_lost(rec, store, settings, dispatcher)
-    assert (again.status, again.attempt, again.worker, again.started_at) == (JobStatus.queued, 2, None, None)
-    assert store.get(rec.id) == again and store.queue_length("cpu") == queued + 1  # its id is sent again
-    # lost a second time: failed
-    second = store.transition(rec.id, JobStatus.running, ACTIVE, worker="gone@host",
-                              started_at=now() - 3 * settings.heartbeat_s - 1)
-    lost = recover_if_lost(second, store, settings, dispatcher)  # type: ignore[arg-type]
-    assert lost.status == JobStatus.failed and lost.error is not None and lost.attempt == 2
+    for attempt in range(2, LOST_WORKER_RETRIES + 2):
+        again = recover_if_lost(rec, store, settings, dispatcher)
+        assert (again.status, again.attempt, again.worker, again.started_at) == (JobStatus.queued, attempt,
+                                                                                 None, None)
+        assert store.get(rec.id) == again and store.queue_length("cpu") == queued + attempt - 1  # sent again
+        rec = store.transition(rec.id, JobStatus.running, ACTIVE, worker="gone@host",  # type: ignore[assignment]
+                               started_at=now() - 3 * settings.heartbeat_s - 1)
+    # lost once more than it may be retried: failed, and its input dropped
+    lost = recover_if_lost(rec, store, settings, dispatcher)
+    assert lost.status == JobStatus.failed and lost.error is not None
+    assert lost.attempt == LOST_WORKER_RETRIES + 1
+    assert f"run {LOST_WORKER_RETRIES + 1} times" in lost.error.detail
     assert lost.error.code == ErrorCode.worker_lost and "gone@host" in lost.error.detail
     assert store.get(rec.id).status == JobStatus.failed  # type: ignore[union-attr]
-    assert store.queue_length("cpu") == queued + 1
+    assert store.queue_length("cpu") == queued + LOST_WORKER_RETRIES and store.input(rec.id) is None
 
 
 def test_a_job_of_a_worker_restarted_under_its_name_is_queued_again(celery) -> None:  # type: ignore[no-untyped-def]
@@ -145,6 +163,27 @@ def test_a_job_of_a_worker_restarted_under_its_name_is_queued_again(celery) -> N
     assert recover_if_lost(other, store, settings, dispatcher).worker == "other@host"
 
 
+def test_a_job_its_live_worker_no_longer_holds_is_queued_again(celery) -> None:  # type: ignore[no-untyped-def]
+    """The worker beats but its beat (taken after the run started) does not list the job: its process
+    died, or the job's end could not be written; past the soft limit, the hard limit killed it."""
+    store, dispatcher, settings = celery
+    rec = _running(store, "alive@host", started_ago_s=2)
+    beat = {"worker": "alive@host", "since": rec.started_at - 100, "at": rec.started_at + 1, "jobs": [rec.id]}
+    store.beat("cpu", "alive@host", beat, ttl_s=60)
+    assert recover_if_lost(rec, store, settings, dispatcher).status == JobStatus.running  # it holds it
+    store.beat("cpu", "alive@host", {**beat, "at": rec.started_at - 0.1, "jobs": []}, ttl_s=60)
+    assert recover_if_lost(rec, store, settings, dispatcher).status == JobStatus.running  # beat too old
+    store.beat("cpu", "alive@host", {**beat, "jobs": ["another"]}, ttl_s=60)
+    again = recover_if_lost(rec, store, settings, dispatcher)
+    assert (again.status, again.attempt) == (JobStatus.queued, 2)
+
+    killed = _running(store, "alive@host", started_ago_s=settings.soft_time_limit_s + 2)
+    store.beat("cpu", "alive@host", {**beat, "at": now(), "jobs": []}, ttl_s=60)
+    lost = recover_if_lost(killed, store, settings, dispatcher)
+    assert lost.status == JobStatus.failed and lost.error is not None
+    assert lost.error.code == ErrorCode.timeout and "time limit of 10 s" in lost.error.detail
+
+
 def test_a_job_of_a_live_worker_is_left_running(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
     store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
@@ -154,13 +193,27 @@ def test_a_job_of_a_live_worker_is_left_running(celery) -> None:  # type: ignore
     assert recover_if_lost(young, store, settings, dispatcher).status == JobStatus.running
 
 
-def test_a_job_past_the_hard_limit_is_lost_even_with_a_live_worker(celery) -> None:  # type: ignore[no-untyped-def]
+def test_a_job_past_the_hard_limit_times_out_even_with_a_live_worker(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
     store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
     rec = _running(store, "alive@host", started_ago_s=settings.hard_time_limit_s + GRACE_S + 1)
     lost = recover_if_lost(rec, store, settings, dispatcher)
-    assert lost.error is not None and lost.error.code == ErrorCode.worker_lost
+    assert lost.error is not None and lost.error.code == ErrorCode.timeout
     assert "hard time limit" in lost.error.detail
+
+
+def test_one_sweep_judges_every_running_job_without_a_reader(celery) -> None:  # type: ignore[no-untyped-def]
+    store, dispatcher, settings = celery
+    store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
+    kept = _running(store, "alive@host", started_ago_s=5)
+    gone = _running(store, "gone@host", started_ago_s=3 * settings.heartbeat_s + 1)
+    seen: list[JobRecord] = []
+    changed = sweep(store, settings, dispatcher, seen.append)
+    assert [r.id for r in changed] == [r.id for r in seen] == [gone.id]
+    assert store.get(gone.id).status == JobStatus.queued  # type: ignore[union-attr]
+    assert store.get(kept.id).status == JobStatus.running  # type: ignore[union-attr]
+    # one sweeper per period across processes
+    assert store.claim("test-sweep", 0.5) and not store.claim("test-sweep", 0.5)
 
 
 def test_the_embedded_pool_never_judges_jobs_lost() -> None:

@@ -206,7 +206,8 @@ def test_runner_failures_carry_a_code(tiny_weights: Path) -> None:
     expired = _job_with_input(store, make_image(8, 8))
     store.drop_input(expired)
     rec = runner.run(expired)
-    assert rec is not None and rec.error is not None and "expired" in rec.error.detail
+    assert rec is not None and rec.error is not None and rec.error.code.value == "input_lost"
+    assert "inputs are kept 3600 s" in rec.error.detail
 
 
 def test_more_waiters_than_the_default_pool_share_connections(redis_port: int) -> None:

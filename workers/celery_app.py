@@ -54,6 +54,9 @@ def create_celery(settings: Settings) -> Celery:
                                    "interval_max": 0.5},
         worker_hijack_root_logger=False,
         worker_proc_alive_timeout=120.0,  # a child imports torch before it reports ready
+        # a running job outlives a broker reconnect (its store retries through a Redis restart) rather
+        # than being cancelled; the sweeper (workers/lost.py) recovers any job that still goes astray
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         worker_send_task_events=False,
         include=["workers.tasks"],
     )
@@ -87,11 +90,14 @@ class CeleryDispatcher:
 
     def submit(self, job_id: str, queue: str) -> None:
         from kombu.exceptions import OperationalError
+        from redis.exceptions import RedisError
 
         try:
             self.celery.send_task(TASK_NAME, args=[job_id], queue=queue, ignore_result=True)
         except OperationalError as e:
             raise StoreUnavailable(f"broker unreachable: {e}") from e
+        except RedisError as e:  # e.g. a full Redis (noeviction) refusing the message
+            raise StoreUnavailable(f"broker refused the job: {e}") from e
 
     def workers(self) -> dict[str, list[dict[str, Any]]]:
         return {q: self.store.workers(q) for q in QUEUES}
@@ -128,6 +134,19 @@ def memory_stats() -> dict[str, int]:
     return stats
 
 
+def held_jobs() -> list[str] | None:
+    """The job ids of the messages this worker has received and not finished (running or about to);
+    None if they could not be read (the sweeper then judges by the heartbeat alone)."""
+    from celery.worker import state
+
+    for _ in range(3):
+        try:  # Celery's consumer thread changes the set while we read it
+            return [str(r.args[0]) for r in tuple(state.reserved_requests) if r.args]
+        except RuntimeError:
+            continue
+    return None
+
+
 class Heartbeat:
     """A thread in the worker's main process announcing it in Redis until stopped."""
 
@@ -150,7 +169,9 @@ class Heartbeat:
     def _loop(self) -> None:
         while True:
             try:
-                info = {**self.info, **memory_stats()}
+                # jobs: what this worker holds right now, so the API's sweeper (workers/lost.py) can
+                # tell a job that vanished (hard time limit, lost write) from one still running
+                info = {**self.info, **memory_stats(), "jobs": held_jobs(), "at": now()}
                 for q in self.queues:
                     self.store.beat(q, self.name, info, ttl_s=3 * self.period_s)
             except StoreUnavailable:

@@ -23,8 +23,8 @@ TASK_NAME = "bbcu.restore"
 # webhook events a job can send: it started, it progressed, it ended (succeeded, failed or cancelled)
 WebhookEvent = Literal["start", "progress", "completed"]
 WEBHOOK_EVENTS: tuple[str, ...] = ("start", "progress", "completed")
-# a job whose whole worker died is queued again this many times, then reported worker_lost
-LOST_WORKER_RETRIES = 1
+# a job whose worker died (or no longer runs it) is queued again this many times, then failed worker_lost
+LOST_WORKER_RETRIES = 2
 
 
 class JobStatus(str, Enum):
@@ -129,7 +129,7 @@ class JobRecord(BaseModel):
     started_at: float | None = None
     finished_at: float | None = None
     worker: str | None = None
-    attempt: int = Field(default=1, ge=1, description="2 once a lost worker's job was queued again")
+    attempt: int = Field(default=1, ge=1, description="The run: 2 and up once a lost job was queued again")
     timings: Timings = Field(default_factory=Timings)
     model: dict[str, Any] | None = Field(default=None, description="the model of the last stage")
     stages: list[StageRecord] = Field(default_factory=list)

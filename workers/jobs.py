@@ -15,6 +15,7 @@ import numpy as np
 
 from models.errors import BBCUError, ErrorCode
 from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, StageRecord, Timings, now
+from workers.errors import StoreUnavailable
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
 from workers.webhooks import WebhookSender
@@ -54,6 +55,12 @@ class JobTimeout(BBCUError):
     """The job ran past the soft time limit."""
 
     code = ErrorCode.timeout
+
+
+class InputLost(BBCUError):
+    """The job's stored input is gone before it ran (expired after result_ttl_s, or lost by Redis)."""
+
+    code = ErrorCode.input_lost
 
 
 _OPS_SIDE = 64
@@ -136,37 +143,54 @@ class JobRunner:
             return None
         started = now()
         queued_ms = (started - rec.created_at) * 1000
-        rec = self.store.transition(job_id, JobStatus.running, ACTIVE, started_at=started, worker=worker,
-                                    timings=Timings(queue=queued_ms))
-        if rec is None:  # cancelled while queued, or already finished by an earlier delivery
+        # only a queued job starts: a running one belongs to another run (a stale or second delivery),
+        # and a run whose worker died is queued again by the sweeper (workers/lost.py)
+        rec = self.store.transition(job_id, JobStatus.running, (JobStatus.queued,), started_at=started,
+                                    worker=worker, timings=Timings(queue=queued_ms))
+        if rec is None:  # cancelled while queued, or already taken or finished by another delivery
             return self.store.get(job_id)
         self.webhooks.notify(rec)
         ended: JobRecord | None = None  # the terminal record when this runner ended the job
+        over = True  # False when the job is not over: Redis stayed unreachable
         try:
             ended = self._execute(rec)
+        except StoreUnavailable:
+            # not ended: the input is kept and the record stays running; once Redis is back the
+            # sweeper sees that no worker holds the job and queues it again
+            over = False
+            raise
         except JobCancelled:
             self.store.drop_result(job_id)
             ended = self.store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now())
         except limit_errors:
-            ended = self._fail(job_id, ErrorCode.timeout, self._over_time())
+            ended = self._fail(rec, ErrorCode.timeout, self._over_time())
         except Exception as e:
             code = e.code if isinstance(e, BBCUError) else ErrorCode.internal
             if code is ErrorCode.internal:  # a bug or a broken install: keep the traceback visible
-                ended = self._fail(job_id, code, f"{type(e).__name__}: {e}")
+                ended = self._fail(rec, code, f"{type(e).__name__}: {e}")
                 raise
-            ended = self._fail(job_id, code, str(e))
+            ended = self._fail(rec, code, str(e))
         finally:
-            self.store.drop_input(job_id)
-            # whoever ended the job sends its webhook (a cancelling API request sends its own)
-            self.webhooks.notify(ended)
+            if over:
+                current = ended or self.store.get(job_id)
+                if current is None or current.status.terminal:  # not while another run of it goes on
+                    self.store.drop_input(job_id)
+                # whoever ended the job sends its webhook (a cancelling API request sends its own)
+                self.webhooks.notify(ended)
         return self.store.get(job_id)
 
     def _over_time(self) -> str:
         return f"the job ran past the time limit of {self.settings.soft_time_limit_s} s"
 
-    def _fail(self, job_id: str, code: ErrorCode, detail: str) -> JobRecord | None:
-        return self.store.transition(job_id, JobStatus.failed, ACTIVE, finished_at=now(),
-                              error=JobError(code=code, detail=detail))
+    def _end(self, run: JobRecord, to: JobStatus, **fields: Any) -> JobRecord | None:
+        """End this run of the job (not one the sweeper started again meanwhile); None if it was not
+        running any more."""
+        return self.store.update(run.id, lambda r: r.model_copy(update={"status": to, **fields})
+                                 if r.status == JobStatus.running and r.started_at == run.started_at
+                                 else None)
+
+    def _fail(self, run: JobRecord, code: ErrorCode, detail: str) -> JobRecord | None:
+        return self._end(run, JobStatus.failed, finished_at=now(), error=JobError(code=code, detail=detail))
 
     def _execute(self, rec: JobRecord) -> JobRecord | None:
         """Restore the image; the succeeded record, or None when the job ended otherwise meanwhile."""
@@ -176,7 +200,8 @@ class JobRunner:
         t_start = time.perf_counter()
         data = self.store.input(spec.id)
         if data is None:
-            raise JobTimeout("the input expired before a worker took the job")
+            raise InputLost(f"the input was gone when a worker took the job (inputs are kept "
+                            f"{self.settings.result_ttl_s} s, or Redis lost it); send the image again")
         t0 = time.perf_counter()
         device = QUEUE_DEVICES[spec.queue]
         stages = [self.models.get(task, spec.scale_of(task), spec.variant, device) for task in spec.tasks]
@@ -207,10 +232,9 @@ class JobRunner:
         scale = stages[-1].model.scale
         facts = stages[-1].facts(out.width // scale, out.height // scale)
         stage_records = [StageRecord(**asdict(r)) for r in reports]
-        done = self.store.transition(spec.id, JobStatus.succeeded, (JobStatus.running,), progress=1.0,
-                                     eta_s=0.0, finished_at=now(), timings=timings, output=output,
-                                     model=facts, stages=stage_records)
-        if done is None:  # cancelled meanwhile, or a second delivery finished first
+        done = self._end(rec, JobStatus.succeeded, progress=1.0, eta_s=0.0, finished_at=now(),
+                         timings=timings, output=output, model=facts, stages=stage_records)
+        if done is None:  # cancelled meanwhile, or this run was judged lost and the job queued again
             current = self.store.get(spec.id)
             if current is None or current.status == JobStatus.cancelled:
                 self.store.drop_result(spec.id)  # nobody may download a cancelled job's result

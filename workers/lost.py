@@ -1,55 +1,161 @@
-"""Jobs whose worker is gone: a running job has no one left to finish it.
+"""Recovering jobs that nobody will finish: a running job whose worker is gone or no longer runs it.
 
-Celery redelivers a job whose worker process died only when the worker itself survives; a worker
-killed outright (or restarted under the same name, as a container is) leaves its message
-unacknowledged until the visibility timeout and the record ``running``. The API judges a running
-job when a client reads it, from the workers' heartbeats and the time limit: a lost job is queued
-again ``LOST_WORKER_RETRIES`` times, then failed (``worker_lost``), as is one past the hard limit.
+Celery alone strands such jobs: a worker killed outright (or restarted under the same name, as a
+container is) leaves its message unacknowledged until the visibility timeout; a job whose process hit
+the hard time limit, or whose result could not be written while Redis was down, is acknowledged with
+its record still ``running``. So the API runs a ``Sweeper``: once per heartbeat period (one API
+process per period, under a Redis lock) it reads the workers' heartbeats, which list the jobs each
+worker holds, and judges every running job:
+
+- its worker stopped beating, restarted, or beats without the job: the job is queued again (a new
+  message; ``attempt`` counts the runs) up to ``LOST_WORKER_RETRIES`` times, then failed
+  ``worker_lost``;
+- it vanished from its worker after running past the soft time limit, or it is still ``running`` past
+  the hard limit (+ grace): its process was killed by the hard time limit, failed ``timeout``.
+
+A run only starts from ``queued`` and only ends the run it started, so a stale message (the dead
+worker's own, redelivered later) does nothing.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
 from models.errors import ErrorCode
 from workers.contract import LOST_WORKER_RETRIES, JobError, JobRecord, JobStatus, now
 from workers.dispatch import Dispatcher
+from workers.errors import StoreUnavailable
 from workers.settings import Settings
-from workers.store import JobStore
+from workers.store import JobStore, RedisStore
 
 GRACE_S = 30.0
+log = logging.getLogger(__name__)
+
+Beats = dict[str, dict[str, Any]]
 
 
-def recover_if_lost(rec: JobRecord, store: JobStore, settings: Settings, dispatcher: Dispatcher) -> JobRecord:
-    """``rec``; or, when its worker vanished or restarted, the job queued again (or failed once it
-    was lost before); or failed when it ran past the hard time limit."""
-    if dispatcher.mode != "celery" or rec.status != JobStatus.running or rec.started_at is None:
-        return rec
+def live_workers(dispatcher: Dispatcher) -> Beats:
+    """The heartbeat of every live worker, by its node name."""
+    return {str(w.get("worker")): w for ws in dispatcher.workers().values() for w in ws}
+
+
+def why_lost(rec: JobRecord, beats: Beats, settings: Settings) -> tuple[str, bool] | None:
+    """Why the running job ``rec`` has nobody left to finish it, and whether a time limit ended it;
+    None while its worker may still be running it."""
+    if rec.status != JobStatus.running or rec.started_at is None or not rec.worker:
+        return None
+    age = now() - rec.started_at
     limit = settings.hard_time_limit_s + GRACE_S
-    beats = {w.get("worker"): w for ws in dispatcher.workers().values() for w in ws}
+    if age > limit:
+        return f"no result {limit:.0f} s after the job started: its process hit the hard time limit", True
     beat = beats.get(rec.worker)
-    # a heartbeat lapses after three periods: judge only jobs older than that
-    if rec.worker and beat is None and now() - rec.started_at > 3 * settings.heartbeat_s:
-        reason = f"worker {rec.worker} stopped (no heartbeat) while running the job"
-    elif rec.worker and beat is not None and beat.get("since", 0.0) > rec.started_at:
-        reason = f"worker {rec.worker} restarted while running the job"
-    elif now() - rec.started_at > limit:
-        return _fail(rec, store, f"no result {limit:.0f} s after the job started: the worker hit the "
-                                 "hard time limit or died")
-    else:
+    if beat is None:
+        # a heartbeat lapses after three periods: judge only jobs older than that
+        if age > 3 * settings.heartbeat_s:
+            return f"worker {rec.worker} stopped (no heartbeat) while running the job", False
+        return None
+    if beat.get("since", 0.0) > rec.started_at:
+        return f"worker {rec.worker} restarted while running the job", False
+    held, at = beat.get("jobs"), beat.get("at")
+    # a beat taken after the run started (same host, same clock) that no longer lists the job
+    if held is not None and at is not None and at > rec.started_at and rec.id not in held:
+        if at - rec.started_at >= settings.soft_time_limit_s:
+            return (f"the job ran past the time limit of {settings.soft_time_limit_s} s and its process "
+                    f"was replaced (hard limit {settings.hard_time_limit_s} s)"), True
+        return (f"worker {rec.worker} no longer runs the job (its process died, or the job could not "
+                "be written back while Redis was unreachable)"), False
+    return None
+
+
+def recover_if_lost(rec: JobRecord, store: JobStore, settings: Settings, dispatcher: Dispatcher,
+                    beats: Beats | None = None) -> JobRecord:
+    """``rec``; or, when nobody will finish it, the job queued again (failed once it ran out of
+    attempts), or failed ``timeout`` when a time limit ended it. ``beats``: the live workers' heartbeats
+    if already read (read from the dispatcher otherwise)."""
+    if dispatcher.mode != "celery" or rec.status != JobStatus.running:
         return rec
+    verdict = why_lost(rec, live_workers(dispatcher) if beats is None else beats, settings)
+    if verdict is None:
+        return rec
+    reason, timed_out = verdict
+    if timed_out:
+        return _fail(rec, store, ErrorCode.timeout, reason)
     if rec.attempt > LOST_WORKER_RETRIES:
-        return _fail(rec, store, reason)
-    # only the run that was judged: a job another worker took meanwhile is left alone; the dead
-    # worker's own message, redelivered after the visibility timeout, finds the job finished
+        return _fail(rec, store, ErrorCode.worker_lost, f"{reason} (run {rec.attempt} times)")
+    # only the run that was judged: a job another run took meanwhile is left alone
     again = store.update(rec.id, lambda r: r.model_copy(update={
         "status": JobStatus.queued, "attempt": r.attempt + 1, "worker": None, "started_at": None,
-        "progress": 0.0}) if r.status == JobStatus.running and r.worker == rec.worker else None)
+        "progress": 0.0, "eta_s": None}) if _same_run(r, rec) else None)
     if again is None:
         return store.get(rec.id) or rec
-    dispatcher.submit(rec.id, again.queue)
+    try:
+        dispatcher.submit(rec.id, again.queue)
+    except StoreUnavailable:
+        # no message went out: put the run back as it was, for the next sweep to judge again
+        store.update(rec.id, lambda r: rec if r.status == JobStatus.queued and r.attempt == again.attempt
+                     else None)
+        raise
+    log.warning("job %s queued again (attempt %d): %s", rec.id, again.attempt, reason)
     return again
 
 
-def _fail(rec: JobRecord, store: JobStore, reason: str) -> JobRecord:
-    lost = store.transition(rec.id, JobStatus.failed, (JobStatus.running,), finished_at=now(),
-                            error=JobError(code=ErrorCode.worker_lost, detail=reason))
+def _same_run(current: JobRecord, judged: JobRecord) -> bool:
+    return (current.status == JobStatus.running and current.worker == judged.worker
+            and current.started_at == judged.started_at)
+
+
+def _fail(rec: JobRecord, store: JobStore, code: ErrorCode, reason: str) -> JobRecord:
+    error = JobError(code=code, detail=reason)
+    lost = store.update(rec.id, lambda r: r.model_copy(update={
+        "status": JobStatus.failed, "finished_at": now(), "error": error}) if _same_run(r, rec) else None)
+    if lost is not None:
+        store.drop_input(rec.id)
     return lost or store.get(rec.id) or rec
+
+
+def sweep(store: RedisStore, settings: Settings, dispatcher: Dispatcher,
+          notify: Callable[[JobRecord], None]) -> list[JobRecord]:
+    """Judge every admitted running job once; the records that changed (each also passed to ``notify``)."""
+    beats = live_workers(dispatcher)  # before the records: a beat that lacks a job predates its read
+    changed = []
+    for rec in store.records(store.admitted_jobs()):
+        if rec is None or rec.status != JobStatus.running:
+            continue
+        judged = recover_if_lost(rec, store, settings, dispatcher, beats)
+        if judged.status != rec.status:
+            notify(judged)  # its worker is gone and cannot send the job's end (none when queued again)
+            changed.append(judged)
+    return changed
+
+
+class Sweeper:
+    """A thread of the API process sweeping once per heartbeat period while it holds the sweep lock."""
+
+    def __init__(self, store: RedisStore, settings: Settings, dispatcher: Dispatcher,
+                 notify: Callable[[JobRecord], None]) -> None:
+        self.store = store
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.notify = notify
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bbcu-sweeper", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _loop(self) -> None:
+        period = self.settings.heartbeat_s
+        while not self._stop.wait(period):
+            try:
+                # several API processes: the first to take the lock this period sweeps
+                if self.store.claim("sweep", 0.9 * period):
+                    sweep(self.store, self.settings, self.dispatcher, self.notify)
+            except StoreUnavailable as e:
+                log.warning("sweep skipped: %s", e)  # Redis is down: the next period tries again
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.settings.heartbeat_s + self.settings.redis_timeout_s)

@@ -30,6 +30,14 @@ class Settings(BaseSettings):
         default=4096 * 4096, gt=0, description="Largest accepted input (width x height): a 12 MP photo fits")
     max_output_pixels: int = Field(
         default=4096 * 4096, gt=0, description="Largest output (limits the input of sr by its scale)")
+    max_queued_jobs: int = Field(
+        default=500, gt=0,
+        description="Jobs accepted and not finished (queued or running) before new ones get 503 "
+                    "(Celery mode; the embedded pool has embedded_queue)")
+    max_queued_bytes: int = Field(
+        default=1 << 30, gt=0,
+        description="Input bytes those jobs may hold in Redis before new ones get 503 (Celery mode); "
+                    "keep it well under Redis's maxmemory")
     result_ttl_s: int = Field(
         default=3600, gt=0, description="How long inputs and results are kept")
     job_ttl_s: int = Field(
@@ -74,6 +82,10 @@ class Settings(BaseSettings):
         default=5, gt=0, description="Retry-After sent with 503 answers")
     redis_timeout_s: float = Field(
         default=3.0, gt=0, description="Socket timeout of Redis connections")
+    store_retry_s: float = Field(
+        default=30.0, ge=0,
+        description="A worker retries a Redis command this long (a restart) before it gives the job up "
+                    "to recovery")
     http_limit_concurrency: int = Field(
         default=1000, gt=0, description="Open connections and tasks before uvicorn answers 503")
     http_backlog: int = Field(
@@ -126,6 +138,9 @@ class Settings(BaseSettings):
             raise ValueError("hard_time_limit_s must exceed soft_time_limit_s")
         if self.job_ttl_s < self.result_ttl_s:
             raise ValueError("job_ttl_s must be at least result_ttl_s")
+        if self.max_queued_bytes < self.max_upload_bytes:
+            raise ValueError("max_queued_bytes must be at least max_upload_bytes (else a large upload "
+                             "could never be accepted)")
         return self
 
     @property

@@ -2,6 +2,11 @@
 
 Every key written has a TTL: inputs and results ``result_ttl_s``, job records ``job_ttl_s``
 (longer, so an expired result answers 410 rather than 404), worker heartbeats three periods.
+
+The Redis store admits a job only while the jobs holding an input (queued or running) and their
+bytes stay under ``max_queued_jobs`` and ``max_queued_bytes``: a sorted set of those jobs (scored by
+when their input expires, so an entry never outlives its input) and their sizes are updated in the
+same Lua script that stores the input, and again when the input is dropped.
 """
 
 from __future__ import annotations
@@ -17,13 +22,47 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, now
-from workers.errors import StoreFull, StoreUnavailable
+from workers.errors import QueueFull, StoreFull, StoreUnavailable
 
 if TYPE_CHECKING:
     from workers.settings import Settings
 
 ACTIVE = (JobStatus.queued, JobStatus.running)
 PREFIX = "bbcu"
+
+# KEYS: admitted jobs (sorted set scored by input expiry), their sizes (hash), total bytes, input, record.
+# Entries whose input expired are pruned first; with no ARGV the script only counts.
+_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
+  redis.call('ZREM', KEYS[1], id)
+  redis.call('DECRBY', KEYS[3], redis.call('HGET', KEYS[2], id) or 0)
+  redis.call('HDEL', KEYS[2], id)
+end
+local jobs = redis.call('ZCARD', KEYS[1])
+local bytes = tonumber(redis.call('GET', KEYS[3]) or '0')
+if #ARGV == 0 then return {1, jobs, bytes} end
+local size, ttl = tonumber(ARGV[2]), tonumber(ARGV[5])
+if jobs + 1 > tonumber(ARGV[3]) or bytes + size > tonumber(ARGV[4]) then return {0, jobs, bytes} end
+redis.call('SET', KEYS[4], ARGV[7], 'EX', ttl)
+redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[6])
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], size)
+redis.call('INCRBY', KEYS[3], size)
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+return {1, jobs + 1, bytes + size}
+"""
+# KEYS: the same three, then the input. ZREM first: once a script has written, Redis lets its later
+# writes through even at maxmemory, so a finished job always gives its room back.
+_RELEASE = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
+  redis.call('DECRBY', KEYS[3], redis.call('HGET', KEYS[2], ARGV[1]) or 0)
+  redis.call('HDEL', KEYS[2], ARGV[1])
+end
+redis.call('DEL', KEYS[4])
+return 1
+"""
 
 
 class JobStore(ABC):
@@ -66,6 +105,10 @@ class JobStore(ABC):
                   "eta_s": None if eta_s is None else round(max(0.0, eta_s), 1)}
         return self.update(job_id, lambda r: r.model_copy(update=update)
                            if r.status == JobStatus.running else None)
+
+    @abstractmethod
+    def queued(self) -> tuple[int, int]:
+        """Jobs holding a stored input (queued or running) and the bytes of those inputs."""
 
     def input(self, job_id: str) -> bytes | None:
         return self._get_blob("in", job_id)
@@ -236,6 +279,12 @@ class MemoryStore(JobStore):
     def ping(self) -> None:
         return None
 
+    def queued(self) -> tuple[int, int]:
+        with self._cond:
+            self._sweep()
+            inputs = [len(data) for (kind, _), (_, data) in self._blobs.items() if kind == "in"]
+        return len(inputs), sum(inputs)
+
     def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
         with self._cond:
             self._sweep()
@@ -290,26 +339,40 @@ class RedisStore(JobStore):
     _POLL_S = 1.0
 
     def __init__(self, url: str, result_ttl_s: int, job_ttl_s: int, timeout_s: float = 3.0, *,
-                 max_connections: int = 160) -> None:
+                 max_connections: int = 160, max_queued_jobs: int = 500, max_queued_bytes: int = 1 << 30,
+                 retry_s: float = 0.0) -> None:
         import redis
+        from redis.backoff import ExponentialBackoff
+        from redis.retry import Retry
 
         super().__init__(result_ttl_s, job_ttl_s)
+        self.max_queued_jobs = max_queued_jobs
+        self.max_queued_bytes = max_queued_bytes
         self._redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+        self._full_error = redis.exceptions.OutOfMemoryError
         self._watch_error = redis.exceptions.WatchError
+        # retry_s: a worker rides out a Redis restart (each retry waits up to 1 s) instead of failing
+        # the job it runs; the API answers 503 at once instead
+        retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=int(retry_s) + 1 if retry_s else 0)
         # a blocking pool: past the cap (sized above the API's threads) a caller waits for a free
         # connection instead of failing with "Too many connections" as if Redis were down
         pool = redis.BlockingConnectionPool.from_url(
             url, max_connections=max_connections, timeout=timeout_s, socket_timeout=timeout_s + self._POLL_S,
-            socket_connect_timeout=timeout_s, health_check_interval=30)
+            socket_connect_timeout=timeout_s, health_check_interval=30, retry=retry)
         self.client = redis.Redis(connection_pool=pool)
+        self._admit = self.client.register_script(_ADMIT)
+        self._release = self.client.register_script(_RELEASE)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> RedisStore:
-        """The store every process of a Celery deployment uses: the broker's Redis, the settings' TTLs."""
+    def from_settings(cls, settings: Settings, *, patient: bool = False) -> RedisStore:
+        """The store every process of a Celery deployment uses: the broker's Redis, the settings' TTLs
+        and admission limits; ``patient`` (workers) retries through a Redis restart."""
         if not settings.broker_url:
             raise ValueError("a Redis store needs BBCU_BROKER_URL")
         return cls(settings.broker_url, settings.result_ttl_s, settings.job_ttl_s, settings.redis_timeout_s,
-                   max_connections=settings.redis_max_connections)
+                   max_connections=settings.redis_max_connections, max_queued_jobs=settings.max_queued_jobs,
+                   max_queued_bytes=settings.max_queued_bytes,
+                   retry_s=settings.store_retry_s if patient else 0.0)
 
     @contextmanager
     def guard(self) -> Iterator[None]:
@@ -317,6 +380,54 @@ class RedisStore(JobStore):
             yield
         except self._redis_errors as e:
             raise StoreUnavailable(f"Redis unreachable: {e}") from e
+        except self._full_error as e:
+            # noeviction: Redis refuses writes rather than dropping accepted inputs
+            raise StoreUnavailable(f"Redis is full (maxmemory): {e}") from e
+
+    def _admission_keys(self) -> list[str]:
+        return [self._key("admitted"), self._key("admitted", "bytes"), self._key("admitted", "total")]
+
+    def create(self, spec: JobSpec, facts: ImageFacts, data: bytes) -> JobRecord:
+        """Store the input and a queued record in one step, or raise QueueFull past the limits."""
+        record = JobRecord(id=spec.id, status=JobStatus.queued, task=spec.task, queue=spec.queue,
+                           created_at=now(), input=facts, spec=spec)
+        keys = [*self._admission_keys(), self._key("in", spec.id), self._key("job", spec.id)]
+        args: list[str | int | bytes] = [spec.id, len(data), self.max_queued_jobs, self.max_queued_bytes,
+                                         self.result_ttl_s, self.job_ttl_s, data, record.model_dump_json()]
+        with self._guard():
+            admitted, jobs, size = self._admit(keys=keys, args=args)
+        if not admitted:
+            raise QueueFull(f"{jobs} jobs holding {size} bytes are queued or running; the limits are "
+                            f"{self.max_queued_jobs} jobs and {self.max_queued_bytes} bytes")
+        return record
+
+    def queued(self) -> tuple[int, int]:
+        with self._guard():
+            _, jobs, size = self._admit(keys=[*self._admission_keys(), "", ""], args=[])
+        return int(jobs), int(size)
+
+    def records(self, job_ids: list[str]) -> list[JobRecord | None]:
+        """The records of ``job_ids`` (None where unknown or expired), read at once."""
+        if not job_ids:
+            return []
+        with self._guard():
+            raws = self.client.mget([self._key("job", i) for i in job_ids])
+        return [JobRecord.model_validate_json(raw) if raw else None for raw in raws]
+
+    def claim(self, name: str, ttl_s: float) -> bool:
+        """True for the first caller of ``name`` in ``ttl_s`` seconds, across every process."""
+        with self._guard():
+            return bool(self.client.set(self._key("lock", name), "1", nx=True, px=max(1, int(ttl_s * 1000))))
+
+    def admitted_jobs(self) -> list[str]:
+        """The ids of the jobs holding an input (queued or running), for recovery to look at."""
+        with self._guard():
+            ids = self.client.zrange(self._key("admitted"), 0, -1)
+        return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
+
+    def drop_input(self, job_id: str) -> None:
+        with self._guard():
+            self._release(keys=[*self._admission_keys(), self._key("in", job_id)], args=[job_id])
 
     @staticmethod
     def _key(*parts: str) -> str:

@@ -19,7 +19,8 @@ class RestoreTask(Task):  # type: ignore[misc]
     @cached_property
     def runner(self) -> JobRunner:
         settings = get_settings()
-        return JobRunner(settings, RedisStore.from_settings(settings))
+        # patient: the job rides out a Redis restart instead of failing
+        return JobRunner(settings, RedisStore.from_settings(settings, patient=True))
 
 
 @shared_task(name=TASK_NAME, base=RestoreTask, bind=True, ignore_result=True)

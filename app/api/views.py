@@ -86,7 +86,7 @@ def still_running(job_id: str, waited_s: float) -> Problem:
                    headers={"X-Job-Id": job_id, "Link": f'<{job_url(job_id)}>; rel="monitor"'})
 
 
-def job_problem(rec: JobRecord) -> Problem:
+def job_problem(rec: JobRecord, retry_after_s: int) -> Problem:
     """The problem a synchronous request answers when its job did not succeed."""
     if rec.status == JobStatus.cancelled:
         code, detail = ErrorCode.cancelled, "the job was cancelled"
@@ -95,4 +95,5 @@ def job_problem(rec: JobRecord) -> Problem:
     else:
         code, detail = ErrorCode.internal, f"the job ended as {rec.status.value}"
     return job_failed(code, detail, rec.id,
-                      headers={"X-Job-Id": rec.id, "Link": f'<{job_url(rec.id)}>; rel="monitor"'})
+                      headers={"X-Job-Id": rec.id, "Link": f'<{job_url(rec.id)}>; rel="monitor"'},
+                      retry_after_s=retry_after_s)

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.api.deps import CallerDep, DispatcherDep, SettingsDep, StoreDep, WebhooksDep
+from app.api.deps import CallerDep, StoreDep
 from app.api.examples import AUTH_RESPONSES
 from app.api.routes.jobs import read_job
 from app.api.views import JOB_EXAMPLE, JobView
@@ -72,13 +72,12 @@ def next_frame(rec: JobRecord, last: JobRecord | None, last_id: str | None) -> s
                        404: {"description": "Unknown job (never created, expired, or another key's)"},
                        **AUTH_RESPONSES})
 async def job_events(
-    job_id: str, request: Request, caller: CallerDep, store: StoreDep, settings: SettingsDep,
-    dispatcher: DispatcherDep, webhooks: WebhooksDep,
+    job_id: str, request: Request, caller: CallerDep, store: StoreDep,
     last_event_id: Annotated[str | None, Header(description="resume after this event id")] = None,
 ) -> StreamingResponse:
     """Follow a job live: a snapshot, status changes, progress with an ETA, then the final record."""
     # an unknown job answers 404 here, before the stream starts
-    first = await run_in_threadpool(read_job, job_id, caller, store, settings, dispatcher, webhooks)
+    first = await run_in_threadpool(read_job, job_id, caller, store)
 
     async def stream() -> AsyncIterator[str]:
         yield f"retry: {RETRY_MS}\n\n"
@@ -102,7 +101,7 @@ async def job_events(
             if await request.is_disconnected():
                 return
             try:
-                rec = await run_in_threadpool(read_job, job_id, caller, store, settings, dispatcher, webhooks)
+                rec = await run_in_threadpool(read_job, job_id, caller, store)
             except Problem:
                 return  # the record expired while the stream was open
 

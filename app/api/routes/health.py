@@ -16,6 +16,7 @@ from models import catalog
 from workers.contract import QUEUES
 from workers.dispatch import Dispatcher
 from workers.errors import StoreUnavailable
+from workers.settings import Settings
 from workers.store import JobStore
 
 router = APIRouter(tags=["health"])
@@ -54,23 +55,35 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
 # worker names, memory and traffic are for operators: a key is needed where keys are on
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(get_caller)],
             responses=AUTH_RESPONSES)
-def metrics(metrics: MetricsDep, store: StoreDep, dispatcher: DispatcherDep) -> PlainTextResponse:
-    """Prometheus text format: requests, latency, jobs, queue depth, live workers, broker up."""
-    return PlainTextResponse(metrics.render(lambda: _live_gauges(store, dispatcher)),
+def metrics(metrics: MetricsDep, settings: SettingsDep, store: StoreDep,
+            dispatcher: DispatcherDep) -> PlainTextResponse:
+    """Prometheus text format: requests, latency, jobs, queue depth and admission limits, live workers,
+    broker up."""
+    return PlainTextResponse(metrics.render(lambda: _live_gauges(settings, store, dispatcher)),
                              media_type=CONTENT_TYPE_PLAIN_0_0_4)
 
 
-def _live_gauges(store: JobStore, dispatcher: Dispatcher) -> list[Metric]:
+def _live_gauges(settings: Settings, store: JobStore, dispatcher: Dispatcher) -> list[Metric]:
     """The shared state as gauges, read from the broker at scrape time (the same in every process)."""
     up = GaugeMetricFamily("bbcu_broker_up", "1 when the broker answers")
     try:
         store.ping()
         workers = dispatcher.workers()
         lengths = dispatcher.queue_lengths()
+        jobs, size = store.queued()
     except StoreUnavailable:
         up.add_metric([], 0)
         return [up]
     up.add_metric([], 1)
+    admission = [
+        GaugeMetricFamily("bbcu_queued_jobs", "Jobs holding a stored input (queued or running)", value=jobs),
+        GaugeMetricFamily("bbcu_queued_bytes", "Bytes of the inputs those jobs hold", value=size)]
+    if dispatcher.mode == "celery":  # the embedded pool's own limit is embedded_queue
+        admission += [
+            GaugeMetricFamily("bbcu_queued_jobs_limit", "Queued or running jobs before 503 (max_queued_jobs)",
+                              value=settings.max_queued_jobs),
+            GaugeMetricFamily("bbcu_queued_bytes_limit", "Input bytes before 503 (max_queued_bytes)",
+                              value=settings.max_queued_bytes)]
     live = GaugeMetricFamily("bbcu_workers", "Live workers by queue", labels=["queue"])
     waiting = GaugeMetricFamily("bbcu_queue_length", "Jobs waiting by queue", labels=["queue"])
     for q in QUEUES:
@@ -87,4 +100,4 @@ def _live_gauges(store: JobStore, dispatcher: Dispatcher) -> list[Metric]:
         for kind in ("allocated", "reserved"):
             if f"gpu_{kind}_bytes" in w:
                 gpu.add_metric([kind, name], w[f"gpu_{kind}_bytes"])
-    return [up, live, waiting, rss, gpu]
+    return [up, live, waiting, *admission, rss, gpu]

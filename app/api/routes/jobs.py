@@ -6,47 +6,37 @@ from fastapi import APIRouter
 from fastapi.responses import Response
 
 from app.access import Caller
-from app.api.deps import CallerDep, DispatcherDep, SettingsDep, StoreDep, WebhooksDep
+from app.api.deps import CallerDep, SettingsDep, StoreDep, WebhooksDep
 from app.api.examples import CANCEL_RESPONSES, JOB_RESPONSES, RESULT_RESPONSES
 from app.api.views import JobView, image_response
 from app.errors import Problem
 from models.errors import ErrorCode
 from workers.contract import JobError, JobRecord, JobStatus, now
-from workers.dispatch import Dispatcher
-from workers.lost import recover_if_lost
-from workers.settings import Settings
 from workers.store import ACTIVE, JobStore
-from workers.webhooks import WebhookSender
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
 
-def read_job(job_id: str, caller: Caller, store: JobStore, settings: Settings, dispatcher: Dispatcher,
-             webhooks: WebhookSender) -> JobRecord:
-    """The job's record (404 if unknown, or another caller's), queued again or failed first if its
-    worker is gone."""
+def read_job(job_id: str, caller: Caller, store: JobStore) -> JobRecord:
+    """The job's record (404 if unknown, or another caller's); jobs whose worker is gone are recovered
+    by the sweeper (workers/lost.py), whether or not anyone reads them."""
     rec = store.get(job_id)
     if rec is None or rec.spec.owner != caller.owner:  # another key's job is as unknown as a made-up id
         raise Problem(404, "Unknown job", f"no job {job_id} (never created, or its record expired)",
                       slug="unknown-job", job_id=job_id)
-    judged = recover_if_lost(rec, store, settings, dispatcher)
-    if judged.status != rec.status:
-        webhooks.notify(judged)  # its worker is gone and cannot send the job's end (none when queued again)
-    return judged
+    return rec
 
 
 @router.get("/{job_id}", responses=JOB_RESPONSES)
-def get_job(job_id: str, caller: CallerDep, store: StoreDep, settings: SettingsDep, dispatcher: DispatcherDep,
-            webhooks: WebhooksDep) -> JobView:
+def get_job(job_id: str, caller: CallerDep, store: StoreDep) -> JobView:
     """The job's status, progress, timings, model metadata, sizes and error."""
-    return JobView.of(read_job(job_id, caller, store, settings, dispatcher, webhooks))
+    return JobView.of(read_job(job_id, caller, store))
 
 
 @router.get("/{job_id}/result", response_class=Response, responses=RESULT_RESPONSES)
-def get_result(job_id: str, caller: CallerDep, store: StoreDep, settings: SettingsDep,
-               dispatcher: DispatcherDep, webhooks: WebhooksDep) -> Response:
+def get_result(job_id: str, caller: CallerDep, store: StoreDep, settings: SettingsDep) -> Response:
     """The restored image: 409 while the job is not done, 410 once the result expired."""
-    rec = read_job(job_id, caller, store, settings, dispatcher, webhooks)
+    rec = read_job(job_id, caller, store)
     if rec.status != JobStatus.succeeded:
         headers = {"Retry-After": "1"} if rec.status in ACTIVE else {}
         raise Problem(409, "Result not available", f"job {job_id} is {rec.status.value}", slug="not-ready",
@@ -61,14 +51,13 @@ def get_result(job_id: str, caller: CallerDep, store: StoreDep, settings: Settin
 
 
 @router.delete("/{job_id}", responses=CANCEL_RESPONSES)
-def cancel_job(job_id: str, caller: CallerDep, store: StoreDep, settings: SettingsDep,
-               dispatcher: DispatcherDep, webhooks: WebhooksDep) -> JobView:
+def cancel_job(job_id: str, caller: CallerDep, store: StoreDep, webhooks: WebhooksDep) -> JobView:
     """Cancel a queued or running job (a running job stops at its next tile)."""
-    read_job(job_id, caller, store, settings, dispatcher, webhooks)  # 404 unless the caller's job
+    read_job(job_id, caller, store)  # 404 unless the caller's job
     rec = store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now(),
                            error=JobError(code=ErrorCode.cancelled, detail="cancelled by the client"))
     if rec is None:
-        existing = read_job(job_id, caller, store, settings, dispatcher, webhooks)
+        existing = read_job(job_id, caller, store)
         raise Problem(409, "Job already finished", f"job {job_id} is {existing.status.value}",
                       slug="already-finished", job_id=job_id, status_of_job=existing.status.value)
     store.drop_input(job_id)
