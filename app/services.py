@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, cast
 
 from app.access import KeyRing
 from app.metrics import Metrics
@@ -12,6 +13,9 @@ from workers.lost import Sweeper
 from workers.settings import Settings
 from workers.store import JobStore, RedisStore
 from workers.webhooks import WebhookSender
+
+if TYPE_CHECKING:
+    from workers.celery_app import CeleryDispatcher
 
 
 @dataclass
@@ -31,8 +35,8 @@ class Services:
         store, dispatcher = create_backend(settings)
         webhooks = WebhookSender(settings)
         sweeper = None
-        if isinstance(store, RedisStore):
-            sweeper = Sweeper(store, settings, dispatcher, webhooks.notify)
+        if isinstance(store, RedisStore):  # the Celery mode
+            sweeper = Sweeper(store, settings, cast("CeleryDispatcher", dispatcher), webhooks.notify)
             sweeper.start()
         return cls(settings, store, dispatcher, metrics, webhooks, access, throttle_for(store), sweeper)
 

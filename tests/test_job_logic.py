@@ -3,6 +3,7 @@ and when a running job is judged lost (queued again, then failed)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -21,7 +22,7 @@ from workers.contract import (
     new_job_id,
     now,
 )
-from workers.lost import GRACE_S, recover_if_lost, sweep
+from workers.lost import GRACE_S, recover_if_lost, resend_orphans, sweep
 from workers.settings import Settings
 from workers.store import ACTIVE, JobStore, MemoryStore, RedisStore
 
@@ -214,6 +215,29 @@ def test_one_sweep_judges_every_running_job_without_a_reader(celery) -> None:  #
     assert store.get(kept.id).status == JobStatus.running  # type: ignore[union-attr]
     # one sweeper per period across processes
     assert store.claim("test-sweep", 0.5) and not store.claim("test-sweep", 0.5)
+
+
+def test_a_queued_job_whose_message_a_dead_worker_holds_is_sent_again(celery) -> None:  # type: ignore[no-untyped-def]
+    """A worker received the job's message (kombu: unacked) and died before starting it: without a
+    live worker listing the job, a settled delivery is replaced by a new message."""
+    store, dispatcher, settings = celery
+    job_id = new_job_id()
+    facts = ImageFacts(width=1, height=1, bytes=1, format="png")
+    store.create(JobSpec(id=job_id, task="denoise"), facts, b"x")
+    dispatcher.submit(job_id, "cpu")
+    with dispatcher.celery.connection_for_read() as conn:  # kept open: a channel closing gives it back
+        assert conn.default_channel.basic_get("cpu", no_ack=False) is not None
+        assert store.queue_length("cpu") == 0
+        [(_, held, at)] = dispatcher.held_messages()
+        assert held == job_id and abs(at - now()) < 5
+        alive = {"w@host": {"worker": "w@host", "jobs": [job_id]}}
+        assert resend_orphans(store, settings, dispatcher, {}) == []  # just delivered: not judged yet
+        time.sleep(3 * settings.heartbeat_s + 0.2)
+        assert resend_orphans(store, settings, dispatcher, alive) == []  # a live worker holds it
+        assert resend_orphans(store, settings, dispatcher, {"w@host": {"worker": "w@host"}}) == []
+        assert resend_orphans(store, settings, dispatcher, {}) == [job_id]
+        assert dispatcher.held_messages() == [] and store.queue_length("cpu") == 1
+        assert store.get(job_id).status == JobStatus.queued  # type: ignore[union-attr]
 
 
 def test_the_embedded_pool_never_judges_jobs_lost() -> None:

@@ -150,7 +150,7 @@ def test_a_full_redis_answers_503_not_500(tiny_weights: Path, logdir: Path, proc
     procs.append(api)
     r = redis.Redis.from_url(url)
     r.set("filler", b"x" * 2_000_000)
-    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) + 5_000)
+    r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 100_000)  # over it: writes refused
     with httpx.Client(base_url=api_url, timeout=30) as c:
         refused = post(c, make_image(64, 64, seed=3))
         body = assert_problem(refused, 503)

@@ -8,6 +8,8 @@ limit so Redis never hands a running job to a second worker.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import socket
 import sys
@@ -22,6 +24,8 @@ from workers.contract import QUEUES, TASK_NAME, now
 from workers.errors import NoWorker, StoreUnavailable
 from workers.settings import Settings
 from workers.store import RedisStore
+
+_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -104,6 +108,35 @@ class CeleryDispatcher:
 
     def queue_lengths(self) -> dict[str, int]:
         return {q: self.store.queue_length(q) for q in QUEUES}
+
+    def held_messages(self) -> list[tuple[str, str, float]]:
+        """(delivery tag, job id, delivered at) of the messages workers received and did not ack.
+
+        Kombu's Redis transport keeps them in the ``unacked`` hash (the message, exchange, routing
+        key as JSON; the body is Celery's ``[args, kwargs, embed]``) and their delivery times in
+        ``unacked_index``; it hands them out again only after the visibility timeout.
+        """
+        client = self.store.client
+        with self.store.guard():
+            held = client.hgetall(_UNACKED)
+            when = dict(client.zrange(_UNACKED_INDEX, 0, -1, withscores=True))  # type: ignore[arg-type]
+        out = []
+        for tag, raw in held.items():
+            try:
+                message = json.loads(raw)[0]
+                args = json.loads(base64.b64decode(message["body"]))[0]
+            except (ValueError, KeyError, IndexError, TypeError):
+                continue  # not one of our task messages
+            if args and isinstance(args[0], str):
+                out.append((str(tag, "utf-8") if isinstance(tag, bytes) else tag, args[0],
+                            float(when.get(tag, 0.0))))
+        return out
+
+    def drop_held(self, tag: str) -> None:
+        """Forget a held message whose worker is dead (its job was sent again)."""
+        with self.store.guard():
+            self.store.client.hdel(_UNACKED, tag)
+            self.store.client.zrem(_UNACKED_INDEX, tag)
 
     def close(self) -> None:
         self.celery.close()

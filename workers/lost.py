@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.errors import ErrorCode
 from workers.contract import LOST_WORKER_RETRIES, JobError, JobRecord, JobStatus, now
@@ -30,6 +30,9 @@ from workers.dispatch import Dispatcher
 from workers.errors import StoreUnavailable
 from workers.settings import Settings
 from workers.store import JobStore, RedisStore
+
+if TYPE_CHECKING:
+    from workers.celery_app import CeleryDispatcher
 
 GRACE_S = 30.0
 log = logging.getLogger(__name__)
@@ -116,9 +119,10 @@ def _fail(rec: JobRecord, store: JobStore, code: ErrorCode, reason: str) -> JobR
     return lost or store.get(rec.id) or rec
 
 
-def sweep(store: RedisStore, settings: Settings, dispatcher: Dispatcher,
+def sweep(store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher,
           notify: Callable[[JobRecord], None]) -> list[JobRecord]:
-    """Judge every admitted running job once; the records that changed (each also passed to ``notify``)."""
+    """Judge every admitted running job once, and send again the queued jobs whose message a dead
+    worker holds; the records that changed (each also passed to ``notify``)."""
     beats = live_workers(dispatcher)  # before the records: a beat that lacks a job predates its read
     changed = []
     for rec in store.records(store.admitted_jobs()):
@@ -128,13 +132,37 @@ def sweep(store: RedisStore, settings: Settings, dispatcher: Dispatcher,
         if judged.status != rec.status:
             notify(judged)  # its worker is gone and cannot send the job's end (none when queued again)
             changed.append(judged)
+    resend_orphans(store, settings, dispatcher, beats)
     return changed
+
+
+def resend_orphans(store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher,
+                   beats: Beats) -> list[str]:
+    """Jobs still queued whose message a worker received and died holding (prefetched, not yet
+    started): the broker would hand the message out again only after the visibility timeout. Each
+    gets a new message and the dead one is dropped; the ids of those jobs."""
+    listed: set[str] = set()
+    for beat in beats.values():
+        if beat.get("jobs") is None:
+            return []  # a worker that does not say what it holds: nothing can be judged
+        listed.update(beat["jobs"])
+    # a message delivered just now may not be in its worker's beat yet
+    settled = now() - 3 * settings.heartbeat_s
+    held = [(tag, job) for tag, job, at in dispatcher.held_messages() if at < settled and job not in listed]
+    sent = []
+    for (tag, job), rec in zip(held, store.records([job for _, job in held]), strict=True):
+        if rec is not None and rec.status == JobStatus.queued:
+            dispatcher.submit(job, rec.queue)
+            log.warning("job %s sent again: the worker that held its message is gone", job)
+            sent.append(job)
+        dispatcher.drop_held(tag)  # its worker is dead: the message would only come back stale
+    return sent
 
 
 class Sweeper:
     """A thread of the API process sweeping once per heartbeat period while it holds the sweep lock."""
 
-    def __init__(self, store: RedisStore, settings: Settings, dispatcher: Dispatcher,
+    def __init__(self, store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher,
                  notify: Callable[[JobRecord], None]) -> None:
         self.store = store
         self.settings = settings

@@ -376,6 +376,7 @@ class RedisStore(JobStore):
 
     @contextmanager
     def guard(self) -> Iterator[None]:
+        """Redis errors as StoreUnavailable (for the callers that use ``client`` directly)."""
         try:
             yield
         except self._redis_errors as e:
@@ -394,7 +395,7 @@ class RedisStore(JobStore):
         keys = [*self._admission_keys(), self._key("in", spec.id), self._key("job", spec.id)]
         args: list[str | int | bytes] = [spec.id, len(data), self.max_queued_jobs, self.max_queued_bytes,
                                          self.result_ttl_s, self.job_ttl_s, data, record.model_dump_json()]
-        with self._guard():
+        with self.guard():
             admitted, jobs, size = self._admit(keys=keys, args=args)
         if not admitted:
             raise QueueFull(f"{jobs} jobs holding {size} bytes are queued or running; the limits are "
@@ -402,7 +403,7 @@ class RedisStore(JobStore):
         return record
 
     def queued(self) -> tuple[int, int]:
-        with self._guard():
+        with self.guard():
             _, jobs, size = self._admit(keys=[*self._admission_keys(), "", ""], args=[])
         return int(jobs), int(size)
 
@@ -410,23 +411,23 @@ class RedisStore(JobStore):
         """The records of ``job_ids`` (None where unknown or expired), read at once."""
         if not job_ids:
             return []
-        with self._guard():
+        with self.guard():
             raws = self.client.mget([self._key("job", i) for i in job_ids])
         return [JobRecord.model_validate_json(raw) if raw else None for raw in raws]
 
     def claim(self, name: str, ttl_s: float) -> bool:
         """True for the first caller of ``name`` in ``ttl_s`` seconds, across every process."""
-        with self._guard():
+        with self.guard():
             return bool(self.client.set(self._key("lock", name), "1", nx=True, px=max(1, int(ttl_s * 1000))))
 
     def admitted_jobs(self) -> list[str]:
         """The ids of the jobs holding an input (queued or running), for recovery to look at."""
-        with self._guard():
+        with self.guard():
             ids = self.client.zrange(self._key("admitted"), 0, -1)
         return [i.decode() if isinstance(i, bytes) else str(i) for i in ids]
 
     def drop_input(self, job_id: str) -> None:
-        with self._guard():
+        with self.guard():
             self._release(keys=[*self._admission_keys(), self._key("in", job_id)], args=[job_id])
 
     @staticmethod
