@@ -28,7 +28,7 @@ Backend = Literal["auto", "float", "fp16", "fused", "bitpacked"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
 # Activation memory of one tile: the one default of the CLI, the engine and the service.
-DEFAULT_TILE_MEMORY_MB = 512
+DEFAULT_TILE_MEMORY_MB = 2048
 
 Format = Literal["png", "webp", "jpeg"]
 FORMATS: tuple[Format, ...] = get_args(Format)
