@@ -166,9 +166,25 @@ def test_choose_tile_whole_image_when_it_fits_else_bounded_overlap() -> None:
     assert choose_tile(3000, 4000, radius=38, bytes_per_pixel=10**4, memory_bytes=10**6, min_tile=152) == 152
 
 
+def test_choose_tile_takes_less_memory_for_at_most_5_percent_more_overlap() -> None:
+    # a 12 MP denoise (radius 20) with 2 GB: the 3x3 grid of 1000x1334 tiles (1040x1373 with their
+    # overlap) has the least overlap that fits (1.047); the 4x6 grid of 750x667 tiles (790x707)
+    # computes 4% more pixels in 40% of the memory
+    budget = 2048 << 20
+    assert choose_tile(3000, 4000, radius=20, bytes_per_pixel=1408, memory_bytes=budget, min_tile=80) == 750
+    assert redundancy(3000, 4000, 1334, 20) == pytest.approx(1.047, abs=1e-3)
+    assert redundancy(3000, 4000, 750, 20) == pytest.approx(1.092, abs=1e-3)
+    assert 1040 * 1373 * 1408 <= budget and 790 * 707 < 0.4 * 1040 * 1373
+    # with a budget too small for 1334 the choice is bounded by the budget again
+    small = choose_tile(3000, 4000, radius=20, bytes_per_pixel=1408, memory_bytes=256 << 20, min_tile=80)
+    assert (small + 40) ** 2 * 1408 <= 256 << 20 and small < 750
+
+
 def test_default_tile_of_the_engine_keeps_the_overlap_small() -> None:
     for cfg in (sr_config(4, "l"), sr_config(2, "l"), denoise_config()):
         model = from_network(random_net(cfg, 0), cfg, backend="float")
         tile = model.tile_for(480, 640)
         r = model.info.receptive_radius
         assert tile >= 4 * r and model.redundancy(480, 640, tile) <= (1 + 2 * r / tile) ** 2
+        # the default budget: 640x480 whole, or for SR x4 (3.4 GB whole) two 320x480 tiles
+        assert (tile, model.redundancy(480, 640, tile)) == ((640, 1.0) if cfg.scale < 4 else (480, 1.11875))
