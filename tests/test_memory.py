@@ -15,9 +15,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
-from models.config import denoise_config
-from tests.factories import save_ours
-
 ROOT = Path(__file__).resolve().parents[1]
 HWM = "[l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]"
 PEAK_SCRIPT = (f"import sys; from cli.main import main; code = main(sys.argv[1:]); print('VMHWM_KB', {HWM}); "
@@ -49,20 +46,11 @@ def test_rss_of_a_child_is_its_own_peak() -> None:
 
 
 def test_12mp_denoise_with_the_shipped_model_peaks_under_2gb(tmp_path: Path) -> None:
-    # default settings: shipped weights, auto strength (the noise makes it run the network), default tiles
+    # default settings: shipped weights, auto strength (the noise makes it run the network), default tiles;
+    # whole-image activations would take ~9 GB (672 bytes per pixel measured), so only tiling passes
     src = noisy_photo(tmp_path / "big.png")
     peak_kb, log = restore_peak_kb(str(src), "-o", str(tmp_path / "o.png"), "--task", "denoise")
     strength = re.search(r"denoise [\d.]+ s, sigma [\d.]+, strength ([\d.]+)", log)
     assert strength and float(strength.group(1)) == 1.0, log
-    assert peak_kb < 2 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
-    assert PILImage.open(tmp_path / "o.png").size == (4000, 3000)
-
-
-def test_12mp_denoise_whole_image_would_not_fit_but_tiles_do(tmp_path: Path) -> None:
-    # 16 features: whole-image activations would take several 768 MB tensors; only tiling passes
-    ckpt = save_ours(tmp_path, "dn", denoise_config(nf=16, depth=3))
-    src = noisy_photo(tmp_path / "big.png")
-    peak_kb, _ = restore_peak_kb(str(src), "-o", str(tmp_path / "o.png"), "--task", "denoise",
-                                 "--weights", str(ckpt), "--strength", "1", "--quiet")
     assert peak_kb < 2 * 1024 * 1024, f"peak RSS {peak_kb / 1024:.0f} MB"
     assert PILImage.open(tmp_path / "o.png").size == (4000, 3000)
