@@ -47,9 +47,10 @@ def _largest_padded(n: int, tile: int, radius: int) -> int:
 
 
 # Measured (benchmarks/tiles.py, CPU seconds on 640x480): a tile's time follows the pixels it computes,
-# overlap included, and per computed pixel tiles run no slower than the whole image (SR x4: 13.0-13.5
-# CPU-s per computed image in 152..320 tiles, 15.1 whole). So a grid computing at most this share
-# more than the least-overlap grid under the budget costs about the same time, in less memory.
+# overlap included, plus ~0.03 CPU-s per tile for denoise (0.64 whole; 0.75 in 2 tiles, overlap 1.06;
+# 0.87 in 4, 1.15), while SR x4 costs the same per computed pixel in tiles and whole (12.3-12.6 CPU-s
+# per computed 640x480 image in 240..480 tiles, 12.3 whole). So a grid computing at most this
+# share more than the least-overlap grid under the budget costs about the same time, in less memory.
 OVERLAP_SLACK = 0.05
 
 
