@@ -243,3 +243,40 @@ def test_the_page_and_docs_need_no_other_host(service: Service) -> None:
             assert refs and not [r for r in refs if re.match(r"https?://", r)], refs
             for ref in refs:
                 assert c.get(ref).status_code == 200, ref
+
+
+def test_the_page_asks_for_a_key_and_sends_it(browser, tiny_weights: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """With API keys on, a refused restore shows the key field; with the key typed in, the same page
+    restores, follows the job's events and downloads the result (each request carries X-API-Key)."""
+    import hashlib
+    from types import SimpleNamespace
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    from tests.test_service_store import serve_in_thread
+    from workers.settings import Settings
+
+    key = "bbcu_page-test-key"
+    settings = Settings(weights_dir=tiny_weights, torch_threads=1,
+                        api_keys="page=sha256:" + hashlib.sha256(key.encode()).hexdigest())
+    photo = _photo(tmp_path / "photo.png")
+    driver = browser
+    with serve_in_thread(settings) as url:
+        wait = open_page(driver, SimpleNamespace(url=url))  # /models needs no key: the form fills
+        assert not driver.find_element(By.ID, "key-field").is_displayed()
+        choose(driver, "task", "denoise")
+        driver.find_element(By.ID, "files").send_keys(str(photo))
+        driver.find_element(By.ID, "start").click()
+        problem = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".job .problem")))
+        assert problem.text.startswith("Unauthorized: this service requires an API key")
+        assert driver.find_element(By.ID, "key-field").is_displayed()
+        driver.find_element(By.ID, "api-key").send_keys(key)
+        driver.find_element(By.ID, "start").click()  # the same file, chosen before
+        wait.until(lambda d: {e.text for e in d.find_elements(By.CSS_SELECTOR, ".job .state")} >= {"done"}
+                   or [p.text for p in d.find_elements(By.CSS_SELECTOR, ".job .problem") if p.text][1:])
+        states = [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".job .state")]
+        problems = [p.text for p in driver.find_elements(By.CSS_SELECTOR, ".job .problem") if p.text]
+        assert sorted(states) == ["done", "failed"], problems
+        [link] = [e for e in driver.find_elements(By.CSS_SELECTOR, ".job .download") if e.is_displayed()]
+        assert link.get_attribute("download") == "photo-denoise.png"
