@@ -303,9 +303,9 @@ def test_memory_store_byte_budget() -> None:
     with pytest.raises(StoreFull, match="1000 bytes"):
         _job_with_input(store, b"i" * 400)  # inputs alone fill it: refused, nothing dropped
     assert [store.input(j) is not None for j in (c, d, e)] == [True, True, True]
-    assert store.held_bytes == 800
+    assert store.held_bytes == 800 and store.queued() == (3, 800)  # inputs only, counted as they change
     store.drop_input(e)
-    assert store.held_bytes == 600
+    assert store.held_bytes == 600 and store.queued() == (2, 600)
 
 
 def test_embedded_memory_budget_over_http(tiny_weights: Path) -> None:

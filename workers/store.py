@@ -187,6 +187,7 @@ class MemoryStore(JobStore):
         self._order = itertools.count()
         self._results: dict[str, None] = {}  # job ids with a result blob, oldest written first
         self.held_bytes = 0  # bytes of every blob held
+        self._inputs = (0, 0)  # input blobs held and their bytes (kept as they change: no scan to count)
         self.swept = 0  # heap entries popped (the cost of expiry, for tests)
 
     def _expire_at(self, table: str, key: Any, ttl_s: float) -> float:
@@ -219,6 +220,8 @@ class MemoryStore(JobStore):
         self.held_bytes -= len(data)
         if key[0] == "out":
             self._results.pop(key[1], None)
+        elif key[0] == "in":
+            self._inputs = (self._inputs[0] - 1, self._inputs[1] - len(data))
 
     def _make_room(self, size: int, keep: str | None = None) -> None:
         """Drop the oldest results (not ``keep``'s) until ``size`` more bytes fit the budget; the cost
@@ -282,8 +285,7 @@ class MemoryStore(JobStore):
     def queued(self) -> tuple[int, int]:
         with self._cond:
             self._sweep()
-            inputs = [len(data) for (kind, _), (_, data) in self._blobs.items() if kind == "in"]
-        return len(inputs), sum(inputs)
+            return self._inputs
 
     def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
         with self._cond:
@@ -320,6 +322,8 @@ class MemoryStore(JobStore):
                 self._results[job_id] = None
             self._blobs[(kind, job_id)] = (self._expire_at("blob", (kind, job_id), self.result_ttl_s), data)
             self.held_bytes += len(data)
+            if kind == "in":
+                self._inputs = (self._inputs[0] + 1, self._inputs[1] + len(data))
 
     def _get_blob(self, kind: str, job_id: str) -> bytes | None:
         with self._cond:
