@@ -123,7 +123,8 @@ def test_openapi_documents_keys_and_404() -> None:
     for path, method in (("/jobs/{job_id}", "get"), ("/jobs/{job_id}", "delete"),
                          ("/jobs/{job_id}/result", "get"), ("/jobs/{job_id}/events", "get")):
         responses = spec["paths"][path][method]["responses"]
-        assert {"401", "404"} <= set(responses), (path, method)
+        assert {"401", "404", "429"} <= set(responses), (path, method)
+    assert "Retry-After" in spec["paths"]["/restore"]["post"]["responses"]["429"]["headers"]
     assert "owner" not in spec["components"]["schemas"]["PublicSpec"]["properties"]
 
 

@@ -37,6 +37,13 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
           "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
           "content": _problem_example(401, "Unauthorized", "this service requires an API key: send "
                                       "Authorization: Bearer <key> or X-API-Key: <key>")},
+    429: {"description": "The key's request rate (BBCU_RATE_LIMIT_PER_MIN) or, for POST /restore, its "
+                         "queued and running jobs (BBCU_MAX_ACTIVE_JOBS) are used up: retry after "
+                         "Retry-After",
+          "headers": {"Retry-After": {"description": "Seconds until a request would be accepted",
+                                      "schema": {"type": "integer"}}},
+          "content": _problem_example(429, "Too many requests", "more than 600 requests per minute (bursts "
+                                      "of 60) from key:alice", retry_after_s=2, limit_per_min=600)},
 }
 
 RESTORE_RESPONSES: dict[int | str, dict[str, Any]] = {
