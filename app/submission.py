@@ -22,8 +22,9 @@ from app.errors import Problem, refused
 from app.services import Services
 from app.throttle import claim_job
 from app.uploads import read_upload
-from models import catalog, imageio
-from models.errors import BBCUError, ErrorCode, ImageTooLargeError
+from models import catalog, cost, imageio
+from models.config import NetworkConfig, config_for
+from models.errors import BBCUError, ErrorCode, ImageTooLargeError, JobTooCostlyError
 from models.stages import Strength, check_options, parse_pipeline, parse_strength
 from models.vocab import Format
 from workers.contract import Device, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, new_job_id, now
@@ -65,11 +66,36 @@ class Admitted:
 
 
 def check_models(weights_dir: Path, tasks: tuple[str, ...], scale: int | None,
-                 variant: str | None) -> tuple[int, str | None]:
-    """The SR scale of the pipeline (1 without sr) and the variant of its networks (as found for a
-    single task); UnknownModelError if a stage has no shipped network."""
+                 variant: str | None) -> tuple[int, str | None, float]:
+    """The SR scale of the pipeline (1 without sr), the variant of its networks (as found for a
+    single task) and the operations one input pixel costs all its networks at most (each runs at the
+    input's size: sr comes last); UnknownModelError if a stage has no shipped network."""
     entries = [catalog.find(t, scale, variant, weights_dir) for t in tasks]
-    return entries[-1].scale, variant or (entries[0].variant if len(entries) == 1 else None)
+    # a color photo through the gray deblocker also runs the color one for its chroma: count it
+    partners = [p for t in tasks if (p := catalog.chroma_partner(t, variant, weights_dir)) is not None]
+    ops = sum(cost.per_pixel(_config(e)).ops for e in entries + partners)
+    return entries[-1].scale, variant or (entries[0].variant if len(entries) == 1 else None), ops
+
+
+def _config(entry: catalog.CatalogEntry) -> NetworkConfig:
+    """The network configuration a weights file records (the task's standard one if it has none)."""
+    recorded = entry.metadata.get("config")
+    if recorded:
+        return NetworkConfig.from_dict(recorded)
+    return config_for(entry.task, entry.scale, entry.variant)
+
+
+def check_cost(facts: ImageFacts, ops_per_pixel: float, settings: Settings) -> None:
+    """A job's work is bounded as well as its sizes: a model with many operations per pixel (or a
+    pipeline of several) on a large input would hold a worker for minutes."""
+    pixels = facts.width * facts.height
+    gops = pixels * ops_per_pixel / 1e9
+    if gops > settings.max_job_gops:
+        most = int(settings.max_job_gops * 1e9 / ops_per_pixel)
+        raise JobTooCostlyError(
+            f"the job would take about {gops:.0f} G operations ({ops_per_pixel / 1e3:.1f} K per input "
+            f"pixel on {facts.width}x{facts.height}), over the limit of {settings.max_job_gops:g} G; "
+            f"send at most {most} input pixels for this task", gops=gops, max_gops=settings.max_job_gops)
 
 
 def check_output_size(facts: ImageFacts, scale: int, settings: Settings) -> None:
@@ -98,13 +124,14 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
             tasks = parse_pipeline(options.task)
             strength = parse_strength(options.strength)
             check_options(tasks, options.scale, strength)
-            scale, variant = await run_in_threadpool(check_models, settings.weights_dir, tasks,
-                                                     options.scale, options.variant)
+            scale, variant, ops_per_pixel = await run_in_threadpool(
+                check_models, settings.weights_dir, tasks, options.scale, options.variant)
             callback = await run_in_threadpool(callback_fields, settings, options.callback_url,
                                                options.callback_events)
             upload = await read_upload(request, settings.max_upload_bytes, settings.http_body_timeout_s)
             facts = await run_in_threadpool(probe, upload.data, settings.max_pixels)
             check_output_size(facts, scale, settings)
+            check_cost(facts, ops_per_pixel, settings)
         except BBCUError as e:
             raise refused(e) from e
     except Problem as p:

@@ -4,6 +4,7 @@ without any client reading them, costly jobs are refused up front, readiness wai
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -15,9 +16,14 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
+from PIL import Image
 
+from models import catalog
+from models.config import NetworkConfig
+from models.cost import per_pixel
 from tests.conftest import (
     REDIS_SERVER,
+    ROOT,
     Proc,
     free_port,
     service_env,
@@ -264,3 +270,76 @@ def test_a_redis_restart_mid_job_strands_nothing(tiny_weights: Path, logdir: Pat
     assert done.status.value == "succeeded", done
     assert _wait_status(store, after, {"succeeded", "failed"}, 60).status.value == "succeeded"
     assert store.queued() == (0, 0)
+
+
+# --- cost (defect 4): bounded by output pixels and by estimated operations, before any worker runs
+
+
+def _tall_thin_gif() -> bytes:
+    """55x65535, one colour: a few KB that decode to 3.6 MP (x4 SR: 57.7 MP out)."""
+    buf = io.BytesIO()
+    Image.new("P", (55, 65535), 0).save(buf, format="GIF")
+    return buf.getvalue()
+
+
+def test_a_tiny_gif_cannot_buy_minutes_of_work(logdir: Path, procs: list[Proc]) -> None:
+    """The issue's 5.8 KB GIF of 55x65535 to sr x4 with the shipped x4 network: refused at once by its
+    output pixels; with the output limit raised, by its estimated operations (413, both in the body)."""
+    gif = _tall_thin_gif()
+    assert len(gif) < 20_000
+    weights = ROOT / "models" / "weights"
+    ops = per_pixel(NetworkConfig.from_dict(catalog.find("sr", 4, None, weights).metadata["config"])).ops
+    default_env = service_env(weights, BBCU_MAX_PIXELS=str(4096 * 4096))
+    raised_env = {**default_env, "BBCU_MAX_OUTPUT_PIXELS": str(64 << 20)}
+    raised_url, raised = start_api("api-cost", raised_env, logdir)
+    procs.append(raised)
+    default_url, default = start_api("api-cost-default", default_env, logdir)
+    procs.append(default)
+    params = {"task": "sr", "scale": 4}
+    files = {"image": ("tall.gif", gif, "image/gif")}
+    with httpx.Client(base_url=default_url, timeout=30) as c:
+        body = assert_problem(c.post("/restore", params=params, files=files), 413)
+        assert body["type"] == "urn:bbcu:problem:image-too-large" and body["pixels"] == 55 * 65535
+    with httpx.Client(base_url=raised_url, timeout=30) as c:
+        t = time.monotonic()
+        refused = c.post("/restore", params=params, files=files)
+        assert time.monotonic() - t < 5
+        body = assert_problem(refused, 413)
+        assert body["type"] == "urn:bbcu:problem:job-too-costly" and body["max_gops"] == 1500
+        assert body["gops"] == pytest.approx(55 * 65535 * ops / 1e9, abs=0.1)
+        assert body["gops"] > 4900 and f"send at most {int(1500e9 / ops)} input pixels" in body["detail"]
+        assert c.get("/limits").json()["max_job_gops"] == 1500
+        assert 'bbcu_uploads_rejected_total{reason="job-too-costly"} 1.0' in c.get("/metrics").text
+
+
+# --- readiness (defect 7): ready means a job would start
+
+
+def test_ready_only_once_a_pool_process_preloaded(tiny_weights: Path, logdir: Path,
+                                                   procs: list[Proc]) -> None:
+    """A prefork worker beats as soon as Celery is up, but /readyz says ready only once a pool process
+    has preloaded torch; a job submitted at that moment starts at once."""
+    url, rproc = start_redis("redis-ready", logdir)
+    procs.append(rproc)
+    env = service_env(tiny_weights, BBCU_BROKER_URL=url)
+    api_url, api = start_api("api-ready", env, logdir)
+    procs.append(api)
+    store = RedisStore(url, 3600, 86400)
+    worker = start_worker("worker-ready", env, logdir, "--concurrency", "1")
+    procs.append(worker)
+    seen_starting = False
+    with httpx.Client(base_url=api_url, timeout=30) as c:
+        deadline = time.monotonic() + 120
+        while (ready := c.get("/readyz")).status_code != 200:
+            assert time.monotonic() < deadline, ready.text
+            body = ready.json()
+            if body.get("starting", {}).get("cpu"):
+                seen_starting = True  # beating, but no process has preloaded yet
+                assert "still preloading" in body["detail"]
+            time.sleep(0.05)
+        job_id = post(c, make_image(16, 16)).json()["id"]
+        [beat] = store.workers("cpu")
+        job = wait_job(c, job_id, timeout=60)
+    assert seen_starting, "the worker was never seen beating before it was ready"
+    assert beat["ready"] is True and beat["ready_processes"] == 1 and beat["concurrency"] == 1
+    assert job["status"] == "succeeded" and job["timings"]["queue"] < 1500, job["timings"]

@@ -14,6 +14,7 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from celery import Celery
@@ -180,13 +181,61 @@ def held_jobs() -> list[str] | None:
     return None
 
 
-class Heartbeat:
-    """A thread in the worker's main process announcing it in Redis until stopped."""
+def _children() -> set[int]:
+    kids: set[int] = set()
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as f:
+                kids.update(int(k) for k in f.read().split())
+    except OSError:
+        pass  # no /proc (not Linux): no pool process is seen
+    return kids
 
-    def __init__(self, store: RedisStore, queues: list[str], period_s: float, info: dict[str, Any]) -> None:
+
+class PreloadedProcesses:
+    """The prefork pool processes that finished preloading torch and the engine.
+
+    Shared memory set up before the fork: each pool process writes its pid into a free slot once
+    ``preload`` returned; the main process counts the slots whose pid is one of its live children
+    (a replaced process frees its slot by dying). Until one is counted, no job could start.
+    """
+
+    def __init__(self, concurrency: int) -> None:
+        import multiprocessing
+
+        self._pids = multiprocessing.Array("i", 2 * concurrency + 2)
+
+    def mark(self) -> None:
+        """In a pool process: preloaded."""
+        me = os.getpid()
+        with self._pids.get_lock():
+            for i in range(len(self._pids)):
+                pid = int(self._pids[i])
+                if pid == 0 or not os.path.exists(f"/proc/{pid}"):
+                    self._pids[i] = me
+                    return
+
+    def count(self) -> int:
+        """In the main process: live pool processes that finished preloading."""
+        live = _children()
+        with self._pids.get_lock():
+            pids = [int(self._pids[i]) for i in range(len(self._pids))]
+        return len([pid for pid in pids if pid and pid in live])
+
+
+class Heartbeat:
+    """A thread in the worker's main process announcing it in Redis until stopped.
+
+    ``ready_processes`` says how many processes can start a job now: a worker beats from the moment
+    Celery is up, but only counts as ready (``/readyz``) once one of them has preloaded.
+    """
+
+    def __init__(self, store: RedisStore, queues: list[str], period_s: float, info: dict[str, Any],
+                 ready_processes: Callable[[], int]) -> None:
         self.store = store
         self.queues = queues
         self.period_s = period_s
+        self.ready_processes = ready_processes
         self.name = f"celery@{socket.gethostname()}"
         # host: what the container healthcheck looks for; since: tells a restart under the same name
         self.info = {"queues": queues, "host": socket.gethostname(), **info}
@@ -204,7 +253,9 @@ class Heartbeat:
             try:
                 # jobs: what this worker holds right now, so the API's sweeper (workers/lost.py) can
                 # tell a job that vanished (hard time limit, lost write) from one still running
-                info = {**self.info, **memory_stats(), "jobs": held_jobs(), "at": now()}
+                ready = self.ready_processes()
+                info = {**self.info, **memory_stats(), "jobs": held_jobs(), "at": now(),
+                        "ready": ready > 0, "ready_processes": ready}
                 for q in self.queues:
                     self.store.beat(q, self.name, info, ttl_s=3 * self.period_s)
             except StoreUnavailable:
@@ -237,12 +288,20 @@ def run_worker(settings: Settings, queues: list[str], *, pool: str, concurrency:
     app = create_celery(settings)
     import workers.tasks  # noqa: F401  (registers the task with this app)
 
-    beat = Heartbeat(RedisStore.from_settings(settings), queues, settings.heartbeat_s,
-                     {"pool": pool, "concurrency": concurrency, "device": device})
     if pool == "prefork":
-        worker_process_init.connect(lambda **_: preload(settings.torch_threads), weak=False)
+        preloaded = PreloadedProcesses(concurrency)
+
+        def preload_child(**_: Any) -> None:
+            preload(settings.torch_threads)
+            preloaded.mark()
+
+        worker_process_init.connect(preload_child, weak=False)
+        ready_processes = preloaded.count
     else:
-        preload(settings.torch_threads)
+        preload(settings.torch_threads)  # before Celery starts: every thread can run a job at once
+        ready_processes = (lambda: concurrency) if pool == "threads" else (lambda: 1)
+    beat = Heartbeat(RedisStore.from_settings(settings), queues, settings.heartbeat_s,
+                     {"pool": pool, "concurrency": concurrency, "device": device}, ready_processes)
     worker_ready.connect(lambda sender, **_: beat.start(sender.hostname), weak=False)
     worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
     argv = ["worker", f"--queues={','.join(queues)}", f"--pool={pool}", f"--concurrency={concurrency}",

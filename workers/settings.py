@@ -30,6 +30,10 @@ class Settings(BaseSettings):
         default=4096 * 4096, gt=0, description="Largest accepted input (width x height): a 12 MP photo fits")
     max_output_pixels: int = Field(
         default=4096 * 4096, gt=0, description="Largest output (limits the input of sr by its scale)")
+    max_job_gops: float = Field(
+        default=1500.0, gt=0,
+        description="Largest estimated work of one job in giga-operations (every stage's operations per "
+                    "pixel times the input pixels); more is refused with 413. 1500: x4 SR of 1 MP fits")
     max_queued_jobs: int = Field(
         default=500, gt=0,
         description="Jobs accepted and not finished (queued or running) before new ones get 503 "

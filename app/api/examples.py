@@ -110,4 +110,5 @@ MODELS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"applicat
 LIMITS_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"content": {"application/json": {"example": {
     "max_upload_bytes": 67108864, "max_input_pixels": 16777216, "max_output_pixels": 16777216,
     "max_input_pixels_by_task": {"denoise": 16777216, "deblock": 16777216, "sr_x2": 4194304,
-                                 "sr_x3": 1864135, "sr_x4": 1048576}}}}}}
+                                 "sr_x3": 1864135, "sr_x4": 1048576},
+    "max_job_gops": 1500.0}}}}}

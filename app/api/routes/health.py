@@ -39,10 +39,19 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
         body.update(ready=False, broker="unreachable", detail=str(e))
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
     body["broker"] = "ok"
-    body["workers"] = {q: len(w) for q, w in workers.items()}
+    # a worker beats from the moment Celery is up; it is ready once a process of it has preloaded
+    ready = {q: [w for w in ws if w.get("ready") is not False] for q, ws in workers.items()}
+    body["workers"] = {q: len(w) for q, w in ready.items()}
+    starting = {q: len(ws) - len(ready[q]) for q, ws in workers.items() if len(ws) > len(ready[q])}
+    if starting:
+        body["starting"] = starting
     body["models"] = len(catalog.entries(settings.weights_dir))
-    missing = [q for q in settings.required_queue_list if not workers.get(q)]
-    problems = [f"no live worker for queue(s): {', '.join(missing)}"] if missing else []
+    missing = [q for q in settings.required_queue_list if not ready.get(q)]
+    problems = []
+    if missing:
+        still = [q for q in missing if starting.get(q)]
+        problems.append(f"no live worker for queue(s): {', '.join(missing)}"
+                        + (f" ({', '.join(still)}: still preloading)" if still else ""))
     if not body["models"]:
         problems.append(f"no model files in {settings.weights_dir.name}/ (BBCU_WEIGHTS_DIR)")
     body["ready"] = not problems

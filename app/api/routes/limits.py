@@ -15,9 +15,11 @@ router = APIRouter(tags=["limits"])
 
 @router.get("/limits", responses=LIMITS_RESPONSES)
 def get_limits(settings: SettingsDep) -> dict[str, Any]:
-    """The largest upload and image accepted: inputs by pixels, super-resolution by its output."""
+    """The largest upload and image accepted: inputs by pixels, super-resolution by its output, and
+    every job by its estimated operations (giga-operations; the network's per pixel times the pixels)."""
     by_task: dict[str, int] = {"denoise": settings.max_pixels, "deblock": settings.max_pixels}
     for s in SR_SCALES:
         by_task[f"sr_x{s}"] = min(settings.max_pixels, settings.max_output_pixels // (s * s))
     return {"max_upload_bytes": settings.max_upload_bytes, "max_input_pixels": settings.max_pixels,
-            "max_output_pixels": settings.max_output_pixels, "max_input_pixels_by_task": by_task}
+            "max_output_pixels": settings.max_output_pixels, "max_input_pixels_by_task": by_task,
+            "max_job_gops": settings.max_job_gops}
