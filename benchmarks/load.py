@@ -81,10 +81,10 @@ class Scale:
 
 
 # the campaign of issue 11, and a scaled-down one that fits in CI time
-FULL = Scale(sync_n=400, sync_concurrency=150, async_n=1000, kill_n=300, restart_n=300, evict_n=200,
-             evict_maxmemory_mb=16, settle_s=180, unattended_s=60)
-QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=60, evict_n=60,
-              evict_maxmemory_mb=8, settle_s=90, unattended_s=45)
+FULL = Scale(sync_n=400, sync_concurrency=150, async_n=1000, kill_n=300, restart_n=300, evict_n=400,
+             evict_maxmemory_mb=64, settle_s=180, unattended_s=60)
+QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=60, evict_n=200,
+              evict_maxmemory_mb=32, settle_s=90, unattended_s=45)
 SIDES = {"sync": 64, "async": 64, "kill": 160, "redis-restart": 96, "evict": 256}
 SUBMIT_CONCURRENCY = 16
 LOGDIR = Path(".bench/soak-logs")
