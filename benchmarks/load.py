@@ -23,10 +23,11 @@ the API until ``settle_s``.
 
 A probe thread GETs ``/healthz`` every 0.2 s throughout. Each scenario prints one row: requests
 accepted (a job was created: 200, 202, or a problem naming the job), refused (429/503 without a job,
-by status; each must carry Retry-After), succeeded, failed (by error code), lost (accepted but not
-terminal by the deadline, unknown (404), or its result gone), other 5xx, transport errors and the
-slowest ``/healthz``. Targets (issue 11): nothing lost, every refusal with Retry-After, no other 5xx,
-no transport error, ``/healthz`` within 1 s. The exit status is 1 if any scenario misses one.
+by status; each must carry Retry-After), succeeded, failed (by error code), lost (accepted but its
+input lost, not terminal by the deadline, unknown (404), or its result gone), stranded until read,
+other 5xx, transport errors and the slowest ``/healthz``. Targets (issue 11): nothing lost or stranded,
+every refusal with Retry-After, no other 5xx, no transport error, ``/healthz`` within 1 s. The exit
+status is 1 if any scenario misses one.
 The table is written to .bench/soak.md as well.
 """
 
