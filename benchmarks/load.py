@@ -88,6 +88,7 @@ QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=
               evict_maxmemory_mb=32, settle_s=90, unattended_s=45)
 SIDES = {"sync": 64, "async": 64, "kill": 160, "redis-restart": 96, "evict": 256}
 SUBMIT_CONCURRENCY = 16
+WORKER_READY_S = 120.0
 LOGDIR = Path(".bench/soak-logs")
 
 
@@ -191,12 +192,18 @@ class Cluster:
                                       "--concurrency", "2", "--hostname", "soak@%h", "--log-level",
                                       "warning"], self.env)
 
-    def start_worker(self) -> subprocess.Popen[bytes]:
+    def start_worker(self, tally: Tally) -> subprocess.Popen[bytes]:
+        """Start a worker and wait for /readyz; one that never gets ready is noted, not fatal (the
+        supervisor starts it again if it exits; its jobs then count as stranded)."""
         with self._lock:
             worker = self._spawn_worker()
             self.workers.append(worker)
-        wait_for(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200, 180,
-                 "a ready worker", worker)
+        try:
+            wait_for(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200,
+                     WORKER_READY_S, "a ready worker")
+        except TimeoutError:
+            tally.notes.append(f"no worker ready {WORKER_READY_S:.0f} s after one was started "
+                               f"(see {self.logdir}/worker-*.log)")
         return worker
 
     def stop_workers(self) -> None:
@@ -312,6 +319,7 @@ class Tally:
     events: Counter[str] = field(default_factory=Counter)  # what a scenario did, e.g. messages held at a kill
     first_refusal: dict[int, str] = field(default_factory=dict)  # status: the first such problem's detail
     needed_reader: int = 0  # jobs that ended only once a client read them (nothing else recovered them)
+    aborted: str = ""  # why the scenario stopped early, if it did
     notes: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -350,6 +358,8 @@ class Tally:
         out = []
         if self.lost:
             out.append(f"{sum(self.lost.values())} lost")
+        if self.aborted:
+            out.append(f"aborted ({self.aborted})")
         if self.needed_reader:
             out.append(f"{self.needed_reader} stranded until read")
         if self.refused_without_retry_after:
@@ -573,7 +583,7 @@ def finish(c: Cluster, tally: Tally, scale: Scale) -> None:
 
 
 def run_sync(c: Cluster, scale: Scale, tally: Tally) -> None:
-    c.start_worker()
+    c.start_worker(tally)
     images = [image(SIDES["sync"], i) for i in range(scale.sync_n)]
     submit(c.url, tally, images, scale.sync_concurrency, asynchronous=False)
     finish(c, tally, scale)
@@ -586,7 +596,7 @@ def run_async(c: Cluster, scale: Scale, tally: Tally) -> None:
     submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True)
     tally.notes.append(f"{scale.async_n} submitted with no worker in {time.monotonic() - t0:.1f} s")
     t0 = time.monotonic()
-    c.start_worker()
+    c.start_worker(tally)
     finish(c, tally, scale)
     tally.notes.append(f"one worker (2 processes) ran the queue in {time.monotonic() - t0:.1f} s")
 
@@ -602,7 +612,7 @@ def _redis_count(c: Cluster, command: str, key: str) -> int:
 
 def run_kill(c: Cluster, scale: Scale, tally: Tally) -> None:
     if not c.workers:
-        c.start_worker()
+        c.start_worker(tally)
     worker = c.workers[0]
     images = [image(SIDES["kill"], i) for i in range(scale.kill_n)]
 
@@ -617,13 +627,13 @@ def run_kill(c: Cluster, scale: Scale, tally: Tally) -> None:
                                "once all were submitted")
 
     submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True, every=kill_at_half)
-    c.start_worker()
+    c.start_worker(tally)
     finish(c, tally, scale)
 
 
 def run_redis_restart(c: Cluster, scale: Scale, tally: Tally) -> None:
     if not c.workers:
-        c.start_worker()
+        c.start_worker(tally)
     images = [image(SIDES["redis-restart"], i) for i in range(scale.restart_n)]
     restarted = threading.Event()
 
@@ -654,7 +664,7 @@ def run_memory(c: Cluster, scale: Scale, tally: Tally) -> None:
     """``evict`` and ``redis-full``: more input bytes than Redis holds, sent with no worker; then one."""
     images = [image(SIDES["evict"], i) for i in range(scale.evict_n)]
     submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True)
-    c.start_worker()
+    c.start_worker(tally)
     finish(c, tally, scale)
 
 
@@ -692,7 +702,13 @@ def campaign(names: list[str], scale: Scale, logdir: Path = LOGDIR,
         log(f"== {name}")
         exits = c.worker_exits
         with HealthProbe(c.url, tally):
-            scenario(c, scale, tally)
+            try:
+                scenario(c, scale, tally)
+            except (RuntimeError, TimeoutError, OSError, subprocess.SubprocessError) as e:
+                # the campaign goes on to the other scenarios; this one's row says why it stopped
+                tally.aborted = f"{type(e).__name__}: {e}"
+                tally.lost["not followed (scenario aborted)"] += len(tally.pending)
+                tally.pending.clear()
         if c.worker_exits > exits:
             tally.events["worker exits"] += c.worker_exits - exits
             tally.notes.append(f"{c.worker_exits - exits} worker(s) exited on their own and were started "
