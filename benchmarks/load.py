@@ -320,6 +320,7 @@ class Tally:
     first_refusal: dict[int, str] = field(default_factory=dict)  # status: the first such problem's detail
     needed_reader: int = 0  # jobs that ended only once a client read them (nothing else recovered them)
     aborted: str = ""  # why the scenario stopped early, if it did
+    stranded: list[str] = field(default_factory=list)  # ids of the jobs settle() gave up on
     notes: list[str] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -569,6 +570,7 @@ def settle(url: str, tally: Tally, within_s: float) -> None:
                 with contextlib.suppress(httpx.HTTPError, ValueError, KeyError):
                     statuses[c.get(f"/jobs/{job_id}").json()["status"]] += 1
             tally.lost[f"stranded after {within_s:.0f} s ({_fmt(statuses)})"] += len(tally.pending)
+            tally.stranded = sorted(tally.pending)
             tally.pending.clear()
 
 
@@ -576,6 +578,23 @@ def finish(c: Cluster, tally: Tally, scale: Scale) -> None:
     """Give the accepted jobs time to end unread, then follow each through the API to its end."""
     unattended(c, tally, scale.unattended_s)
     settle(c.url, tally, scale.settle_s)
+    if tally.stranded:
+        dump_stranded(c, tally)
+
+
+def dump_stranded(c: Cluster, tally: Tally) -> None:
+    """Write the stranded jobs' records and where their broker messages are to the log folder."""
+    import redis
+
+    r = redis.Redis(port=c.redis_port, socket_timeout=2, decode_responses=True)
+    out = c.logdir / f"stranded-{tally.scenario}.json"
+    with contextlib.suppress(redis.exceptions.RedisError):
+        queued, unacked = r.lrange("cpu", 0, -1), r.hgetall("unacked")
+        jobs = {i: {"record": json.loads(r.get(f"bbcu:job:{i}") or "null"),
+                    "in_queue": sum(i in m for m in queued),
+                    "in_unacked": sum(i in m for m in unacked.values())} for i in tally.stranded}
+        out.write_text(json.dumps(jobs, indent=1))
+        tally.notes.append(f"{len(jobs)} stranded jobs' records and messages in {out}")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -42,24 +42,30 @@ def test_load_loses_no_job(tmp_path: Path) -> None:
     assert queued.succeeded == queued.sent == QUICK.async_n
 
 
-# These miss their targets on main today (measured with benchmarks/load.py --quick): a SIGKILLed worker's
-# running jobs are recovered only when a client reads them, and the messages it had prefetched wait for
-# the visibility timeout (jobs left "queued"); a job whose worker loses Redis mid-run stays "running"
-# (its worker's heartbeat lives on); under an evicting Redis the records and inputs of queued jobs
-# vanish (404, or "input expired"), and with Redis itself full likewise. The `faults` branch of issue
-# 11 fixes them: remove the skip once it has landed on main.
-PENDING_FAULTS_FIX = pytest.mark.skip(reason="PENDING issue 11 `faults` branch (sweeper for a killed "
-                                             "worker's jobs, Redis restart mid-job, noeviction): enable "
-                                             "once it lands on main")
-
-
-@PENDING_FAULTS_FIX
-@pytest.mark.parametrize("name", ["kill", "redis-restart", "evict", "redis-full"])
-def test_faults_lose_no_job(name: str, tmp_path: Path) -> None:
-    """A worker SIGKILLed with jobs in hand (another started under its name), Redis restarted on its
-    append-only file mid-flight, more inputs than Redis holds (admission limit under maxmemory, or not):
-    no accepted job is lost or waits for a reader."""
+@pytest.mark.parametrize("name", ["redis-restart", "evict"])
+def test_redis_faults_lose_no_job(name: str, tmp_path: Path) -> None:
+    """Redis restarted on its append-only file mid-flight (a quarter of the requests synchronous); more
+    inputs than Redis holds, the admission limit at half its maxmemory: no accepted job is lost or waits
+    for a reader, every refusal is a 503 with Retry-After."""
     tallies = campaign([name], QUICK, logdir=tmp_path, log=lambda _: None)
     assert_targets(tallies, [name], tmp_path)
-    if name == "kill":
-        assert tallies[0].events["messages held by the killed worker"] >= 1  # it died with jobs in hand
+    t = tallies[0]
+    if name == "evict":
+        # the admission limit (half of maxmemory) refused the rest: a random 256x256 PNG is at least its
+        # 196608 raw bytes, so the accepted inputs fit under the limit only if it held
+        assert t.refused[503] > 0 and t.accepted * 256 * 256 * 3 <= (QUICK.evict_maxmemory_mb << 20) // 2
+
+
+# Intermittent on main after the `faults` sweeper landed: in 1 of 3 quick runs one job stayed "queued"
+# for the whole settle time after the kill (`make soak SOAK_ARGS="--quick kill"` writes such jobs' records
+# and broker messages to .bench/soak-logs/shared/stranded-kill.json). Enable once that is fixed.
+@pytest.mark.skip(reason="PENDING: a SIGKILLed worker's job is sometimes left queued (issue 11); enable "
+                         "once fixed")
+def test_killed_worker_loses_no_job(tmp_path: Path) -> None:
+    """A worker SIGKILLed with jobs in hand, another started under its name: every job succeeds,
+    none waits for a reader."""
+    tallies = campaign(["kill"], QUICK, logdir=tmp_path, log=lambda _: None)
+    assert_targets(tallies, ["kill"], tmp_path)
+    killed = tallies[0]
+    assert killed.events["messages held by the killed worker"] >= 1  # it died with jobs in hand
+    assert killed.succeeded == killed.sent == QUICK.kill_n
