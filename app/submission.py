@@ -166,11 +166,13 @@ def submit(services: Services, job: Admitted) -> JobRecord:
     except ServiceError as e:
         if isinstance(e, QueueFull):
             services.metrics.uploads_rejected.labels(reason="queue-full").inc()
-        # the client gets a 503 and no job: end this one and free its room (if Redis still answers)
+        # the client gets a 503 and no job: free its room first (a delete goes through even when Redis
+        # is full and refuses the record's update), then end the record, each if Redis still answers
+        with suppress(StoreUnavailable):
+            services.store.drop_input(spec.id)
         with suppress(StoreUnavailable):
             services.store.transition(spec.id, JobStatus.failed, ACTIVE, finished_at=now(),
                                       error=JobError(code=ErrorCode.internal, detail=f"not queued: {e}"))
-            services.store.drop_input(spec.id)
         raise
     services.metrics.jobs_submitted.labels(queue=queue, task=spec.task).inc()
     return rec

@@ -9,6 +9,7 @@ import os
 import re
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -343,3 +344,70 @@ def test_ready_only_once_a_pool_process_preloaded(tiny_weights: Path, logdir: Pa
     assert seen_starting, "the worker was never seen beating before it was ready"
     assert beat["ready"] is True and beat["ready_processes"] == 1 and beat["concurrency"] == 1
     assert job["status"] == "succeeded" and job["timings"]["queue"] < 1500, job["timings"]
+
+
+def test_concurrent_submissions_to_a_full_redis_are_refused_cleanly(logdir: Path, procs: list[Proc]) -> None:
+    """Publishing from many API threads while Redis refuses writes: each one StoreUnavailable (a 503),
+    never kombu's AttributeError from a channel another thread's failure closed (a 500)."""
+    from workers.celery_app import CeleryDispatcher
+    from workers.errors import StoreUnavailable
+    from workers.settings import Settings
+
+    url, rproc = start_redis("redis-publish-full", logdir, "--maxmemory-policy", "noeviction")
+    procs.append(rproc)
+    settings = Settings(broker_url=url)
+    dispatcher = CeleryDispatcher(settings, RedisStore.from_settings(settings))
+    r = redis.Redis.from_url(url)
+    outcomes: list[str] = []
+
+    def publish() -> None:
+        for _ in range(5):
+            try:
+                dispatcher.submit(new_job_id(), "cpu")
+                outcomes.append("sent")
+            except StoreUnavailable:
+                outcomes.append("refused")
+
+    def burst() -> list[str]:
+        outcomes.clear()
+        threads = [threading.Thread(target=publish) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+        return sorted(set(outcomes))
+
+    try:
+        assert burst() == ["sent"]
+        r.set("filler", b"x" * 2_000_000)
+        r.config_set("maxmemory", int(r.info("memory")["used_memory"]) - 100_000)
+        # every call answered (a crash ends its thread early), most refused: Redis lets a few through
+        # as the refused calls' buffers free memory
+        assert "refused" in burst() and len(outcomes) == 100
+        r.delete("filler")
+        assert burst() == ["sent"]
+    finally:
+        dispatcher.close()
+
+
+def test_a_job_the_broker_refuses_gives_its_room_back(tiny_weights: Path, logdir: Path,
+                                                      procs: list[Proc]) -> None:
+    """Stored, then its message refused (here the queue's key holds a string): 503 with Retry-After,
+    the input is dropped (it would hold admission room for an hour) and the record failed."""
+    url, rproc = start_redis("redis-refusing-broker", logdir)
+    procs.append(rproc)
+    env = service_env(tiny_weights, BBCU_BROKER_URL=url, BBCU_RETRY_AFTER_S="3")
+    api_url, api = start_api("api-refusing-broker", env, logdir)
+    procs.append(api)
+    r = redis.Redis.from_url(url)
+    r.set("cpu", "not a list")
+    with httpx.Client(base_url=api_url, timeout=30) as c:
+        refused = post(c, make_image(16, 16))
+        assert assert_problem(refused, 503)["type"] == "urn:bbcu:problem:unavailable"
+        assert refused.headers["retry-after"] == "3"
+    store = RedisStore(url, 3600, 86400)
+    assert store.queued() == (0, 0) and r.keys("bbcu:in:*") == []
+    [key] = r.keys("bbcu:job:*")
+    rec = store.get(key.decode().rsplit(":", 1)[1])
+    assert rec is not None and rec.status.value == "failed" and rec.error is not None
+    assert rec.error.detail.startswith("not queued:")

@@ -55,8 +55,10 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_timeout=settings.redis_timeout_s,
         broker_connection_retry_on_startup=True,
-        task_publish_retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2,
-                                   "interval_max": 0.5},
+        # no retry inside kombu: its recovery from a refused publish (Redis full, or gone) closes
+        # channels that other threads' producers are using (AttributeError, a 500); a failed publish is
+        # a 503 with Retry-After and the client sends again
+        task_publish_retry=False,
         worker_hijack_root_logger=False,
         worker_proc_alive_timeout=120.0,  # a child imports torch before it reports ready
         # a running job outlives a broker reconnect (its store retries through a Redis restart) rather
