@@ -217,27 +217,35 @@ def test_one_sweep_judges_every_running_job_without_a_reader(celery) -> None:  #
     assert store.claim("test-sweep", 0.5) and not store.claim("test-sweep", 0.5)
 
 
-def test_a_queued_job_whose_message_a_dead_worker_holds_is_sent_again(celery) -> None:  # type: ignore[no-untyped-def]
-    """A worker received the job's message (kombu: unacked) and died before starting it: without a
-    live worker listing the job, a settled delivery is replaced by a new message."""
+def test_a_queued_job_no_live_worker_will_run_is_sent_again(celery) -> None:  # type: ignore[no-untyped-def]
+    """A worker received a job's message (kombu: unacked) and died before starting it, or a message
+    was lost on its way: once settled, a queued job whose message neither waits in the queue nor is held
+    by a live worker gets a new one (the dead holder's is dropped); one whose message waits is left."""
     store, dispatcher, settings = celery
-    job_id = new_job_id()
     facts = ImageFacts(width=1, height=1, bytes=1, format="png")
-    store.create(JobSpec(id=job_id, task="denoise"), facts, b"x")
-    dispatcher.submit(job_id, "cpu")
+    held_id, lost_id, waiting_id = new_job_id(), new_job_id(), new_job_id()
+    for job_id in (held_id, lost_id, waiting_id):
+        store.create(JobSpec(id=job_id, task="denoise"), facts, b"x")
+    dispatcher.submit(held_id, "cpu")  # lost_id: never sent, as if lost on its way
+
+    def queued() -> list[JobRecord]:
+        return [r for r in store.records([held_id, lost_id, waiting_id]) if r is not None]
+
     with dispatcher.celery.connection_for_read() as conn:  # kept open: a channel closing gives it back
         assert conn.default_channel.basic_get("cpu", no_ack=False) is not None
-        assert store.queue_length("cpu") == 0
+        dispatcher.submit(waiting_id, "cpu")
         [(_, held, at)] = dispatcher.held_messages()
-        assert held == job_id and abs(at - now()) < 5
-        alive = {"w@host": {"worker": "w@host", "jobs": [job_id]}}
-        assert resend_orphans(store, settings, dispatcher, {}) == []  # just delivered: not judged yet
+        assert held == held_id and abs(at - now()) < 5 and dispatcher.waiting_jobs() == {waiting_id}
+        alive = {"w@host": {"worker": "w@host", "jobs": [held_id]}}
+        assert resend_orphans(store, settings, dispatcher, {}, queued()) == []  # just created: not judged
         time.sleep(3 * settings.heartbeat_s + 0.2)
-        assert resend_orphans(store, settings, dispatcher, alive) == []  # a live worker holds it
-        assert resend_orphans(store, settings, dispatcher, {"w@host": {"worker": "w@host"}}) == []
-        assert resend_orphans(store, settings, dispatcher, {}) == [job_id]
-        assert dispatcher.held_messages() == [] and store.queue_length("cpu") == 1
-        assert store.get(job_id).status == JobStatus.queued  # type: ignore[union-attr]
+        assert resend_orphans(store, settings, dispatcher, alive, queued()) == [lost_id]  # held: left
+        assert resend_orphans(store, settings, dispatcher, {"w@host": {"worker": "w@host"}}, queued()) == []
+        assert resend_orphans(store, settings, dispatcher, {}, queued()) == [held_id]  # its holder died
+        assert dispatcher.held_messages() == []
+        assert dispatcher.waiting_jobs() == {held_id, lost_id, waiting_id} and store.queue_length("cpu") == 3
+        assert resend_orphans(store, settings, dispatcher, {}, queued()) == []  # every message waits
+        assert {r.status for r in queued()} == {JobStatus.queued}
 
 
 def test_the_embedded_pool_never_judges_jobs_lost() -> None:

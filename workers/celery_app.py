@@ -70,6 +70,15 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
+def _job_of(message: dict[str, Any]) -> str | None:
+    """The job id a kombu message carries (Celery's body: ``[args, kwargs, embed]``, base64 JSON)."""
+    try:
+        args = json.loads(base64.b64decode(message["body"]))[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None  # not one of our task messages
+    return args[0] if args and isinstance(args[0], str) else None
+
+
 class CeleryDispatcher:
     """Enqueues job ids to Celery; knows which queues have live workers from their heartbeats."""
 
@@ -112,6 +121,12 @@ class CeleryDispatcher:
     def queue_lengths(self) -> dict[str, int]:
         return {q: self.store.queue_length(q) for q in QUEUES}
 
+    def waiting_jobs(self) -> set[str]:
+        """The job ids of the messages waiting in the queues (kombu: a Redis list per queue)."""
+        with self.store.guard():
+            raws = [m for q in QUEUES for m in self.store.client.lrange(q, 0, -1)]  # type: ignore[union-attr]
+        return {job for raw in raws if (job := _job_of(json.loads(raw))) is not None}
+
     def held_messages(self) -> list[tuple[str, str, float]]:
         """(delivery tag, job id, delivered at) of the messages workers received and did not ack.
 
@@ -125,13 +140,9 @@ class CeleryDispatcher:
             when = dict(client.zrange(_UNACKED_INDEX, 0, -1, withscores=True))  # type: ignore[arg-type]
         out = []
         for tag, raw in held.items():
-            try:
-                message = json.loads(raw)[0]
-                args = json.loads(base64.b64decode(message["body"]))[0]
-            except (ValueError, KeyError, IndexError, TypeError):
-                continue  # not one of our task messages
-            if args and isinstance(args[0], str):
-                out.append((str(tag, "utf-8") if isinstance(tag, bytes) else tag, args[0],
+            job = _job_of(json.loads(raw)[0])
+            if job is not None:
+                out.append((str(tag, "utf-8") if isinstance(tag, bytes) else tag, job,
                             float(when.get(tag, 0.0))))
         return out
 

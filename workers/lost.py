@@ -121,41 +121,54 @@ def _fail(rec: JobRecord, store: JobStore, code: ErrorCode, reason: str) -> JobR
 
 def sweep(store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher,
           notify: Callable[[JobRecord], None]) -> list[JobRecord]:
-    """Judge every admitted running job once, and send again the queued jobs whose message a dead
-    worker holds; the records that changed (each also passed to ``notify``)."""
+    """Judge every admitted running job once, and send again the queued jobs whose message no live
+    worker will run; the records that changed (each also passed to ``notify``)."""
     beats = live_workers(dispatcher)  # before the records: a beat that lacks a job predates its read
     changed = []
+    queued = []
     for rec in store.records(store.admitted_jobs()):
+        if rec is not None and rec.status == JobStatus.queued:
+            queued.append(rec)
         if rec is None or rec.status != JobStatus.running:
             continue
         judged = recover_if_lost(rec, store, settings, dispatcher, beats)
         if judged.status != rec.status:
             notify(judged)  # its worker is gone and cannot send the job's end (none when queued again)
             changed.append(judged)
-    resend_orphans(store, settings, dispatcher, beats)
+    resend_orphans(store, settings, dispatcher, beats, queued)
     return changed
 
 
-def resend_orphans(store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher,
-                   beats: Beats) -> list[str]:
-    """Jobs still queued whose message a worker received and died holding (prefetched, not yet
-    started): the broker would hand the message out again only after the visibility timeout. Each
-    gets a new message and the dead one is dropped; the ids of those jobs."""
+def resend_orphans(store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher, beats: Beats,
+                   queued: list[JobRecord]) -> list[str]:
+    """Jobs still ``queued`` whose message no live worker will run: one a worker received and died
+    holding (prefetched, not yet started; the broker would hand it out again only after the visibility
+    timeout), or one lost on its way (a worker killed between taking it from the queue and recording
+    it as held). Each gets a new message and a dead one is dropped; the ids of those jobs."""
     listed: set[str] = set()
     for beat in beats.values():
         if beat.get("jobs") is None:
             return []  # a worker that does not say what it holds: nothing can be judged
         listed.update(beat["jobs"])
-    # a message delivered just now may not be in its worker's beat yet
+    # a message delivered (or a job created) just now may not be in a beat (or the queue) yet
     settled = now() - 3 * settings.heartbeat_s
-    held = [(tag, job) for tag, job, at in dispatcher.held_messages() if at < settled and job not in listed]
+    candidates = [r for r in queued if r.created_at < settled and r.id not in listed]
+    # the queues before the held messages: a message moving from one to the other is seen in either
+    waiting = dispatcher.waiting_jobs() if candidates else set()
+    held = dispatcher.held_messages()
+    for tag, job, at in held:
+        if at < settled and job not in listed:
+            dispatcher.drop_held(tag)  # its worker is dead: the message would only come back stale
+    alive = waiting | {job for _, job, at in held if at >= settled}
     sent = []
-    for (tag, job), rec in zip(held, store.records([job for _, job in held]), strict=True):
-        if rec is not None and rec.status == JobStatus.queued:
-            dispatcher.submit(job, rec.queue)
-            log.warning("job %s sent again: the worker that held its message is gone", job)
-            sent.append(job)
-        dispatcher.drop_held(tag)  # its worker is dead: the message would only come back stale
+    for rec in candidates:
+        if rec.id not in alive:
+            # read again: it may have started (or ended) since the sweep read it
+            current = store.get(rec.id)
+            if current is not None and current.status == JobStatus.queued and current.attempt == rec.attempt:
+                dispatcher.submit(rec.id, rec.queue)
+                log.warning("job %s sent again: no live worker holds its message and none waits", rec.id)
+                sent.append(rec.id)
     return sent
 
 
