@@ -13,6 +13,9 @@ worker holds, and judges every running job:
 - it vanished from its worker after running past the soft time limit, or it is still ``running`` past
   the hard limit (+ grace): its process was killed by the hard time limit, failed ``timeout``.
 
+and every queued job whose message no live worker will run (a dead worker held it, or it was lost on
+its way) gets a new message.
+
 A run only starts from ``queued`` and only ends the run it started, so a stale message (the dead
 worker's own, redelivered later) does nothing.
 """
