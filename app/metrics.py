@@ -74,16 +74,25 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         status = [500]
+        counted = [False]
         start = time.perf_counter()
+
+        def count() -> None:
+            if counted[0]:
+                return
+            counted[0] = True
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(method=scope["method"], route=route, status=str(status[0])).inc()
+            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                count()  # before the last byte leaves: a scrape right after the answer includes it
             await send(message)
 
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(method=scope["method"], route=route, status=str(status[0])).inc()
-            self.metrics.latency.labels(route=route).observe(time.perf_counter() - start)
+            count()  # no complete answer was sent (an error or a disconnect)
