@@ -56,9 +56,9 @@ def test_redis_faults_lose_no_job(name: str, tmp_path: Path) -> None:
         assert t.refused[503] > 0 and t.accepted * 256 * 256 * 3 <= (QUICK.evict_maxmemory_mb << 20) // 2
 
 
-# One quick run of 14 left a job queued here (with the faults sweeper, before the readiness change of
-# dbe7440); none of the 13 since. Should it recur, its record and broker messages are written to
-# <logdir>/shared/stranded-kill.json (the failure message names the folder).
+# One quick run of 14 left a job queued here (with the first faults sweeper, before dbe7440 and
+# 228f77f changed readiness and the sweeper); none of the 13 since. Should it recur, its record and
+# broker messages are written to <logdir>/shared/stranded-kill.json (the failure names the folder).
 def test_killed_worker_loses_no_job(tmp_path: Path) -> None:
     """A worker SIGKILLed with jobs in hand, another started under its name: every job succeeds,
     none waits for a reader."""
