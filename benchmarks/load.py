@@ -14,7 +14,9 @@ milliseconds, so the campaign measures the service, not the network), and runs t
   docker-compose.yml, sent more input bytes than fit while no worker runs; then one starts. The API's
   admission limit on queued input bytes (where the settings have one) is half of maxmemory, as in
   docker-compose.yml;
-- ``redis-full``: the same with the admission limit above maxmemory: Redis itself fills.
+- ``redis-full``: the same with the admission limit above maxmemory: Redis itself fills;
+- ``keys``: API keys on (default rate limit and job quota): one key floods asynchronous submissions
+  while another sends synchronous requests one at a time.
 
 Workers that exit on their own are started again (as compose's ``restart: unless-stopped`` does) and
 counted. Accepted jobs get ``unattended_s`` to end with no client reading them (the API can recover a
@@ -35,10 +37,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import io
 import json
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -57,8 +61,9 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("sync", "async", "kill", "redis-restart", "evict", "redis-full")
+SCENARIOS = ("sync", "async", "kill", "redis-restart", "evict", "redis-full", "keys")
 MEMORY = ("evict", "redis-full")
+KEYS = ("flood", "calm")  # the API keys of the keys scenario
 HEALTHZ_TARGET_S = 1.0
 PROBE_PERIOD_S = 0.2
 PROBE_TIMEOUT_S = 5.0
@@ -79,13 +84,14 @@ class Scale:
     evict_maxmemory_mb: int
     settle_s: float  # how long accepted jobs have to reach a terminal state after the last fault
     unattended_s: float  # how long they have to do so with no client reading them
+    keys_n: int  # submissions of the flooding API key
 
 
 # the campaign of issue 11, and a scaled-down one that fits in CI time
 FULL = Scale(sync_n=400, sync_concurrency=150, async_n=1000, kill_n=300, restart_n=300, evict_n=400,
-             evict_maxmemory_mb=64, settle_s=180, unattended_s=60)
+             evict_maxmemory_mb=64, settle_s=180, unattended_s=60, keys_n=600)
 QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=60, evict_n=200,
-              evict_maxmemory_mb=32, settle_s=90, unattended_s=45)
+              evict_maxmemory_mb=32, settle_s=90, unattended_s=45, keys_n=120)
 SIDES = {"sync": 64, "async": 64, "kill": 160, "redis-restart": 96, "evict": 256}
 SUBMIT_CONCURRENCY = 16
 WORKER_READY_S = 120.0
@@ -146,6 +152,7 @@ class Cluster:
         self.api: subprocess.Popen[bytes] | None = None
         self.url = ""
         self.workers: list[subprocess.Popen[bytes]] = []
+        self.keys: dict[str, str] = {}  # API key by name, where the API requires keys
         self._spawned: list[subprocess.Popen[bytes]] = []
         self._count: Counter[str] = Counter()
         self.worker_exits = 0  # workers that exited unasked (and were started again)
@@ -255,12 +262,13 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 @contextlib.contextmanager
 def cluster(weights: Path, logdir: Path, *, maxmemory_mb: int = 0, policy: str = "noeviction",
-            env: dict[str, str] | None = None) -> Iterator[Cluster]:
+            env: dict[str, str] | None = None, keys: dict[str, str] | None = None) -> Iterator[Cluster]:
     """A started Redis and API (no worker yet); the processes' logs go to ``logdir``."""
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="bbcu-soak-") as tmp:
         c = Cluster(Path(tmp), logdir, weights, maxmemory_mb=maxmemory_mb, policy=policy, env=env)
+        c.keys = keys or {}
         try:
             c.start_redis()
             c.start_api()
@@ -459,9 +467,9 @@ class HealthProbe:
         self._thread.join()
 
 
-def client(url: str, concurrency: int) -> httpx.Client:
+def client(url: str, concurrency: int, headers: dict[str, str] | None = None) -> httpx.Client:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    return httpx.Client(base_url=url, timeout=120.0, limits=limits)
+    return httpx.Client(base_url=url, timeout=120.0, limits=limits, headers=headers)
 
 
 def post(c: httpx.Client, data: bytes, *, asynchronous: bool) -> httpx.Response | Exception:
@@ -473,7 +481,7 @@ def post(c: httpx.Client, data: bytes, *, asynchronous: bool) -> httpx.Response 
 
 
 def submit(url: str, tally: Tally, images: list[bytes], concurrency: int, *, asynchronous: bool,
-           every: Callable[[int], None] | None = None) -> None:
+           every: Callable[[int], None] | None = None, headers: dict[str, str] | None = None) -> None:
     """POST every image, ``concurrency`` at a time; ``every(i)`` runs after the i-th answer is counted."""
     done = 0
     lock = threading.Lock()
@@ -487,7 +495,7 @@ def submit(url: str, tally: Tally, images: list[bytes], concurrency: int, *, asy
                 i = done
             every(i)
 
-    with client(url, concurrency) as c, ThreadPoolExecutor(concurrency) as pool:
+    with client(url, concurrency, headers) as c, ThreadPoolExecutor(concurrency) as pool:
         list(pool.map(one, images))
 
 
@@ -517,20 +525,29 @@ def unattended(c: Cluster, tally: Tally, within_s: float) -> None:
                            "with no client reading them")
 
 
-def settle(url: str, tally: Tally, within_s: float) -> None:
+def settle(url: str, tally: Tally, within_s: float, headers: dict[str, str] | None = None) -> None:
     """Follow every pending job until it is terminal; what is not by the deadline is lost.
 
     Reading a job is also what lets the API notice a dead worker's job and queue it again. A succeeded
     job's result is fetched: a result that is gone (410) this early was lost too.
     """
     deadline = time.monotonic() + within_s
-    with client(url, 8) as c, ThreadPoolExecutor(8) as pool:
+    waits: list[float] = []  # Retry-After of the reads refused this round (a key's rate limit)
+
+    def refused(r: httpx.Response) -> bool:
+        if r.status_code in REFUSALS:
+            waits.append(float(r.headers.get("retry-after", "1")))
+        return r.status_code in REFUSALS
+
+    with client(url, 8, headers) as c, ThreadPoolExecutor(8) as pool:
 
         def look(job_id: str) -> tuple[str, str | None]:
             try:
                 r = c.get(f"/jobs/{job_id}")
             except httpx.HTTPError:
                 return job_id, None  # the API or Redis is not answering yet: look again
+            if refused(r):
+                return job_id, None
             if r.status_code == 404:
                 return job_id, "unknown (404)"
             if r.status_code != 200:
@@ -540,6 +557,8 @@ def settle(url: str, tally: Tally, within_s: float) -> None:
                 try:
                     res = c.get(f"/jobs/{job_id}/result")
                 except httpx.HTTPError:
+                    return job_id, None
+                if refused(res):
                     return job_id, None
                 return job_id, ("succeeded" if res.status_code == 200 else
                                 f"result gone ({res.status_code})" if res.status_code in (404, 410) else None)
@@ -563,7 +582,8 @@ def settle(url: str, tally: Tally, within_s: float) -> None:
                 else:
                     tally.lost[end] += 1
             if tally.pending:
-                time.sleep(0.5)
+                time.sleep(max([0.5, *waits]))  # as a client would: after the longest Retry-After
+                waits.clear()
         if tally.pending:
             statuses: Counter[str] = Counter()
             for job_id in tally.pending:
@@ -574,10 +594,10 @@ def settle(url: str, tally: Tally, within_s: float) -> None:
             tally.pending.clear()
 
 
-def finish(c: Cluster, tally: Tally, scale: Scale) -> None:
+def finish(c: Cluster, tally: Tally, scale: Scale, headers: dict[str, str] | None = None) -> None:
     """Give the accepted jobs time to end unread, then follow each through the API to its end."""
     unattended(c, tally, scale.unattended_s)
-    settle(c.url, tally, scale.settle_s)
+    settle(c.url, tally, scale.settle_s, headers)
     if tally.stranded:
         dump_stranded(c, tally)
 
@@ -687,6 +707,27 @@ def run_memory(c: Cluster, scale: Scale, tally: Tally) -> None:
     finish(c, tally, scale)
 
 
+def run_keys(c: Cluster, scale: Scale, tally: Tally) -> None:
+    """One API key floods asynchronous submissions while another sends synchronous requests one at a
+    time: the flood meets its rate limit and job quota (429 with Retry-After), the other key is served."""
+    c.start_worker(tally)
+    flood, calm = ({"X-API-Key": c.keys[name]} for name in KEYS)
+    calm_tally = Tally("keys (calm)")
+    calm_n = max(10, scale.keys_n // 20)
+    other = threading.Thread(target=submit, args=(c.url, calm_tally, [image(SIDES["sync"], i) for i in
+                                                                     range(calm_n)], 1),
+                             kwargs={"asynchronous": False, "headers": calm})
+    other.start()
+    submit(c.url, tally, [image(SIDES["sync"], i) for i in range(scale.keys_n)], SUBMIT_CONCURRENCY,
+           asynchronous=True, headers=flood)
+    other.join()
+    finish(c, tally, scale, flood)
+    tally.notes.append(f"another key's {calm_n} synchronous requests meanwhile, one at a time: "
+                       f"{calm_tally.succeeded} succeeded, refused {_fmt(calm_tally.refused)}, other "
+                       f"{_fmt(calm_tally.other_4xx + calm_tally.other_5xx)}")
+    tally.events["calm key refused"] += calm_n - calm_tally.succeeded
+
+
 SHARED = {"sync": run_sync, "async": run_async, "kill": run_kill, "redis-restart": run_redis_restart}
 
 
@@ -706,6 +747,16 @@ def memory_cluster(name: str, weights: Path, logdir: Path, scale: Scale,
                        f"{scale.evict_n} inputs of {side}x{side} (about {len(image(side, 0)) >> 10} KiB "
                        "each) sent with no worker")
     return cluster(weights, logdir, maxmemory_mb=scale.evict_maxmemory_mb, policy=policy, env=env)
+
+
+def keys_cluster(weights: Path, logdir: Path, tally: Tally) -> contextlib.AbstractContextManager[Cluster]:
+    """A cluster whose API requires keys (BBCU_API_KEYS, where the settings have it), with the default
+    rate limits and job quota; the keys are made here and only their digests reach the service."""
+    keys = {name: f"bbcu_soak_{name}_{secrets.token_urlsafe(16)}" for name in KEYS}
+    digests = ",".join(f"{name}=sha256:{hashlib.sha256(key.encode()).hexdigest()}"
+                       for name, key in keys.items())
+    tally.notes.append("API keys on, default rate limit and job quota")
+    return cluster(weights, logdir, env={"BBCU_API_KEYS": digests}, keys=keys)
 
 
 def campaign(names: list[str], scale: Scale, logdir: Path = LOGDIR,
@@ -746,6 +797,10 @@ def campaign(names: list[str], scale: Scale, logdir: Path = LOGDIR,
             tally = Tally(name)
             with memory_cluster(name, weights, logdir / name, scale, tally) as c:
                 run(name, c, run_memory, tally)
+        if "keys" in names:
+            tally = Tally("keys")
+            with keys_cluster(weights, logdir / "keys", tally) as c:
+                run("keys", c, run_keys, tally)
     return tallies
 
 

@@ -67,3 +67,13 @@ def test_killed_worker_loses_no_job(tmp_path: Path) -> None:
     killed = tallies[0]
     assert killed.events["messages held by the killed worker"] >= 1  # it died with jobs in hand
     assert killed.succeeded == killed.sent == QUICK.kill_n
+
+
+def test_one_key_flooding_is_refused_and_another_served(tmp_path: Path) -> None:
+    """API keys on with the default limits: one key's flood of submissions meets 429 with Retry-After
+    (its accepted jobs all end), while another key's requests, one at a time, all succeed."""
+    tallies = campaign(["keys"], QUICK, logdir=tmp_path, log=lambda _: None)
+    assert_targets(tallies, ["keys"], tmp_path)
+    flood = tallies[0]
+    assert flood.refused[429] > 0 and flood.succeeded == flood.accepted
+    assert flood.events["calm key refused"] == 0, table(tallies)
