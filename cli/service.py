@@ -137,9 +137,8 @@ def worker(args: argparse.Namespace) -> int:
 
         if not torch.cuda.is_available():
             return fail("queue gpu needs a CUDA device; none is available")
-    run_worker(settings, queues, pool=pool, concurrency=concurrency, log_level=args.log_level,
-               hostname=args.hostname, device="cuda" if gpu else "cpu")
-    return 0
+    return run_worker(settings, queues, pool=pool, concurrency=concurrency, log_level=args.log_level,
+                      hostname=args.hostname, device="cuda" if gpu else "cpu")
 
 
 def worker_alive(args: argparse.Namespace) -> int:

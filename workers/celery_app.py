@@ -278,7 +278,8 @@ class Heartbeat:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=self.period_s)
+        if self._thread.is_alive():  # a worker stopped before it was ready never started beating
+            self._thread.join(timeout=self.period_s)
         try:
             for q in self.queues:
                 self.store.forget_worker(q, self.name)
@@ -287,14 +288,15 @@ class Heartbeat:
 
 
 def run_worker(settings: Settings, queues: list[str], *, pool: str, concurrency: int, log_level: str,
-               hostname: str | None, device: str) -> None:
-    """Run a Celery worker on ``queues`` until it is stopped, announcing itself with a heartbeat.
+               hostname: str | None, device: str) -> int:
+    """Run a Celery worker on ``queues`` until it is stopped, announcing itself with a heartbeat; the
+    worker's exit status (1 after an unrecoverable error).
 
     The heartbeat starts when Celery reports the worker ready (under its node name) and stops at
     shutdown. With a prefork pool torch is imported in each child after the fork, never in the
     parent; solo and thread pools run jobs in this process, so it imports torch before starting.
     """
-    from celery.signals import worker_process_init, worker_ready, worker_shutdown
+    from celery.signals import worker_init, worker_process_init, worker_ready, worker_shutdown
 
     from workers.jobs import preload
 
@@ -316,9 +318,15 @@ def run_worker(settings: Settings, queues: list[str], *, pool: str, concurrency:
     beat = Heartbeat(RedisStore.from_settings(settings), queues, settings.heartbeat_s,
                      {"pool": pool, "concurrency": concurrency, "device": device}, ready_processes)
     worker_ready.connect(lambda sender, **_: beat.start(sender.hostname), weak=False)
+    started: list[Any] = []  # the WorkController, to read its exit status once it stops
+    worker_init.connect(lambda sender, **_: started.append(sender), weak=False)
     worker_shutdown.connect(lambda **_: beat.stop(), weak=False)
     argv = ["worker", f"--queues={','.join(queues)}", f"--pool={pool}", f"--concurrency={concurrency}",
             f"--loglevel={log_level.upper()}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if hostname:
         argv.append(f"--hostname={hostname}")
     app.worker_main(argv)
+    # worker_main drops the worker's exit status: without it a worker that stopped on an unrecoverable
+    # error (Redis full at start-up, a failed reconnect) would exit 0, and a supervisor restarting on
+    # failure only would leave it down
+    return int(started[0].exitcode or 0) if started else 1
