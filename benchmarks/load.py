@@ -734,13 +734,15 @@ SHARED = {"sync": run_sync, "async": run_async, "kill": run_kill, "redis-restart
 def memory_cluster(name: str, weights: Path, logdir: Path, scale: Scale,
                    tally: Tally) -> contextlib.AbstractContextManager[Cluster]:
     """A fresh Redis at a small maxmemory with docker-compose.yml's eviction policy. ``evict`` sizes the
-    API's admission limit (BBCU_MAX_QUEUED_BYTES, where the settings have it) to half of maxmemory, as
-    compose does (1 GiB of 2 GB); ``redis-full`` leaves it above maxmemory, so Redis itself fills."""
+    API's admission limits to half of maxmemory for inputs and three quarters for inputs and results
+    (BBCU_MAX_QUEUED_BYTES, BBCU_MAX_STORED_BYTES), as compose does (1 and 1.5 GiB of 2 GB);
+    ``redis-full`` leaves them above maxmemory, so Redis itself fills."""
     policy = compose_eviction_policy()
     maxmemory = scale.evict_maxmemory_mb << 20
     env = {"BBCU_MAX_UPLOAD_BYTES": str(1 << 20)}
     if name == "evict":
         env["BBCU_MAX_QUEUED_BYTES"] = str(maxmemory // 2)
+        env["BBCU_MAX_STORED_BYTES"] = str(maxmemory * 3 // 4)
     side = SIDES["evict"]
     tally.notes.append(f"maxmemory {scale.evict_maxmemory_mb} MiB, policy {policy} (docker-compose.yml's), "
                        f"admission limit {'half of maxmemory' if name == 'evict' else 'the default'}; "

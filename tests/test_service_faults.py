@@ -148,6 +148,35 @@ def test_admission_entries_expire_with_their_inputs(redis_port: int) -> None:
         redis.Redis.from_url(url).flushdb()
 
 
+def test_held_results_count_toward_the_stored_bytes(redis_port: int) -> None:
+    """Results are kept result_ttl_s: they count (once each) until fetched-and-dropped or expired, so
+    they cannot fill Redis and leave no room for the results of jobs already accepted."""
+    url = f"redis://127.0.0.1:{redis_port}/12"
+    store = RedisStore(url, result_ttl_s=1, job_ttl_s=30, max_queued_jobs=9, max_queued_bytes=10,
+                       max_stored_bytes=10)
+    facts = ImageFacts(width=1, height=1, bytes=4, format="png")
+    try:
+        first = JobSpec(id=new_job_id(), task="denoise")
+        store.create(first, facts, b"abcd")
+        store.put_result(first.id, b"12345")
+        store.put_result(first.id, b"12345")  # a second delivery writes it again: counted once
+        store.drop_input(first.id)
+        assert store.queued() == (0, 0) and store.result_bytes() == 5
+        with pytest.raises(QueueFull, match="5 bytes of results"):  # 5 + 6 > 10, inputs alone fit
+            store.create(JobSpec(id=new_job_id(), task="denoise"), facts, b"abcdef")
+        store.drop_result(first.id)
+        store.drop_result(first.id)
+        assert store.result_bytes() == 0 and store.result(first.id) is None
+        second = JobSpec(id=new_job_id(), task="denoise")
+        store.create(second, facts, b"abcdef")
+        store.put_result(second.id, b"xyz")
+        assert store.queued() == (1, 6) and store.result_bytes() == 3 and store.result(second.id) == b"xyz"
+        time.sleep(1.2)  # both expire: nothing counts any more
+        assert store.queued() == (0, 0) and store.result_bytes() == 0
+    finally:
+        redis.Redis.from_url(url).flushdb()
+
+
 def test_a_full_redis_answers_503_not_500(tiny_weights: Path, logdir: Path, procs: list[Proc]) -> None:
     """Redis at maxmemory with noeviction refuses writes: the API answers 503 with Retry-After."""
     url, rproc = start_redis("redis-full", logdir, "--maxmemory-policy", "noeviction")

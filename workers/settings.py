@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         default=1 << 30, gt=0,
         description="Input bytes those jobs may hold in Redis before new ones get 503 (Celery mode); "
                     "keep it well under Redis's maxmemory")
+    max_stored_bytes: int = Field(
+        default=3 << 29, gt=0,
+        description="Input and result bytes held in Redis (results until they expire or are fetched "
+                    "and deleted) before new jobs get 503 (Celery mode); under Redis's maxmemory, with "
+                    "room for the results of the jobs running")
     result_ttl_s: int = Field(
         default=3600, gt=0, description="How long inputs and results are kept")
     job_ttl_s: int = Field(
@@ -142,6 +147,8 @@ class Settings(BaseSettings):
             raise ValueError("hard_time_limit_s must exceed soft_time_limit_s")
         if self.job_ttl_s < self.result_ttl_s:
             raise ValueError("job_ttl_s must be at least result_ttl_s")
+        if self.max_stored_bytes < self.max_queued_bytes:
+            raise ValueError("max_stored_bytes must be at least max_queued_bytes (inputs count in both)")
         if self.max_queued_bytes < self.max_upload_bytes:
             raise ValueError("max_queued_bytes must be at least max_upload_bytes (else a large upload "
                              "could never be accepted)")

@@ -4,9 +4,11 @@ Every key written has a TTL: inputs and results ``result_ttl_s``, job records ``
 (longer, so an expired result answers 410 rather than 404), worker heartbeats three periods.
 
 The Redis store admits a job only while the jobs holding an input (queued or running) and their
-bytes stay under ``max_queued_jobs`` and ``max_queued_bytes``: a sorted set of those jobs (scored by
-when their input expires, so an entry never outlives its input) and their sizes are updated in the
-same Lua script that stores the input, and again when the input is dropped.
+bytes stay under ``max_queued_jobs`` and ``max_queued_bytes``, and while those inputs plus the results
+held stay under ``max_stored_bytes`` (so results, kept ``result_ttl_s``, cannot fill Redis and leave
+no room for the results of jobs already accepted). A sorted set of the inputs (scored by when each
+expires, so an entry never outlives its blob) and their sizes are updated in the same Lua script that
+stores the input, and again when the input is dropped; results have a set of their own.
 """
 
 from __future__ import annotations
@@ -30,31 +32,52 @@ if TYPE_CHECKING:
 ACTIVE = (JobStatus.queued, JobStatus.running)
 PREFIX = "bbcu"
 
-# KEYS: admitted jobs (sorted set scored by input expiry), their sizes (hash), total bytes, input, record.
-# Entries whose input expired are pruned first; with no ARGV the script only counts.
+# KEYS: admitted jobs (sorted set scored by input expiry), their sizes (hash), total bytes, input,
+# record, then the same three for the results held. Expired entries of both are pruned first; with no
+# ARGV the script only counts. Returns {admitted, jobs, input bytes, result bytes}.
 _ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)) do
-  redis.call('ZREM', KEYS[1], id)
-  redis.call('DECRBY', KEYS[3], redis.call('HGET', KEYS[2], id) or 0)
-  redis.call('HDEL', KEYS[2], id)
+for base = 0, 5, 5 do
+  local set, sizes, total = KEYS[base + 1], KEYS[base + 2], KEYS[base + 3]
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', set, '-inf', now)) do
+    redis.call('ZREM', set, id)
+    redis.call('DECRBY', total, redis.call('HGET', sizes, id) or 0)
+    redis.call('HDEL', sizes, id)
+  end
 end
 local jobs = redis.call('ZCARD', KEYS[1])
 local bytes = tonumber(redis.call('GET', KEYS[3]) or '0')
-if #ARGV == 0 then return {1, jobs, bytes} end
+local results = tonumber(redis.call('GET', KEYS[8]) or '0')
+if #ARGV == 0 then return {1, jobs, bytes, results} end
 local size, ttl = tonumber(ARGV[2]), tonumber(ARGV[5])
-if jobs + 1 > tonumber(ARGV[3]) or bytes + size > tonumber(ARGV[4]) then return {0, jobs, bytes} end
+if jobs + 1 > tonumber(ARGV[3]) or bytes + size > tonumber(ARGV[4])
+   or bytes + results + size > tonumber(ARGV[9]) then
+  return {0, jobs, bytes, results}
+end
 redis.call('SET', KEYS[4], ARGV[7], 'EX', ttl)
 redis.call('SET', KEYS[5], ARGV[8], 'EX', ARGV[6])
 redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
 redis.call('HSET', KEYS[2], ARGV[1], size)
 redis.call('INCRBY', KEYS[3], size)
 for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-return {1, jobs + 1, bytes + size}
+return {1, jobs + 1, bytes + size, results}
 """
-# KEYS: the same three, then the input. ZREM first: once a script has written, Redis lets its later
-# writes through even at maxmemory, so a finished job always gives its room back.
+# KEYS: the results' set, sizes and total, then the result. A job run twice counts its result once.
+_PUT_RESULT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+local ttl = tonumber(ARGV[3])
+redis.call('SET', KEYS[4], ARGV[4], 'EX', ttl)
+redis.call('DECRBY', KEYS[3], redis.call('HGET', KEYS[2], ARGV[1]) or 0)
+redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+redis.call('INCRBY', KEYS[3], ARGV[2])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
+return 1
+"""
+# KEYS: the same three (of inputs or of results), then the blob. ZREM first: once a script has
+# written, Redis lets its later writes through even at maxmemory, so a job always gives its room back.
 _RELEASE = """
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 1 then
   redis.call('DECRBY', KEYS[3], redis.call('HGET', KEYS[2], ARGV[1]) or 0)
@@ -109,6 +132,10 @@ class JobStore(ABC):
     @abstractmethod
     def queued(self) -> tuple[int, int]:
         """Jobs holding a stored input (queued or running) and the bytes of those inputs."""
+
+    @abstractmethod
+    def result_bytes(self) -> int:
+        """Bytes of the results held (until they expire or are deleted)."""
 
     def input(self, job_id: str) -> bytes | None:
         return self._get_blob("in", job_id)
@@ -287,6 +314,11 @@ class MemoryStore(JobStore):
             self._sweep()
             return self._inputs
 
+    def result_bytes(self) -> int:
+        with self._cond:
+            self._sweep()
+            return self.held_bytes - self._inputs[1]
+
     def beat(self, queue: str, worker: str, info: dict[str, Any], ttl_s: float) -> None:
         with self._cond:
             self._sweep()
@@ -344,7 +376,7 @@ class RedisStore(JobStore):
 
     def __init__(self, url: str, result_ttl_s: int, job_ttl_s: int, timeout_s: float = 3.0, *,
                  max_connections: int = 160, max_queued_jobs: int = 500, max_queued_bytes: int = 1 << 30,
-                 retry_s: float = 0.0) -> None:
+                 max_stored_bytes: int = 3 << 29, retry_s: float = 0.0) -> None:
         import redis
         from redis.backoff import ExponentialBackoff
         from redis.retry import Retry
@@ -352,6 +384,7 @@ class RedisStore(JobStore):
         super().__init__(result_ttl_s, job_ttl_s)
         self.max_queued_jobs = max_queued_jobs
         self.max_queued_bytes = max_queued_bytes
+        self.max_stored_bytes = max_stored_bytes
         self._redis_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
         self._full_error = redis.exceptions.OutOfMemoryError
         self._watch_error = redis.exceptions.WatchError
@@ -366,6 +399,7 @@ class RedisStore(JobStore):
         self.client = redis.Redis(connection_pool=pool)
         self._admit = self.client.register_script(_ADMIT)
         self._release = self.client.register_script(_RELEASE)
+        self._put_result = self.client.register_script(_PUT_RESULT)
 
     @classmethod
     def from_settings(cls, settings: Settings, *, patient: bool = False) -> RedisStore:
@@ -375,7 +409,7 @@ class RedisStore(JobStore):
             raise ValueError("a Redis store needs BBCU_BROKER_URL")
         return cls(settings.broker_url, settings.result_ttl_s, settings.job_ttl_s, settings.redis_timeout_s,
                    max_connections=settings.redis_max_connections, max_queued_jobs=settings.max_queued_jobs,
-                   max_queued_bytes=settings.max_queued_bytes,
+                   max_queued_bytes=settings.max_queued_bytes, max_stored_bytes=settings.max_stored_bytes,
                    retry_s=settings.store_retry_s if patient else 0.0)
 
     @contextmanager
@@ -392,24 +426,48 @@ class RedisStore(JobStore):
     def _admission_keys(self) -> list[str]:
         return [self._key("admitted"), self._key("admitted", "bytes"), self._key("admitted", "total")]
 
+    def _result_keys(self) -> list[str]:
+        return [self._key("results"), self._key("results", "bytes"), self._key("results", "total")]
+
     def create(self, spec: JobSpec, facts: ImageFacts, data: bytes) -> JobRecord:
         """Store the input and a queued record in one step, or raise QueueFull past the limits."""
         record = JobRecord(id=spec.id, status=JobStatus.queued, task=spec.task, queue=spec.queue,
                            created_at=now(), input=facts, spec=spec)
-        keys = [*self._admission_keys(), self._key("in", spec.id), self._key("job", spec.id)]
+        keys = [*self._admission_keys(), self._key("in", spec.id), self._key("job", spec.id),
+                *self._result_keys()]
         args: list[str | int | bytes] = [spec.id, len(data), self.max_queued_jobs, self.max_queued_bytes,
-                                         self.result_ttl_s, self.job_ttl_s, data, record.model_dump_json()]
+                                         self.result_ttl_s, self.job_ttl_s, data, record.model_dump_json(),
+                                         self.max_stored_bytes]
         with self.guard():
-            admitted, jobs, size = self._admit(keys=keys, args=args)
+            admitted, jobs, size, results = self._admit(keys=keys, args=args)
         if not admitted:
-            raise QueueFull(f"{jobs} jobs holding {size} bytes are queued or running; the limits are "
-                            f"{self.max_queued_jobs} jobs and {self.max_queued_bytes} bytes")
+            raise QueueFull(f"{jobs} jobs holding {size} bytes are queued or running and {results} bytes of "
+                            f"results are held; the limits are {self.max_queued_jobs} jobs, "
+                            f"{self.max_queued_bytes} input bytes and {self.max_stored_bytes} bytes in all")
         return record
 
-    def queued(self) -> tuple[int, int]:
+    def _counts(self) -> tuple[int, int, int]:
         with self.guard():
-            _, jobs, size = self._admit(keys=[*self._admission_keys(), "", ""], args=[])
-        return int(jobs), int(size)
+            _, jobs, size, results = self._admit(keys=[*self._admission_keys(), "", "", *self._result_keys()],
+                                                 args=[])
+        return int(jobs), int(size), int(results)
+
+    def queued(self) -> tuple[int, int]:
+        jobs, size, _ = self._counts()
+        return jobs, size
+
+    def result_bytes(self) -> int:
+        return self._counts()[2]
+
+    def put_result(self, job_id: str, data: bytes) -> None:
+        """Idempotent, and counted once against ``max_stored_bytes`` however often it runs."""
+        with self.guard():
+            self._put_result(keys=[*self._result_keys(), self._key("out", job_id)],
+                             args=[job_id, len(data), self.result_ttl_s, data])
+
+    def drop_result(self, job_id: str) -> None:
+        with self.guard():
+            self._release(keys=[*self._result_keys(), self._key("out", job_id)], args=[job_id])
 
     def records(self, job_ids: list[str]) -> list[JobRecord | None]:
         """The records of ``job_ids`` (None where unknown or expired), read at once."""

@@ -80,19 +80,24 @@ def _live_gauges(settings: Settings, store: JobStore, dispatcher: Dispatcher) ->
         workers = dispatcher.workers()
         lengths = dispatcher.queue_lengths()
         jobs, size = store.queued()
+        results = store.result_bytes()
     except StoreUnavailable:
         up.add_metric([], 0)
         return [up]
     up.add_metric([], 1)
     admission = [
         GaugeMetricFamily("bbcu_queued_jobs", "Jobs holding a stored input (queued or running)", value=jobs),
-        GaugeMetricFamily("bbcu_queued_bytes", "Bytes of the inputs those jobs hold", value=size)]
+        GaugeMetricFamily("bbcu_queued_bytes", "Bytes of the inputs those jobs hold", value=size),
+        GaugeMetricFamily("bbcu_result_bytes", "Bytes of the results held", value=results)]
     if dispatcher.mode == "celery":  # the embedded pool's own limit is embedded_queue
         admission += [
             GaugeMetricFamily("bbcu_queued_jobs_limit", "Queued or running jobs before 503 (max_queued_jobs)",
                               value=settings.max_queued_jobs),
             GaugeMetricFamily("bbcu_queued_bytes_limit", "Input bytes before 503 (max_queued_bytes)",
-                              value=settings.max_queued_bytes)]
+                              value=settings.max_queued_bytes),
+            GaugeMetricFamily("bbcu_stored_bytes_limit",
+                              "Input and result bytes before 503 (max_stored_bytes)",
+                              value=settings.max_stored_bytes)]
     live = GaugeMetricFamily("bbcu_workers", "Live workers by queue", labels=["queue"])
     waiting = GaugeMetricFamily("bbcu_queue_length", "Jobs waiting by queue", labels=["queue"])
     for q in QUEUES:
