@@ -1,8 +1,10 @@
 """``make soak``: a load and fault campaign against the real service, counting what became of every request.
 
 It starts its own redis-server (append-only file on, a private port and directory), ``bbcu serve`` in
-Celery mode and ``bbcu worker`` processes with a tiny random denoise network (small images: jobs take
-milliseconds, so the campaign measures the service, not the network), and runs these scenarios:
+Celery mode (two API processes for the shared scenarios of the full campaign, so the recovery sweeper
+must act once across them) and ``bbcu worker`` processes with a tiny random denoise network (small
+images: jobs take milliseconds, so the campaign measures the service, not the network), and runs these
+scenarios:
 
 - ``sync``: synchronous ``POST /restore`` at high concurrency, one worker running;
 - ``async``: asynchronous submissions while no worker runs, then one worker starts;
@@ -54,7 +56,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -85,13 +87,14 @@ class Scale:
     settle_s: float  # how long accepted jobs have to reach a terminal state after the last fault
     unattended_s: float  # how long they have to do so with no client reading them
     keys_n: int  # submissions of the flooding API key
+    api_processes: int  # `bbcu serve --workers N`: the recovery sweeper must act once across them
 
 
 # the campaign of issue 11, and a scaled-down one that fits in CI time
 FULL = Scale(sync_n=400, sync_concurrency=150, async_n=1000, kill_n=300, restart_n=300, evict_n=400,
-             evict_maxmemory_mb=64, settle_s=180, unattended_s=60, keys_n=600)
+             evict_maxmemory_mb=64, settle_s=180, unattended_s=60, keys_n=600, api_processes=2)
 QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=60, evict_n=200,
-              evict_maxmemory_mb=32, settle_s=90, unattended_s=45, keys_n=120)
+              evict_maxmemory_mb=32, settle_s=90, unattended_s=45, keys_n=120, api_processes=1)
 SIDES = {"sync": 64, "async": 64, "kill": 160, "redis-restart": 96, "evict": 256}
 SUBMIT_CONCURRENCY = 16
 WORKER_READY_S = 120.0
@@ -135,8 +138,10 @@ class Cluster:
     """
 
     def __init__(self, workdir: Path, logdir: Path, weights: Path, *, maxmemory_mb: int = 0,
-                 policy: str = "noeviction", env: dict[str, str] | None = None) -> None:
+                 policy: str = "noeviction", env: dict[str, str] | None = None,
+                 api_processes: int = 1) -> None:
         self.dir = workdir
+        self.api_processes = api_processes
         self.logdir = logdir
         self.redis_port = free_port()
         self.redis_args = [shutil.which("redis-server") or "redis-server", "--port", str(self.redis_port),
@@ -188,7 +193,8 @@ class Cluster:
     def start_api(self) -> None:
         port = free_port()
         self.api = self._spawn("api", [sys.executable, "-m", "cli.main", "serve", "--port", str(port),
-                                       "--log-level", "warning"], self.env)
+                                       "--workers", str(self.api_processes), "--log-level", "warning"],
+                               self.env)
         self.url = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 120, "the API",
                  self.api)
@@ -262,12 +268,15 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
 
 @contextlib.contextmanager
 def cluster(weights: Path, logdir: Path, *, maxmemory_mb: int = 0, policy: str = "noeviction",
-            env: dict[str, str] | None = None, keys: dict[str, str] | None = None) -> Iterator[Cluster]:
-    """A started Redis and API (no worker yet); the processes' logs go to ``logdir``."""
+            env: dict[str, str] | None = None, keys: dict[str, str] | None = None,
+            api_processes: int = 1) -> Iterator[Cluster]:
+    """A started Redis and API (``api_processes`` of it; no worker yet); the processes' logs go to
+    ``logdir``."""
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="bbcu-soak-") as tmp:
-        c = Cluster(Path(tmp), logdir, weights, maxmemory_mb=maxmemory_mb, policy=policy, env=env)
+        c = Cluster(Path(tmp), logdir, weights, maxmemory_mb=maxmemory_mb, policy=policy, env=env,
+                    api_processes=api_processes)
         c.keys = keys or {}
         try:
             c.start_redis()
@@ -792,7 +801,7 @@ def campaign(names: list[str], scale: Scale, logdir: Path = LOGDIR,
         weights = tiny_weights(Path(wdir))
         shared = [n for n in names if n in SHARED]
         if shared:
-            with cluster(weights, logdir / "shared") as c:
+            with cluster(weights, logdir / "shared", api_processes=scale.api_processes) as c:
                 for name in shared:
                     run(name, c, SHARED[name], Tally(name))
         for name in [n for n in names if n in MEMORY]:
@@ -812,8 +821,14 @@ def main() -> int:
     parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
                         help=f"any of {', '.join(SCENARIOS)} (default all, in this order)")
     parser.add_argument("--quick", action="store_true", help="the scaled-down campaign (CI)")
+    parser.add_argument("--api-processes", type=int, metavar="N",
+                        help="API processes of the shared scenarios' service (default: 2, --quick 1)")
     args = parser.parse_args()
     scale = QUICK if args.quick else FULL
+    if args.api_processes is not None:
+        if args.api_processes < 1:
+            parser.error("--api-processes must be at least 1")
+        scale = replace(scale, api_processes=args.api_processes)
     unknown = sorted(set(args.scenarios) - set(SCENARIOS))
     if unknown:
         parser.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
