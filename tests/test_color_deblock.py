@@ -89,3 +89,23 @@ def test_a_job_records_the_partner_and_returns_the_pipelines_image(tmp_path: Pat
                                       imageio.decode(data, max_pixels=1 << 20),
                                       chroma=load_chroma_partner("deblock", weights_dir=tmp_path))
     assert store.result(spec.id) == imageio.encode(expected, "png")
+
+
+def test_the_http_answer_names_both_networks(tmp_path: Path) -> None:
+    """Over HTTP (embedded mode): Server-Timing and the job record name the chroma network."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    save_ours(tmp_path, "gray", deblock_config(nf=8, depth=3), seed=1)
+    save_ours(tmp_path, "rgb", deblock_config(nf=8, depth=3, channels=3), seed=2)
+    with TestClient(create_app(Settings(weights_dir=tmp_path, torch_threads=1))) as c:
+        color = c.post("/restore", params={"task": "deblock"},
+                       files={"image": ("c.png", make_image(24, 20, seed=4), "image/png")})
+        assert color.status_code == 200, color.text
+        assert 'deblock;desc="gray, chroma rgb"' in color.headers["server-timing"]
+        job = c.get(f"/jobs/{color.headers['x-job-id']}").json()
+        assert [(s["model"], s["chroma_model"]) for s in job["stages"]] == [("gray", "rgb")]
+        gray = c.post("/restore", params={"task": "deblock"},
+                      files={"image": ("g.png", make_image(24, 20, seed=5, mode="L"), "image/png")})
+        assert gray.status_code == 200 and 'deblock;desc="gray";' in gray.headers["server-timing"]

@@ -11,7 +11,7 @@ from pydantic import ConfigDict, Field
 from app.api.examples import JOB_EXAMPLE
 from app.errors import Problem, job_failed
 from models.errors import ErrorCode
-from workers.contract import JobRecord, JobSpec, JobStatus
+from workers.contract import JobRecord, JobSpec, JobStatus, StageRecord
 
 
 class PublicSpec(JobSpec):
@@ -44,7 +44,7 @@ def job_headers(rec: JobRecord) -> dict[str, str]:
     """X-Job-Id, Link, Server-Timing and X-Model (name and weights checksum) of a job."""
     headers = {"X-Job-Id": rec.id, "Link": f'<{job_url(rec.id)}>; rel="monitor"'}
     timing = ", ".join(filter(None, [rec.timings.server_timing()] + [
-        f'{s.task};desc="{s.model}";dur={s.inference_ms:.1f}' for s in rec.stages]))
+        f'{s.task};desc="{_stage_models(s)}";dur={s.inference_ms:.1f}' for s in rec.stages]))
     if timing:
         headers["Server-Timing"] = timing
     if rec.model:
@@ -55,6 +55,11 @@ def job_headers(rec: JobRecord) -> dict[str, str]:
         if stage.sigma is not None:
             headers["X-Noise-Sigma"] = f"{stage.sigma:.2f}"
     return headers
+
+
+def _stage_models(stage: StageRecord) -> str:
+    """The stage's network, and the color network a color photo's chroma came from (deblock)."""
+    return f"{stage.model}, chroma {stage.chroma_model}" if stage.chroma_model else stage.model
 
 
 def accepted(rec: JobRecord, *, preference_applied: bool) -> JSONResponse:
