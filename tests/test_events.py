@@ -46,17 +46,19 @@ def read_events(c: httpx.Client, job_id: str, last_event_id: str | None = None,
     return events
 
 
-def submit_slow(c: httpx.Client) -> str:
-    """A job with many small tiles, so that it reports progress several times."""
+def submit_slow(c: httpx.Client, side: int = 256) -> str:
+    """A job with many small tiles (side / 32 squared), so that it reports progress several times."""
     r = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"},
-               files={"image": ("slow.png", make_image(256, 256, seed=5), "image/png")})
+               files={"image": ("slow.png", make_image(side, side, seed=5), "image/png")})
     assert r.status_code == 202, r.text
     return str(r.json()["id"])
 
 
 def test_events_in_order_with_progress_and_final_record(service: Service) -> None:
     with service.client() as c:
-        job_id = submit_slow(c)
+        # 256 tiles: on a quiet machine 64 tiles of the tiny x4 network could end between two reads
+        # of the record (every 0.2 s), so that no progress was ever seen
+        job_id = submit_slow(c, side=512)
         events = read_events(c, job_id)
     names = [e[0] for e in events]
     assert names[0] == "status" and names[-1] == "completed" and names.count("completed") == 1
@@ -64,14 +66,14 @@ def test_events_in_order_with_progress_and_final_record(service: Service) -> Non
     ids = [e[1] for e in events]
     assert ids == sorted(ids) and len(set(ids)) == len(ids)  # ids grow with the job's state
     progress = [e[2] for e in events if e[0] == "progress"]
-    assert progress, names  # 64 tiles of a x4 network report progress along the way
+    assert progress, names  # 256 tiles of a x4 network report progress along the way
     values = [p["progress"] for p in progress]
     assert values == sorted(values) and all(0 < v < 1 and round(v, 3) == v for v in values)
     assert all(p["eta_s"] is not None and p["eta_s"] >= 0 for p in progress)
     final = events[-1][2]
     assert final["status"] == "succeeded" and final["progress"] == 1.0
     assert final["links"] == {"self": f"/jobs/{job_id}", "result": f"/jobs/{job_id}/result"}
-    assert final["output"]["width"] == 1024 and final["timings"]["inference"] > 0
+    assert final["output"]["width"] == 2048 and final["timings"]["inference"] > 0
 
 
 def test_events_resume_after_a_reconnect(service: Service) -> None:
