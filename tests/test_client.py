@@ -66,11 +66,12 @@ def test_async_restore_reports_progress(service: Service) -> None:
 
     async def main() -> Restored:
         async with AsyncClient(service.url) as client:
-            return await client.restore(make_image(256, 256, seed=5), task="sr", scale=4, tile=32,
+            # 256 tiles: fewer could all end between two reads of the record (every 0.2 s)
+            return await client.restore(make_image(512, 512, seed=5), task="sr", scale=4, tile=32,
                                         on_progress=seen.append)
 
     got = asyncio.run(main())
-    assert got.size == (1024, 1024)
+    assert got.size == (2048, 2048)
     assert seen[0]["status"] in ("queued", "running") and seen[-1] == got.job
     progress = [e["progress"] for e in seen if e["status"] == "running"]
     assert progress == sorted(progress) and any(0 < p < 1 for p in progress)
