@@ -82,7 +82,7 @@ def _network(model: RestorationModel, img: Image, tile: int | None, progress: Pr
         return _run(model, np.repeat(px, 3, axis=2), tile, progress, memory_bytes).mean(axis=2, keepdims=True)
     ycc = rgb_to_ycbcr(px)  # color image, luma network
     s = model.scale
-    if chroma is not None and s == 1:
+    if chroma is not None:  # restore_image passes one only where takes_chroma holds
         luma_progress, chroma_progress = _halves(progress)
         y = _run(model, ycc[..., :1], tile, luma_progress, memory_bytes)
         del ycc
