@@ -1,4 +1,4 @@
-"""Decoding and encoding images: every mode Pillow opens, alpha, EXIF orientation, bit depth.
+"""Decoding and encoding images: the accepted input formats in every mode, alpha, EXIF orientation, bit depth.
 
 Pixels are held as float32 H x W x C arrays in 0..1 with C = 1 (gray) or 3 (RGB); an alpha plane,
 if any, separately. Torch-free, so the HTTP front end can use ``probe`` to check uploads.
@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
+from models import input_formats
 from models.errors import ImageDecodeError, ImageTooLargeError
 from models.vocab import FORMATS, format_of
 
@@ -66,11 +67,12 @@ def _open(data: bytes, max_pixels: int) -> PILImage.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            im = PILImage.open(io.BytesIO(data))
+            im = PILImage.open(io.BytesIO(data), formats=input_formats.pillow_formats())
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
         raise ImageTooLargeError(f"image too large: {e}", pixels=-1, max_pixels=max_pixels) from e
     except UnidentifiedImageError as e:
-        raise ImageDecodeError("not a readable image: the data is in no image format Pillow knows") from e
+        raise ImageDecodeError("not a readable image: the data is in none of the accepted formats "
+                               f"({input_formats.described()})") from e
     except _DECODE_ERRORS as e:
         raise ImageDecodeError(f"not a readable image ({type(e).__name__}: {e})") from e
     w, h = im.size
