@@ -65,7 +65,7 @@ def key_new(args: argparse.Namespace) -> int:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from app.server import uvicorn_options
+    from app.server import raise_open_files_limit, uvicorn_options
     from workers.settings import get_settings
 
     settings = get_settings()
@@ -73,9 +73,11 @@ def serve(args: argparse.Namespace) -> int:
         return fail("the embedded mode runs one process; set BBCU_BROKER_URL to scale out")
     if args.workers > 1:
         _share_metrics()
+    # the API processes inherit the raised limit; the connection budget is sized from it
+    descriptors = raise_open_files_limit()
     uvicorn.run("app.main:create_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level=args.log_level, proxy_headers=True,
-                **uvicorn_options(settings))
+                **uvicorn_options(settings, descriptors))
     return 0
 
 
