@@ -29,7 +29,8 @@ Errors are problem details (RFC 9457). The page at `/` does all of this in a bro
 """
 
 # request headers a page on another origin may send
-ALLOWED_HEADERS = ["Content-Type", "Accept", "Prefer", "Last-Event-ID", "Authorization", "X-API-Key"]
+ALLOWED_HEADERS = ["Content-Type", "Accept", "Prefer", "Last-Event-ID", "Authorization", "X-API-Key",
+                   "Idempotency-Key"]
 # response headers a page on another origin may read (CORS hides all but a few by default)
 EXPOSED_HEADERS = ["X-Job-Id", "X-Model", "Server-Timing", "Location", "Link", "Retry-After",
                    "Preference-Applied", "Content-Disposition"]

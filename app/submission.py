@@ -7,14 +7,16 @@ queued.
 
 from __future__ import annotations
 
+import time
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from app import idempotency
 from app.access import Caller
 from app.api.views import job_problem
 from app.callbacks import callback_fields
@@ -32,6 +34,9 @@ from workers.errors import QueueFull, ServiceError, StoreUnavailable
 from workers.settings import Settings
 from workers.store import ACTIVE
 
+# a retry whose first try is still storing its job waits this long for the record, then gets a 409
+_FIRST_TRY_WAIT_S = 5.0
+
 
 @dataclass(frozen=True)
 class RestoreOptions:
@@ -48,6 +53,7 @@ class RestoreOptions:
     strength: str | None = None
     quality: int | None = None
     caller: Caller | None = None  # who asked: the job is its owner's, and counts against its quota
+    idempotency_key: str | None = None  # a retry with the same key gets the first try's job
 
 
 @dataclass(frozen=True)
@@ -142,13 +148,52 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
 
 
 def submit(services: Services, job: Admitted) -> JobRecord:
+    """Store the job and enqueue it; with an Idempotency-Key, the job an earlier try with the same
+    key and request created (422 if the request differs)."""
+    key = job.options.idempotency_key
+    if key is None:
+        return _enqueue(services, job, new_job_id())
+    o = job.options
+    name = idempotency.scoped(o.caller.client if o.caller else "anonymous", key)
+    asked = {k: v for k, v in asdict(o).items() if k not in ("caller", "idempotency_key")}
+    claim = idempotency.Claim(new_job_id(), idempotency.fingerprint({**asked, "filename": job.filename},
+                                                                    job.data))
+    held = services.idempotency.claim(name, claim)
+    if held is None:
+        try:
+            return _enqueue(services, job, claim.job_id)
+        except (ServiceError, Problem):
+            services.idempotency.release(name, claim.job_id)  # no job was made: a retry may make it
+            raise
+    if held.fingerprint != claim.fingerprint:
+        raise Problem(422, "Idempotency key reused",
+                      f"{idempotency.HEADER} {key!r} was sent before with another request (other "
+                      "parameters or another image); a new request needs a new key",
+                      slug="idempotency-key-reused")
+    return _first_try(services, held.job_id)
+
+
+def _first_try(services: Services, job_id: str) -> JobRecord:
+    """The job of an earlier try; its record may still be being stored by that try's request."""
+    deadline = time.monotonic() + _FIRST_TRY_WAIT_S
+    while (rec := services.store.get(job_id)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if rec is None:
+        raise Problem(409, "Request in progress",
+                      f"a request with this {idempotency.HEADER} is still being submitted; retry",
+                      slug="idempotency-key-in-progress",
+                      headers={"Retry-After": str(services.settings.retry_after_s)})
+    return rec
+
+
+def _enqueue(services: Services, job: Admitted, job_id: str) -> JobRecord:
     """Store the job and enqueue it; a job the queue refuses is failed at once, never left queued."""
     o = job.options
     try:
         queue = services.dispatcher.pick_queue(o.device)
     except BBCUError as e:  # device=gpu where no GPU worker is configured
         raise refused(e) from e
-    spec = JobSpec(id=new_job_id(), task=",".join(job.tasks), scale=job.scale, variant=job.variant,
+    spec = JobSpec(id=job_id, task=",".join(job.tasks), scale=job.scale, variant=job.variant,
                    format=o.format, quality=o.quality, strength=job.strength, queue=queue,  # type: ignore[arg-type]
                    tile=o.tile, filename=job.filename, owner=o.caller.owner if o.caller else None,
                    **job.callback)

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Header, Query, Request
 from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
-from app import submission
+from app import idempotency, submission
 from app.api.deps import CallerDep, ServicesDep
 from app.api.examples import RESTORE_REQUEST_BODY, RESTORE_RESPONSES
 from app.api.negotiation import negotiate_format, parse_prefer
@@ -40,12 +40,18 @@ async def restore(
     prefer: Annotated[str | None, Header(description="respond-async: 202 at once; wait=N: the result "
                                                      "within N s, else 202")] = None,
     accept: Annotated[str | None, Header()] = None,
+    idempotency_key: Annotated[str | None, Header(
+        alias=idempotency.HEADER, pattern=idempotency.KEY_PATTERN,
+        description="1-255 printable characters: a retry with the same key and request gets the "
+                    "first try's job (its answer), kept as long as job records; another request "
+                    "with the key is a 422")] = None,
 ) -> Response:
     """Restore an image: the result or an error status; 202 and a job only when asked for."""
     options = submission.RestoreOptions(task=task, scale=scale, variant=variant, device=device, tile=tile,
                                         format=negotiate_format(format, accept), strength=strength,
                                         quality=quality, callback_url=callback_url,
-                                        callback_events=callback_events, caller=caller)
+                                        callback_events=callback_events, caller=caller,
+                                        idempotency_key=idempotency_key)
     prefs = parse_prefer(prefer)
     job = await submission.admit(request, services, options)
     if async_ or "respond-async" in prefs:
