@@ -21,6 +21,10 @@ from workers.settings import Settings
 _DIGEST = re.compile(r"^(?:sha256:)?([0-9a-fA-F]{64})$")
 _NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 KEY_PREFIX = "bbcu_"
+# where each kind of client puts its key: the page, the CLI, any HTTP client
+WHERE_KEYS_GO = ("type it into the page's API key field, pass --api-key KEY to bbcu restore --url (or set "
+                 "BBCU_API_KEY), or send Authorization: Bearer <key> or X-API-Key: <key>")
+NO_KEY = f"this service requires an API key: {WHERE_KEYS_GO}"
 
 
 @dataclass(frozen=True)
@@ -108,11 +112,11 @@ class KeyRing:
             return Caller(owner=None, client=f"ip:{address}", limited=self.anonymous_limits)
         key = bearer or header_key
         if not key:
-            raise unauthorized("this service requires an API key: send Authorization: Bearer <key> "
-                               "or X-API-Key: <key>", 'Bearer realm="bbcu"')
+            raise unauthorized(NO_KEY, 'Bearer realm="bbcu"')
         owner = self.owner_of(key)
         if owner is None:
-            raise unauthorized("the API key is not valid", 'Bearer realm="bbcu", error="invalid_token"')
+            raise unauthorized(f"the API key is not valid: check the key you gave ({WHERE_KEYS_GO})",
+                               'Bearer realm="bbcu", error="invalid_token"')
         return Caller(owner=owner, client=f"key:{owner}")
 
 

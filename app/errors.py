@@ -73,7 +73,9 @@ def refused(error: BBCUError) -> Problem:
     answer = ANSWERS[error.code]
     extra: dict[str, Any] = {}
     if isinstance(error, ImageTooLargeError):
-        extra = {"pixels": error.pixels, "max_pixels": error.max_pixels}
+        extra = {"max_pixels": error.max_pixels}
+        if error.pixels is not None:  # None: Pillow refused the file before its size was known
+            extra["pixels"] = error.pixels
     elif isinstance(error, JobTooCostlyError):
         extra = {"gops": round(error.gops, 1), "max_gops": error.max_gops}
     return Problem(answer.status, answer.title, str(error), slug=answer.slug, **extra)

@@ -16,7 +16,8 @@ from cli.common import describe_stage, fail
 from models.vocab import BACKENDS, DEFAULT_SR_SCALE, FORMATS, SR_SCALES, VARIANTS, format_of
 
 # what a folder is searched for (the decoder reads more; these are the usual photo files)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
+                  ".avif")
 
 
 class UsageError(Exception):

@@ -62,7 +62,7 @@ class ImageTooLargeError(ImageError):
 
     code = ErrorCode.too_large
 
-    def __init__(self, message: str, pixels: int, max_pixels: int) -> None:
+    def __init__(self, message: str, pixels: int | None, max_pixels: int) -> None:
         super().__init__(message)
         self.pixels = pixels
         self.max_pixels = max_pixels

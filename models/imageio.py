@@ -6,7 +6,9 @@ if any, separately. Torch-free, so the HTTP front end can use ``probe`` to check
 
 from __future__ import annotations
 
+import functools
 import io
+import re
 import struct
 import warnings
 from dataclasses import dataclass, replace
@@ -15,15 +17,17 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
-from models import input_formats
+from models import depth16, input_formats
 from models.errors import ImageDecodeError, ImageTooLargeError
 from models.vocab import FORMATS, format_of
 
-_PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG"}
+_PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG", "tiff": "TIFF"}
+_DEEP_FORMATS = ("PNG", "TIFF")  # the output formats that keep 16 bits per sample
 _ORIENTATION = 0x0112
 # zlib level 1: at 2000x1500 about 3x faster than Pillow's default 6 for files ~14% larger
 PNG_COMPRESS_LEVEL = 1
 DEFAULT_QUALITY = 95
+_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError,
                   PILImage.DecompressionBombError, struct.error)
 
@@ -61,15 +65,35 @@ class Image:
         return replace(self, pixels=pixels, alpha=alpha)
 
 
+@functools.cache
+def _register_plugins() -> None:
+    """Let Pillow open HEIC/HEIF (the iPhone's default) through pillow-heif; done once, on first use."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()
+
+
+def _bomb_pixels(error: Exception) -> int | None:
+    """The pixel count in Pillow's decompression-bomb message ("Image size (N pixels) exceeds ...")."""
+    found = _BOMB_SIZE.search(str(error))
+    return int(found.group(1)) if found else None
+
+
 def _open(data: bytes, max_pixels: int) -> PILImage.Image:
     if not data:
         raise ImageDecodeError("empty upload: no image data")
+    _register_plugins()
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            # past Pillow's warning threshold the service's own limit below decides
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
             im = PILImage.open(io.BytesIO(data), formats=input_formats.pillow_formats())
-    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as e:
-        raise ImageTooLargeError(f"image too large: {e}", pixels=-1, max_pixels=max_pixels) from e
+    except PILImage.DecompressionBombError as e:
+        # far past any limit of ours: Pillow refuses before a size is known to us; say ours
+        pixels = _bomb_pixels(e)
+        size = f"{pixels} pixels" if pixels else "too many pixels"
+        raise ImageTooLargeError(f"image is {size}, over the limit of {max_pixels} pixels",
+                                 pixels=pixels, max_pixels=max_pixels) from e
     except UnidentifiedImageError as e:
         raise ImageDecodeError("not a readable image: the data is in none of the accepted formats "
                                f"({input_formats.described()})") from e
@@ -123,6 +147,15 @@ def _to_float(im: PILImage.Image) -> tuple[np.ndarray, np.ndarray | None, int]:
     return a, None, 8
 
 
+def _deep_to_float(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """Pixels, alpha and bit depth (16) of H x W x C uint16 samples with C 2, 3 or 4."""
+    a = samples.astype(np.float32)
+    a /= np.float32(65535.0)
+    if a.shape[2] in (2, 4):
+        return a[..., :-1].copy(), a[..., -1].copy(), 16
+    return a, None, 16
+
+
 def decode(data: bytes, *, max_pixels: int) -> Image:
     """Decode an upload: EXIF orientation applied, first frame of animations, alpha kept."""
     im = _open(data, max_pixels)
@@ -130,9 +163,14 @@ def decode(data: bytes, *, max_pixels: int) -> Image:
         im.load()
         src_format, src_mode = im.format, im.mode
         icc = im.info.get("icc_profile")
+        orientation = im.getexif().get(_ORIENTATION, 1)
         im = ImageOps.exif_transpose(im) or im
         exif = _normalised_exif(im)
-        pixels, alpha, depth = _to_float(im)
+        deep = depth16.deep_png_header(data) if src_format == "PNG" else None
+        if deep is None:
+            pixels, alpha, depth = _to_float(im)
+        else:
+            pixels, alpha, depth = _deep_to_float(depth16.read_png(data, deep, orientation))
     except _DECODE_ERRORS as e:
         raise ImageDecodeError(f"corrupt or truncated image ({type(e).__name__}: {e})") from e
     return Image(pixels=pixels, alpha=alpha, bit_depth=depth, source_format=src_format,
@@ -160,8 +198,21 @@ def _quantize(a: np.ndarray, depth: int) -> np.ndarray:
     return np.rint(q, out=q).astype(np.uint16 if depth == 16 else np.uint8)
 
 
+def _is_deep_color(img: Image, fmt: str) -> bool:
+    """Whether ``img`` is written with 16-bit color or alpha, which Pillow cannot write."""
+    return img.bit_depth == 16 and fmt in _DEEP_FORMATS and (img.channels == 3 or img.alpha is not None)
+
+
+def _encode_deep(img: Image, fmt: str) -> bytes:
+    planes = [img.pixels] if img.alpha is None else [img.pixels, img.alpha[..., None]]
+    samples = _quantize(np.concatenate(planes, axis=2), 16)
+    if fmt == "TIFF":
+        return depth16.write_tiff(samples, icc_profile=img.icc_profile)
+    return depth16.write_png(samples, icc_profile=img.icc_profile, exif=img.exif, level=PNG_COMPRESS_LEVEL)
+
+
 def to_pil(img: Image, fmt: str) -> PILImage.Image:
-    if img.channels == 1 and img.bit_depth == 16 and img.alpha is None and fmt == "PNG":
+    if img.channels == 1 and img.bit_depth == 16 and img.alpha is None and fmt in _DEEP_FORMATS:
         return PILImage.fromarray(_quantize(img.pixels[..., 0], 16))
     rgb = _quantize(img.pixels, 8)
     if img.alpha is None:
@@ -178,12 +229,14 @@ def to_pil(img: Image, fmt: str) -> PILImage.Image:
 
 
 def encode(img: Image, fmt: str = "png", *, quality: int | None = None) -> bytes:
-    """PNG (16-bit gray kept), WebP, or JPEG (alpha composited over white), with the source's ICC
+    """PNG or TIFF (16 bits kept), WebP, or JPEG (alpha composited over white), with the source's ICC
     profile and EXIF; ``quality`` (1..100, default 95) for JPEG and WebP."""
     key = format_of(fmt)
     if key is None:
         raise ValueError(f"unsupported output format {fmt!r}; choose from {', '.join(FORMATS)}")
     pil_fmt = _PIL_FORMATS[key]
+    if _is_deep_color(img, pil_fmt):
+        return _encode_deep(img, pil_fmt)
     im = to_pil(img, pil_fmt)
     buf = io.BytesIO()
     opts: dict[str, object] = {}
@@ -197,6 +250,8 @@ def encode(img: Image, fmt: str = "png", *, quality: int | None = None) -> bytes
         opts.update(quality=quality or DEFAULT_QUALITY, method=4)
     elif pil_fmt == "PNG":
         opts["compress_level"] = PNG_COMPRESS_LEVEL
+    elif pil_fmt == "TIFF":
+        opts["compression"] = "tiff_adobe_deflate"
     im.save(buf, format=pil_fmt, **opts)
     return buf.getvalue()
 

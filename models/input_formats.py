@@ -17,6 +17,8 @@ INPUT_FORMATS: dict[str, str] = {
     "GIF": "image/gif",
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
+    "AVIF": "image/avif",  # Pillow's own decoder (libavif in its wheels)
+    "HEIF": "image/heic",  # HEIC/HEIF, the iPhone's default: pillow-heif's opener (imageio registers it)
 }
 
 

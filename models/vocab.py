@@ -30,11 +30,12 @@ BACKENDS: tuple[Backend, ...] = get_args(Backend)
 # Activation memory of one tile: the one default of the CLI, the engine and the service.
 DEFAULT_TILE_MEMORY_MB = 2048
 
-Format = Literal["png", "webp", "jpeg"]
+Format = Literal["png", "webp", "jpeg", "tiff"]
 FORMATS: tuple[Format, ...] = get_args(Format)
-MEDIA_TYPES: dict[Format, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg"}
+MEDIA_TYPES: dict[Format, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg",
+                                  "tiff": "image/tiff"}
 # file-name spellings accepted for a format
-FORMAT_ALIASES: dict[str, Format] = {"jpg": "jpeg"}
+FORMAT_ALIASES: dict[str, Format] = {"jpg": "jpeg", "tif": "tiff"}
 
 
 def scale_for(task: str, scale: int | None = None) -> int:

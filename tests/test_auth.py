@@ -54,9 +54,13 @@ def test_requests_without_a_valid_key_get_401(keyed_url: str) -> None:
         wrong = submit(c, keyed("bbcu_guessed"))
         basic = c.get("/jobs/" + "0" * 32, headers={"Authorization": "Basic YTpi"})
         metrics = c.get("/metrics")
-    assert "Authorization: Bearer" in assert_problem(missing, 401)["detail"]
+    detail = assert_problem(missing, 401)["detail"]
+    # it names where each kind of client puts the key: the page's field, the CLI's option and variable
+    for where in ("Authorization: Bearer", "the page's API key field", "--api-key", "BBCU_API_KEY"):
+        assert where in detail, where
     assert missing.headers["www-authenticate"] == 'Bearer realm="bbcu"'
-    assert "not valid" in assert_problem(wrong, 401)["detail"]
+    wrong_detail = assert_problem(wrong, 401)["detail"]
+    assert "not valid" in wrong_detail and "--api-key" in wrong_detail
     assert wrong.headers["www-authenticate"] == 'Bearer realm="bbcu", error="invalid_token"'
     assert_problem(basic, 401)
     assert_problem(metrics, 401)
@@ -264,3 +268,4 @@ def test_client_and_cli_send_the_key_and_wait_out_the_quota(tiny_weights: Path, 
                                    cwd=ROOT, capture_output=True, text=True, env=env, timeout=120)
         assert anonymous.returncode == 1, anonymous.stderr
         assert "Unauthorized: this service requires an API key" in anonymous.stderr
+        assert "--api-key KEY to bbcu restore --url (or set BBCU_API_KEY)" in anonymous.stderr

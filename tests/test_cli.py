@@ -150,9 +150,9 @@ def test_output_paths_that_cannot_work_are_errors(tmp_path: Path, capsys: pytest
     a = _image(tmp_path / "a.png", (8, 8))
     b = _image(tmp_path / "b.png", (8, 8))
     base = ("--task", "deblock", "--weights", str(ckpt), "--quiet")
-    r = run_main(capsys, "restore", str(a), "-o", str(tmp_path / "out.tif"), *base)
-    assert r.returncode == 2 and "cannot write .tif" in r.stderr
-    assert not (tmp_path / "out.tif").exists()
+    r = run_main(capsys, "restore", str(a), "-o", str(tmp_path / "out.bmp"), *base)
+    assert r.returncode == 2 and "cannot write .bmp" in r.stderr
+    assert not (tmp_path / "out.bmp").exists()
     r = run_main(capsys, "restore", str(a), str(b), "-o", str(tmp_path / "both.png"), *base)
     assert r.returncode == 2 and "names a file but there are 2 inputs" in r.stderr
     (tmp_path / "jpegs").mkdir()

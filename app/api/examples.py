@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from app.access import NO_KEY
 from models.vocab import MEDIA_TYPES
 
 JOB_EXAMPLE: dict[str, Any] = {
@@ -35,8 +36,7 @@ def _problem_example(status: int, title: str, detail: str, **extra: Any) -> dict
 AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"description": "Keys are required (BBCU_API_KEYS) and none, or an unknown one, was sent",
           "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
-          "content": _problem_example(401, "Unauthorized", "this service requires an API key: send "
-                                      "Authorization: Bearer <key> or X-API-Key: <key>")},
+          "content": _problem_example(401, "Unauthorized", NO_KEY)},
     429: {"description": "The key's request rate (BBCU_RATE_LIMIT_PER_MIN) or, for POST /restore, its "
                          "queued and running jobs (BBCU_MAX_ACTIVE_JOBS) are used up: retry after "
                          "Retry-After",

@@ -29,7 +29,8 @@ async def restore(
     variant: Annotated[str | None, Query(min_length=1, description="network variant, e.g. l or m")] = None,
     strength: Annotated[str | None, Query(description="denoise only: auto (default: from the estimated "
                                                       "noise) or 0..1 (0 keeps the input)")] = None,
-    format: Annotated[Format | None, Query(description="png (default), webp or jpeg")] = None,
+    format: Annotated[Format | None, Query(
+        description="png (default), webp, jpeg or tiff; png and tiff keep a 16-bit input 16-bit")] = None,
     quality: Annotated[int | None, Query(ge=1, le=100, description="jpeg/webp quality (default 95)")] = None,
     device: Annotated[Device, Query(description="auto picks a GPU worker when one is alive")] = "auto",
     tile: Annotated[int | None, Query(ge=32, le=8192, description="tile size in input pixels")] = None,
