@@ -140,6 +140,15 @@ def test_heic_is_decoded() -> None:
     assert error.mean() < 4  # lossy, but the same picture
 
 
+def test_avif_is_decoded() -> None:
+    _, pixels = heic()
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="AVIF", quality=95)
+    img = imageio.decode(buf.getvalue(), max_pixels=BIG)
+    assert img.source_format == "AVIF" and (img.width, img.height) == (96, 64)
+    assert np.abs(img.pixels * 255 - pixels.astype(np.float32)).mean() < 4
+
+
 def test_a_decompression_bomb_is_refused_with_our_limit() -> None:
     with pytest.raises(ImageTooLargeError) as e:
         imageio.probe(bomb_png(), max_pixels=SERVICE_MAX_PIXELS)
