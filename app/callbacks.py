@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from app.errors import Problem
+from workers.callback_urls import CallbackRefused, allow_list, check_callback
 from workers.contract import WEBHOOK_EVENTS
 from workers.settings import Settings
-from workers.webhooks import CallbackRefused, check_callback
 
 
 def _invalid(detail: str) -> Problem:
@@ -28,7 +28,7 @@ def callback_fields(settings: Settings, url: str | None, events: str | None) -> 
         raise _invalid(f"unknown callback event(s) {', '.join(unknown) or '(none)'}; "
                        f"choose from {', '.join(WEBHOOK_EVENTS)}")
     try:
-        check_callback(url, settings.webhook_host_list)
+        check_callback(url, allow_list(settings.webhook_host_list))
     except CallbackRefused as e:
         raise _invalid(str(e)) from e
     return {"callback_url": url, "callback_events": list(dict.fromkeys(chosen))}

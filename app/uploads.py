@@ -18,6 +18,7 @@ from app.errors import Problem
 
 RAW_TYPES = ("application/octet-stream",)
 FIELD = "image"
+MAX_FILENAME_BYTES = 255  # as most file systems allow: the name is kept with the job for a day
 
 
 @dataclass
@@ -136,4 +137,8 @@ async def read_upload(request: Request, limit: int, timeout_s: float) -> Upload:
         raise Problem(422, "Invalid request", f"the multipart body has no '{FIELD}' field",
                       slug="invalid-request", errors=[{"loc": ["body", FIELD], "msg": "Field required",
                                                        "type": "missing"}])
+    if field.filename is not None and len(field.filename.encode()) > MAX_FILENAME_BYTES:
+        raise Problem(422, "Invalid request", f"the file name is {len(field.filename.encode())} bytes long, "
+                      f"over the limit of {MAX_FILENAME_BYTES}", slug="invalid-filename",
+                      max_filename_bytes=MAX_FILENAME_BYTES)
     return Upload(bytes(field.data), field.content_type, field.filename)

@@ -7,14 +7,25 @@ answer that keeps the other tenants served: a clear 4xx, never a 500, and nothin
 from __future__ import annotations
 
 import io
+import ipaddress
+import logging
+import socket
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from PIL import Image
 
 from models import imageio, input_formats
 from models.errors import ImageDecodeError
-from tests.conftest import Service
-from tests.helpers import assert_problem
+from tests import test_webhooks
+from tests.conftest import WEBHOOK_SECRET, Service
+from tests.helpers import assert_problem, make_image
+from tests.test_webhooks import Receiver, running_receiver
+from workers.callback_urls import CallbackRefused, allow_list, check_callback
+from workers.contract import JobRecord, JobSpec, JobStatus, new_job_id, now
+from workers.settings import Settings
+from workers.webhooks import WebhookSender
 
 
 def _saved(fmt: str, mode: str = "RGB") -> bytes:
@@ -47,3 +58,156 @@ def test_an_unlisted_format_is_415_over_http(service: Service) -> None:
                    files={"image": ("x.pcx", _saved("PCX"), "image/x-pcx")})
     body = assert_problem(r, 415)
     assert input_formats.described() in body["detail"] and body["type"] == "urn:bbcu:problem:not-an-image"
+
+
+# --- items 2-5: webhooks
+
+receiver = test_webhooks.receiver  # the fixture, under its name here
+
+
+def _ended(url: str, owner: str | None = None) -> JobRecord:
+    """A finished job's record asking for a completed webhook to ``url``."""
+    job_id = new_job_id()
+    spec = JobSpec(id=job_id, task="denoise", callback_url=url, owner=owner)
+    return JobRecord(id=job_id, status=JobStatus.succeeded, task="denoise", queue="cpu", created_at=now(),
+                     finished_at=now(), spec=spec)
+
+
+def _sender(**settings: object) -> WebhookSender:
+    base: dict[str, object] = {"webhook_secret": WEBHOOK_SECRET, "webhook_hosts": "127.0.0.1",
+                               "webhook_backoff_s": 0.1}
+    return WebhookSender(Settings(**{**base, **settings}))  # type: ignore[arg-type]
+
+
+def test_a_url_httpx_cannot_send_stops_no_later_webhook(receiver: Receiver) -> None:
+    """Item 2: a TAB passes urlsplit (it drops it) and the old check, then httpx raises InvalidURL, which
+    killed the only delivery thread. Such URLs are refused by the check now, and a record that still
+    holds one (written before) costs its own delivery only."""
+    tab = receiver.url.replace("/hook", "/ho\tok")
+    assert urlsplit(tab).hostname == "127.0.0.1"  # what the old check read
+    with pytest.raises(httpx.InvalidURL):
+        httpx.URL(tab)  # what the thread then met
+    for bad in (tab, receiver.url + "\x7f", "http://010.010.010.010/h", "http://0x7f.1/h",
+                receiver.url + "?" + "a" * 70_000):
+        with pytest.raises(CallbackRefused):
+            check_callback(bad, allow_list(["127.0.0.1", "010.010.010.010", "0x7f.1"]))
+    sender = _sender()
+    try:
+        sender.notify(_ended(tab))
+        sender.notify(_ended(receiver.url + "?" + "a" * 70_000))
+        later = _ended(receiver.url)
+        sender.notify(later)
+        assert [d.record["id"] for d in receiver.wait_for(1)] == [later.id]
+    finally:
+        sender.close()
+
+
+def test_the_connection_goes_to_the_checked_address(receiver: Receiver, monkeypatch: pytest.MonkeyPatch,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    """Item 3: a name that resolves to a public address for the check and to 127.0.0.1 when httpx
+    resolved it again (DNS rebinding) made the POST reach this machine's receiver."""
+    real = socket.getaddrinfo
+    answers = iter(["93.184.216.34"])  # the attacker's name server: public once, loopback after
+
+    def rebinding(host: object, *args: object, **kw: object) -> object:
+        if host != "rebind.test":
+            return real(host, *args, **kw)  # type: ignore[arg-type]
+        address = next(answers, "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    url = receiver.url.replace("127.0.0.1", "rebind.test")
+    sender = _sender(webhook_hosts="", webhook_attempts=1, webhook_timeout_s=1)
+    try:
+        with caplog.at_level(logging.WARNING, "workers.webhooks"):
+            sender.notify(_ended(url))
+            sender.flush(30)
+    finally:
+        sender.close()
+    assert receiver.deliveries == [] and receiver.held == 0
+    assert "dropped after 1 attempt(s)" in caplog.text and "(to 93.184.216.34)" in caplog.text
+
+
+def test_a_tarpit_receiver_delays_only_its_own_tenant() -> None:
+    """Item 4: one delivery thread, 5 s timeouts, 5 tries: six of bob's jobs calling back a receiver
+    that never answers held alice's webhook behind them for half a minute."""
+    sender = _sender(webhook_timeout_s=60, webhook_lane_concurrency=2, webhook_workers=4)
+    with running_receiver() as tarpit, running_receiver() as alice_hook:
+        tarpit.release.clear()  # bob's receiver holds every request without an answer
+        try:
+            for _ in range(6):
+                sender.notify(_ended(tarpit.url, owner="bob"))
+            with tarpit.arrived:
+                assert tarpit.arrived.wait_for(lambda: tarpit.held == 2, 30)
+            alice = _ended(alice_hook.url, owner="alice")
+            sender.notify(alice)
+            # alice's webhook arrives while bob's first two still hang (the old sender sent it after
+            # all six had timed out: 6 minutes with this timeout)
+            assert [d.record["id"] for d in alice_hook.wait_for(1, timeout=30)] == [alice.id]
+            assert tarpit.held == 2 and tarpit.deliveries == []  # bob holds two threads, never more
+        finally:
+            tarpit.release.set()
+            sender.close()
+
+
+@pytest.mark.parametrize("address", ["::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::", "fec0::1",
+                                     "::ffff:10.0.0.1", "ff02::1", "2001:0:4136:e378:8000:63bf:3fff:fdd2"])
+def test_non_public_ipv6_forms_are_refused(address: str) -> None:
+    """Item 5: these passed the old check (``is_global``) yet reach loopback, private or multicast."""
+    if address not in ("::ffff:10.0.0.1", "2001:0:4136:e378:8000:63bf:3fff:fdd2"):
+        assert ipaddress.ip_address(address).is_global
+    with pytest.raises(CallbackRefused, match="non-public"):
+        check_callback(f"http://[{address}]:8080/h", ())
+
+
+def test_multicast_is_refused_and_public_addresses_pass() -> None:
+    assert ipaddress.ip_address("224.0.0.1").is_global  # the old check's verdict
+    with pytest.raises(CallbackRefused, match="non-public"):
+        check_callback("http://224.0.0.1/h", ())
+    for public in ("http://8.8.8.8/h", "https://[2606:4700:4700::1111]/h", "http://[64:ff9b::808:808]/h"):
+        assert check_callback(public, ()).addresses
+
+
+def test_an_allow_list_entry_may_name_its_port() -> None:
+    """Item 5: allowing a host allowed every port of it (its Redis too); ``host:port`` allows one."""
+    check_callback("http://10.1.2.3:6379/h", allow_list(["10.1.2.3"]))  # a bare host: any port
+    entries = allow_list(["10.1.2.3:8080", "hooks.internal:443", "[fd00::1]:80", "10.9.0.0/16:9000"])
+    for ok in ("http://10.1.2.3:8080/h", "https://hooks.internal/h", "http://[fd00::1]/h",
+               "http://10.9.4.4:9000/h"):
+        check_callback(ok, entries)
+    for refused in ("http://10.1.2.3:6379/h", "http://hooks.internal/h", "http://[fd00::1]:6379/h",
+                    "http://10.9.4.4:6379/h"):
+        with pytest.raises(CallbackRefused, match="port"):
+            check_callback(refused, entries)
+    with pytest.raises(ValueError, match="port"):
+        Settings(webhook_hosts="hooks.internal:http")
+
+
+def test_long_and_unsendable_callbacks_are_422(service: Service, receiver: Receiver) -> None:
+    """Items 1 and 2 over HTTP: a 60 KB callback URL and a TAB in one are refused with the reason, and a
+    later job's webhook still arrives."""
+    long_url = receiver.url + "?" + "a" * 60_000
+    tab = receiver.url.replace("/hook", "/ho\tok")
+    with service.client() as c:
+        for url, reason in ((long_url, "over the limit of 2048"), (tab, "printable ASCII")):
+            r = c.post("/restore", params={"task": "denoise", "async": "true", "callback_url": url},
+                       files={"image": ("x.png", make_image(16, 16), "image/png")})
+            body = assert_problem(r, 422)
+            assert reason in body["detail"] and body["type"] == "urn:bbcu:problem:invalid-callback"
+        r = c.post("/restore", params={"task": "denoise", "async": "true", "callback_url": receiver.url},
+                   files={"image": ("x.png", make_image(16, 16), "image/png")})
+        assert r.status_code == 202, r.text
+    assert [d.record["id"] for d in receiver.wait_for(1)] == [r.json()["id"]]
+
+
+def test_a_long_file_name_is_422(service: Service) -> None:
+    """Item 1: a 4 KB file name was kept with the job record for a day."""
+    with service.client() as c:
+        long = c.post("/restore", params={"task": "denoise", "async": "true"},
+                      files={"image": ("n" * 4096 + ".png", make_image(16, 16), "image/png")})
+        fits = c.post("/restore", params={"task": "denoise", "async": "true"},
+                      files={"image": ("é" * 125 + ".png", make_image(16, 16), "image/png")})  # 254 bytes
+    body = assert_problem(long, 422)
+    assert body["type"] == "urn:bbcu:problem:invalid-filename" and body["max_filename_bytes"] == 255
+    assert "4100 bytes long" in body["detail"]
+    assert fits.status_code == 202, fits.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ import pytest
 from tests.conftest import CORS_ORIGIN, WEBHOOK_SECRET, Service
 from tests.helpers import assert_problem, make_image, wait_job
 from workers import signing
-from workers.webhooks import CallbackRefused, check_callback
+from workers.callback_urls import CallbackRefused, allow_list, check_callback
 
 
 @dataclass
@@ -35,6 +36,7 @@ class Receiver:
     deliveries: list[Delivery] = field(default_factory=list)
     failed: list[Delivery] = field(default_factory=list)
     fail_first: int = 0
+    held: int = 0  # requests waiting for ``release``
     release: threading.Event = field(default_factory=threading.Event)
     arrived: threading.Condition = field(default_factory=threading.Condition)
 
@@ -51,8 +53,9 @@ class Receiver:
             return list(self.deliveries)
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
+@contextlib.contextmanager
+def running_receiver() -> Iterator[Receiver]:
+    """A receiver on a free port of 127.0.0.1 until the block ends."""
     state: dict[str, Receiver] = {}
 
     class Handler(BaseHTTPRequestHandler):
@@ -60,8 +63,12 @@ def receiver() -> Iterator[Receiver]:
             rec = state["r"]
             body = self.rfile.read(int(self.headers["Content-Length"]))
             got = Delivery({k.lower(): v for k, v in self.headers.items()}, body)
+            with rec.arrived:
+                rec.held += 1
+                rec.arrived.notify_all()
             rec.release.wait(60)
             with rec.arrived:
+                rec.held -= 1
                 failing = len(rec.failed) < rec.fail_first
                 (rec.failed if failing else rec.deliveries).append(got)
                 rec.arrived.notify_all()
@@ -83,6 +90,12 @@ def receiver() -> Iterator[Receiver]:
         state["r"].release.set()
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with running_receiver() as r:
+        yield r
 
 
 def submit(service: Service, url: str, events: str | None = None, size: int = 32, **params: object):  # type: ignore[no-untyped-def]
@@ -167,12 +180,12 @@ def test_callback_checks_without_an_allow_list() -> None:
     for internal in ("http://127.0.0.1/h", "http://localhost/h", "http://[::1]/h", "http://169.254.169.254/h",
                      "http://192.168.1.10/h", "http://10.0.0.1/h"):
         with pytest.raises(CallbackRefused, match="non-public"):
-            check_callback(internal, [])
-    check_callback("https://8.8.8.8/hook", [])  # a public address needs no allow-list
-    check_callback("http://10.4.5.6/h", ["10.0.0.0/8"])
-    check_callback("https://hooks.example.com/h", ["*.example.com"])
+            check_callback(internal, ())
+    check_callback("https://8.8.8.8/hook", ())  # a public address needs no allow-list
+    check_callback("http://10.4.5.6/h", allow_list(["10.0.0.0/8"]))
+    check_callback("https://hooks.example.com/h", allow_list(["*.example.com"]))
     with pytest.raises(CallbackRefused, match="allow-list"):
-        check_callback("https://example.com.evil.test/h", ["*.example.com", "example.com"])
+        check_callback("https://example.com.evil.test/h", allow_list(["*.example.com", "example.com"]))
 
 
 def test_an_empty_secret_means_no_webhooks(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -13,6 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.catalog import WEIGHTS_DIR
 from models.vocab import BACKENDS, DEFAULT_TILE_MEMORY_MB
+from workers.callback_urls import allow_list
 
 
 class Settings(BaseSettings):
@@ -128,19 +129,32 @@ class Settings(BaseSettings):
     webhook_secret: SecretStr | None = Field(
         default=None, description="HMAC-SHA256 key signing webhook bodies; unset: callback_url refused")
     webhook_hosts: str = Field(
-        default="", description="Comma list of callback hosts (name, *.domain, IP or CIDR); "
-                                "empty: public addresses only")
+        default="", description="Comma list of callback hosts (name, *.domain, IP or CIDR, each with an "
+                                "optional :port that then allows that port only); empty: public "
+                                "addresses only")
     webhook_attempts: int = Field(
         default=5, gt=0, description="Deliveries tried per webhook event before giving up")
     webhook_backoff_s: float = Field(
         default=1.0, gt=0, description="Wait before the first webhook retry, doubled after each")
     webhook_timeout_s: float = Field(
         default=5.0, gt=0, description="Time a webhook receiver has to answer one delivery")
+    webhook_workers: int = Field(
+        default=8, gt=0, description="Threads per process that send webhooks")
+    webhook_lane_concurrency: int = Field(
+        default=2, gt=0,
+        description="Webhooks of one tenant (key, or receiver host when keys are off) in flight at once "
+                    "per process: a receiver that never answers holds this many threads, no more")
 
     @field_validator("webhook_secret", mode="before")
     @classmethod
     def _empty_secret_is_unset(cls, value: object) -> object:
         return None if value == "" else value  # `BBCU_WEBHOOK_SECRET=` (e.g. from compose) means unset
+
+    @field_validator("webhook_hosts")
+    @classmethod
+    def _allow_list_parses(cls, value: str) -> str:
+        allow_list(_items(value))  # a malformed entry stops the start, not the first delivery
+        return value
 
     @model_validator(mode="after")
     def _limits_ordered(self) -> Settings:
