@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +21,32 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     q.set_defaults(handler=run_info)
 
 
-def _headline_psnr(meta: dict[str, Any]) -> str:
+def db(value: object) -> str:
+    """A PSNR to 0.01 dB, half up from the recorded figure as the README's tables round (37.165 -> 37.17)."""
+    if not isinstance(value, (int, float)):
+        return "-"
+    return str(Decimal(str(value)).quantize(Decimal("0.01"), ROUND_HALF_UP))
+
+
+def _natural(key: str) -> list[object]:
+    """Sort key that puts sigma5 before sigma15."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", key)]
+
+
+def _results(meta: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(benchmark, PSNR, baseline) per benchmark a weights file records, e.g. ("CBSD68/sigma15",
+    "32.34", "noisy 24.84"); a noise-free input has no finite PSNR: "inf"."""
     ev = meta.get("eval")
     if not isinstance(ev, dict):
-        return "-"
-    parts = [f"{k}: {v:.2f}" if isinstance(v, (int, float)) else f"{k}: {v}"
-             for k, v in ev.items() if "psnr" in k.lower()]
-    return "; ".join(parts[:3]) or "-"
+        return []
+    rows = []
+    for bench in sorted((k for k, v in ev.items() if isinstance(v, dict)), key=_natural):
+        r = ev[bench]
+        base = r.get("baseline_psnr")
+        identical = base is None and r.get("baseline_ssim") == 1.0  # the input is the clean image
+        rows.append((bench, db(r.get("psnr")), f"{r.get('baseline', 'input')} "
+                                                 f"{'inf' if identical else db(base)}"))
+    return rows
 
 
 def run_models(args: argparse.Namespace) -> int:
@@ -38,9 +59,19 @@ def run_models(args: argparse.Namespace) -> int:
     if not entries:
         print("no shipped weights in", catalog.WEIGHTS_DIR)
         return 0
-    print(f"{'name':<16} {'task':<8} {'scale':>5} {'variant':<8} measured PSNR (dB)")
+    header = ("name", "task", "scale", "variant", "benchmark", "PSNR (dB)", "baseline (dB)")
+    rows: list[tuple[str, ...]] = []
     for e in entries:
-        print(f"{e.name:<16} {e.task:<8} {e.scale:>5} {e.variant:<8} {_headline_psnr(e.metadata)}")
+        results = _results(e.metadata) or [("-", "-", "-")]
+        for n, result in enumerate(results):  # one row per benchmark, the model named on its first
+            model = (e.name, e.task, str(e.scale), e.variant) if n == 0 else ("", "", "", "")
+            rows.append((*model, *result))
+    widths = [max(len(row[i]) for row in (header, *rows)) for i in range(len(header))]
+    right = {2, 5}  # numbers: scale and PSNR
+    for row in (header, *rows):
+        cells = [cell.rjust(w) if i in right else cell.ljust(w)
+                 for i, (cell, w) in enumerate(zip(row, widths, strict=True))]
+        print("  ".join(cells).rstrip())
     return 0
 
 

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--data", required=True, type=Path, help="folder of clean/HR images")
     p.add_argument("--scale", type=int, choices=SR_SCALES, help=f"sr only (default {DEFAULT_SR_SCALE})")
     p.add_argument("--variant", choices=VARIANTS, help="variant of the shipped weights")
-    p.add_argument("--weights", type=Path, help="checkpoint to evaluate (default: the shipped one)")
+    p.add_argument("--weights", type=Path,
+                   help="checkpoint file, or a shipped model's name such as bbcu-sr-x2 (default: the "
+                        "shipped one for the task)")
     p.add_argument("--sigma", type=float, default=25.0, help="denoise noise level (0..255)")
     p.add_argument("--quality", type=int, default=10, help="deblock JPEG quality (0..100)")
     p.add_argument("--color", action="store_true",
@@ -49,7 +51,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.data.is_dir():
         return fail(f"--data: not a folder: {args.data}")
     if args.weights is not None and not args.weights.is_file():
-        return fail(f"--weights: no such file: {args.weights}")
+        from models import catalog
+        from models.errors import UnknownModelError
+
+        try:  # a shipped model's name works from any folder, unlike a path into the checkout
+            args.weights = catalog.by_name(str(args.weights)).path
+        except UnknownModelError as e:
+            return fail(f"--weights: no such file, and {e}")
     if args.record and (args.weights is None or args.weights.suffix != ".safetensors"):
         return fail("--record needs --weights pointing at a .safetensors file")
     if args.tile < 0 or 0 < args.tile < 16:

@@ -27,6 +27,8 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
     suffix = pairs[0][1].suffix.lower().lstrip(".")
     fmt = args.format or format_of(suffix) or "png"
     failures = 0
+    # a bar on a terminal only: in a pipe or a log its \r redraws would be noise (one line per file)
+    bar = not args.quiet and sys.stderr.isatty()
 
     def save(index: int, outcome: Restored | Exception) -> None:
         nonlocal failures
@@ -40,7 +42,11 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
                 stages = "; ".join(
                     describe_stage(s["task"], s["inference_ms"], s.get("sigma"), s.get("strength"),
                                    s.get("chroma_model")) for s in outcome.job.get("stages", []))
-                tqdm.write(f"{src} -> {dst} (job {outcome.job['id']}: {stages})", file=sys.stderr)
+                line = f"{src} -> {dst} (job {outcome.job['id']}: {stages})"
+                if bar:
+                    tqdm.write(line, file=sys.stderr)  # above the bar
+                else:
+                    print(line, file=sys.stderr, flush=True)
         else:
             failures += 1
             print(f"bbcu: {src}: {outcome}", file=sys.stderr)
@@ -52,7 +58,7 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
         client.restore_many([src for src, _ in pairs], task=args.task, scale=args.scale, variant=args.variant,
                             format=fmt, tile=args.tile, device="gpu" if args.device == "cuda" else None,
                             options=extra, concurrency=args.concurrency, on_result=save,
-                            progress_bar=not args.quiet)
+                            progress_bar=bar)
     except ServiceError as e:
         return fail(f"{args.url}: {e}")
     except httpx.HTTPError as e:

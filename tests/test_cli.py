@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -230,3 +231,67 @@ def test_info_by_catalogue_name_and_on_a_non_checkpoint(tmp_path: Path,
     assert r.returncode == 2 and "not a checkpoint" in r.stderr and "weights_only" not in r.stderr
     r = run_main(capsys, "info", "no-such-model")
     assert r.returncode == 2 and "unknown model 'no-such-model'" in r.stderr
+
+
+def _readme_figures(name: str) -> list[str]:
+    """The PSNR figures (dB) the README's quality table gives for a shipped model: the network's and
+    the baseline's ("inf" for a noise-free input), not the SSIMs."""
+    figures: list[str] = []
+    for line in (ROOT / "README.md").read_text().splitlines():
+        if line.startswith(f"| `{name}`"):
+            cells = line.split("|")[3:5]
+            figures += re.findall(r"\b\d{2}\.\d\d\b|\binf\b", " ".join(cells))
+    return figures
+
+
+def test_models_table_is_aligned_and_says_what_the_readme_says(capsys: pytest.CaptureFixture[str]) -> None:
+    capsys.readouterr()
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "None" not in "\n".join(lines)
+    header = lines[0]
+    starts = [m.start() for m in re.finditer(r"(?<=  )\S", header)]  # where columns 2.. begin
+    for line in lines[1:]:
+        for start in starts:  # every cell starts (or is blank) at its column: nothing pushed aside
+            assert len(line) <= start or line[start - 1] == " ", line
+    by_model: dict[str, str] = {}
+    current = ""
+    for line in lines[1:]:
+        current = line.split()[0] if not line.startswith(" ") else current
+        by_model[current] = by_model.get(current, "") + line + "\n"
+    for name, rows in by_model.items():
+        figures = _readme_figures(name)
+        assert figures, name
+        for figure in figures:  # the README's figures, rounded the README's way, every sigma shown
+            assert re.search(rf"(?<![\d.]){re.escape(figure)}(?![\d.])", rows), (name, figure, rows)
+    assert re.findall(r"CBSD68/sigma(\d+)", by_model["bbcu-denoise"]) == ["0", "5", "15", "25", "50"]
+
+
+def test_eval_runs_from_any_folder_with_a_shipped_name(tmp_path: Path) -> None:
+    data = tmp_path / "somewhere" / "else"
+    data.mkdir(parents=True)
+    _image(data / "a.png", (40, 32))
+    cli = Path(sys.executable).with_name("bbcu")
+    r = subprocess.run([str(cli), "eval", "--task", "denoise", "--sigma", "25", "--data", "else",
+                        "--weights", "bbcu-denoise", "--quiet"], cwd=data.parent, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "a.png" in r.stdout and "mean" in r.stdout
+    r = subprocess.run([str(cli), "eval", "--task", "denoise", "--data", "else", "--weights", "bbcu-nope"],
+                       cwd=data.parent, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "unknown model 'bbcu-nope'" in r.stderr
+
+
+def test_restore_url_in_a_pipe_writes_plain_lines(tiny_weights: Path, tmp_path: Path) -> None:
+    from tests.test_service_store import serve_in_thread
+    from workers.settings import Settings
+
+    sources = [_image(tmp_path / f"{n}.png", (24, 24)) for n in "ab"]
+    with serve_in_thread(Settings(weights_dir=tiny_weights, torch_threads=1)) as url:
+        r = subprocess.run([sys.executable, "-m", "cli.main", "restore", *map(str, sources), "-o",
+                            str(tmp_path / "out"), "--task", "denoise", "--url", url], cwd=ROOT,
+                           capture_output=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert b"\r" not in r.stderr  # no progress bar redraws in a pipe
+    lines = r.stderr.decode().splitlines()
+    assert sorted(line.split(" -> ")[0] for line in lines) == sorted(map(str, sources)), lines
