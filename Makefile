@@ -44,8 +44,17 @@ test: install redis browser
 	@bash docker/ensure-daemon.sh || echo "no Docker daemon: the Compose test will be skipped"
 	$(BIN)/python -m pytest -q
 
+# `make bench` runs every section of benchmarks/run.py; `make bench peers` (or kernels, service, gpu,
+# tiles: any of them) only those named after it, which are then arguments, not targets of their own
 bench: install redis
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_SECTIONS)
+
+ifeq ($(firstword $(MAKECMDGOALS)),bench)
+BENCH_SECTIONS := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))
+.PHONY: $(BENCH_SECTIONS)
+$(BENCH_SECTIONS):
+	@:
+endif
 
 # the load and fault campaign of issue 11 against real processes (benchmarks/load.py says what it
 # does); prints accepted / refused / succeeded / failed / lost per scenario and fails if a target is

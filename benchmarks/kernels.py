@@ -17,15 +17,13 @@ FMA pipes), 2 cores; for binary convolutions one MAC counts as 2 FLOP ("float-eq
 from __future__ import annotations
 
 import os
-import platform
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from benchmarks.paper_reference import paper_network
+from benchmarks.timing import cpu_model, median_interleaved
 from models import kernels
 from models.complexity import count
 from models.config import NetworkConfig, deblock_config, denoise_config, sr_config
@@ -45,29 +43,6 @@ def _clock_hz() -> float:
     except OSError:
         pass
     return 2.6e9
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
-
-
-def _median_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    for fn in fns.values():  # warm-up
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def _with_isa(isa: str, fn: Callable[[], object]) -> Callable[[], object]:
@@ -120,7 +95,7 @@ def _layer_table(repeats: int, clock: float, isas: list[str], threads: int = THR
     torch.set_num_threads(threads)
     try:
         with torch.inference_mode():
-            t = _median_interleaved(fns, max(repeats, 5))
+            t = median_interleaved(fns, max(repeats, 5))
     finally:
         torch.set_num_threads(before)
     base = min(t["torch float conv2d (NCHW)"], t["torch float conv2d (channels_last)"])
@@ -151,7 +126,7 @@ def _net_row(label: str, cfg: NetworkConfig, h: int, w: int, repeats: int, clock
     fns: dict[str, Callable[[], object]] = {"paper": run_paper, "float": lambda: fm(x)}
     for isa in isas:
         fns[isa] = _with_isa(isa, lambda: bm(x))
-    t = _median_interleaved(fns, repeats)
+    t = median_interleaved(fns, repeats)
     ref = fm(x)
     d_bit = (bm(x) - ref).abs().max().item()
     d_paper = (run_paper() - ref).abs().max().item()
@@ -204,7 +179,7 @@ def run() -> str:
     return "\n".join([
         "## Bit-packed kernels vs float (CPU)",
         "",
-        f"{_cpu_name()}, {THREADS} threads, torch {torch.__version__}, conv cores: {', '.join(isas)} "
+        f"{cpu_model()}, {THREADS} threads, torch {torch.__version__}, conv cores: {', '.join(isas)} "
         f"(best on this CPU: {best}). Median of {repeats} interleaved runs (layer: {max(repeats, 5)}). "
         f"Cycles at the nominal {clock / 1e9:.2f} GHz x {THREADS} cores; float peak = {THREADS} cores x "
         f"{FLOP_PER_CYCLE_CORE} FLOP/cycle x {clock / 1e9:.2f} GHz = "

@@ -18,6 +18,8 @@ SECTIONS = {
             "benchmarks.gpu"),
     "tiles": ("Default tile vs the best tile (640x480, every task) and a 12 MP denoise's peak RSS",
               "benchmarks.tiles"),
+    "peers": ("Our networks vs the float networks a user would run instead (quality vs milliseconds)",
+              "benchmarks.peers"),
 }
 
 
