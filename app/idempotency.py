@@ -17,7 +17,8 @@ from abc import ABC, abstractmethod
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from workers.store import PREFIX, JobStore, RedisStore
+from workers.redis_store import RedisStore
+from workers.store import JobStore
 
 HEADER = "Idempotency-Key"
 # printable ASCII without spaces, as the draft's examples and Stripe's keys are; long enough for a UUID
@@ -105,7 +106,7 @@ class RedisKeys(IdempotencyKeys):
 
     @staticmethod
     def _key(name: str) -> str:
-        return ":".join((PREFIX, "idem", name))
+        return RedisStore.key("idem", name)
 
     def claim(self, name: str, claim: Claim) -> Claim | None:
         value = json.dumps({"job": claim.job_id, "fp": claim.fingerprint})

@@ -11,8 +11,9 @@ from app.metrics import Metrics
 from app.throttle import Throttle, throttle_for
 from workers.dispatch import Dispatcher, create_backend
 from workers.lost import Sweeper
+from workers.redis_store import RedisStore
 from workers.settings import Settings
-from workers.store import JobStore, RedisStore
+from workers.store import JobStore
 from workers.webhooks import WebhookSender
 
 if TYPE_CHECKING:

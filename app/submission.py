@@ -8,7 +8,6 @@ queued.
 from __future__ import annotations
 
 import time
-from contextlib import suppress
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,13 @@ from app.throttle import claim_job
 from app.uploads import read_upload
 from models import catalog, cost, imageio
 from models.config import NetworkConfig, config_for
-from models.errors import BBCUError, ErrorCode, ImageTooLargeError, JobTooCostlyError
+from models.errors import BBCUError, ImageTooLargeError, JobTooCostlyError
 from models.stages import Strength, check_options, parse_pipeline, parse_strength
 from models.vocab import Format
-from workers.contract import Device, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, new_job_id, now
-from workers.errors import QueueFull, ServiceError, StoreUnavailable
+from workers.contract import Device, ImageFacts, JobRecord, JobSpec, JobStatus, new_job_id
+from workers.errors import QueueFull, ServiceError
+from workers.lifecycle import Lifecycle
 from workers.settings import Settings
-from workers.store import ACTIVE
 
 # a retry whose first try is still storing its job waits this long for the record, then gets a 409
 _FIRST_TRY_WAIT_S = 5.0
@@ -211,13 +210,7 @@ def _enqueue(services: Services, job: Admitted, job_id: str) -> JobRecord:
     except ServiceError as e:
         if isinstance(e, QueueFull):
             services.metrics.uploads_rejected.labels(reason="queue-full").inc()
-        # the client gets a 503 and no job: free its room first (a delete goes through even when Redis
-        # is full and refuses the record's update), then end the record, each if Redis still answers
-        with suppress(StoreUnavailable):
-            services.store.drop_input(spec.id)
-        with suppress(StoreUnavailable):
-            services.store.transition(spec.id, JobStatus.failed, ACTIVE, finished_at=now(),
-                                      error=JobError(code=ErrorCode.internal, detail=f"not queued: {e}"))
+        Lifecycle(services.store).unsent(spec.id, str(e))  # the client gets a 503 and no job
         raise
     services.metrics.jobs_submitted.labels(queue=queue, task=spec.task).inc()
     return rec

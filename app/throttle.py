@@ -13,9 +13,10 @@ from abc import ABC, abstractmethod
 
 from app.access import Caller
 from app.errors import too_many
-from workers.contract import JobRecord, JobStatus
+from workers.contract import ACTIVE, JobRecord, JobStatus
+from workers.redis_store import RedisStore
 from workers.settings import Settings
-from workers.store import ACTIVE, PREFIX, JobStore, RedisStore
+from workers.store import JobStore
 
 # a job id in a quota set that has no record yet may be one whose submission is still storing it:
 # it counts for this long before it is taken for a failed submission and dropped
@@ -142,7 +143,7 @@ class RedisThrottle(Throttle):
 
     @staticmethod
     def _key(*parts: str) -> str:
-        return ":".join((PREFIX, *parts))
+        return RedisStore.key(*parts)
 
     def take(self, client: str, per_s: float, burst: int) -> float:
         with self.redis_store.guard():

@@ -147,8 +147,8 @@ def worker_alive(args: argparse.Namespace) -> int:
     import socket
 
     from workers.errors import StoreUnavailable
+    from workers.redis_store import RedisStore
     from workers.settings import get_settings
-    from workers.store import RedisStore
 
     settings = get_settings()
     if not settings.broker_url:
@@ -156,7 +156,7 @@ def worker_alive(args: argparse.Namespace) -> int:
     store = RedisStore.from_settings(settings)
     host = socket.gethostname()
     try:
-        mine = [w for q in QUEUES for w in store.workers(q) if w.get("host") == host]
+        mine = [w for q in QUEUES for w in store.registry.workers(q) if w.get("host") == host]
     except StoreUnavailable as e:
         return fail(f"Redis unreachable: {e}")
     if not mine:

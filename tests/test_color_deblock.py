@@ -14,8 +14,8 @@ from models.pipeline import restore_image, run_stages
 from tests.factories import random_net, save_ours
 from tests.helpers import make_image
 from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
+from workers.memory_store import MemoryStore
 from workers.settings import Settings
-from workers.store import MemoryStore
 
 
 def _tiny(cfg, seed: int):  # type: ignore[no-untyped-def]

@@ -57,7 +57,7 @@ def test_gpu_without_a_gpu_worker_is_422_unless_one_is_expected(tiny_weights: Pa
 
     from workers.celery_app import CeleryDispatcher
     from workers.errors import NoWorker
-    from workers.store import RedisStore
+    from workers.redis_store import RedisStore
 
     if _has_cuda():
         pytest.skip("this machine has a CUDA device: the embedded mode serves device=gpu")
@@ -77,10 +77,10 @@ def test_gpu_without_a_gpu_worker_is_422_unless_one_is_expected(tiny_weights: Pa
             plain.pick_queue("gpu")
         with pytest.raises(NoWorker, match="one is expected"):
             required.pick_queue("gpu")
-        store.beat("gpu", "w@gpu", {"worker": "w@gpu"}, ttl_s=0.2)
+        store.registry.beat("gpu", "w@gpu", {"worker": "w@gpu"}, ttl_s=0.2)
         assert plain.pick_queue("gpu") == "gpu"
         time.sleep(0.3)  # its heartbeat lapsed: it is expected back, so retrying may help
-        assert store.seen("gpu") and not store.workers("gpu")
+        assert store.registry.seen("gpu") and not store.registry.workers("gpu")
         with pytest.raises(NoWorker, match="one is expected"):
             plain.pick_queue("gpu")
     finally:

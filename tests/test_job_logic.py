@@ -13,7 +13,9 @@ from app.api.views import job_problem
 from app.errors import ANSWERS, refused
 from models.errors import ErrorCode, ImageDecodeError, ImageTooLargeError, UnknownModelError
 from workers.contract import (
+    ACTIVE,
     LOST_WORKER_RETRIES,
+    QUEUES,
     ImageFacts,
     JobError,
     JobRecord,
@@ -22,9 +24,12 @@ from workers.contract import (
     new_job_id,
     now,
 )
+from workers.lifecycle import move
 from workers.lost import GRACE_S, recover_if_lost, resend_orphans, sweep
+from workers.memory_store import MemoryStore
+from workers.redis_store import RedisStore
 from workers.settings import Settings
-from workers.store import ACTIVE, JobStore, MemoryStore, RedisStore
+from workers.store import JobStore
 
 
 @pytest.mark.parametrize("explicit,accept,want", [
@@ -126,21 +131,22 @@ def _running(store: JobStore, worker: str, started_ago_s: float) -> JobRecord:
     job_id = new_job_id()
     facts = ImageFacts(width=1, height=1, bytes=1, format="png")
     store.create(JobSpec(id=job_id, task="denoise"), facts, b"x")
-    rec = store.transition(job_id, JobStatus.running, ACTIVE, worker=worker, started_at=now() - started_ago_s)
+    rec = move(store, job_id, JobStatus.running, ACTIVE, worker=worker, started_at=now() - started_ago_s)
     assert rec is not None
     return rec
 
 
 def test_a_job_whose_worker_stopped_beating_is_queued_again_then_lost(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
-    queued = store.queue_length("cpu")
+    queued = dispatcher.broker.length("cpu")
     rec = _running(store, "gone@host", started_ago_s=3 * settings.heartbeat_s + 1)
     for attempt in range(2, LOST_WORKER_RETRIES + 2):
         again = recover_if_lost(rec, store, settings, dispatcher)
         assert (again.status, again.attempt, again.worker, again.started_at) == (JobStatus.queued, attempt,
                                                                                  None, None)
-        assert store.get(rec.id) == again and store.queue_length("cpu") == queued + attempt - 1  # sent again
-        rec = store.transition(rec.id, JobStatus.running, ACTIVE, worker="gone@host",  # type: ignore[assignment]
+        assert store.get(rec.id) == again
+        assert dispatcher.broker.length("cpu") == queued + attempt - 1  # sent again
+        rec = move(store, rec.id, JobStatus.running, ACTIVE, worker="gone@host",  # type: ignore[assignment]
                                started_at=now() - 3 * settings.heartbeat_s - 1)
     # lost once more than it may be retried: failed, and its input dropped
     lost = recover_if_lost(rec, store, settings, dispatcher)
@@ -149,18 +155,18 @@ def test_a_job_whose_worker_stopped_beating_is_queued_again_then_lost(celery) ->
     assert f"run {LOST_WORKER_RETRIES + 1} times" in lost.error.detail
     assert lost.error.code == ErrorCode.worker_lost and "gone@host" in lost.error.detail
     assert store.get(rec.id).status == JobStatus.failed  # type: ignore[union-attr]
-    assert store.queue_length("cpu") == queued + LOST_WORKER_RETRIES and store.input(rec.id) is None
+    assert dispatcher.broker.length("cpu") == queued + LOST_WORKER_RETRIES and store.input(rec.id) is None
 
 
 def test_a_job_of_a_worker_restarted_under_its_name_is_queued_again(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
     rec = _running(store, "back@host", started_ago_s=1)
-    store.beat("cpu", "back@host", {"worker": "back@host", "since": rec.started_at + 0.5}, ttl_s=60)
+    store.registry.beat("cpu", "back@host", {"worker": "back@host", "since": rec.started_at + 0.5}, ttl_s=60)
     again = recover_if_lost(rec, store, settings, dispatcher)
     assert (again.status, again.attempt) == (JobStatus.queued, 2)
     # a job another worker took meanwhile is not the run that was judged: left alone
     other = _running(store, "back@host", started_ago_s=1)
-    store.transition(other.id, JobStatus.running, ACTIVE, worker="other@host")
+    move(store, other.id, JobStatus.running, ACTIVE, worker="other@host")
     assert recover_if_lost(other, store, settings, dispatcher).worker == "other@host"
 
 
@@ -170,16 +176,16 @@ def test_a_job_its_live_worker_no_longer_holds_is_queued_again(celery) -> None: 
     store, dispatcher, settings = celery
     rec = _running(store, "alive@host", started_ago_s=2)
     beat = {"worker": "alive@host", "since": rec.started_at - 100, "at": rec.started_at + 1, "jobs": [rec.id]}
-    store.beat("cpu", "alive@host", beat, ttl_s=60)
+    store.registry.beat("cpu", "alive@host", beat, ttl_s=60)
     assert recover_if_lost(rec, store, settings, dispatcher).status == JobStatus.running  # it holds it
-    store.beat("cpu", "alive@host", {**beat, "at": rec.started_at - 0.1, "jobs": []}, ttl_s=60)
+    store.registry.beat("cpu", "alive@host", {**beat, "at": rec.started_at - 0.1, "jobs": []}, ttl_s=60)
     assert recover_if_lost(rec, store, settings, dispatcher).status == JobStatus.running  # beat too old
-    store.beat("cpu", "alive@host", {**beat, "jobs": ["another"]}, ttl_s=60)
+    store.registry.beat("cpu", "alive@host", {**beat, "jobs": ["another"]}, ttl_s=60)
     again = recover_if_lost(rec, store, settings, dispatcher)
     assert (again.status, again.attempt) == (JobStatus.queued, 2)
 
     killed = _running(store, "alive@host", started_ago_s=settings.soft_time_limit_s + 2)
-    store.beat("cpu", "alive@host", {**beat, "at": now(), "jobs": []}, ttl_s=60)
+    store.registry.beat("cpu", "alive@host", {**beat, "at": now(), "jobs": []}, ttl_s=60)
     lost = recover_if_lost(killed, store, settings, dispatcher)
     assert lost.status == JobStatus.failed and lost.error is not None
     assert lost.error.code == ErrorCode.timeout and "time limit of 10 s" in lost.error.detail
@@ -187,7 +193,7 @@ def test_a_job_its_live_worker_no_longer_holds_is_queued_again(celery) -> None: 
 
 def test_a_job_of_a_live_worker_is_left_running(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
-    store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
+    store.registry.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
     rec = _running(store, "alive@host", started_ago_s=5)
     assert recover_if_lost(rec, store, settings, dispatcher).status == JobStatus.running
     young = _running(store, "gone@host", started_ago_s=0)  # its worker may not have beaten yet
@@ -196,7 +202,7 @@ def test_a_job_of_a_live_worker_is_left_running(celery) -> None:  # type: ignore
 
 def test_a_job_past_the_hard_limit_times_out_even_with_a_live_worker(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
-    store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
+    store.registry.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
     rec = _running(store, "alive@host", started_ago_s=settings.hard_time_limit_s + GRACE_S + 1)
     lost = recover_if_lost(rec, store, settings, dispatcher)
     assert lost.error is not None and lost.error.code == ErrorCode.timeout
@@ -205,7 +211,7 @@ def test_a_job_past_the_hard_limit_times_out_even_with_a_live_worker(celery) -> 
 
 def test_one_sweep_judges_every_running_job_without_a_reader(celery) -> None:  # type: ignore[no-untyped-def]
     store, dispatcher, settings = celery
-    store.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
+    store.registry.beat("cpu", "alive@host", {"worker": "alive@host"}, ttl_s=60)
     kept = _running(store, "alive@host", started_ago_s=5)
     gone = _running(store, "gone@host", started_ago_s=3 * settings.heartbeat_s + 1)
     seen: list[JobRecord] = []
@@ -234,16 +240,18 @@ def test_a_queued_job_no_live_worker_will_run_is_sent_again(celery) -> None:  # 
     with dispatcher.celery.connection_for_read() as conn:  # kept open: a channel closing gives it back
         assert conn.default_channel.basic_get("cpu", no_ack=False) is not None
         dispatcher.submit(waiting_id, "cpu")
-        [(_, held, at)] = dispatcher.held_messages()
-        assert held == held_id and abs(at - now()) < 5 and dispatcher.waiting_jobs() == {waiting_id}
+        [(_, held, at)] = dispatcher.broker.held_messages()
+        assert held == held_id and abs(at - now()) < 5
+        assert dispatcher.broker.waiting_jobs(QUEUES) == {waiting_id}
         alive = {"w@host": {"worker": "w@host", "jobs": [held_id]}}
         assert resend_orphans(store, settings, dispatcher, {}, queued()) == []  # just created: not judged
         time.sleep(3 * settings.heartbeat_s + 0.2)
         assert resend_orphans(store, settings, dispatcher, alive, queued()) == [lost_id]  # held: left
         assert resend_orphans(store, settings, dispatcher, {"w@host": {"worker": "w@host"}}, queued()) == []
         assert resend_orphans(store, settings, dispatcher, {}, queued()) == [held_id]  # its holder died
-        assert dispatcher.held_messages() == []
-        assert dispatcher.waiting_jobs() == {held_id, lost_id, waiting_id} and store.queue_length("cpu") == 3
+        assert dispatcher.broker.held_messages() == []
+        assert dispatcher.broker.waiting_jobs(QUEUES) == {held_id, lost_id, waiting_id}
+        assert dispatcher.broker.length("cpu") == 3
         assert resend_orphans(store, settings, dispatcher, {}, queued()) == []  # every message waits
         assert {r.status for r in queued()} == {JobStatus.queued}
 

@@ -30,8 +30,8 @@ from tests.conftest import (
 )
 from tests.helpers import assert_problem, assert_same_image, make_image, reference, wait_job
 from workers.celery_app import create_celery
+from workers.redis_store import RedisStore
 from workers.settings import Settings
-from workers.store import RedisStore
 
 NO_TORCH_SCRIPT = """
 import io
@@ -321,10 +321,10 @@ def test_device_routing_follows_gpu_worker_heartbeats(tiny_weights: Path, redis_
             refused = c.post("/restore", params={"task": "denoise", "device": "gpu"}, files=image)
             body = assert_problem(refused, 422)
             assert "no GPU worker" in body["detail"] and "retry-after" not in refused.headers
-            store.beat("gpu", "gpu-worker@elsewhere", {"worker": "gpu-worker@elsewhere"}, ttl_s=30)
+            store.registry.beat("gpu", "gpu-worker@elsewhere", {"worker": "gpu-worker@elsewhere"}, ttl_s=30)
             assert queue_of("auto") == "gpu" and queue_of("gpu") == "gpu" and queue_of("cpu") == "cpu"
             assert (r.llen("gpu"), r.llen("cpu")) == (2, 2)
-            store.forget_worker("gpu", "gpu-worker@elsewhere")
+            store.registry.forget_worker("gpu", "gpu-worker@elsewhere")
             assert queue_of("auto") == "cpu"
             # one ran lately and is gone (restarting?): 503, worth a retry
             gone = c.post("/restore", params={"task": "denoise", "device": "gpu"}, files=image)

@@ -37,7 +37,7 @@ from tests.conftest import (
 from tests.helpers import assert_problem, make_image, wait_job
 from workers.contract import ImageFacts, JobRecord, JobSpec, new_job_id
 from workers.errors import QueueFull
-from workers.store import RedisStore
+from workers.redis_store import RedisStore
 
 
 def start_redis(name: str, logdir: Path, *args: str) -> tuple[str, Proc]:
@@ -368,7 +368,7 @@ def test_ready_only_once_a_pool_process_preloaded(tiny_weights: Path, logdir: Pa
                 assert "still preloading" in body["detail"]
             time.sleep(0.05)
         job_id = post(c, make_image(16, 16)).json()["id"]
-        [beat] = store.workers("cpu")
+        [beat] = store.registry.workers("cpu")
         job = wait_job(c, job_id, timeout=60)
     assert seen_starting, "the worker was never seen beating before it was ready"
     assert beat["ready"] is True and beat["ready_processes"] == 1 and beat["concurrency"] == 1

@@ -17,9 +17,12 @@ from app.main import create_app
 from app.server import uvicorn_options
 from tests.conftest import free_port
 from tests.helpers import assert_problem, make_image, wait_job
-from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
+from workers.contract import ACTIVE, ImageFacts, JobSpec, JobStatus, new_job_id
+from workers.lifecycle import Lifecycle, move
+from workers.memory_store import MemoryStore
+from workers.redis_store import RedisStore
 from workers.settings import Settings
-from workers.store import ACTIVE, JobStore, MemoryStore, RedisStore
+from workers.store import JobStore
 
 FACTS = ImageFacts(width=1, height=1, bytes=3, format="PNG")
 
@@ -45,17 +48,17 @@ def test_transitions_are_guarded_and_idempotent(store: JobStore) -> None:
     job = new_job(store)
     rec = store.get(job)
     assert rec is not None and rec.status == JobStatus.queued and store.input(job) == b"abc"
-    assert store.transition(job, JobStatus.running, ACTIVE) is not None
-    assert store.transition(job, JobStatus.running, ACTIVE) is not None  # a redelivery may run it again
-    store.set_progress(job, 0.5)
+    assert move(store, job, JobStatus.running, ACTIVE) is not None
+    assert move(store, job, JobStatus.running, ACTIVE) is not None  # a redelivery may run it again
+    Lifecycle(store).progress(job, 0.5)
     assert store.get(job).progress == 0.5  # type: ignore[union-attr]
     store.put_result(job, b"out")
     store.put_result(job, b"out")
-    assert store.transition(job, JobStatus.succeeded, (JobStatus.running,), progress=1.0) is not None
-    assert store.transition(job, JobStatus.running, ACTIVE) is None  # finished jobs never restart
-    assert store.transition(job, JobStatus.cancelled, ACTIVE) is None
+    assert move(store, job, JobStatus.succeeded, (JobStatus.running,), progress=1.0) is not None
+    assert move(store, job, JobStatus.running, ACTIVE) is None  # finished jobs never restart
+    assert move(store, job, JobStatus.cancelled, ACTIVE) is None
     assert store.get(job).status == JobStatus.succeeded and store.result(job) == b"out"  # type: ignore[union-attr]
-    assert store.get("0" * 32) is None and store.transition("0" * 32, JobStatus.running, ACTIVE) is None
+    assert store.get("0" * 32) is None and move(store, "0" * 32, JobStatus.running, ACTIVE) is None
 
 
 def test_every_waiter_wakes_when_a_job_ends(store: JobStore) -> None:
@@ -71,7 +74,7 @@ def test_every_waiter_wakes_when_a_job_ends(store: JobStore) -> None:
         t.start()
     time.sleep(0.3)
     t0 = time.monotonic()
-    store.transition(job, JobStatus.failed, ACTIVE)
+    move(store, job, JobStatus.failed, ACTIVE)
     for t in threads:
         t.join(20)
     assert results == [JobStatus.failed] * 3 and time.monotonic() - t0 < 3
@@ -93,13 +96,13 @@ def test_blobs_expire_before_records(store: JobStore) -> None:
 
 
 def test_heartbeats_expire(store: JobStore) -> None:
-    store.beat("gpu", "w1", {"worker": "w1"}, ttl_s=0.5)
-    assert store.workers("gpu") == [{"worker": "w1"}] and store.workers("cpu") == []
+    store.registry.beat("gpu", "w1", {"worker": "w1"}, ttl_s=0.5)
+    assert store.registry.workers("gpu") == [{"worker": "w1"}] and store.registry.workers("cpu") == []
     time.sleep(0.7)
-    assert store.workers("gpu") == []
-    store.beat("cpu", "w2", {"worker": "w2"}, ttl_s=5)
-    store.forget_worker("cpu", "w2")
-    assert store.workers("cpu") == []
+    assert store.registry.workers("gpu") == []
+    store.registry.beat("cpu", "w2", {"worker": "w2"}, ttl_s=5)
+    store.registry.forget_worker("cpu", "w2")
+    assert store.registry.workers("cpu") == []
 
 
 @contextmanager

@@ -8,8 +8,6 @@ limit so Redis never hands a running job to a second worker.
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import socket
 import sys
@@ -21,12 +19,12 @@ from celery import Celery
 from kombu import Queue
 
 from models.errors import OptionError
+from workers.broker import KombuQueues
 from workers.contract import QUEUES, TASK_NAME, now
 from workers.errors import NoWorker, StoreUnavailable
+from workers.redis_store import RedisStore
+from workers.registry import WorkerRegistry
 from workers.settings import Settings
-from workers.store import RedisStore
-
-_UNACKED, _UNACKED_INDEX = "unacked", "unacked_index"  # kombu's Redis transport defaults
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -70,15 +68,6 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
-def _job_of(message: dict[str, Any]) -> str | None:
-    """The job id a kombu message carries (Celery's body: ``[args, kwargs, embed]``, base64 JSON)."""
-    try:
-        args = json.loads(base64.b64decode(message["body"]))[0]
-    except (ValueError, KeyError, IndexError, TypeError):
-        return None  # not one of our task messages
-    return args[0] if args and isinstance(args[0], str) else None
-
-
 class CeleryDispatcher:
     """Enqueues job ids to Celery; knows which queues have live workers from their heartbeats."""
 
@@ -88,16 +77,17 @@ class CeleryDispatcher:
         self.settings = settings
         self.store = store
         self.celery = create_celery(settings)
+        self.broker = KombuQueues(store)  # the queues' messages, for the sweeper (workers/lost.py)
 
     def pick_queue(self, device: str) -> str:
         """``auto``: the GPU queue when a GPU worker is alive, else the CPU queue."""
         if device == "cpu":
             return "cpu"
-        has_gpu = bool(self.store.workers("gpu"))
+        has_gpu = bool(self.store.registry.workers("gpu"))
         if device == "gpu" and not has_gpu:
             # a GPU worker that is expected (required, or one ran lately) may come back: 503, retry;
             # with none in this deployment, retrying cannot help: the request itself is at fault (422)
-            if "gpu" in self.settings.required_queue_list or self.store.seen("gpu"):
+            if "gpu" in self.settings.required_queue_list or self.store.registry.seen("gpu"):
                 raise NoWorker("device=gpu requested but no GPU worker is running now (one is expected: "
                                "retry later, or send device=auto)")
             raise OptionError("device=gpu: this service has no GPU worker (none has run lately and "
@@ -116,41 +106,10 @@ class CeleryDispatcher:
             raise StoreUnavailable(f"broker refused the job: {e}") from e
 
     def workers(self) -> dict[str, list[dict[str, Any]]]:
-        return {q: self.store.workers(q) for q in QUEUES}
+        return {q: self.store.registry.workers(q) for q in QUEUES}
 
     def queue_lengths(self) -> dict[str, int]:
-        return {q: self.store.queue_length(q) for q in QUEUES}
-
-    def waiting_jobs(self) -> set[str]:
-        """The job ids of the messages waiting in the queues (kombu: a Redis list per queue)."""
-        with self.store.guard():
-            raws = [m for q in QUEUES for m in self.store.client.lrange(q, 0, -1)]  # type: ignore[union-attr]
-        return {job for raw in raws if (job := _job_of(json.loads(raw))) is not None}
-
-    def held_messages(self) -> list[tuple[str, str, float]]:
-        """(delivery tag, job id, delivered at) of the messages workers received and did not ack.
-
-        Kombu's Redis transport keeps them in the ``unacked`` hash (the message, exchange, routing
-        key as JSON; the body is Celery's ``[args, kwargs, embed]``) and their delivery times in
-        ``unacked_index``; it hands them out again only after the visibility timeout.
-        """
-        client = self.store.client
-        with self.store.guard():
-            held = client.hgetall(_UNACKED)
-            when = dict(client.zrange(_UNACKED_INDEX, 0, -1, withscores=True))  # type: ignore[arg-type]
-        out = []
-        for tag, raw in held.items():
-            job = _job_of(json.loads(raw)[0])
-            if job is not None:
-                out.append((str(tag, "utf-8") if isinstance(tag, bytes) else tag, job,
-                            float(when.get(tag, 0.0))))
-        return out
-
-    def drop_held(self, tag: str) -> None:
-        """Forget a held message whose worker is dead (its job was sent again)."""
-        with self.store.guard():
-            self.store.client.hdel(_UNACKED, tag)
-            self.store.client.zrem(_UNACKED_INDEX, tag)
+        return {q: self.broker.length(q) for q in QUEUES}
 
     def close(self) -> None:
         self.celery.close()
@@ -243,9 +202,9 @@ class Heartbeat:
     Celery is up, but only counts as ready (``/readyz``) once one of them has preloaded.
     """
 
-    def __init__(self, store: RedisStore, queues: list[str], period_s: float, info: dict[str, Any],
+    def __init__(self, registry: WorkerRegistry, queues: list[str], period_s: float, info: dict[str, Any],
                  ready_processes: Callable[[], int]) -> None:
-        self.store = store
+        self.registry = registry
         self.queues = queues
         self.period_s = period_s
         self.ready_processes = ready_processes
@@ -270,7 +229,7 @@ class Heartbeat:
                 info = {**self.info, **memory_stats(), "jobs": held_jobs(), "at": now(),
                         "ready": ready > 0, "ready_processes": ready}
                 for q in self.queues:
-                    self.store.beat(q, self.name, info, ttl_s=3 * self.period_s)
+                    self.registry.beat(q, self.name, info, ttl_s=3 * self.period_s)
             except StoreUnavailable:
                 pass  # Redis is down: the beat lapses, readiness says so; next round retries
             if self._stop.wait(self.period_s):
@@ -282,7 +241,7 @@ class Heartbeat:
             self._thread.join(timeout=self.period_s)
         try:
             for q in self.queues:
-                self.store.forget_worker(q, self.name)
+                self.registry.forget_worker(q, self.name)
         except StoreUnavailable:
             pass  # the keys expire on their own
 
@@ -315,7 +274,7 @@ def run_worker(settings: Settings, queues: list[str], *, pool: str, concurrency:
     else:
         preload(settings.torch_threads)  # before Celery starts: every thread can run a job at once
         ready_processes = (lambda: concurrency) if pool == "threads" else (lambda: 1)
-    beat = Heartbeat(RedisStore.from_settings(settings), queues, settings.heartbeat_s,
+    beat = Heartbeat(RedisStore.from_settings(settings).registry, queues, settings.heartbeat_s,
                      {"pool": pool, "concurrency": concurrency, "device": device}, ready_processes)
     worker_ready.connect(lambda sender, **_: beat.start(sender.hostname), weak=False)
     started: list[Any] = []  # the WorkController, to read its exit status once it stops

@@ -39,6 +39,9 @@ class JobStatus(str, Enum):
         return self in (JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled)
 
 
+ACTIVE = (JobStatus.queued, JobStatus.running)  # a job holding its input: it counts against admission
+
+
 def new_job_id() -> str:
     """Server-side ids only: a client can never collide with an existing job."""
     return uuid.uuid4().hex

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Any, Protocol
 
+from workers.memory_store import MemoryStore
+from workers.redis_store import RedisStore
 from workers.settings import Settings
-from workers.store import JobStore, MemoryStore, RedisStore
+from workers.store import JobStore
 
 
 class Dispatcher(Protocol):

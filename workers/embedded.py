@@ -16,8 +16,8 @@ from typing import Any
 from models.errors import OptionError
 from workers.errors import QueueFull
 from workers.jobs import JobRunner
+from workers.memory_store import MemoryStore
 from workers.settings import Settings
-from workers.store import MemoryStore
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ class StoreFull(ServiceError):
 
 
 class QueueFull(ServiceError):
-    """The embedded pool holds as many waiting jobs as it may."""
+    """No room for another job: the embedded pool's queue, or Redis's admission limits (jobs, bytes)."""
 
 
 class NoWorker(ServiceError):

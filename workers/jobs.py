@@ -6,6 +6,7 @@ torch and the engine are imported on first use, never before a worker pool forks
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -14,15 +15,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.errors import BBCUError, ErrorCode
-from workers.contract import ImageFacts, JobError, JobRecord, JobSpec, JobStatus, StageRecord, Timings, now
+from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, StageRecord, Timings
 from workers.errors import StoreUnavailable
+from workers.lifecycle import Lifecycle
 from workers.settings import Settings
-from workers.store import ACTIVE, JobStore
+from workers.store import JobStore
 from workers.webhooks import WebhookSender
 
 if TYPE_CHECKING:
     from models.engine import RestorationModel
 
+log = logging.getLogger(__name__)
 QUEUE_DEVICES = {"cpu": "cpu", "gpu": "cuda"}
 _PROGRESS_EVERY_S = 0.25
 
@@ -131,6 +134,7 @@ class JobRunner:
         self.store = store
         self.models = ModelCache(settings)
         self.webhooks = webhooks or WebhookSender(settings)
+        self.jobs = Lifecycle(store, self.webhooks.notify)
 
     def run(self, job_id: str, *, worker: str | None = None,
             limit_errors: tuple[type[BaseException], ...] = ()) -> JobRecord | None:
@@ -138,18 +142,9 @@ class JobRunner:
 
         ``worker`` (the Celery node name) is recorded so the API can tell when that worker is gone.
         """
-        rec = self.store.get(job_id)
-        if rec is None:
-            return None
-        started = now()
-        queued_ms = (started - rec.created_at) * 1000
-        # only a queued job starts: a running one belongs to another run (a stale or second delivery),
-        # and a run whose worker died is queued again by the sweeper (workers/lost.py)
-        rec = self.store.transition(job_id, JobStatus.running, (JobStatus.queued,), started_at=started,
-                                    worker=worker, timings=Timings(queue=queued_ms))
-        if rec is None:  # cancelled while queued, or already taken or finished by another delivery
+        rec = self.jobs.start(job_id, worker)
+        if rec is None:  # unknown, cancelled while queued, or already taken or finished by another delivery
             return self.store.get(job_id)
-        self.webhooks.notify(rec)
         ended: JobRecord | None = None  # the terminal record when this runner ended the job
         over = True  # False when the job is not over: Redis stayed unreachable
         try:
@@ -160,8 +155,7 @@ class JobRunner:
             over = False
             raise
         except JobCancelled:
-            self.store.drop_result(job_id)
-            ended = self.store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now())
+            ended = self.jobs.stopped(job_id)
         except limit_errors:
             ended = self._fail(rec, ErrorCode.timeout, self._over_time())
         except Exception as e:
@@ -171,26 +165,18 @@ class JobRunner:
                 raise
             ended = self._fail(rec, code, str(e))
         finally:
-            if over:
-                current = ended or self.store.get(job_id)
-                if current is None or current.status.terminal:  # not while another run of it goes on
-                    self.store.drop_input(job_id)
-                # whoever ended the job sends its webhook (a cancelling API request sends its own)
-                self.webhooks.notify(ended)
+            if over:  # whoever ended the job sends its webhook (a cancelling API request sends its own)
+                self.jobs.settle(job_id, ended)
         return self.store.get(job_id)
 
     def _over_time(self) -> str:
         return f"the job ran past the time limit of {self.settings.soft_time_limit_s} s"
 
-    def _end(self, run: JobRecord, to: JobStatus, **fields: Any) -> JobRecord | None:
-        """End this run of the job (not one the sweeper started again meanwhile); None if it was not
-        running any more."""
-        return self.store.update(run.id, lambda r: r.model_copy(update={"status": to, **fields})
-                                 if r.status == JobStatus.running and r.started_at == run.started_at
-                                 else None)
-
     def _fail(self, run: JobRecord, code: ErrorCode, detail: str) -> JobRecord | None:
-        return self._end(run, JobStatus.failed, finished_at=now(), error=JobError(code=code, detail=detail))
+        ended = self.jobs.fail(run, code, detail)
+        if ended is not None:
+            log.warning("job %s failed (%s): %s", run.id, code.value, detail)
+        return ended
 
     def _execute(self, rec: JobRecord) -> JobRecord | None:
         """Restore the image; the succeeded record, or None when the job ended otherwise meanwhile."""
@@ -232,13 +218,7 @@ class JobRunner:
         scale = stages[-1].model.scale
         facts = stages[-1].facts(out.width // scale, out.height // scale)
         stage_records = [StageRecord(**asdict(r)) for r in reports]
-        done = self._end(rec, JobStatus.succeeded, progress=1.0, eta_s=0.0, finished_at=now(),
-                         timings=timings, output=output, model=facts, stages=stage_records)
-        if done is None:  # cancelled meanwhile, or this run was judged lost and the job queued again
-            current = self.store.get(spec.id)
-            if current is None or current.status == JobStatus.cancelled:
-                self.store.drop_result(spec.id)  # nobody may download a cancelled job's result
-        return done
+        return self.jobs.succeed(rec, timings=timings, output=output, model=facts, stages=stage_records)
 
     def _check(self, job_id: str, deadline: float) -> None:
         if time.perf_counter() > deadline:
@@ -259,7 +239,7 @@ class JobRunner:
             self._check(job_id, deadline)
             # the tiles left at the rate measured so far (the encode after the last tile is not counted)
             eta_s = (t - begun) / max(done, 1) * (total - done)
-            self.webhooks.notify(self.store.set_progress(job_id, 0.99 * done / max(total, 1), eta_s))
+            self.jobs.progress(job_id, 0.99 * done / max(total, 1), eta_s)
 
         return report
 

@@ -24,15 +24,16 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from models.errors import ErrorCode
-from workers.contract import LOST_WORKER_RETRIES, JobError, JobRecord, JobStatus, now
+from workers.contract import LOST_WORKER_RETRIES, QUEUES, JobRecord, JobStatus, now
 from workers.dispatch import Dispatcher
 from workers.errors import StoreUnavailable
+from workers.lifecycle import Lifecycle, Notify
+from workers.redis_store import RedisStore
 from workers.settings import Settings
-from workers.store import JobStore, RedisStore
+from workers.store import JobStore
 
 if TYPE_CHECKING:
     from workers.celery_app import CeleryDispatcher
@@ -77,55 +78,39 @@ def why_lost(rec: JobRecord, beats: Beats, settings: Settings) -> tuple[str, boo
 
 
 def recover_if_lost(rec: JobRecord, store: JobStore, settings: Settings, dispatcher: Dispatcher,
-                    beats: Beats | None = None) -> JobRecord:
+                    beats: Beats | None = None, notify: Notify | None = None) -> JobRecord:
     """``rec``; or, when nobody will finish it, the job queued again (failed once it ran out of
     attempts), or failed ``timeout`` when a time limit ended it. ``beats``: the live workers' heartbeats
-    if already read (read from the dispatcher otherwise)."""
+    if already read (read from the dispatcher otherwise); ``notify``: sends a changed job's webhook (its
+    worker is gone and cannot)."""
     if dispatcher.mode != "celery" or rec.status != JobStatus.running:
         return rec
     verdict = why_lost(rec, live_workers(dispatcher) if beats is None else beats, settings)
     if verdict is None:
         return rec
+    jobs = Lifecycle(store, notify)
     reason, timed_out = verdict
     if timed_out:
-        return _fail(rec, store, ErrorCode.timeout, reason)
+        return jobs.lose(rec, ErrorCode.timeout, reason)
     if rec.attempt > LOST_WORKER_RETRIES:
-        return _fail(rec, store, ErrorCode.worker_lost, f"{reason} (run {rec.attempt} times)")
+        return jobs.lose(rec, ErrorCode.worker_lost, f"{reason} (run {rec.attempt} times)")
     # only the run that was judged: a job another run took meanwhile is left alone
-    again = store.update(rec.id, lambda r: r.model_copy(update={
-        "status": JobStatus.queued, "attempt": r.attempt + 1, "worker": None, "started_at": None,
-        "progress": 0.0, "eta_s": None}) if _same_run(r, rec) else None)
+    again = jobs.requeue(rec)
     if again is None:
         return store.get(rec.id) or rec
     try:
         dispatcher.submit(rec.id, again.queue)
     except StoreUnavailable:
-        # no message went out: put the run back as it was, for the next sweep to judge again
-        store.update(rec.id, lambda r: rec if r.status == JobStatus.queued and r.attempt == again.attempt
-                     else None)
+        jobs.unrequeue(rec, again)  # no message went out
         raise
     log.warning("job %s queued again (attempt %d): %s", rec.id, again.attempt, reason)
     return again
 
 
-def _same_run(current: JobRecord, judged: JobRecord) -> bool:
-    return (current.status == JobStatus.running and current.worker == judged.worker
-            and current.started_at == judged.started_at)
-
-
-def _fail(rec: JobRecord, store: JobStore, code: ErrorCode, reason: str) -> JobRecord:
-    error = JobError(code=code, detail=reason)
-    lost = store.update(rec.id, lambda r: r.model_copy(update={
-        "status": JobStatus.failed, "finished_at": now(), "error": error}) if _same_run(r, rec) else None)
-    if lost is not None:
-        store.drop_input(rec.id)
-    return lost or store.get(rec.id) or rec
-
-
 def sweep(store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher,
-          notify: Callable[[JobRecord], None]) -> list[JobRecord]:
+          notify: Notify) -> list[JobRecord]:
     """Judge every admitted running job once, and send again the queued jobs whose message no live
-    worker will run; the records that changed (each also passed to ``notify``)."""
+    worker will run; the records that changed (each one's webhook sent through ``notify``)."""
     beats = live_workers(dispatcher)  # before the records: a beat that lacks a job predates its read
     changed = []
     queued = []
@@ -134,9 +119,8 @@ def sweep(store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher,
             queued.append(rec)
         if rec is None or rec.status != JobStatus.running:
             continue
-        judged = recover_if_lost(rec, store, settings, dispatcher, beats)
+        judged = recover_if_lost(rec, store, settings, dispatcher, beats, notify)
         if judged.status != rec.status:
-            notify(judged)  # its worker is gone and cannot send the job's end (none when queued again)
             changed.append(judged)
     resend_orphans(store, settings, dispatcher, beats, queued)
     return changed
@@ -157,11 +141,11 @@ def resend_orphans(store: RedisStore, settings: Settings, dispatcher: CeleryDisp
     settled = now() - 3 * settings.heartbeat_s
     candidates = [r for r in queued if r.created_at < settled and r.id not in listed]
     # the queues before the held messages: a message moving from one to the other is seen in either
-    waiting = dispatcher.waiting_jobs() if candidates else set()
-    held = dispatcher.held_messages()
+    waiting = dispatcher.broker.waiting_jobs(QUEUES) if candidates else set()
+    held = dispatcher.broker.held_messages()
     for tag, job, at in held:
         if at < settled and job not in listed:
-            dispatcher.drop_held(tag)  # its worker is dead: the message would only come back stale
+            dispatcher.broker.drop_held(tag)  # its worker is dead: the message would only come back stale
     alive = waiting | {job for _, job, at in held if at >= settled}
     sent = []
     for rec in candidates:
@@ -179,7 +163,7 @@ class Sweeper:
     """A thread of the API process sweeping once per heartbeat period while it holds the sweep lock."""
 
     def __init__(self, store: RedisStore, settings: Settings, dispatcher: CeleryDispatcher,
-                 notify: Callable[[JobRecord], None]) -> None:
+                 notify: Notify) -> None:
         self.store = store
         self.settings = settings
         self.dispatcher = dispatcher

@@ -9,8 +9,8 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from workers.contract import TASK_NAME
 from workers.jobs import JobRunner
+from workers.redis_store import RedisStore
 from workers.settings import get_settings
-from workers.store import RedisStore
 
 
 class RestoreTask(Task):  # type: ignore[misc]

@@ -10,9 +10,9 @@ from app.api.deps import CallerDep, SettingsDep, StoreDep, WebhooksDep
 from app.api.examples import CANCEL_RESPONSES, JOB_RESPONSES, RESULT_RESPONSES
 from app.api.views import JobView, image_response
 from app.errors import Problem
-from models.errors import ErrorCode
-from workers.contract import JobError, JobRecord, JobStatus, now
-from workers.store import ACTIVE, JobStore
+from workers.contract import ACTIVE, JobRecord, JobStatus
+from workers.lifecycle import Lifecycle
+from workers.store import JobStore
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -54,12 +54,9 @@ def get_result(job_id: str, caller: CallerDep, store: StoreDep, settings: Settin
 def cancel_job(job_id: str, caller: CallerDep, store: StoreDep, webhooks: WebhooksDep) -> JobView:
     """Cancel a queued or running job (a running job stops at its next tile)."""
     read_job(job_id, caller, store)  # 404 unless the caller's job
-    rec = store.transition(job_id, JobStatus.cancelled, ACTIVE, finished_at=now(),
-                           error=JobError(code=ErrorCode.cancelled, detail="cancelled by the client"))
+    rec = Lifecycle(store, webhooks.notify).cancel(job_id)
     if rec is None:
         existing = read_job(job_id, caller, store)
         raise Problem(409, "Job already finished", f"job {job_id} is {existing.status.value}",
                       slug="already-finished", job_id=job_id, status_of_job=existing.status.value)
-    store.drop_input(job_id)
-    webhooks.notify(rec)
     return JobView.of(rec)
