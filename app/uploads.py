@@ -19,6 +19,9 @@ from app.errors import Problem
 RAW_TYPES = ("application/octet-stream",)
 FIELD = "image"
 MAX_FILENAME_BYTES = 255  # as most file systems allow: the name is kept with the job for a day
+# parts of a multipart body: the image and a few fields a form may add; each part costs parser
+# callbacks, and a million tiny ones held a request for seconds
+MAX_PARTS = 16
 
 
 @dataclass
@@ -47,6 +50,7 @@ class _ImageField:
         self._field = bytearray()
         self._value = bytearray()
         self._capture = False
+        self.parts = 0
 
     def callbacks(self) -> dict[str, object]:
         return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
@@ -55,6 +59,11 @@ class _ImageField:
                 "on_part_end": self._part_end}
 
     def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > MAX_PARTS:
+            raise Problem(413, "Too many parts", f"the multipart body has more than {MAX_PARTS} parts "
+                          f"(send the image in the field '{FIELD}')", slug="too-many-parts",
+                          max_parts=MAX_PARTS)
         self._headers = {}
         self._capture = False
 

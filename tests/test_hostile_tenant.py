@@ -211,3 +211,50 @@ def test_a_long_file_name_is_422(service: Service) -> None:
     assert body["type"] == "urn:bbcu:problem:invalid-filename" and body["max_filename_bytes"] == 255
     assert "4100 bytes long" in body["detail"]
     assert fits.status_code == 202, fits.text
+
+
+# --- items 6 and 7: odd headers and bodies
+
+
+@pytest.mark.parametrize("wait", ["²", "٣", "1.5", "-1", "1e3", "", "9" * 12])
+def test_prefer_wait_is_whole_seconds_or_400(service: Service, wait: str) -> None:
+    """Item 6: ``wait=²`` passed ``str.isdigit()`` and then failed ``float()``: a 500 with a traceback."""
+    if not wait.isascii():
+        assert wait.isdigit() or wait.isdecimal()  # what the old check let through to float()
+    with service.client() as c:
+        r = c.post("/restore", params={"task": "denoise"}, headers={"Prefer": f"wait={wait}".encode()},
+                   files={"image": ("x.png", make_image(16, 16), "image/png")})
+    body = assert_problem(r, 400)
+    assert body["type"] == "urn:bbcu:problem:invalid-preference" and "whole seconds" in body["detail"]
+
+
+def test_prefer_wait_in_seconds_still_works(service: Service) -> None:
+    with service.client() as c:
+        r = c.post("/restore", params={"task": "denoise"}, headers={"Prefer": "wait=30"},
+                   files={"image": ("x.png", make_image(16, 16), "image/png")})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+
+
+def _multipart(parts: int) -> tuple[bytes, str]:
+    """A body of ``parts`` tiny fields, then the image field."""
+    boundary = "b0undary"
+    fields = b"".join(f'--{boundary}\r\nContent-Disposition: form-data; name="f{i}"\r\n\r\nx\r\n'.encode()
+                      for i in range(parts))
+    head = (f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="x.png"\r\n'
+            "Content-Type: image/png\r\n\r\n").encode()
+    image = head + make_image(16, 16) + f"\r\n--{boundary}--\r\n".encode()
+    return fields + image, f"multipart/form-data; boundary={boundary}"
+
+
+def test_multipart_part_count_is_bounded(service: Service) -> None:
+    """Item 7: a million tiny parts (62 MiB) held a request for 7 s; every part was parsed."""
+    with service.client() as c:
+        flood, ctype = _multipart(5000)
+        refused = c.post("/restore", params={"task": "denoise", "async": "true"}, content=flood,
+                         headers={"Content-Type": ctype})
+        few, ctype = _multipart(15)  # with the image: 16 parts, the most allowed
+        fits = c.post("/restore", params={"task": "denoise", "async": "true"}, content=few,
+                      headers={"Content-Type": ctype})
+    body = assert_problem(refused, 413)
+    assert body["type"] == "urn:bbcu:problem:too-many-parts" and body["max_parts"] == 16
+    assert fits.status_code == 202, fits.text

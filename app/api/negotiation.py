@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
+from app.errors import Problem
 from models.vocab import MEDIA_TYPES, Format
+
+# delta-seconds (RFC 9110): ASCII digits only; str.isdigit() also takes '²', which float() refuses
+_DELTA_SECONDS = re.compile(r"[0-9]{1,9}")
 
 
 def negotiate_format(explicit: Format | None, accept: str | None) -> Format:
@@ -38,3 +44,14 @@ def parse_prefer(header: str | None) -> dict[str, str]:
         if token:
             prefs[token.lower()] = value.strip().strip('"')
     return prefs
+
+
+def wait_preference(prefs: dict[str, str]) -> float | None:
+    """The seconds of ``Prefer: wait=N``; None when not sent, 400 when N is not whole seconds."""
+    value = prefs.get("wait")
+    if value is None:
+        return None
+    if not _DELTA_SECONDS.fullmatch(value):
+        raise Problem(400, "Invalid preference", f"Prefer: wait takes whole seconds (0-999999999), "
+                      f"got {value[:40]!r}", slug="invalid-preference")
+    return float(value)

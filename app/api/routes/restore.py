@@ -11,7 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from app import idempotency, submission
 from app.api.deps import CallerDep, ServicesDep
 from app.api.examples import RESTORE_REQUEST_BODY, RESTORE_RESPONSES
-from app.api.negotiation import negotiate_format, parse_prefer
+from app.api.negotiation import negotiate_format, parse_prefer, wait_preference
 from app.api.views import accepted, image_response, still_running
 from models.vocab import Format
 from workers.contract import Device
@@ -54,18 +54,17 @@ async def restore(
                                         callback_events=callback_events, caller=caller,
                                         idempotency_key=idempotency_key)
     prefs = parse_prefer(prefer)
+    wait_pref = wait_preference(prefs)
     job = await submission.admit(request, services, options)
     if async_ or "respond-async" in prefs:
         rec = await run_in_threadpool(submission.submit, services, job)
         return accepted(rec, preference_applied="respond-async" in prefs)
     # a client that sent neither respond-async nor wait gets the image or an error, never a 202
-    wait_pref = prefs.get("wait", "")
-    wait_s = services.settings.sync_wait_s
-    if wait_pref.isdigit():
-        wait_s = min(wait_s, float(wait_pref))
+    wait_s = services.settings.sync_wait_s if wait_pref is None else min(services.settings.sync_wait_s,
+                                                                          wait_pref)
     done = await run_in_threadpool(submission.submit_and_wait, services, job, wait_s)
     if not done.status.terminal:
-        if wait_pref.isdigit():
+        if wait_pref is not None:
             return accepted(done, preference_applied=False)
         raise still_running(done.id, wait_s)
     data = await run_in_threadpool(submission.result, services, done)
