@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from models.errors import BBCUError, ErrorCode, ImageTooLargeError, JobTooCostlyError
+from models.errors import BBCUError, ErrorCode, ImageTooLargeError, JobTooCostlyError, TooManyFramesError
 from workers.errors import QueueFull, ServiceError
 
 PROBLEM_TYPE = "application/problem+json"
@@ -76,6 +76,8 @@ def refused(error: BBCUError) -> Problem:
         extra = {"max_pixels": error.max_pixels}
         if error.pixels is not None:  # None: Pillow refused the file before its size was known
             extra["pixels"] = error.pixels
+    elif isinstance(error, TooManyFramesError):
+        extra = {"frames": error.frames, "max_frames": error.max_frames}
     elif isinstance(error, JobTooCostlyError):
         extra = {"gops": round(error.gops, 1), "max_gops": error.max_gops}
     return Problem(answer.status, answer.title, str(error), slug=answer.slug, **extra)

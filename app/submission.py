@@ -23,7 +23,7 @@ from app.errors import Problem, refused
 from app.services import Services
 from app.throttle import claim_job
 from app.uploads import read_upload
-from models import catalog, cost, imageio
+from models import catalog, cost, media
 from models.config import NetworkConfig, config_for
 from models.errors import BBCUError, ImageTooLargeError, JobTooCostlyError
 from models.stages import Strength, check_options, parse_pipeline, parse_strength
@@ -53,6 +53,8 @@ class RestoreOptions:
     quality: int | None = None
     caller: Caller | None = None  # who asked: the job is its owner's, and counts against its quota
     idempotency_key: str | None = None  # a retry with the same key gets the first try's job
+    format_asked: Format | None = None  # the format query option itself: animations and videos keep
+    # their container unless it names another
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class Admitted:
     facts: ImageFacts
     filename: str | None
     callback: dict[str, Any]  # the job spec's callback fields
+    format: Format  # what the job writes (an animation or a video: its own container by default)
 
 
 def check_models(weights_dir: Path, tasks: tuple[str, ...], scale: int | None,
@@ -92,15 +95,17 @@ def _config(entry: catalog.CatalogEntry) -> NetworkConfig:
 
 def check_cost(facts: ImageFacts, ops_per_pixel: float, settings: Settings) -> None:
     """A job's work is bounded as well as its sizes: a model with many operations per pixel (or a
-    pipeline of several) on a large input would hold a worker for minutes."""
-    pixels = facts.width * facts.height
+    pipeline of several) on a large input, or on many frames, would hold workers for minutes."""
+    pixels = facts.width * facts.height * facts.frames
     gops = pixels * ops_per_pixel / 1e9
     if gops > settings.max_job_gops:
         most = int(settings.max_job_gops * 1e9 / ops_per_pixel)
+        frames = f"{facts.frames} frames of " if facts.frames > 1 else ""
         raise JobTooCostlyError(
             f"the job would take about {gops:.0f} G operations ({ops_per_pixel / 1e3:.1f} K per input "
-            f"pixel on {facts.width}x{facts.height}), over the limit of {settings.max_job_gops:g} G; "
-            f"send at most {most} input pixels for this task", gops=gops, max_gops=settings.max_job_gops)
+            f"pixel on {frames}{facts.width}x{facts.height}), over the limit of {settings.max_job_gops:g} G "
+            f"(BBCU_MAX_JOB_GOPS); send at most {most} input pixels (frames x width x height) for this task",
+            gops=gops, max_gops=settings.max_job_gops)
 
 
 def check_output_size(facts: ImageFacts, scale: int, settings: Settings) -> None:
@@ -115,10 +120,11 @@ def check_output_size(facts: ImageFacts, scale: int, settings: Settings) -> None
             pixels=facts.width * facts.height, max_pixels=settings.max_output_pixels // (scale * scale))
 
 
-def probe(data: bytes, max_pixels: int) -> ImageFacts:
-    """Size and format of an upload, without decoding its pixels."""
-    width, height, fmt = imageio.probe(data, max_pixels=max_pixels)
-    return ImageFacts(width=width, height=height, bytes=len(data), format=fmt.lower())
+def probe(data: bytes, settings: Settings) -> tuple[ImageFacts, media.MediaFacts]:
+    """Size, format and frames of an upload, without decoding its pixels."""
+    m = media.probe(data, max_pixels=settings.max_pixels, max_frames=settings.max_frames)
+    return ImageFacts(width=m.width, height=m.height, bytes=len(data), format=m.format.lower(),
+                      frames=m.frames, fps=m.fps), m
 
 
 async def admit(request: Request, services: Services, options: RestoreOptions) -> Admitted:
@@ -134,7 +140,8 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
             callback = await run_in_threadpool(callback_fields, settings, options.callback_url,
                                                options.callback_events)
             upload = await read_upload(request, settings.max_upload_bytes, settings.http_body_timeout_s)
-            facts = await run_in_threadpool(probe, upload.data, settings.max_pixels)
+            facts, kind = await run_in_threadpool(probe, upload.data, settings)
+            fmt = media.output_format(kind, options.format_asked, options.format)
             check_output_size(facts, scale, settings)
             check_cost(facts, ops_per_pixel, settings)
         except BBCUError as e:
@@ -143,7 +150,7 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
         services.metrics.uploads_rejected.labels(reason=p.slug).inc()
         raise
     return Admitted(options, tasks, strength, scale, variant, upload.data, facts, upload.filename,
-                    callback)
+                    callback, fmt)
 
 
 def submit(services: Services, job: Admitted) -> JobRecord:
@@ -193,7 +200,7 @@ def _enqueue(services: Services, job: Admitted, job_id: str) -> JobRecord:
     except BBCUError as e:  # device=gpu where no GPU worker is configured
         raise refused(e) from e
     spec = JobSpec(id=job_id, task=",".join(job.tasks), scale=job.scale, variant=job.variant,
-                   format=o.format, quality=o.quality, strength=job.strength, queue=queue,  # type: ignore[arg-type]
+                   format=job.format, quality=o.quality, strength=job.strength, queue=queue,  # type: ignore[arg-type]
                    tile=o.tile, filename=job.filename, owner=o.caller.owner if o.caller else None,
                    **job.callback)
     counted = claim_job(services.throttle, services.settings, o.caller, spec.id)

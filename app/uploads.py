@@ -1,7 +1,7 @@
 """Reading an upload under the size limit while it streams in (never buffering past the limit).
 
 Accepted bodies: ``multipart/form-data`` with the image in the field ``image``, or the raw image
-bytes with an ``image/*`` or ``application/octet-stream`` content type.
+bytes with an ``image/*``, ``video/*`` or ``application/octet-stream`` content type.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from starlette.requests import ClientDisconnect, Request
 from app.errors import Problem
 
 RAW_TYPES = ("application/octet-stream",)
+RAW_PREFIXES = ("image/", "video/")
 FIELD = "image"
 MAX_FILENAME_BYTES = 255  # as most file systems allow: the name is kept with the job for a day
 # parts of a multipart body: the image and a few fields a form may add; each part costs parser
@@ -105,10 +106,12 @@ async def read_upload(request: Request, limit: int, timeout_s: float) -> Upload:
     media, params = parse_options_header(request.headers.get("content-type", ""))
     media_type = media.decode("latin-1").lower()
     multipart = media_type == "multipart/form-data"
-    if not multipart and media_type and not media_type.startswith("image/") and media_type not in RAW_TYPES:
+    raw_ok = media_type.startswith(RAW_PREFIXES) or media_type in RAW_TYPES
+    if not multipart and media_type and not raw_ok:
         raise Problem(415, "Unsupported media type",
-                      f"send multipart/form-data with the field '{FIELD}', or the raw image bytes with an "
-                      f"image/* content type (got {media_type})", slug="unsupported-media-type")
+                      f"send multipart/form-data with the field '{FIELD}', or the raw image or video bytes "
+                      f"with an image/* or video/* content type (got {media_type})",
+                      slug="unsupported-media-type")
     field = _ImageField()
     parser: MultipartParser | None = None
     if multipart:

@@ -9,7 +9,8 @@ from pathlib import Path
 from cli.common import describe_stage, fail
 from models.vocab import format_of
 
-_LOCAL_ONLY = {"weights": None, "backend": "auto", "max_pixels": 100_000_000}  # option -> its default
+# option -> its default
+_LOCAL_ONLY = {"weights": None, "backend": "auto", "max_pixels": 100_000_000, "max_frames": 100_000}
 
 
 def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> int:

@@ -15,9 +15,10 @@ from pathlib import Path
 from cli.common import describe_stage, fail
 from models.vocab import BACKENDS, DEFAULT_SR_SCALE, FORMATS, SR_SCALES, VARIANTS, format_of
 
-# what a folder is searched for (the decoder reads more; these are the usual photo files)
+# what a folder is searched for (the decoder reads more; these are the usual photo and video files)
+VIDEO_SUFFIXES = (".mp4", ".webm", ".mov")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif",
-                  ".avif")
+                  ".avif", *VIDEO_SUFFIXES)
 
 
 class UsageError(Exception):
@@ -26,9 +27,10 @@ class UsageError(Exception):
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("restore", help="restore image files",
-                       description="Restore images: super-resolution, color denoising, JPEG deblocking, "
-                                   "or a pipeline of them (e.g. --task deblock,sr).")
-    p.add_argument("inputs", nargs="+", metavar="IN", help="input image files or folders")
+                       description="Restore images, animations (GIF, APNG, WebP) and videos (MP4, WebM, "
+                                   "MOV): super-resolution, color denoising, JPEG deblocking, or a "
+                                   "pipeline of them (e.g. --task deblock,sr).")
+    p.add_argument("inputs", nargs="+", metavar="IN", help="input image or video files or folders")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
                    help="output file (one input file) or folder")
     p.add_argument("--task", required=True, metavar="TASK",
@@ -44,7 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--tile", type=int, metavar="N", help="tile size in input pixels (seam-free)")
     p.add_argument("--format", choices=FORMATS, help="output format (default: from OUT or png)")
     p.add_argument("--quality", type=int, metavar="Q", help="jpeg/webp quality 1..100 (default 95)")
-    p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger inputs")
+    p.add_argument("--max-pixels", type=int, default=100_000_000, help="refuse larger inputs (per frame)")
+    p.add_argument("--max-frames", type=int, default=100_000,
+                   help="refuse animations and videos of more frames")
     p.add_argument("--recursive", action="store_true", help="also restore images in subfolders")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files (never inputs)")
     p.add_argument("--quiet", action="store_true", help="no progress output")
@@ -91,8 +95,10 @@ def destinations(inputs: list[Path], sources: list[tuple[Path, Path]], output: P
     else:
         if output.is_file():
             raise UsageError(f"{output} is a file; the output of {len(sources)} input(s) must be a folder")
-        ext = fmt or "png"
-        dests = [output / rel.with_suffix(f".{ext}") for _, rel in sources]
+        # a video keeps its container; an image (an animation too) becomes png unless told
+        dests = [output / rel.with_suffix(f".{fmt}" if fmt else rel.suffix.lower()
+                                          if rel.suffix.lower() in VIDEO_SUFFIXES else ".png")
+                 for _, rel in sources]
     seen: dict[Path, Path] = {}
     inputs_resolved = {src.resolve(): src for src, _ in sources}
     for (src, _), dst in zip(sources, dests, strict=True):
@@ -152,9 +158,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _restore_here(args: argparse.Namespace, tasks: tuple[str, ...], strength: object,
                   sources: list[tuple[Path, Path]], dests: list[Path]) -> int:
-    from models import imageio
+    from models import imageio, media
     from models.engine import load_chroma_partner, load_for_task
     from models.errors import BBCUError
+    from models.media.restore import FrameRestorer
+    from models.media.restore import restore as restore_frames
     from models.pipeline import run_stages
 
     try:
@@ -173,17 +181,26 @@ def _restore_here(args: argparse.Namespace, tasks: tuple[str, ...], strength: ob
 
             bar = tqdm(desc=f"[{n}/{len(sources)}] {src.name}", total=1000, leave=False)
 
-            def progress(done: int, total: int, bar: tqdm = bar) -> None:  # type: ignore[type-arg]
+            def progress(done: float, total: int, bar: tqdm = bar) -> None:  # type: ignore[type-arg]
                 bar.update(done * 1000 // max(total, 1) - bar.n)
 
         t0 = time.perf_counter()
         try:
-            img = imageio.decode(src.read_bytes(), max_pixels=args.max_pixels)
-            out, reports = run_stages(models, img, tile=args.tile, strength=strength,  # type: ignore[arg-type]
-                                      progress=progress, chroma=chroma)
+            data = src.read_bytes()
+            kind = media.probe(data, max_pixels=args.max_pixels, max_frames=args.max_frames)
+            fmt = media.output_format(kind, args.format or format_of(dst.suffix))
+            if kind.kind == "still":
+                img = imageio.decode(data, max_pixels=args.max_pixels)
+                out, reports = run_stages(models, img, tile=args.tile, strength=strength,  # type: ignore[arg-type]
+                                          progress=progress, chroma=chroma)
+                result = imageio.encode(out, fmt, quality=args.quality)
+            else:
+                restorer = FrameRestorer(models, tile=args.tile, strength=strength, chroma=chroma)  # type: ignore[arg-type]
+                result = restore_frames(restorer, data, kind, fmt, quality=args.quality,
+                                        max_frames=args.max_frames, progress=progress)
+                reports = restorer.reports
             dst.parent.mkdir(parents=True, exist_ok=True)
-            fmt = args.format or format_of(dst.suffix) or "png"
-            dst.write_bytes(imageio.encode(out, fmt, quality=args.quality))
+            dst.write_bytes(result)
         except (BBCUError, OSError) as e:
             failures += 1
             print(f"bbcu: {src}: {e}", file=sys.stderr)

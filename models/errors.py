@@ -68,6 +68,24 @@ class ImageTooLargeError(ImageError):
         self.max_pixels = max_pixels
 
 
+class TooManyFramesError(ImageError):
+    """An animation or video has more frames than a job may hold."""
+
+    code = ErrorCode.too_large
+
+    def __init__(self, message: str, frames: int, max_frames: int) -> None:
+        super().__init__(message)
+        self.frames = frames
+        self.max_frames = max_frames
+
+    @classmethod
+    def check(cls, what: str, frames: int, max_frames: int) -> None:
+        """Raise for ``what`` (an animation, a video) if ``frames`` is over the limit."""
+        if frames > max_frames:
+            raise cls(f"the {what} has {frames} frames, over the limit of {max_frames} frames",
+                      frames=frames, max_frames=max_frames)
+
+
 class JobTooCostlyError(BBCUError):
     """The estimated work of a job (operations of every stage on its pixels) exceeds the budget."""
 

@@ -30,12 +30,18 @@ BACKENDS: tuple[Backend, ...] = get_args(Backend)
 # Activation memory of one tile: the one default of the CLI, the engine and the service.
 DEFAULT_TILE_MEMORY_MB = 2048
 
-Format = Literal["png", "webp", "jpeg", "tiff"]
+Format = Literal["png", "webp", "jpeg", "tiff", "gif", "mp4", "webm", "mov"]
 FORMATS: tuple[Format, ...] = get_args(Format)
+# what each kind of input can be written as: a still as any image format, an animation (APNG, GIF,
+# animated WebP) as a format that holds frames, a video as a video container
+STILL_FORMATS: tuple[Format, ...] = ("png", "webp", "jpeg", "tiff", "gif")
+ANIMATED_FORMATS: tuple[Format, ...] = ("png", "webp", "gif")
+VIDEO_FORMATS: tuple[Format, ...] = ("mp4", "webm", "mov")
 MEDIA_TYPES: dict[Format, str] = {"png": "image/png", "webp": "image/webp", "jpeg": "image/jpeg",
-                                  "tiff": "image/tiff"}
+                                  "tiff": "image/tiff", "gif": "image/gif", "mp4": "video/mp4",
+                                  "webm": "video/webm", "mov": "video/quicktime"}
 # file-name spellings accepted for a format
-FORMAT_ALIASES: dict[str, Format] = {"jpg": "jpeg", "tif": "tiff"}
+FORMAT_ALIASES: dict[str, Format] = {"jpg": "jpeg", "tif": "tiff", "apng": "png", "qt": "mov"}
 
 
 def scale_for(task: str, scale: int | None = None) -> int:

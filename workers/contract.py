@@ -82,6 +82,8 @@ class ImageFacts(BaseModel):
     height: int
     bytes: int
     format: str
+    frames: int = Field(default=1, ge=1, description="frames of an animation or a video; 1 for a still")
+    fps: float | None = Field(default=None, description="a video's frame rate")
 
 
 class JobError(BaseModel):

@@ -180,7 +180,9 @@ class JobRunner:
 
     def _execute(self, rec: JobRecord) -> JobRecord | None:
         """Restore the image; the succeeded record, or None when the job ended otherwise meanwhile."""
-        from models import imageio, pipeline
+        from models import imageio, media, pipeline
+        from models.media.restore import FrameRestorer
+        from models.media.restore import restore as restore_frames
 
         spec: JobSpec = rec.spec
         t_start = time.perf_counter()
@@ -195,28 +197,44 @@ class JobRunner:
         t1 = time.perf_counter()
         # loading a model is a once-per-process cost: the job's own time starts after it
         deadline = t1 + self.settings.soft_time_limit_s
-        img = imageio.decode(data, max_pixels=self.settings.max_pixels)
-        t2 = time.perf_counter()
         budget = self.settings.tile_memory_mb << 20
         if device == "cuda":
             budget = self.settings.gpu_tile_memory_mb << 20
-        out, reports = pipeline.run_stages([s.model for s in stages], img, tile=spec.tile,
-                                           strength=spec.strength, memory_bytes=budget,
-                                           progress=self._progress(spec.id, deadline), chroma=chroma)
-        t3 = time.perf_counter()
-        self._check(spec.id, deadline)
-        encoded = imageio.encode(out, spec.format, quality=spec.quality)
+        kind = media.probe(data, max_pixels=self.settings.max_pixels, max_frames=self.settings.max_frames)
+        progress = self._progress(spec.id, deadline)
+        if kind.kind == "still":
+            img = imageio.decode(data, max_pixels=self.settings.max_pixels)
+            t2 = time.perf_counter()
+            out, reports = pipeline.run_stages([s.model for s in stages], img, tile=spec.tile,
+                                               strength=spec.strength, memory_bytes=budget,
+                                               progress=progress, chroma=chroma)
+            t3 = time.perf_counter()
+            self._check(spec.id, deadline)
+            encoded = imageio.encode(out, spec.format, quality=spec.quality)
+            size = (out.width, out.height)
+        else:  # frames are decoded, restored and encoded one after another: all of it is inference
+            t2 = time.perf_counter()
+            restorer = FrameRestorer([s.model for s in stages], tile=spec.tile, strength=spec.strength,
+                                     memory_bytes=budget, chroma=chroma)
+            encoded = restore_frames(restorer, data, kind, spec.format, quality=spec.quality,
+                                     max_frames=self.settings.max_frames, progress=progress)
+            t3 = time.perf_counter()
+            self._check(spec.id, deadline)
+            reports = restorer.reports
+            scale = stages[-1].model.scale
+            size = (kind.width * scale, kind.height * scale)
         t4 = time.perf_counter()
         self.store.put_result(spec.id, encoded)
+        scale = stages[-1].model.scale
         for loaded in stages:
-            self._release_gpu(loaded.model, img.width * img.height)
+            self._release_gpu(loaded.model, size[0] * size[1] // (scale * scale))
         ms = 1000.0
         timings = Timings(queue=rec.timings.queue, load=(t1 - t0) * ms, decode=(t2 - t1) * ms,
                           inference=(t3 - t2) * ms, encode=(t4 - t3) * ms,
                           total=(rec.timings.queue or 0.0) + (time.perf_counter() - t_start) * ms)
-        output = ImageFacts(width=out.width, height=out.height, bytes=len(encoded), format=spec.format)
-        scale = stages[-1].model.scale
-        facts = stages[-1].facts(out.width // scale, out.height // scale)
+        output = ImageFacts(width=size[0], height=size[1], bytes=len(encoded), format=spec.format,
+                            frames=kind.frames, fps=kind.fps)
+        facts = stages[-1].facts(size[0] // scale, size[1] // scale)
         stage_records = [StageRecord(**asdict(r)) for r in reports]
         return self.jobs.succeed(rec, timings=timings, output=output, model=facts, stages=stage_records)
 

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         default=1500.0, gt=0,
         description="Largest estimated work of one job in giga-operations (every stage's operations per "
                     "pixel times the input pixels); more is refused with 413. 1500: x4 SR of 1 MP fits")
+    max_frames: int = Field(
+        default=1000, gt=0,
+        description="Most frames of an animation or a video in one job (max_job_gops bounds their work too)")
+    chunk_frames: int = Field(
+        default=8, gt=0,
+        description="Celery mode: a video or an animation of more frames is split into chunks of this "
+                    "many frames that any worker can take")
     max_queued_jobs: int = Field(
         default=500, gt=0,
         description="Jobs accepted and not finished (queued or running) before new ones get 503 "

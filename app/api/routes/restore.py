@@ -30,7 +30,9 @@ async def restore(
     strength: Annotated[str | None, Query(description="denoise only: auto (default: from the estimated "
                                                       "noise) or 0..1 (0 keeps the input)")] = None,
     format: Annotated[Format | None, Query(
-        description="png (default), webp, jpeg or tiff; png and tiff keep a 16-bit input 16-bit")] = None,
+        description="png (default for a still), webp, jpeg, tiff or gif (png and tiff keep a 16-bit input "
+                    "16-bit); an animation or a video keeps its container by default (gif/png/webp; "
+                    "mp4/webm/mov)")] = None,
     quality: Annotated[int | None, Query(ge=1, le=100, description="jpeg/webp quality (default 95)")] = None,
     device: Annotated[Device, Query(description="auto picks a GPU worker when one is alive")] = "auto",
     tile: Annotated[int | None, Query(ge=32, le=8192, description="tile size in input pixels")] = None,
@@ -49,7 +51,8 @@ async def restore(
 ) -> Response:
     """Restore an image: the result or an error status; 202 and a job only when asked for."""
     options = submission.RestoreOptions(task=task, scale=scale, variant=variant, device=device, tile=tile,
-                                        format=negotiate_format(format, accept), strength=strength,
+                                        format=negotiate_format(format, accept), format_asked=format,
+                                        strength=strength,
                                         quality=quality, callback_url=callback_url,
                                         callback_events=callback_events, caller=caller,
                                         idempotency_key=idempotency_key)
