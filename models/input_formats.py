@@ -20,6 +20,13 @@ INPUT_FORMATS: dict[str, str] = {
     "AVIF": "image/avif",  # Pillow's own decoder (libavif in its wheels)
     "HEIF": "image/heic",  # HEIC/HEIF, the iPhone's default: pillow-heif's opener (imageio registers it)
 }
+# video containers (models.media.video: PyAV, told which demuxer, never FFmpeg's guess) -> media type;
+# known by their first bytes: an ISO/QuickTime ``ftyp`` box, or Matroska's EBML header
+VIDEO_FORMATS: dict[str, str] = {
+    "mp4": "video/mp4",
+    "mov": "video/quicktime",
+    "webm": "video/webm",
+}
 
 
 def pillow_formats() -> tuple[str, ...]:
@@ -28,5 +35,5 @@ def pillow_formats() -> tuple[str, ...]:
 
 
 def described() -> str:
-    """The accepted formats for an error message, e.g. ``PNG, JPEG, ...``."""
-    return ", ".join(INPUT_FORMATS)
+    """The accepted formats for an error message, e.g. ``PNG, JPEG, ...; videos MP4, MOV, WEBM``."""
+    return ", ".join(INPUT_FORMATS) + "; videos " + ", ".join(f.upper() for f in VIDEO_FORMATS)

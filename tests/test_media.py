@@ -101,6 +101,16 @@ def test_probe_counts_frames_and_refuses_past_the_limit() -> None:
     assert still.kind == "still" and still.frames == 1
 
 
+def test_every_accepted_container_has_its_demuxer() -> None:
+    from models import input_formats
+    from models.media import video
+
+    assert set(video._DEMUXER) == set(input_formats.VIDEO_FORMATS)
+    assert video.sniff(media_files.video(n=2, w=16, h=16, audio=False, container="mov")) == "mov"
+    assert video.sniff(media_files.video(n=2, w=16, h=16, audio=False, container="webm")) == "webm"
+    assert video.sniff(b"GIF89a" + b"\x00" * 16) is None
+
+
 def test_output_format_per_kind() -> None:
     anim = media.MediaFacts("animation", "gif", 8, 8, 3)
     clip = media.MediaFacts("video", "webm", 8, 8, 3, 10.0)

@@ -24,6 +24,7 @@ import numpy as np
 
 from models.errors import ImageDecodeError, ImageTooLargeError, TooManyFramesError
 
+# FFmpeg's demuxer of each container models.input_formats accepts (the ISO one reads MP4 and QuickTime)
 _DEMUXER = {"mp4": "mov", "mov": "mov", "webm": "matroska"}
 _VIDEO_CODEC = {"mp4": "libx264", "mov": "libx264", "webm": "libvpx-vp9"}
 _AUDIO_CODEC = {"mp4": "aac", "mov": "aac", "webm": "libopus"}
