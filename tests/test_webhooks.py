@@ -125,7 +125,7 @@ def test_webhooks_signed_in_order_and_filtered(service: Service, receiver: Recei
     assert all(d.record["id"] == job["id"] for d in got)
     assert all("owner" not in d.record["spec"] for d in got)  # the record as GET /jobs/{id} shows it
     assert got[1].record["output"] == {"width": 32, "height": 32, "bytes": got[1].record["output"]["bytes"],
-                                       "format": "png"}
+                                       "format": "png", "frames": 1, "fps": None}
     for d in got:
         assert_signed(d)
 
