@@ -109,6 +109,7 @@ def test_every_accepted_container_has_its_demuxer() -> None:
     assert video.sniff(media_files.video(n=2, w=16, h=16, audio=False, container="mov")) == "mov"
     assert video.sniff(media_files.video(n=2, w=16, h=16, audio=False, container="webm")) == "webm"
     assert video.sniff(b"GIF89a" + b"\x00" * 16) is None
+    assert video.sniff(b"\x00\x00\x00\x18ftypheic" + b"\x00" * 16) is None  # a phone photo
 
 
 def test_output_format_per_kind() -> None:

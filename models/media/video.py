@@ -36,9 +36,15 @@ _CRF = {"libx264": (20, 51), "libvpx-vp9": (32, 63)}
 _AV_ERRORS = (av.error.FFmpegError, ValueError, IndexError)
 
 
+# major brands of ISO files that hold still images (HEIF/HEIC, AVIF), not video
+_IMAGE_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1",
+                 b"avif", b"avis", b"avio", b"crx "}
+
+
 def sniff(data: bytes) -> str | None:
-    """The container a file's first bytes name: mp4, mov (QuickTime brand) or webm (Matroska)."""
-    if len(data) >= 12 and data[4:8] == b"ftyp":
+    """The container a file's first bytes name: mp4, mov (QuickTime brand) or webm (Matroska); None for
+    anything else, an ISO file of still images (HEIC, AVIF) too."""
+    if len(data) >= 12 and data[4:8] == b"ftyp" and data[8:12] not in _IMAGE_BRANDS:
         return "mov" if data[8:12] == b"qt  " else "mp4"
     if data[:4] == b"\x1a\x45\xdf\xa3":
         return "webm"
