@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 from app.access import KeyRing
 from app.idempotency import IdempotencyKeys, keys_for
 from app.metrics import Metrics
+from app.stream_slots import StreamSlots, stream_slots_for
 from app.throttle import Throttle, throttle_for
 from workers.dispatch import Dispatcher, create_backend
 from workers.lost import Sweeper
@@ -29,6 +30,7 @@ class Services:
     webhooks: WebhookSender  # for the events the API itself causes (a cancelled job, a lost one)
     access: KeyRing
     throttle: Throttle  # rates and job quotas per key, shared like the store
+    streams: StreamSlots  # open event streams per key, shared like the store
     idempotency: IdempotencyKeys  # Idempotency-Key claims, shared like the store
     sweeper: Sweeper | None = None  # Celery mode: recovers jobs whose worker is gone
 
@@ -42,7 +44,7 @@ class Services:
             sweeper = Sweeper(store, settings, cast("CeleryDispatcher", dispatcher), webhooks.notify)
             sweeper.start()
         return cls(settings, store, dispatcher, metrics, webhooks, access, throttle_for(store),
-                   keys_for(store, settings.job_ttl_s), sweeper)
+                   stream_slots_for(store), keys_for(store, settings.job_ttl_s), sweeper)
 
     def close(self) -> None:
         if self.sweeper is not None:

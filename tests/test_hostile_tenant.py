@@ -6,10 +6,15 @@ answer that keeps the other tenants served: a clear 4xx, never a 500, and nothin
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import io
 import ipaddress
 import logging
 import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
@@ -19,13 +24,50 @@ from PIL import Image
 from models import imageio, input_formats
 from models.errors import ImageDecodeError
 from tests import test_webhooks
-from tests.conftest import WEBHOOK_SECRET, Service
+from tests.conftest import WEBHOOK_SECRET, Service, service_env, start_api
 from tests.helpers import assert_problem, make_image
 from tests.test_webhooks import Receiver, running_receiver
 from workers.callback_urls import CallbackRefused, allow_list, check_callback
 from workers.contract import JobRecord, JobSpec, JobStatus, new_job_id, now
 from workers.settings import Settings
 from workers.webhooks import WebhookSender
+
+ALICE, BOB, OPERATOR = "bbcu_alice-hostile-test", "bbcu_bob-hostile-test", "bbcu_operator-hostile-test"
+STREAMS = 3  # BBCU_MAX_EVENT_STREAMS of the keyed services
+
+
+def _digest(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def _as(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module", params=["celery", "embedded"])
+def keyed(request: pytest.FixtureRequest, tiny_weights: Path, logdir: Path) -> Iterator[Service]:
+    """A service with keys alice and bob and an operator key for /metrics, in either mode. The Celery
+    one has no worker (its own Redis database), so its jobs stay queued; the embedded one runs one job
+    at a time."""
+    env = service_env(tiny_weights, BBCU_API_KEYS=f"alice={_digest(ALICE)},bob={_digest(BOB)}",
+                      BBCU_METRICS_KEY=_digest(OPERATOR), BBCU_MAX_EVENT_STREAMS=str(STREAMS),
+                      BBCU_EMBEDDED_WORKERS="1", BBCU_RATE_LIMIT_PER_MIN="0")
+    if request.param == "celery":
+        port = request.getfixturevalue("redis_port")
+        env["BBCU_BROKER_URL"] = f"redis://127.0.0.1:{port}/7"
+    url, api = start_api(f"api-hostile-{request.param}", env, logdir)
+    try:
+        yield Service(request.param, url, env, [api])
+    finally:
+        api.stop()
+
+
+def _long_job(c: httpx.Client, key: str) -> str:
+    """A job that stays active a while (x4 of 512x512 in 32-pixel tiles; queued for good without a worker)."""
+    r = c.post("/restore", params={"task": "sr", "scale": 4, "tile": 32, "async": "true"}, headers=_as(key),
+               files={"image": ("b.png", make_image(512, 512, seed=4), "image/png")})
+    assert r.status_code == 202, r.text
+    return str(r.json()["id"])
 
 
 def _saved(fmt: str, mode: str = "RGB") -> bytes:
@@ -258,3 +300,34 @@ def test_multipart_part_count_is_bounded(service: Service) -> None:
     body = assert_problem(refused, 413)
     assert body["type"] == "urn:bbcu:problem:too-many-parts" and body["max_parts"] == 16
     assert fits.status_code == 202, fits.text
+
+
+# --- item 8: event streams per key
+
+
+def test_event_streams_are_capped_per_key(keyed: Service) -> None:
+    """Item 8: one key held 62 of the 64 streams the server allowed, each polling the store 5 times a
+    second, until everyone got 503. Past its cap a key gets 429 with Retry-After; the other key and a
+    stream opened after one closed are served."""
+    with keyed.client(timeout=30) as c, contextlib.ExitStack() as streams:
+        jobs = [_long_job(c, ALICE) for _ in range(2)]
+        alice_job = jobs[-1]  # behind the first (embedded: one at a time)
+        bob_job = _long_job(c, BOB)
+        held = [streams.enter_context(c.stream("GET", f"/jobs/{alice_job}/events", headers=_as(ALICE)))
+                for _ in range(STREAMS)]
+        assert [r.status_code for r in held] == [200] * STREAMS
+        over = c.get(f"/jobs/{alice_job}/events", headers=_as(ALICE))
+        body = assert_problem(over, 429)
+        assert body["max_event_streams"] == STREAMS and int(over.headers["retry-after"]) >= 1
+        with c.stream("GET", f"/jobs/{bob_job}/events", headers=_as(BOB)) as bobs:
+            assert bobs.status_code == 200  # bob's streams are his own
+        held[0].close()
+        deadline = time.monotonic() + 30  # the server frees the slot at its next poll of the stream
+        while True:
+            with c.stream("GET", f"/jobs/{alice_job}/events", headers=_as(ALICE)) as again:
+                if again.status_code == 200:
+                    break
+                assert again.status_code == 429 and time.monotonic() < deadline, "the slot was never freed"
+            time.sleep(0.2)
+        for job_id, key in ((jobs[0], ALICE), (alice_job, ALICE), (bob_job, BOB)):
+            c.delete(f"/jobs/{job_id}", headers=_as(key))

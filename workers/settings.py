@@ -128,6 +128,8 @@ class Settings(BaseSettings):
         default=60, gt=0, description="Requests an API key may send at once before the rate applies")
     max_active_jobs: int = Field(
         default=16, ge=0, description="Queued and running jobs per API key; past it 429; 0: no limit")
+    max_event_streams: int = Field(
+        default=16, ge=0, description="Open /jobs/{id}/events streams per API key; past it 429; 0: no limit")
     anonymous_limits: bool = Field(
         default=False, description="With no API keys configured, apply the rate and job limits per client "
                                    "address (off: an open service is not limited)")

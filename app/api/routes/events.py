@@ -9,20 +9,24 @@ a snapshot of the record.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import suppress
 from typing import Annotated, Any
 
 import anyio
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
 
-from app.api.deps import CallerDep, StoreDep
+from app.api.deps import CallerDep, ServicesDep
 from app.api.examples import AUTH_RESPONSES
 from app.api.routes.jobs import read_job
 from app.api.views import JOB_EXAMPLE, JobView
 from app.errors import Problem
+from app.stream_slots import LEASE_S, free_slot, take_slot
 from workers.contract import JobRecord, JobStatus
+from workers.errors import StoreUnavailable
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 
@@ -70,21 +74,25 @@ def next_frame(rec: JobRecord, last: JobRecord | None, last_id: str | None) -> s
                                             "(the final record with links), then the stream ends",
                              "content": {"text/event-stream": {"example": EXAMPLE}}},
                        404: {"description": "Unknown job (never created, expired, or another key's)"},
-                       **AUTH_RESPONSES})
+                       **AUTH_RESPONSES,
+                       429: {**AUTH_RESPONSES[429], "description": "The key's request rate is used up, or "
+                             "it holds BBCU_MAX_EVENT_STREAMS open streams: retry after Retry-After"}})
 async def job_events(
-    job_id: str, request: Request, caller: CallerDep, store: StoreDep,
+    job_id: str, request: Request, caller: CallerDep, services: ServicesDep,
     last_event_id: Annotated[str | None, Header(description="resume after this event id")] = None,
 ) -> StreamingResponse:
     """Follow a job live: a snapshot, status changes, progress with an ETA, then the final record."""
-    # an unknown job answers 404 here, before the stream starts
+    store = services.store
+    # an unknown job answers 404 here, before the stream starts; a key holding all its streams 429
     first = await run_in_threadpool(read_job, job_id, caller, store)
+    slot = await run_in_threadpool(take_slot, services.streams, services.settings, caller)
 
     async def stream() -> AsyncIterator[str]:
         yield f"retry: {RETRY_MS}\n\n"
         rec: JobRecord = first
         last: JobRecord | None = None
         last_id = last_event_id
-        quiet_since = anyio.current_time()
+        quiet_since = renewed = anyio.current_time()
         while True:
             text = next_frame(rec, last, last_id)
             if text is not None:
@@ -97,6 +105,10 @@ async def job_events(
             if anyio.current_time() - quiet_since > KEEPALIVE_S:
                 yield ": keep-alive\n\n"
                 quiet_since = anyio.current_time()
+            if slot is not None and anyio.current_time() - renewed > LEASE_S / 3:
+                with suppress(StoreUnavailable):  # a broker away a moment: the slot outlives it
+                    await run_in_threadpool(services.streams.renew, caller.client, slot)
+                renewed = anyio.current_time()
             await anyio.sleep(POLL_S)
             if await request.is_disconnected():
                 return
@@ -105,5 +117,23 @@ async def job_events(
             except Problem:
                 return  # the record expired while the stream was open
 
-    return StreamingResponse(stream(), media_type="text/event-stream",
-                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    async def release() -> None:
+        await run_in_threadpool(free_slot, services.streams, caller, slot)
+
+    return SlotStream(stream(), release, media_type="text/event-stream",
+                      headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+class SlotStream(StreamingResponse):
+    """A stream that frees its slot however it ends, even when the client left before the first byte."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], Awaitable[None]], *,
+                 media_type: str, headers: dict[str, str]) -> None:
+        super().__init__(content, media_type=media_type, headers=headers)
+        self._release = release
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release()
