@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
-from models.errors import BBCUError, ErrorCode, ImageTooLargeError, JobTooCostlyError, TooManyFramesError
-from workers.errors import QueueFull, ServiceError
+from models.errors import BBCUError, ImageTooLargeError, JobTooCostlyError, TooManyFramesError
+from workers.errors import ErrorCode, QueueFull, ServiceError, code_of
 
 PROBLEM_TYPE = "application/problem+json"
 
@@ -38,6 +38,7 @@ ANSWERS: dict[ErrorCode, Answer] = {
     ErrorCode.cancelled: Answer(409, "Job cancelled", "cancelled"),
     ErrorCode.worker_lost: Answer(503, "Worker lost", "worker-lost"),
     ErrorCode.input_lost: Answer(503, "Input lost", "input-lost"),
+    ErrorCode.device_unavailable: Answer(503, "Device unavailable", "device-unavailable"),
     ErrorCode.internal: Answer(500, "Job failed", "internal"),
 }
 
@@ -70,7 +71,7 @@ class Problem(Exception):
 
 def refused(error: BBCUError) -> Problem:
     """The problem a request answers when its own input is refused (before any job exists)."""
-    answer = ANSWERS[error.code]
+    answer = ANSWERS[code_of(error)]
     extra: dict[str, Any] = {}
     if isinstance(error, ImageTooLargeError):
         extra = {"max_pixels": error.max_pixels}

@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from models import archs, catalog, checkpoints, deploy
 from models.complexity import count
 from models.config import NetworkConfig
-from models.errors import UnknownModelError
+from models.errors import DeviceUnavailableError, UnknownModelError
 from models.precision import ieee_fp32
 from models.tiling import Progress, choose_tile, redundancy, run_tiled
 from models.vocab import BACKENDS, DEFAULT_TILE_MEMORY_MB
@@ -70,7 +70,7 @@ class ModelInfo:
 def resolve_device(device: str | torch.device) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UnknownModelError("device 'cuda' requested but no CUDA device is available")
+        raise DeviceUnavailableError("device 'cuda' requested but no CUDA device is available")
     return dev
 
 

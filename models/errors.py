@@ -1,34 +1,14 @@
 """Typed errors raised by the models package; each message says what was found.
 
-Each error class carries the ``ErrorCode`` a failed job records for it; ``app.errors`` maps every
-code to its HTTP answer in one table.
+The job layer gives each a code (``workers.errors.code_of``), and ``app.errors`` maps every code to
+its HTTP answer in one table.
 """
 
 from __future__ import annotations
 
-from enum import Enum
-from typing import ClassVar
-
-
-class ErrorCode(str, Enum):
-    """Why a job failed or a request was refused."""
-
-    bad_image = "bad_image"
-    bad_option = "bad_option"
-    too_large = "too_large"
-    unknown_model = "unknown_model"
-    too_costly = "too_costly"
-    timeout = "timeout"
-    cancelled = "cancelled"
-    worker_lost = "worker_lost"
-    input_lost = "input_lost"
-    internal = "internal"
-
 
 class BBCUError(Exception):
     """Base class of every error this project raises on purpose."""
-
-    code: ClassVar[ErrorCode] = ErrorCode.internal
 
 
 class CheckpointError(BBCUError):
@@ -54,13 +34,9 @@ class ImageError(BBCUError):
 class ImageDecodeError(ImageError):
     """Not an image, corrupt, truncated, or a format we cannot read."""
 
-    code = ErrorCode.bad_image
-
 
 class ImageTooLargeError(ImageError):
     """The image exceeds the pixel budget."""
-
-    code = ErrorCode.too_large
 
     def __init__(self, message: str, pixels: int | None, max_pixels: int) -> None:
         super().__init__(message)
@@ -70,8 +46,6 @@ class ImageTooLargeError(ImageError):
 
 class TooManyFramesError(ImageError):
     """An animation or video has more frames than a job may hold."""
-
-    code = ErrorCode.too_large
 
     def __init__(self, message: str, frames: int, max_frames: int) -> None:
         super().__init__(message)
@@ -89,8 +63,6 @@ class TooManyFramesError(ImageError):
 class JobTooCostlyError(BBCUError):
     """The estimated work of a job (operations of every stage on its pixels) exceeds the budget."""
 
-    code = ErrorCode.too_costly
-
     def __init__(self, message: str, gops: float, max_gops: float) -> None:
         super().__init__(message)
         self.gops = gops
@@ -100,10 +72,11 @@ class JobTooCostlyError(BBCUError):
 class OptionError(BBCUError):
     """An option that cannot be run (task pipeline, strength, scale); the message lists what can."""
 
-    code = ErrorCode.bad_option
-
 
 class UnknownModelError(BBCUError):
     """No catalogue entry or file matches the requested model."""
 
-    code = ErrorCode.unknown_model
+
+class DeviceUnavailableError(BBCUError):
+    """The requested device (CUDA) is not available in this process: the machine's fault, not the
+    request's."""

@@ -11,7 +11,7 @@ import pytest
 from app.api.negotiation import negotiate_format, parse_prefer
 from app.api.views import job_problem
 from app.errors import ANSWERS, refused
-from models.errors import ErrorCode, ImageDecodeError, ImageTooLargeError, UnknownModelError
+from models.errors import ImageDecodeError, ImageTooLargeError, UnknownModelError
 from workers.contract import (
     ACTIVE,
     LOST_WORKER_RETRIES,
@@ -24,6 +24,7 @@ from workers.contract import (
     new_job_id,
     now,
 )
+from workers.errors import ErrorCode
 from workers.lifecycle import move
 from workers.lost import GRACE_S, recover_if_lost, resend_orphans, sweep
 from workers.memory_store import MemoryStore

@@ -213,6 +213,43 @@ def test_runner_failures_carry_a_code(tiny_weights: Path) -> None:
     assert "inputs are kept 3600 s" in rec.error.detail
 
 
+def test_a_job_for_a_missing_cuda_device_is_the_service_at_fault(tiny_weights: Path) -> None:
+    """Issue 24: a GPU-queue job where CUDA is missing failed unknown_model, a 422 blaming the request."""
+    import torch
+
+    from app.api.views import job_problem
+    from workers.jobs import JobRunner
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device: the job would run")
+    store = MemoryStore(60, 60)
+    runner = JobRunner(Settings(weights_dir=tiny_weights, torch_threads=1), store)
+    rec = runner.run(_job_with_input(store, make_image(8, 8), queue="gpu"))
+    assert rec is not None and rec.status == JobStatus.failed and rec.error is not None
+    assert rec.error.code.value == "device_unavailable" and "CUDA" in rec.error.detail
+    problem = job_problem(rec, retry_after_s=7)
+    assert (problem.status, problem.slug, problem.headers["Retry-After"]) == (503, "job-device_unavailable",
+                                                                               "7")
+
+
+def test_runner_logs_failed_jobs(tiny_weights: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 24: JobRunner logged nothing when a job failed (timeouts end through the same path)."""
+    from workers.jobs import JobRunner
+
+    store = MemoryStore(60, 60)
+    runner = JobRunner(Settings(weights_dir=tiny_weights, torch_threads=1), store)
+    with caplog.at_level("WARNING", logger="workers.jobs"):
+        bad = runner.run(_job_with_input(store, make_image(8, 8)[:50]))
+        missing = runner.run(_job_with_input(store, make_image(8, 8), variant="zz"))
+        fine = runner.run(_job_with_input(store, make_image(8, 8)))
+    assert bad is not None and missing is not None and fine is not None
+    assert fine.status == JobStatus.succeeded
+    logged = [r.getMessage() for r in caplog.records if r.name == "workers.jobs"]
+    assert len(logged) == 2, logged  # the two failures, not the success
+    assert bad.id in logged[0] and "bad_image" in logged[0]
+    assert missing.id in logged[1] and "unknown_model" in logged[1] and "zz" in logged[1]
+
+
 def test_more_waiters_than_the_default_pool_share_connections(redis_port: int) -> None:
     """Issue 11, defect 1: redis-py's default pool of 100 connections answered "Too many connections"
     (reported as Redis unreachable) to the 101st synchronous request waiting at once."""

@@ -13,9 +13,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from models.errors import ErrorCode
 from models.stages import Strength, parse_pipeline
 from models.vocab import MEDIA_TYPES, Format
+from workers.errors import ErrorCode
 
 Device = Literal["auto", "cpu", "gpu"]
 QUEUES: tuple[str, ...] = ("cpu", "gpu")

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.errors import BBCUError, ErrorCode
 from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, StageRecord, Timings
-from workers.errors import StoreUnavailable
+from workers.errors import ErrorCode, InputLost, JobTimeout, StoreUnavailable, code_of
 from workers.lifecycle import Lifecycle
 from workers.settings import Settings
 from workers.store import JobStore
@@ -52,18 +51,6 @@ def preload(torch_threads: int = 0) -> None:
 
 class JobCancelled(Exception):
     """The job was cancelled while it ran."""
-
-
-class JobTimeout(BBCUError):
-    """The job ran past the soft time limit."""
-
-    code = ErrorCode.timeout
-
-
-class InputLost(BBCUError):
-    """The job's stored input is gone before it ran (expired after result_ttl_s, or lost by Redis)."""
-
-    code = ErrorCode.input_lost
 
 
 _OPS_SIDE = 64
@@ -159,7 +146,7 @@ class JobRunner:
         except limit_errors:
             ended = self._fail(rec, ErrorCode.timeout, self._over_time())
         except Exception as e:
-            code = e.code if isinstance(e, BBCUError) else ErrorCode.internal
+            code = code_of(e)
             if code is ErrorCode.internal:  # a bug or a broken install: keep the traceback visible
                 ended = self._fail(rec, code, f"{type(e).__name__}: {e}")
                 raise

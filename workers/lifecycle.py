@@ -16,9 +16,8 @@ from collections.abc import Callable
 from contextlib import suppress
 from typing import TYPE_CHECKING, Any
 
-from models.errors import ErrorCode
 from workers.contract import ACTIVE, ImageFacts, JobError, JobRecord, JobSpec, JobStatus, Timings, now
-from workers.errors import StoreUnavailable
+from workers.errors import ErrorCode, StoreUnavailable
 
 if TYPE_CHECKING:
     from workers.store import JobStore

@@ -26,10 +26,9 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any
 
-from models.errors import ErrorCode
 from workers.contract import LOST_WORKER_RETRIES, QUEUES, JobRecord, JobStatus, now
 from workers.dispatch import Dispatcher
-from workers.errors import StoreUnavailable
+from workers.errors import ErrorCode, StoreUnavailable
 from workers.lifecycle import Lifecycle, Notify
 from workers.redis_store import RedisStore
 from workers.settings import Settings

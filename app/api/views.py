@@ -10,8 +10,8 @@ from pydantic import ConfigDict, Field
 
 from app.api.examples import JOB_EXAMPLE
 from app.errors import Problem, job_failed
-from models.errors import ErrorCode
 from workers.contract import JobRecord, JobSpec, JobStatus, StageRecord
+from workers.errors import ErrorCode
 
 
 class PublicSpec(JobSpec):
