@@ -33,16 +33,26 @@
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #define BP_X86 1
+#include <cpuid.h>
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #else
 #define BP_X86 0
+#endif
+
+/* AMX tiles (int8 dot products) need GCC >= 11 or Clang >= 12 for the intrinsics */
+#if BP_X86 && ((defined(__clang__) && __clang_major__ >= 12) || (!defined(__clang__) && __GNUC__ >= 11))
+#define BP_AMX 1
+#else
+#define BP_AMX 0
 #endif
 
 #define GROUP 16   /* outputs per weight group */
 #define MAX_OUT 4096
 
-enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
-static const char *ISA_NAMES[] = {"scalar", "avx2", "avx512"};
+enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AMX = 3, N_ISA = 4 };
+static const char *ISA_NAMES[] = {"scalar", "avx2", "avx512", "amx"};
 static int g_isa = ISA_SCALAR;
 static int g_best = ISA_SCALAR;
 
@@ -51,6 +61,7 @@ typedef struct {
     int ng;                  /* weight groups of 16 outputs */
     int cout;                /* real outputs = r*r*C */
     int r, C;                /* upscale and channels per sub-pixel (C == cout when r == 1) */
+    int cin;                 /* real input channels */
     const uint64_t *act;     /* [N][H+2][W+2][K][2] */
     const uint64_t *wp;      /* [ng][9][K][16] */
     const float *alpha, *pre, *slope, *post;   /* [cout] (sub-pixel major when r > 1) */
@@ -60,6 +71,7 @@ typedef struct {
     const float *nshift;     /* [C] or NULL: pack sign(out + nshift) into nact */
     uint64_t *nact;          /* [N][H*r+2][W*r+2][Kn][2] */
     int32_t *counts;         /* raw counts [N][H][W][cout] instead of the epilogue, or NULL */
+    const int8_t *wamx;      /* AMX core only: weights as int8 tiles [9][K][ng][16][64] (see amx_weights) */
 } unit_args;
 
 /* ------------------------------------------------------------------------------------------ */
@@ -310,6 +322,55 @@ T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x,
         }
     }
 }
+
+/* The epilogue 16 channels at a time (AVX-512), for NHWC output and residual; the same float
+ * operations as the scalar version, one rounding each. Other layouts take the AVX2 epilogue. */
+T_AVX512 static inline void epilogue_avx512(const unit_args *a, int n, int y, int x, const int32_t *cnt) {
+    const int r = a->r, C = a->C;
+    if (a->resid_nchw || a->out_nchw || C % 16) {
+        epilogue_avx2(a, n, y, x, cnt);
+        return;
+    }
+    const __m512 zero = _mm512_setzero_ps();
+    const int Kn = (C + 63) / 64;
+    const size_t Ho = (size_t)a->H * r, Wo = (size_t)a->W * r;
+    const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
+    for (int i = 0; i < r; i++) {
+        for (int j = 0; j < r; j++) {
+            const int s = i * r + j;
+            const int32_t *cs = cnt + s * C;
+            const float *al = a->alpha + s * C, *pr = a->pre + s * C, *sl = a->slope + s * C,
+                        *po = a->post + s * C;
+            const size_t oy = (size_t)y * r + i, ox = (size_t)x * r + j;
+            float *out = a->out + (((size_t)n * Ho + oy) * Wo + ox) * C;
+            uint64_t *na = a->nshift
+                ? a->nact + (((size_t)n * (Ho + 2) + oy + 1) * (Wo + 2) + ox + 1) * 2 * Kn : NULL;
+            for (int k = 0; k < Kn; k++) {
+                const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+                uint64_t sw = 0, nw = 0;
+                for (int c = c0; c < c1; c += 16) {
+                    __m512 t = _mm512_cvtepi32_ps(_mm512_loadu_si512(cs + c));
+                    t = _mm512_mul_ps(t, _mm512_loadu_ps(al + c));
+                    t = _mm512_add_ps(t, _mm512_loadu_ps(pr + c));
+                    const __m512 neg = _mm512_mul_ps(t, _mm512_loadu_ps(sl + c));
+                    t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ), neg, t);
+                    t = _mm512_add_ps(t, _mm512_loadu_ps(po + c));
+                    if (res) t = _mm512_add_ps(t, _mm512_loadu_ps(res + c));
+                    _mm512_storeu_ps(out + c, t);
+                    if (na) {
+                        const __m512 q = _mm512_add_ps(t, _mm512_loadu_ps(a->nshift + c));
+                        sw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ) << (c - c0);
+                        nw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_NEQ_UQ) << (c - c0);
+                    }
+                }
+                if (na) {
+                    na[2 * k] = sw;
+                    na[2 * k + 1] = nw;
+                }
+            }
+        }
+    }
+}
 #endif /* BP_X86 */
 
 /* The float part of the epilogue, shared by every ISA: v[] already holds prelu(c*alpha + pre) + post
@@ -400,7 +461,7 @@ static inline void epilogue_scalar(const unit_args *a, int n, int y, int x, cons
 DEFINE_ROW(row_scalar, , core_scalar, epilogue_scalar)
 #if BP_X86
 DEFINE_ROW(row_avx2, T_AVX2, core_avx2, epilogue_avx2)
-DEFINE_ROW(row_avx512, T_AVX512, core_avx512, epilogue_avx2)
+DEFINE_ROW(row_avx512, T_AVX512, core_avx512, epilogue_avx512)
 #endif
 
 typedef void (*row_fn)(const unit_args *, int, int, int32_t *);
@@ -511,8 +572,178 @@ static void unit_row(const void *ctx, int ry) {
     u->row(u->a, ry / u->a->H, ry % u->a->H, cnt);
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* AMX core (Intel AMX-INT8): the same counts as int8 dot products of the {-1, 0, +1} signs.
+ *
+ * For 32 pixels of a row and 32 outputs at a time, four 16x16 int32 accumulator tiles take
+ * 16 pixels x 64 input channels (A: the expanded signs of one tap) times 64 input channels x 16
+ * outputs (B: the signs of the weights in the VNNI order the instruction wants). Integer sums of
+ * products in {-1, 0, +1} are exact, so the counts equal the popcount cores' bit for bit; zero
+ * activations (the border, sign(0), unused channels) are zero bytes and contribute nothing.
+ * Each thread expands its input rows from the bit planes into int8 once (a rolling window of three
+ * rows) and works through a run of consecutive output rows, so every row is expanded once. */
+
+#if BP_AMX
+#define T_AMX __attribute__((target("avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq,amx-tile,amx-int8")))
+#define AMX_PX 32 /* pixels per block: two tiles of 16 rows */
+
+typedef struct {
+    uint8_t palette, start_row;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} amx_config;
+
+static int amx_permitted(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const int tile = (d >> 24) & 1, int8 = (d >> 25) & 1;
+    if (!tile || !int8) return 0;
+    /* Linux hands out the 8 KB tile state only to processes that ask for it */
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+}
+
+/* weights [ng][9][K][16] of sign bits -> int8 [9][K][ng][16 rows][64]: row q, byte 4*o + j holds the
+ * sign of weight (output g*16 + o, input channel 64*k + 4*q + j); unused channels and outputs are 0 */
+static int8_t *amx_weights(const unit_args *a) {
+    const int K = a->K, ng = a->ng;
+    int8_t *w = (int8_t *)aligned_alloc(64, (size_t)9 * K * ng * 1024);
+    if (!w) return NULL;
+    for (int t = 0; t < 9; t++)
+        for (int k = 0; k < K; k++)
+            for (int g = 0; g < ng; g++) {
+                int8_t *tile = w + (((size_t)t * K + k) * ng + g) * 1024;
+                const uint64_t *bits = a->wp + (((size_t)g * 9 + t) * K + k) * GROUP;
+                for (int q = 0; q < 16; q++)
+                    for (int o = 0; o < 16; o++)
+                        for (int j = 0; j < 4; j++) {
+                            const int ic = 64 * k + 4 * q + j, oc = g * GROUP + o;
+                            tile[q * 64 + 4 * o + j] = (int8_t)(ic >= a->cin || oc >= a->cout ? 0
+                                                               : (bits[o] >> (4 * q + j)) & 1 ? -1 : 1);
+                        }
+            }
+    return w;
+}
+
+/* one padded input row (W + 2 pixels of K word pairs) -> int8 signs, 64 * K bytes per pixel */
+T_AMX static void amx_expand_row(const uint64_t *src, int pixels, int K, int8_t *dst) {
+    const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
+    for (int i = 0; i < pixels * K; i++) {
+        const __m512i v = _mm512_mask_blend_epi8((__mmask64)src[2 * i], plus, minus);
+        _mm512_store_si512((__m512i *)(dst + (size_t)64 * i), _mm512_maskz_mov_epi8((__mmask64)src[2 * i + 1], v));
+    }
+}
+
+/* counts of 32 pixels (rows[3] are the expanded input rows y-1..y+1, starting at this block's first
+ * pixel) for every output, into cnt[32][16 * ng] (outputs padded to whole tiles) */
+T_AMX static inline void amx_block(const unit_args *a, int8_t *const rows[3], size_t px_bytes, int32_t *cnt) {
+    const int K = a->K, ng = a->ng;
+    const size_t cstride = (size_t)ng * GROUP * 4;
+    for (int g = 0; g < ng; g += 2) {
+        const int two = g + 1 < ng;
+        _tile_zero(0);
+        _tile_zero(1);
+        _tile_zero(2);
+        _tile_zero(3);
+        for (int t = 0; t < 9; t++) {
+            const int8_t *in = rows[t / 3] + (size_t)(t % 3) * px_bytes;
+            for (int k = 0; k < K; k++) {
+                const int8_t *wt = a->wamx + (((size_t)t * K + k) * ng + g) * 1024;
+                _tile_loadd(4, in + 64 * k, (long)px_bytes);
+                _tile_loadd(5, in + 16 * px_bytes + 64 * k, (long)px_bytes);
+                _tile_loadd(6, wt, 64);
+                _tile_dpbssd(0, 4, 6);
+                _tile_dpbssd(2, 5, 6);
+                if (two) {
+                    _tile_loadd(7, wt + 1024, 64);
+                    _tile_dpbssd(1, 4, 7);
+                    _tile_dpbssd(3, 5, 7);
+                }
+            }
+        }
+        _tile_stored(0, cnt + g * GROUP, (long)cstride);
+        _tile_stored(2, cnt + (size_t)16 * ng * GROUP + g * GROUP, (long)cstride);
+        if (two) {
+            _tile_stored(1, cnt + (g + 1) * GROUP, (long)cstride);
+            _tile_stored(3, cnt + (size_t)16 * ng * GROUP + (g + 1) * GROUP, (long)cstride);
+        }
+    }
+}
+
+typedef struct {
+    const unit_args *a;
+    int rows_per_chunk, chunks_per_image;
+} amx_job;
+
+/* a run of consecutive output rows of one image */
+T_AMX static void amx_chunk(const void *ctx, int chunk) {
+    const amx_job *job = (const amx_job *)ctx;
+    const unit_args *a = job->a;
+    const int n = chunk / job->chunks_per_image;
+    const int y0 = (chunk % job->chunks_per_image) * job->rows_per_chunk;
+    const int y1 = y0 + job->rows_per_chunk < a->H ? y0 + job->rows_per_chunk : a->H;
+    if (y0 >= y1) return;
+    const int K = a->K, W = a->W;
+    const int blocks = (W + AMX_PX - 1) / AMX_PX;
+    /* room for the last block's taps to read 2 pixels past its end: zero bytes, results discarded */
+    const size_t px_bytes = (size_t)64 * K, row_bytes = px_bytes * ((size_t)blocks * AMX_PX + 2);
+    int8_t *buf = (int8_t *)aligned_alloc(64, 3 * row_bytes + (size_t)AMX_PX * a->ng * GROUP * 4);
+    if (!buf) abort(); /* a few hundred KB: out of memory here leaves no safe way back */
+    memset(buf, 0, 3 * row_bytes);
+    int32_t *cnt = (int32_t *)(buf + 3 * row_bytes);
+    amx_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.palette = 1;
+    for (int i = 0; i < 8; i++) {
+        cfg.rows[i] = 16;
+        cfg.colsb[i] = 64;
+    }
+    _tile_loadconfig(&cfg);
+    const size_t pw = (size_t)2 * K, rs = (size_t)(W + 2) * pw;
+    const uint64_t *img = a->act + (size_t)n * (a->H + 2) * rs;
+    for (int p = y0; p < y0 + 2; p++) amx_expand_row(img + (size_t)p * rs, W + 2, K, buf + (size_t)(p % 3) * row_bytes);
+    for (int y = y0; y < y1; y++) {
+        /* padded input rows y, y+1, y+2 feed output row y */
+        amx_expand_row(img + (size_t)(y + 2) * rs, W + 2, K, buf + (size_t)((y + 2) % 3) * row_bytes);
+        for (int b = 0; b < blocks; b++) {
+            int8_t *rows[3];
+            for (int d = 0; d < 3; d++) rows[d] = buf + (size_t)((y + d) % 3) * row_bytes + (size_t)b * AMX_PX * px_bytes;
+            amx_block(a, rows, px_bytes, cnt);
+            const int x0 = b * AMX_PX, x1 = x0 + AMX_PX < W ? x0 + AMX_PX : W;
+            for (int x = x0; x < x1; x++) {
+                const int32_t *c = cnt + (size_t)(x - x0) * a->ng * GROUP;
+                if (a->counts)
+                    memcpy(a->counts + (((size_t)n * a->H + y) * W + x) * a->cout, c, sizeof(int32_t) * (size_t)a->cout);
+                else
+                    epilogue_avx512(a, n, y, x, c);
+            }
+        }
+    }
+    _tile_release();
+    free(buf);
+}
+
+/* the whole unit on the AMX core; 0 when memory for the weight tiles was not available */
+static int run_unit_amx(const unit_args *a, int nthreads) {
+    unit_args b = *a;
+    int8_t *w = amx_weights(a);
+    if (!w) return 0;
+    b.wamx = w;
+    /* runs of rows long enough to expand each input row about once, enough of them to balance */
+    int per = a->H / (8 * (nthreads > 0 ? nthreads : 1));
+    if (per < 1) per = 1;
+    const amx_job job = {&b, per, (a->H + per - 1) / per};
+    parallel_rows(amx_chunk, &job, a->N * job.chunks_per_image, nthreads);
+    free(w);
+    return 1;
+}
+#endif /* BP_AMX */
+
 static void run_unit(const unit_args *a, int nthreads) {
     if (a->nshift) zero_border(a->nact, a->N, a->H * a->r, a->W * a->r, (a->C + 63) / 64);
+#if BP_AMX
+    if (g_isa == ISA_AMX && run_unit_amx(a, nthreads)) return;
+#endif
     const unit_job u = {a, pick_row()};
     parallel_rows(unit_row, &u, a->N * a->H, nthreads);
 }
@@ -650,6 +881,10 @@ static void release_all(held_t *h) {
 static void *hold(held_t *h, PyObject *obj, const char *name, kind_t kind, int writable, int ndim,
                   const Py_ssize_t *shape) {
     if (obj == NULL || obj == Py_None) return NULL;
+    if (h->n >= (int)(sizeof h->v / sizeof h->v[0])) {
+        PyErr_Format(PyExc_RuntimeError, "%s: too many arrays held (internal limit)", name);
+        return NULL;
+    }
     Py_buffer *v = &h->v[h->n];
     if (take(obj, name, kind, writable, ndim, shape, v) < 0) return NULL;
     h->n++;
@@ -662,7 +897,7 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args) {
     const char *name;
     (void)self;
     if (!PyArg_ParseTuple(args, "s", &name)) return NULL;
-    for (int i = 0; i < 3; i++) {
+    for (int i = 0; i < N_ISA; i++) {
         if (strcmp(name, ISA_NAMES[i]) == 0) {
             if (i > g_best) {
                 PyErr_Format(PyExc_ValueError, "this CPU does not support %s (best: %s)", name,
@@ -817,6 +1052,7 @@ static PyObject *py_unit(PyObject *self, PyObject *args, PyObject *kw) {
     a.cout = cout;
     a.r = r;
     a.C = C;
+    a.cin = cin;
     a.act = act;
     a.wp = wp;
     a.resid_nchw = resid_nchw;
@@ -873,7 +1109,7 @@ fail:
 }
 
 static PyMethodDef methods[] = {
-    {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2' or 'avx512'."},
+    {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2', 'avx512' or 'amx'."},
     {"isa", py_isa, METH_NOARGS, "(selected ISA, best ISA this CPU supports)."},
     {"pack_weights", (PyCFunction)(void (*)(void))py_pack_weights, METH_VARARGS | METH_KEYWORDS,
      "Pack the sign bits of a float32 (Cout, Cin, 3, 3) weight array; returns the number of zeros."},
@@ -895,6 +1131,9 @@ PyMODINIT_FUNC PyInit__bitpacked(void) {
     if (g_best == ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq"))
         g_best = ISA_AVX512;
+#endif
+#if BP_AMX
+    if (g_best == ISA_AVX512 && amx_permitted()) g_best = ISA_AMX;
 #endif
     g_isa = g_best;
     return PyModule_Create(&module);

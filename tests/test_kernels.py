@@ -18,16 +18,7 @@ if kernels.available():
     from models.kernels.bitpacked import BitUnit
 
 
-def _isas() -> list[str]:
-    if not kernels.available():
-        return []
-    from models.kernels import _bitpacked
-
-    best = _bitpacked.isa()[1]
-    return ["scalar", "avx2", "avx512"][: ["scalar", "avx2", "avx512"].index(best) + 1]
-
-
-ISAS = _isas()
+ISAS = list(kernels.supported_isas())
 
 
 @pytest.fixture(params=ISAS)

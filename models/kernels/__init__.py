@@ -4,8 +4,8 @@ The C extension ``models.kernels._bitpacked`` is built from ``csrc/bitpacked.c``
 ``pip install -e .`` / ``make install`` when a C compiler is present. Without it the engine runs
 the float path (``model.info.backend == 'float'``) and ``unavailable_reason()`` says why.
 
-``BBCU_KERNEL_ISA`` (``scalar``, ``avx2`` or ``avx512``) forces a conv core; by default the best one
-the CPU supports is chosen at import.
+``BBCU_KERNEL_ISA`` (one of ``ISAS``: ``scalar``, ``avx2``, ``avx512`` or ``amx``) forces a conv core; by
+default the best one the CPU (and the OS, for AMX's tile state) supports is chosen at import.
 """
 
 from __future__ import annotations
@@ -30,6 +30,10 @@ if _ext is not None and os.environ.get("BBCU_KERNEL_ISA"):
     _ext.set_isa(os.environ["BBCU_KERNEL_ISA"])
 
 
+# the conv cores, each usable where the CPU has every feature of the ones before it
+ISAS = ("scalar", "avx2", "avx512", "amx")
+
+
 def available() -> bool:
     return _ext is not None
 
@@ -39,12 +43,19 @@ def unavailable_reason() -> str:
 
 
 def isa() -> str:
-    """The conv core in use ('avx512', 'avx2' or 'scalar'); '' when unavailable."""
+    """The conv core in use (one of ``ISAS``); '' when unavailable."""
     return _ext.isa()[0] if _ext is not None else ""
 
 
+def supported_isas() -> tuple[str, ...]:
+    """The conv cores this CPU can run, best last; () when unavailable."""
+    if _ext is None:
+        return ()
+    return ISAS[: ISAS.index(_ext.isa()[1]) + 1]
+
+
 def set_isa(name: str) -> None:
-    """Select the conv core ('scalar', 'avx2', 'avx512'); raises ValueError if the CPU lacks it."""
+    """Select the conv core (one of ``ISAS``); raises ValueError if the CPU lacks it."""
     if _ext is None:
         raise RuntimeError(unavailable_reason())
     _ext.set_isa(name)
