@@ -72,7 +72,24 @@ typedef struct {
     uint64_t *nact;          /* [N][H*r+2][W*r+2][Kn][2] */
     int32_t *counts;         /* raw counts [N][H][W][cout] instead of the epilogue, or NULL */
     const int8_t *wamx;      /* AMX core only: weights as int8 tiles [9][K][ng][16][64] (see amx_weights) */
+    /* chains (N == 1): padded row p of the input bits at act_rows[p] and of the output bits at
+     * nact_rows[p] (ring buffers), instead of the whole-image act and nact; NULL otherwise */
+    const uint64_t *const *act_rows;
+    uint64_t *const *nact_rows;
 } unit_args;
+
+/* padded input row p (0: the zero border above) of image n */
+static inline const uint64_t *act_row(const unit_args *a, int n, int p) {
+    if (a->act_rows) return a->act_rows[p];
+    return a->act + ((size_t)n * (a->H + 2) + p) * (size_t)(a->W + 2) * 2 * a->K;
+}
+
+/* the next unit's bit words of output pixel (oy, ox) of image n */
+static inline uint64_t *nact_at(const unit_args *a, int n, size_t oy, size_t ox) {
+    const size_t Kn = (size_t)(a->C + 63) / 64, Ho = (size_t)a->H * a->r, Wo = (size_t)a->W * a->r;
+    if (a->nact_rows) return a->nact_rows[oy + 1] + (ox + 1) * 2 * Kn;
+    return a->nact + (((size_t)n * (Ho + 2) + oy + 1) * (Wo + 2) + ox + 1) * 2 * Kn;
+}
 
 /* ------------------------------------------------------------------------------------------ */
 /* portable core */
@@ -275,8 +292,7 @@ T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x,
                 const size_t oy = (size_t)y * r + i, ox = (size_t)x * r + j;
                 const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
                 float *out = a->out + (((size_t)n * Ho + oy) * Wo + ox) * C;
-                uint64_t *na = a->nshift
-                    ? a->nact + (((size_t)n * (Ho + 2) + oy + 1) * (Wo + 2) + ox + 1) * 2 * Kn : NULL;
+                uint64_t *na = a->nshift ? nact_at(a, n, oy, ox) : NULL;
                 for (int k = 0; k < Kn; k++) {
                     const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
                     uint32_t sw[2] = {0, 0}, nw[2] = {0, 0};
@@ -343,8 +359,7 @@ T_AVX512 static inline void epilogue_avx512(const unit_args *a, int n, int y, in
                         *po = a->post + s * C;
             const size_t oy = (size_t)y * r + i, ox = (size_t)x * r + j;
             float *out = a->out + (((size_t)n * Ho + oy) * Wo + ox) * C;
-            uint64_t *na = a->nshift
-                ? a->nact + (((size_t)n * (Ho + 2) + oy + 1) * (Wo + 2) + ox + 1) * 2 * Kn : NULL;
+            uint64_t *na = a->nshift ? nact_at(a, n, oy, ox) : NULL;
             for (int k = 0; k < Kn; k++) {
                 const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
                 uint64_t sw = 0, nw = 0;
@@ -396,7 +411,7 @@ static inline void finish_pixel(const unit_args *a, int n, int y, int x, int i, 
         memcpy(a->out + ((n * Ho + oy) * Wo + ox) * C, v, sizeof(float) * (size_t)C);
     }
     if (!a->nshift) return;
-    uint64_t *na = a->nact + (((size_t)n * (Ho + 2) + oy + 1) * (Wo + 2) + ox + 1) * 2 * Kn;
+    uint64_t *na = nact_at(a, n, oy, ox);
     for (int k = 0; k < Kn; k++) {
         const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
         uint64_t sw = 0, nw = 0;
@@ -435,18 +450,51 @@ static inline void epilogue_scalar(const unit_args *a, int n, int y, int x, cons
 }
 
 
+/* sign and nonzero bits of v[c] + shift[c] for one pixel of C channels into K word pairs */
+#if BP_X86
+T_AVX512 static void pack_px_avx512(const float *v, const float *shift, int C, uint64_t *o) {
+    const __m512 zero = _mm512_setzero_ps();
+    for (int k = 0; 64 * k < C; k++) {
+        const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+        uint64_t sw = 0, nw = 0;
+        for (int c = c0; c < c1; c += 16) {
+            const __m512 q = _mm512_add_ps(_mm512_loadu_ps(v + c), _mm512_loadu_ps(shift + c));
+            sw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ) << (c - c0);
+            nw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_NEQ_UQ) << (c - c0);
+        }
+        o[2 * k] = sw;
+        o[2 * k + 1] = nw;
+    }
+}
+#endif
+
+static inline void pack_px(const float *v, const float *shift, int C, uint64_t *o) {
+#if BP_X86
+    if (g_isa >= ISA_AVX512 && C % 16 == 0) {
+        pack_px_avx512(v, shift, C, o);
+        return;
+    }
+#endif
+    for (int k = 0; 64 * k < C; k++) {
+        const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+        uint64_t sw = 0, nw = 0;
+        pack_bits_scalar(v + c0, shift + c0, c1 - c0, &sw, &nw, 0);
+        o[2 * k] = sw;
+        o[2 * k + 1] = nw;
+    }
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* one output row of one image: conv core + epilogue (or raw counts) for every pixel */
 
 #define DEFINE_ROW(NAME, ATTR, CORE, EPI)                                                          \
     ATTR static void NAME(const unit_args *a, int n, int y, int32_t *cnt) {                        \
-        const size_t pw = (size_t)2 * a->K, rs = (size_t)(a->W + 2) * pw;                          \
-        const uint64_t *base = a->act + ((size_t)n * (a->H + 2) + y) * rs;                         \
+        const size_t pw = (size_t)2 * a->K;                                                        \
+        const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2); \
         for (int x = 0; x < a->W; x++) {                                                           \
-            const uint64_t *p = base + (size_t)x * pw;                                             \
-            const uint64_t *const taps[9] = {p, p + pw, p + 2 * pw,                                \
-                                             p + rs, p + rs + pw, p + rs + 2 * pw,                 \
-                                             p + 2 * rs, p + 2 * rs + pw, p + 2 * rs + 2 * pw};    \
+            const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw; \
+            const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw,   \
+                                             p2, p2 + pw, p2 + 2 * pw};                            \
             if (a->counts) {                                                                       \
                 int32_t *dst = a->counts + (((size_t)n * a->H + y) * a->W + x) * a->cout;          \
                 CORE(a, taps, cnt);                                                                \
@@ -468,7 +516,7 @@ typedef void (*row_fn)(const unit_args *, int, int, int32_t *);
 
 static row_fn pick_row(void) {
 #if BP_X86
-    if (g_isa == ISA_AVX512) return row_avx512;
+    if (g_isa >= ISA_AVX512) return row_avx512; /* also the AMX core's fallback */
     if (g_isa == ISA_AVX2) return row_avx2;
 #endif
     return row_scalar;
@@ -676,21 +724,24 @@ typedef struct {
 } amx_job;
 
 /* a run of consecutive output rows of one image */
-T_AMX static void amx_chunk(const void *ctx, int chunk) {
-    const amx_job *job = (const amx_job *)ctx;
-    const unit_args *a = job->a;
-    const int n = chunk / job->chunks_per_image;
-    const int y0 = (chunk % job->chunks_per_image) * job->rows_per_chunk;
-    const int y1 = y0 + job->rows_per_chunk < a->H ? y0 + job->rows_per_chunk : a->H;
-    if (y0 >= y1) return;
-    const int K = a->K, W = a->W;
-    const int blocks = (W + AMX_PX - 1) / AMX_PX;
+/* a thread's AMX working memory: three expanded input rows and the counts of one block */
+typedef struct {
+    int8_t *buf;
+    int32_t *cnt;
+    size_t px_bytes, row_bytes;
+    int blocks;
+} amx_scratch;
+
+/* allocate the scratch for rows of W pixels and configure this thread's tiles; 0 if out of memory */
+T_AMX static int amx_begin(const unit_args *a, amx_scratch *sc) {
+    sc->blocks = (a->W + AMX_PX - 1) / AMX_PX;
+    sc->px_bytes = (size_t)64 * a->K;
     /* room for the last block's taps to read 2 pixels past its end: zero bytes, results discarded */
-    const size_t px_bytes = (size_t)64 * K, row_bytes = px_bytes * ((size_t)blocks * AMX_PX + 2);
-    int8_t *buf = (int8_t *)aligned_alloc(64, 3 * row_bytes + (size_t)AMX_PX * a->ng * GROUP * 4);
-    if (!buf) abort(); /* a few hundred KB: out of memory here leaves no safe way back */
-    memset(buf, 0, 3 * row_bytes);
-    int32_t *cnt = (int32_t *)(buf + 3 * row_bytes);
+    sc->row_bytes = sc->px_bytes * ((size_t)sc->blocks * AMX_PX + 2);
+    sc->buf = (int8_t *)aligned_alloc(64, 3 * sc->row_bytes + (size_t)AMX_PX * a->ng * GROUP * 4);
+    if (!sc->buf) return 0;
+    memset(sc->buf, 0, 3 * sc->row_bytes);
+    sc->cnt = (int32_t *)(sc->buf + 3 * sc->row_bytes);
     amx_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -698,29 +749,56 @@ T_AMX static void amx_chunk(const void *ctx, int chunk) {
         cfg.rows[i] = 16;
         cfg.colsb[i] = 64;
     }
-    _tile_loadconfig(&cfg);
-    const size_t pw = (size_t)2 * K, rs = (size_t)(W + 2) * pw;
-    const uint64_t *img = a->act + (size_t)n * (a->H + 2) * rs;
-    for (int p = y0; p < y0 + 2; p++) amx_expand_row(img + (size_t)p * rs, W + 2, K, buf + (size_t)(p % 3) * row_bytes);
-    for (int y = y0; y < y1; y++) {
-        /* padded input rows y, y+1, y+2 feed output row y */
-        amx_expand_row(img + (size_t)(y + 2) * rs, W + 2, K, buf + (size_t)((y + 2) % 3) * row_bytes);
-        for (int b = 0; b < blocks; b++) {
-            int8_t *rows[3];
-            for (int d = 0; d < 3; d++) rows[d] = buf + (size_t)((y + d) % 3) * row_bytes + (size_t)b * AMX_PX * px_bytes;
-            amx_block(a, rows, px_bytes, cnt);
-            const int x0 = b * AMX_PX, x1 = x0 + AMX_PX < W ? x0 + AMX_PX : W;
-            for (int x = x0; x < x1; x++) {
-                const int32_t *c = cnt + (size_t)(x - x0) * a->ng * GROUP;
-                if (a->counts)
-                    memcpy(a->counts + (((size_t)n * a->H + y) * W + x) * a->cout, c, sizeof(int32_t) * (size_t)a->cout);
-                else
-                    epilogue_avx512(a, n, y, x, c);
-            }
+    /* not _tile_loadconfig: GCC 12's version tells the compiler it reads 8 bytes, so the stores to the
+     * rest of the configuration may be dropped as dead */
+    __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+    return 1;
+}
+
+T_AMX static void amx_end(amx_scratch *sc) {
+    _tile_release();
+    free(sc->buf);
+}
+
+/* expand padded input row p of image n into slot p % 3 of the scratch */
+T_AMX static inline void amx_load_row(const unit_args *a, const amx_scratch *sc, int n, int p) {
+    amx_expand_row(act_row(a, n, p), a->W + 2, a->K, sc->buf + (size_t)(p % 3) * sc->row_bytes);
+}
+
+/* output row y of image n from the expanded rows y, y+1, y+2 (padded) in the scratch */
+T_AMX static void amx_row(const unit_args *a, const amx_scratch *sc, int n, int y) {
+    for (int b = 0; b < sc->blocks; b++) {
+        int8_t *rows[3];
+        for (int d = 0; d < 3; d++)
+            rows[d] = sc->buf + (size_t)((y + d) % 3) * sc->row_bytes + (size_t)b * AMX_PX * sc->px_bytes;
+        amx_block(a, rows, sc->px_bytes, sc->cnt);
+        const int x0 = b * AMX_PX, x1 = x0 + AMX_PX < a->W ? x0 + AMX_PX : a->W;
+        for (int x = x0; x < x1; x++) {
+            const int32_t *c = sc->cnt + (size_t)(x - x0) * a->ng * GROUP;
+            if (a->counts)
+                memcpy(a->counts + (((size_t)n * a->H + y) * a->W + x) * a->cout, c, sizeof(int32_t) * (size_t)a->cout);
+            else
+                epilogue_avx512(a, n, y, x, c);
         }
     }
-    _tile_release();
-    free(buf);
+}
+
+/* a run of consecutive output rows of one image: each input row is expanded once */
+T_AMX static void amx_chunk(const void *ctx, int chunk) {
+    const amx_job *job = (const amx_job *)ctx;
+    const unit_args *a = job->a;
+    const int n = chunk / job->chunks_per_image;
+    const int y0 = (chunk % job->chunks_per_image) * job->rows_per_chunk;
+    const int y1 = y0 + job->rows_per_chunk < a->H ? y0 + job->rows_per_chunk : a->H;
+    if (y0 >= y1) return;
+    amx_scratch sc;
+    if (!amx_begin(a, &sc)) abort(); /* a few hundred KB: out of memory here leaves no safe way back */
+    for (int p = y0; p < y0 + 2; p++) amx_load_row(a, &sc, n, p);
+    for (int y = y0; y < y1; y++) {
+        amx_load_row(a, &sc, n, y + 2);
+        amx_row(a, &sc, n, y);
+    }
+    amx_end(&sc);
 }
 
 /* the whole unit on the AMX core; 0 when memory for the weight tiles was not available */
@@ -738,6 +816,220 @@ static int run_unit_amx(const unit_args *a, int nthreads) {
     return 1;
 }
 #endif /* BP_AMX */
+
+/* ------------------------------------------------------------------------------------------ */
+/* Chains: consecutive 1x units (C -> C, each adding its input) run as one call, row by row in a
+ * wavefront, so that a row's floats are still in cache when the next unit reads them instead of
+ * streaming the whole image through memory once per unit.
+ *
+ * Stages: [pack] unit_0 ... unit_{U-1}. Stage s writes the bits of its output rows into a ring of R
+ * rows that stage s+1 reads (the last writes the caller's next_act, if any). Stage s may compute
+ * row y once stage s-1 has finished rows 0..y+1 (its three input rows) and stage s+1 has finished
+ * rows 0..y-R+1 (the ring slot it overwrites is no longer read). The first unit reads x and writes
+ * out; the others work in place on out: a row's residual is read before it is written, and stage
+ * s+1 reads row y of out only after stage s finished it. Threads take the ready row of the deepest
+ * stage first, which keeps the stages close together (and their rows in cache). Every row is
+ * computed once, by the same row functions as a single unit: results are bitwise those of the
+ * units called one by one. */
+
+typedef struct {
+    int S, pack, H, W, C, K, R, isa;
+    unit_args *ua;                /* per stage (the pack stage's geometry only) */
+    const float *x, *shift0;      /* the pack stage's source and shift */
+    int *next, *done;             /* per stage: next row to hand out, rows 0..done-1 finished */
+    unsigned char *rowdone;       /* [S][H] */
+    int remaining;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int refs;
+    void *mem;                    /* rings and row tables, freed with the state */
+} chain_state;
+
+static void chain_release(chain_state *c) {
+    if (atomic_fetch_sub(&c->refs, 1) == 1) {
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+        free(c->mem);
+        free(c);
+    }
+}
+
+static int chain_ready(const chain_state *c, int s, int y) {
+    const int need = y + 2 < c->H ? y + 2 : c->H;
+    if (s > 0 && c->done[s - 1] < need) return 0;
+    if (s + 1 < c->S && c->done[s + 1] < y - c->R + 2) return 0;
+    return 1;
+}
+
+/* pack sign(x + shift) of row y into the ring of stage 0 */
+static void chain_pack_row(const chain_state *c, int y) {
+    const unit_args *a = &c->ua[0];
+    uint64_t *o = a->nact_rows[y + 1] + 2 * c->K;
+    const float *src = c->x + (size_t)y * c->W * c->C;
+    for (int xx = 0; xx < c->W; xx++) pack_px(src + (size_t)xx * c->C, c->shift0, c->C, o + (size_t)xx * 2 * c->K);
+}
+
+typedef struct {
+    row_fn row;
+    int amx; /* this worker has its tile scratch (else it runs the popcount core) */
+#if BP_AMX
+    amx_scratch sc;
+#endif
+    int32_t cnt[MAX_OUT + GROUP];
+} chain_worker_mem;
+
+static void chain_task(chain_state *c, chain_worker_mem *m, int s, int y) {
+    if (s == 0 && c->pack) {
+        chain_pack_row(c, y);
+        return;
+    }
+    const unit_args *a = &c->ua[s];
+#if BP_AMX
+    if (m->amx) {
+        for (int p = y; p < y + 3; p++) amx_load_row(a, &m->sc, 0, p);
+        amx_row(a, &m->sc, 0, y);
+        return;
+    }
+#endif
+    m->row(a, 0, y, m->cnt);
+}
+
+static void chain_work(chain_state *c) {
+    chain_worker_mem m;
+    m.row = pick_row();
+    m.amx = 0;
+#if BP_AMX
+    /* the scratch is sized by the last stage, a unit (the units of a chain share their geometry) */
+    if (c->isa == ISA_AMX) m.amx = amx_begin(&c->ua[c->S - 1], &m.sc);
+#endif
+    pthread_mutex_lock(&c->mu);
+    while (c->remaining > 0) {
+        int s = c->S - 1, y = -1;
+        for (; s >= 0; s--)
+            if (c->next[s] < c->H && chain_ready(c, s, c->next[s])) {
+                y = c->next[s]++;
+                break;
+            }
+        if (y < 0) {
+            pthread_cond_wait(&c->cv, &c->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&c->mu);
+        chain_task(c, &m, s, y);
+        pthread_mutex_lock(&c->mu);
+        c->rowdone[(size_t)s * c->H + y] = 1;
+        while (c->done[s] < c->H && c->rowdone[(size_t)s * c->H + c->done[s]]) c->done[s]++;
+        c->remaining--;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+#if BP_AMX
+    if (m.amx) amx_end(&m.sc);
+#endif
+}
+
+static void *chain_thread(void *p) {
+    chain_state *c = (chain_state *)p;
+    chain_work(c);
+    chain_release(c);
+    return NULL;
+}
+
+/* run the stages over one image; units[] hold everything but the row tables, which are made here.
+ * Returns 0 when out of memory (nothing was computed). */
+static int run_chain(const unit_args *units, int U, int pack, const float *x, const float *shift0,
+                     const uint64_t *act, uint64_t *next_act, int nthreads) {
+    const int H = units[0].H, W = units[0].W, C = units[0].C, K = units[0].K, S = U + pack;
+    if (nthreads < 1) nthreads = 1;
+    const int R = 2 * nthreads + 8;
+    const size_t rs = (size_t)(W + 2) * 2 * K; /* words in a padded row */
+    chain_state *c = (chain_state *)calloc(1, sizeof(chain_state));
+    if (!c) return 0;
+    /* rings (one per stage but the last), one zero row, row tables, stage states, counters */
+    const size_t ring_words = (size_t)(S - 1) * R * rs + rs;
+    const size_t tables = (size_t)S * 2 * (H + 2) * sizeof(void *);
+    const size_t bytes = ring_words * 8 + tables + (size_t)S * sizeof(unit_args) + (size_t)S * 2 * sizeof(int)
+                         + (size_t)S * H;
+    c->mem = calloc(1, bytes);
+    if (!c->mem) {
+        free(c);
+        return 0;
+    }
+    uint64_t *rings = (uint64_t *)c->mem, *zero_row = rings + (size_t)(S - 1) * R * rs;
+    const uint64_t **in_rows = (const uint64_t **)(rings + ring_words);
+    uint64_t **out_rows = (uint64_t **)(in_rows + (size_t)S * (H + 2));
+    c->ua = (unit_args *)(out_rows + (size_t)S * (H + 2));
+    c->next = (int *)(c->ua + S);
+    c->done = c->next + S;
+    c->rowdone = (unsigned char *)(c->done + S);
+    for (int s = 0; s < S; s++) {
+        c->ua[s] = units[s - pack < 0 ? 0 : s - pack];
+        const uint64_t **in = in_rows + (size_t)s * (H + 2);
+        uint64_t **out = out_rows + (size_t)s * (H + 2);
+        for (int p = 0; p < H + 2; p++) {
+            const int inner = p >= 1 && p <= H;
+            if (s == 0)
+                in[p] = act ? act + (size_t)p * rs : zero_row; /* the pack stage reads no bits */
+            else
+                in[p] = inner ? rings + ((size_t)(s - 1) * R + p % R) * rs : zero_row;
+            if (s + 1 < S)
+                out[p] = inner ? rings + ((size_t)s * R + p % R) * rs : zero_row;
+            else
+                out[p] = next_act ? next_act + (size_t)p * rs : NULL;
+        }
+        c->ua[s].act_rows = in;
+        c->ua[s].nact_rows = s + 1 < S || next_act ? out : NULL;
+        if (s + 1 == S && !next_act) c->ua[s].nshift = NULL;
+    }
+    c->S = S;
+    c->pack = pack;
+    c->H = H;
+    c->W = W;
+    c->C = C;
+    c->K = K;
+    c->R = R;
+    c->isa = g_isa;
+    c->x = x;
+    c->shift0 = shift0;
+    c->remaining = S * H;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    atomic_init(&c->refs, 1);
+    if (next_act) zero_border(next_act, 1, H, W, K);
+#if BP_AMX
+    int8_t *wamx[256];
+    if (c->isa == ISA_AMX) {
+        for (int s = pack; s < S; s++) {
+            wamx[s] = amx_weights(&c->ua[s]);
+            if (!wamx[s]) {
+                for (int q = pack; q < s; q++) free(wamx[q]);
+                c->isa = ISA_AVX512; /* no memory for the weight tiles: the popcount core */
+                break;
+            }
+            c->ua[s].wamx = wamx[s];
+        }
+    }
+#endif
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    for (int t = 1; t < nthreads; t++) {
+        pthread_t th;
+        atomic_fetch_add(&c->refs, 1);
+        if (pthread_create(&th, &attr, chain_thread, c) != 0) atomic_fetch_sub(&c->refs, 1);
+    }
+    pthread_attr_destroy(&attr);
+    chain_work(c);
+    pthread_mutex_lock(&c->mu);
+    while (c->remaining > 0) pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+#if BP_AMX
+    if (c->isa == ISA_AMX)
+        for (int s = pack; s < S; s++) free(wamx[s]);
+#endif
+    chain_release(c);
+    return 1;
+}
 
 static void run_unit(const unit_args *a, int nthreads) {
     if (a->nshift) zero_border(a->nact, a->N, a->H * a->r, a->W * a->r, (a->C + 63) / 64);
@@ -767,14 +1059,7 @@ static void pack_row(const void *ctx, int ry) {
             for (int c = 0; c < C; c++) tmp[c] = q[c * hw];
             px = tmp;
         }
-        uint64_t *po = p->o + (((size_t)n * (H + 2) + y + 1) * (W + 2) + xx + 1) * 2 * K;
-        for (int k = 0; k < K; k++) {
-            const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
-            uint64_t sw = 0, nw = 0;
-            pack_bits_scalar(px + c0, p->shift + c0, c1 - c0, &sw, &nw, 0);
-            po[2 * k] = sw;
-            po[2 * k + 1] = nw;
-        }
+        pack_px(px, p->shift, C, p->o + (((size_t)n * (H + 2) + y + 1) * (W + 2) + xx + 1) * 2 * K);
     }
 }
 
@@ -1108,6 +1393,131 @@ fail:
     return NULL;
 }
 
+/* chain(x, out, units, *, act=None, next_shift=None, next_act=None, threads=1)
+ * Consecutive C -> C units that each add their input: out = unit_{U-1}(... unit_0(x)), computed as a
+ * wavefront (see run_chain); bitwise equal to calling unit() U times.
+ * x, out: float32 [N][H][W][C] (NHWC; out may be x); units: a sequence of (weights, alpha, pre, slope,
+ * post, shift) with weights int64 [ceil(C/16)][9][ceil(C/64)][16] and the rest float32 [C];
+ * act: int64 [N][H+2][W+2][2*ceil(C/64)], the first unit's input bits when already packed (else
+ * sign(x + shift_0) is packed here); next_shift/next_act: the bits of the output for a linked unit. */
+#define MAX_CHAIN 255
+static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"x", "out", "units", "act", "next_shift", "next_act", "threads", NULL};
+    PyObject *xo, *oo, *uo, *ao = NULL, *nso = NULL, *nao = NULL, *seq = NULL;
+    int nthreads = 1;
+    held_t h = {.n = 0};
+    Py_buffer *ub = NULL;
+    int nub = 0;
+    unit_args *units = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$OOOi:chain", names, &xo, &oo, &uo, &ao, &nso, &nao,
+                                     &nthreads))
+        return NULL;
+    const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
+    const float *x = hold(&h, xo, "x", F32, 0, 4, any4);
+    if (!x) goto fail;
+    const int N = (int)h.v[0].shape[0], H = (int)h.v[0].shape[1], W = (int)h.v[0].shape[2];
+    const int C = (int)h.v[0].shape[3], K = words(C > 0 ? C : 1), ng = (C + GROUP - 1) / GROUP;
+    if (N < 1 || H < 1 || W < 1 || C < 1 || C > MAX_OUT) {
+        PyErr_Format(PyExc_ValueError, "x: sizes N=%d H=%d W=%d C=%d out of range", N, H, W, C);
+        goto fail;
+    }
+    const Py_ssize_t xshape[4] = {N, H, W, C}, ashape[4] = {N, H + 2, W + 2, 2 * K};
+    float *out = hold(&h, oo, "out", F32, 1, 4, xshape);
+    if (!out) goto fail;
+    const uint64_t *act = NULL;
+    if (ao && ao != Py_None && !(act = hold(&h, ao, "act", I64, 0, 4, ashape))) goto fail;
+    const Py_ssize_t vshape[1] = {C};
+    const float *nshift = NULL;
+    uint64_t *nact = NULL;
+    if ((nso && nso != Py_None) != (nao && nao != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "next_shift and next_act: give both or neither");
+        goto fail;
+    }
+    if (nso && nso != Py_None) {
+        if (!(nshift = hold(&h, nso, "next_shift", F32, 0, 1, vshape))) goto fail;
+        if (!(nact = hold(&h, nao, "next_act", I64, 1, 4, ashape))) goto fail;
+    }
+    seq = PySequence_Fast(uo, "units: expected a sequence of (weights, alpha, pre, slope, post, shift)");
+    if (!seq) goto fail;
+    const Py_ssize_t U = PySequence_Fast_GET_SIZE(seq);
+    if (U < 1 || U > MAX_CHAIN) {
+        PyErr_Format(PyExc_ValueError, "units: expected 1..%d units, got %zd", MAX_CHAIN, U);
+        goto fail;
+    }
+    ub = (Py_buffer *)calloc((size_t)U * 6, sizeof(Py_buffer));
+    units = (unit_args *)calloc((size_t)U, sizeof(unit_args));
+    if (!ub || !units) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    const Py_ssize_t wshape[4] = {ng, 9, K, GROUP};
+    const float *shifts[MAX_CHAIN];
+    for (Py_ssize_t u = 0; u < U; u++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(seq, u);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 6) {
+            PyErr_Format(PyExc_ValueError, "units[%zd]: expected a tuple (weights, alpha, pre, slope, post, shift)", u);
+            goto fail;
+        }
+        static const char *fields[6] = {"weights", "alpha", "pre", "slope", "post", "shift"};
+        const void *ptr[6];
+        for (int f = 0; f < 6; f++) {
+            char name[48];
+            snprintf(name, sizeof name, "units[%zd].%s", u, fields[f]);
+            if (take(PyTuple_GET_ITEM(t, f), name, f == 0 ? I64 : F32, 0, f == 0 ? 4 : 1, f == 0 ? wshape : vshape,
+                     &ub[nub]) < 0)
+                goto fail;
+            ptr[f] = ub[nub++].buf;
+        }
+        unit_args *a = &units[u];
+        a->N = 1;
+        a->H = H;
+        a->W = W;
+        a->K = K;
+        a->ng = ng;
+        a->cout = C;
+        a->r = 1;
+        a->C = C;
+        a->cin = C;
+        a->wp = (const uint64_t *)ptr[0];
+        a->alpha = (const float *)ptr[1];
+        a->pre = (const float *)ptr[2];
+        a->slope = (const float *)ptr[3];
+        a->post = (const float *)ptr[4];
+        shifts[u] = (const float *)ptr[5];
+    }
+    int ok = 1;
+    Py_BEGIN_ALLOW_THREADS
+    const size_t img = (size_t)H * W * C, aimg = (size_t)(H + 2) * (W + 2) * 2 * K;
+    for (int n = 0; ok && n < N; n++) {
+        for (Py_ssize_t u = 0; u < U; u++) {
+            units[u].resid = u == 0 ? x + n * img : out + n * img;
+            units[u].out = out + n * img;
+            units[u].nshift = u + 1 < U ? shifts[u + 1] : nshift;
+        }
+        ok = run_chain(units, (int)U, act == NULL, x + n * img, shifts[0], act ? act + n * aimg : NULL,
+                       nact ? nact + n * aimg : NULL, nthreads);
+    }
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
+    free(ub);
+    free(units);
+    Py_DECREF(seq);
+    release_all(&h);
+    Py_RETURN_NONE;
+fail:
+    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
+    free(ub);
+    free(units);
+    Py_XDECREF(seq);
+    release_all(&h);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2', 'avx512' or 'amx'."},
     {"isa", py_isa, METH_NOARGS, "(selected ISA, best ISA this CPU supports)."},
@@ -1117,6 +1527,8 @@ static PyMethodDef methods[] = {
      "Pack sign(x + shift) of a float32 NHWC (or NCHW) array."},
     {"unit", (PyCFunction)(void (*)(void))py_unit, METH_VARARGS | METH_KEYWORDS,
      "Binary conv + fused epilogue of one unit (or its raw counts)."},
+    {"chain", (PyCFunction)(void (*)(void))py_chain, METH_VARARGS | METH_KEYWORDS,
+     "Consecutive C -> C units with residuals, as one wavefront over the rows."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -11,6 +11,8 @@ single fused expression (no chain of masked elementwise ops). The inference engi
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -171,3 +173,25 @@ class BinaryBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.body(x)  # type: ignore[no-any-return]
+
+
+@runtime_checkable
+class ChainRunner(Protocol):
+    """A unit whose backend can run it and the units after it as one call (the CPU kernels)."""
+
+    def run_chain(self, units: Sequence[nn.Module], x: Tensor) -> Tensor | None: ...
+
+
+def run_units(units: Sequence[nn.Module], x: Tensor) -> Tensor:
+    """``x`` through ``units`` in order, each taking the previous one's output.
+
+    A kernel backend may compute the whole run in one call (rows of every unit in a wavefront,
+    ``models.kernels``); its result is bitwise the same as calling the units one by one.
+    """
+    if units and isinstance(units[0], ChainRunner):
+        out = units[0].run_chain(units, x)
+        if out is not None:
+            return out
+    for unit in units:
+        x = unit(x)
+    return x

@@ -140,12 +140,15 @@ def test_exact_zero_activations_reach_the_kernel() -> None:
 
 
 def test_chain_passes_packed_activations(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Inside a chain only the first unit packs its input; the others get bits from the epilogue."""
+    """Inside a chain only the first unit packs its input; the others get bits from the epilogue.
+
+    The body's units run as one ``chain`` call, which packs its own input and hands the bits of its
+    output to upconv1; upconv1, upconv2 and conv_hr are single units fed by their predecessors."""
     from models.kernels import bitpacked
 
     cfg = small_configs(nf=12)["sr-m-x4"]
     bm = from_network(random_net(cfg, 2), cfg, backend="bitpacked")
-    calls = {"pack_act": 0, "unit": 0}
+    calls = {"pack_act": 0, "unit": 0, "chain": 0}
 
     class Spy:
         def __getattr__(self, attr: str):  # type: ignore[no-untyped-def]
@@ -159,8 +162,8 @@ def test_chain_passes_packed_activations(monkeypatch: pytest.MonkeyPatch) -> Non
 
     monkeypatch.setattr(bitpacked, "_ext", Spy())
     bm(torch.rand(1, 3, 8, 9))
-    # body 2 blocks x 2 units, upconv1, upconv2, conv_hr: 7 units, one chain
-    assert calls == {"pack_act": 1, "unit": 7}
+    # body 2 blocks x 2 units (one chain call), upconv1, upconv2, conv_hr: nothing packed again
+    assert calls == {"pack_act": 0, "unit": 3, "chain": 1}
 
 
 def test_unavailable_reason_and_backend_when_float() -> None:
@@ -266,3 +269,71 @@ def test_the_extension_checks_its_arrays_itself() -> None:
     with pytest.raises(ValueError, match="x: expected a C-contiguous array of float32"):
         ext.pack_act(as_array(x)[..., ::2], as_array(torch.zeros(70)), as_array(act))
 
+
+
+def _random_units(c: int, count: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
+    from models.kernels.bitpacked import pack_weights
+
+    g = torch.Generator().manual_seed(seed)
+    units = []
+    for _ in range(count):
+        wp, zeros = pack_weights(torch.sign(torch.randn(c, c, 3, 3, generator=g)))
+        assert zeros == 0
+        units.append((wp, torch.rand(c, generator=g) * 0.02, torch.randn(c, generator=g) * 0.1,
+                      torch.rand(c, generator=g) * 0.3, torch.randn(c, generator=g) * 0.1,
+                      torch.randn(c, generator=g) * 0.1))
+    return units
+
+
+@pytest.mark.parametrize("n,h,w,c,count,threads", [
+    (1, 17, 23, 64, 3, 2), (2, 9, 40, 64, 5, 2), (1, 30, 33, 16, 4, 3), (1, 5, 7, 70, 2, 2),
+    (1, 40, 50, 64, 18, 2), (1, 1, 5, 64, 3, 2), (1, 12, 70, 128, 3, 1)])
+def test_chain_equals_units_one_by_one(isa: str, n: int, h: int, w: int, c: int, count: int,
+                                       threads: int) -> None:
+    """The wavefront over the rows of several units gives bitwise the units' results, with and
+    without packed input bits, in place or not, and the bits it hands on equal the last unit's."""
+    from models.kernels.bitpacked import as_array, pack_activations
+
+    units = _random_units(c, count, seed=h * w + c)
+    g = torch.Generator().manual_seed(count)
+    x = torch.randn(n, h, w, c, generator=g)
+    x[x.abs() < 0.05] = 0.0  # exact zeros after the shift are rare; zeros before it exercise sign(0)
+    arrays = [tuple(as_array(t) for t in u) for u in units]
+
+    cur, act = x.clone(), pack_activations(x.permute(0, 3, 1, 2), units[0][5])
+    first_act = act.clone()
+    nshift = torch.randn(c, generator=g)
+    for i, (wp, al, pre, sl, po, _) in enumerate(units):
+        out = torch.empty_like(cur)
+        shift_next = units[i + 1][5] if i + 1 < count else nshift
+        nxt = torch.empty_like(act)
+        kernels._ext.unit(as_array(act), as_array(wp), cin=c, cout=c, alpha=as_array(al), pre=as_array(pre),
+                  slope=as_array(sl), post=as_array(po), residual=as_array(cur), out=as_array(out),
+                  next_shift=as_array(shift_next), next_act=as_array(nxt), threads=threads)
+        cur, act = out, nxt
+
+    out = torch.empty_like(x)
+    kernels._ext.chain(as_array(x), as_array(out), arrays, threads=threads)
+    assert torch.equal(out, cur)
+    inplace, bits = x.clone(), torch.empty_like(act)
+    kernels._ext.chain(as_array(inplace), as_array(inplace), arrays, act=as_array(first_act),
+               next_shift=as_array(nshift), next_act=as_array(bits), threads=threads)
+    assert torch.equal(inplace, cur)
+    assert torch.equal(bits, act)
+
+
+def test_chain_refuses_bad_arguments() -> None:
+    from models.kernels.bitpacked import as_array
+
+    x = torch.randn(1, 6, 7, 64)
+    units = [tuple(as_array(t) for t in u) for u in _random_units(64, 2, seed=1)]
+    with pytest.raises(ValueError, match="units: expected 1..255 units"):
+        kernels._ext.chain(as_array(x), as_array(x), [])
+    with pytest.raises(ValueError, match=r"units\[1\]: expected a tuple"):
+        kernels._ext.chain(as_array(x), as_array(x), [units[0], units[1][:5]])
+    with pytest.raises(ValueError, match=r"units\[0\].alpha: expected shape"):
+        kernels._ext.chain(as_array(x), as_array(x), [(units[0][0], as_array(torch.zeros(3)), *units[0][2:])])
+    with pytest.raises(ValueError, match="out: expected shape"):
+        kernels._ext.chain(as_array(x), as_array(torch.empty(1, 6, 8, 64)), units)
+    with pytest.raises(ValueError, match="next_shift and next_act: give both or neither"):
+        kernels._ext.chain(as_array(x), as_array(x), units, next_shift=units[0][5])

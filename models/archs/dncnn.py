@@ -13,7 +13,7 @@ import re
 from torch import Tensor, nn
 
 from models.archs.architecture import Architecture
-from models.blocks import BinaryConv2d, repeat_channels
+from models.blocks import BinaryConv2d, repeat_channels, run_units
 from models.config import NetworkConfig
 from models.vocab import Task, default_k
 
@@ -36,8 +36,7 @@ class BBCUDnCNN(nn.Module):
         head, relu, *units, tail = self.model
         binary = self.config.binary
         feat = relu(head(repeat_channels(x, self.config.nf)) if "head" in binary else head(x))
-        for unit in units:
-            feat = unit(feat)
+        feat = run_units(units, feat)
         noise = tail(feat, residual=feat.new_zeros(())) if "tail" in binary else tail(feat)
         return (x - noise) / self.k
 

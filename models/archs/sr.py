@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.archs.architecture import Architecture
-from models.blocks import BinaryBlock, BinaryConv2d, BinaryUpConv2d, repeat_channels
+from models.blocks import BinaryBlock, BinaryConv2d, BinaryUpConv2d, repeat_channels, run_units
 from models.config import NetworkConfig
 from models.errors import UnsupportedCheckpointError
 from models.vocab import default_k
@@ -61,7 +61,7 @@ class BBCUSR(nn.Module):
             feat = self.lrelu(self.conv_first(repeat_channels(x, self.config.nf)))
         else:
             feat = self.lrelu(self.conv_first(x))
-        out = self.body(feat)
+        out = run_units([unit for block in self.body for unit in block.body], feat)  # type: ignore[union-attr]
         for i, r in enumerate(self.steps, start=1):
             up = getattr(self, f"upconv{i}")
             out = up(out) if "up" in self.config.binary else self.lrelu(F.pixel_shuffle(up(out), r))

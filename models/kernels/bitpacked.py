@@ -16,6 +16,7 @@ so the outputs are bitwise equal to the float engine's.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -100,6 +101,8 @@ class BitUnit(KernelUnit):
         self.register_buffer("wpacked", packed.reshape(-1))
         self._constants_key: tuple[int | None, ...] = ()
         self._constant_arrays: dict[str, np.ndarray | None] = {}
+        self._shift_key = 0
+        self._shift_array: np.ndarray | None = None
 
     @property
     def next_shift(self) -> Tensor | None:
@@ -119,6 +122,48 @@ class BitUnit(KernelUnit):
         if call.next_act is not None and self.link_out is not None:
             self.link_out.tensor, self.link_out.act, self.link_out.nchw = out, call.next_act, entry_nchw
         return out
+
+    def run_chain(self, units: Sequence[nn.Module], x: Tensor) -> Tensor | None:
+        """``units`` (this one first) applied to ``x`` in one kernel call, or None when they are not
+        a linked run of C -> C units (the caller then calls them one by one).
+
+        The kernel computes the rows of all units in a wavefront (``chain`` in csrc/bitpacked.c)
+        with the same row functions as ``forward``, so the result is bitwise the same.
+        """
+        if len(units) < 2 or not _is_chain(units):
+            return None
+        first: BitUnit = units[0]  # type: ignore[assignment]
+        last: BitUnit = units[-1]  # type: ignore[assignment]
+        x = first._accept(x)
+        act = first.link_in.take(x) if first.link_in is not None else None
+        entry_nchw = first.link_in.nchw if act is not None and first.link_in is not None else 0
+        xl, x_nchw = _layout(x)
+        if x_nchw:  # the kernel works in NHWC; the result goes back to NCHW, as the units would give
+            entry_nchw, xl = 1, x.contiguous(memory_format=torch.channels_last)
+        n, c, h, w = (int(s) for s in xl.shape)
+        # in place when x is the linked predecessor's own output (nothing else holds it)
+        out = xl if act is not None and not x_nchw else torch.empty_like(xl)
+        next_act = None
+        if last.link_out is not None:
+            next_act = torch.empty((n, h + 2, w + 2, 2 * words(c)), dtype=torch.int64)
+        params = [u._chain_params() for u in units]  # type: ignore[operator]
+        _ext.chain(as_array(xl, nchw=False), as_array(out, nchw=False), params,
+                   act=None if act is None else as_array(act),
+                   next_shift=None if next_act is None else last._constants()["next_shift"],
+                   next_act=None if next_act is None else as_array(next_act), threads=torch.get_num_threads())
+        if entry_nchw and last.link_out is None:
+            out = out.contiguous()
+        if next_act is not None and last.link_out is not None:
+            last.link_out.tensor, last.link_out.act, last.link_out.nchw = out, next_act, entry_nchw
+        return out
+
+    def _chain_params(self) -> tuple[np.ndarray | None, ...]:
+        """(weights, alpha, pre, slope, post, shift) as the chain kernel takes them."""
+        const = self._constants()
+        if self._shift_key != self.shift.data_ptr():
+            self._shift_key, self._shift_array = self.shift.data_ptr(), as_array(self.shift)
+        return (const["weights"], const["alpha"], const["pre"], const["slope"], const["post"],
+                self._shift_array)
 
     def _accept(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.cin:
@@ -206,6 +251,16 @@ class _Call:
     resid_nchw: int
     add_after: Tensor | None  # a scalar residual (the DnCNN tail's zero), added after the kernel
     next_act: Tensor | None
+
+
+def _is_chain(units: Sequence[nn.Module]) -> bool:
+    """Whether ``units`` are bit-packed C -> C units, each linked to the next (a known architecture's
+    run of units that each take the previous one's output)."""
+    if not all(isinstance(u, BitUnit) and u.upscale == 1 and u.cin == u.channels for u in units):
+        return False
+    c = units[0].cin  # type: ignore[union-attr]
+    return all(u.cin == c and u.link_out is not None and u.link_out is v.link_in  # type: ignore[union-attr]
+               for u, v in zip(units, units[1:], strict=False))
 
 
 def _layout(x: Tensor) -> tuple[Tensor, int]:
