@@ -1547,6 +1547,8 @@ PyMODINIT_FUNC PyInit__bitpacked(void) {
 #if BP_AMX
     if (g_best == ISA_AVX512 && amx_permitted()) g_best = ISA_AMX;
 #endif
-    g_isa = g_best;
+    /* AMX is exact but measured slower than the AVX-512 popcount core on the CPUs tried (docs/kernels.md):
+     * it runs only when asked for (set_isa / BBCU_KERNEL_ISA=amx) */
+    g_isa = g_best == ISA_AMX ? ISA_AVX512 : g_best;
     return PyModule_Create(&module);
 }

@@ -5,7 +5,9 @@ The C extension ``models.kernels._bitpacked`` is built from ``csrc/bitpacked.c``
 the float path (``model.info.backend == 'float'``) and ``unavailable_reason()`` says why.
 
 ``BBCU_KERNEL_ISA`` (one of ``ISAS``: ``scalar``, ``avx2``, ``avx512`` or ``amx``) forces a conv core; by
-default the best one the CPU (and the OS, for AMX's tile state) supports is chosen at import.
+default the fastest one the CPU supports is chosen at import: AVX-512 where the CPU has VPOPCNTDQ, then
+AVX2. The AMX core (exact int8 tile products, where the CPU and the OS allow AMX) is opt-in: on the CPUs
+measured it was not faster than the AVX-512 popcount core (docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ def isa() -> str:
 
 
 def supported_isas() -> tuple[str, ...]:
-    """The conv cores this CPU can run, best last; () when unavailable."""
+    """The conv cores this CPU can run, in the order of ``ISAS``; () when unavailable."""
     if _ext is None:
         return ()
     return ISAS[: ISAS.index(_ext.isa()[1]) + 1]
