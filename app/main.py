@@ -14,6 +14,7 @@ from app import errors, web
 from app.api.routes import events, health, jobs, limits, models, restore
 from app.metrics import Metrics, MetricsMiddleware
 from app.services import Services
+from app.web import redoc
 from workers.settings import Settings, get_settings
 
 DESCRIPTION = """
@@ -52,9 +53,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             services.close()
 
-    # FastAPIOffline serves the Swagger UI and ReDoc assets from its package: /docs works offline
+    # FastAPIOffline serves the Swagger UI assets from its package: /docs works offline; /redoc is
+    # app.web.redoc's (the bundle without its CDN logo)
     app = FastAPIOffline(title="BBCU restoration service", version="0.1.0", description=DESCRIPTION,
-                         lifespan=lifespan)
+                         lifespan=lifespan, redoc_url=None)
     errors.install(app, settings.retry_after_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origin_list:
@@ -65,4 +67,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for module in (restore, events, jobs, models, limits, health):
         app.include_router(module.router)
     web.install(app)
+    redoc.install(app)
     return app

@@ -64,6 +64,12 @@ function fillSelect(select, values, label) {
 
 const TASK_LABELS = { sr: "Super-resolution", denoise: "Denoise", deblock: "JPEG deblock" };
 
+function taskLabel(task, scale = null) {
+  // "deblock,sr" and 2 -> "JPEG deblock, then Super-resolution ×2"
+  const one = (t) => (TASK_LABELS[t] || t) + (t === "sr" && scale ? ` ×${scale}` : "");
+  return task.split(",").map(one).join(", then ");
+}
+
 function stages() {
   return taskSelect.value.split(","); // a task, or a pipeline such as "deblock,sr" run in order
 }
@@ -104,8 +110,7 @@ async function loadOptions() {
   }
   const tasks = unique(catalogue.map((m) => m.task));
   const runnable = pipelines.filter((p) => p.split(",").every((t) => tasks.includes(t)));
-  const label = (t) => t.split(",").map((s) => TASK_LABELS[s] || s).join(", then ");
-  fillSelect(taskSelect, [...tasks, ...runnable], label);
+  fillSelect(taskSelect, [...tasks, ...runnable], (t) => taskLabel(t));
   refreshChoices();
 }
 
@@ -233,20 +238,55 @@ async function follow(jobId, onUpdate) {
   throw new Error("lost the connection to the server while following the job");
 }
 
+function shows(img) {
+  // whether this browser can display the image (it cannot display TIFF or HEIC, for example)
+  return img.decode().then(() => true, () => false);
+}
+
+function fileKind(name) {
+  const ext = name.includes(".") ? name.split(".").pop() : "";
+  return ext ? ext.toUpperCase() : "these";
+}
+
+function downloadName(disposition, fallback) {
+  // the server's name (Content-Disposition: inline; filename="photo-deblock-sr.png")
+  const found = (disposition || "").match(/filename="([^"]+)"/);
+  return found ? found[1] : fallback;
+}
+
+const milliseconds = (ms) => (ms >= 1000 ? `${(ms / 1000).toFixed(1)} s` : `${Math.round(ms)} ms`);
+
 class JobView {
-  constructor(file) {
+  constructor(file, params) {
     this.file = file;
+    this.urls = [];
     this.el = $("#job-template").content.firstElementChild.cloneNode(true);
-    $(".name", this.el).textContent = file.name;
+    this.el.view = this;
+    $(".name", this.el).textContent = `${file.name} — ${taskLabel(params.get("task"), params.get("scale"))}`;
     this.bar = $(".bar", this.el);
     this.bar.setAttribute("aria-label", `Progress of ${file.name}`);
     this.state = $(".state", this.el);
-    $("#jobs").append(this.el);
   }
 
   progress(job) {
     this.state.textContent = describe(job);
     if (job.status === "running") this.bar.value = job.progress;
+  }
+
+  finish() {
+    this.el.dataset.finished = "1";
+    showJobsBar();
+  }
+
+  release() {
+    for (const url of this.urls) URL.revokeObjectURL(url);
+    this.el.remove();
+  }
+
+  objectUrl(blob) {
+    const url = URL.createObjectURL(blob);
+    this.urls.push(url);
+    return url;
   }
 
   fail(text) {
@@ -255,38 +295,81 @@ class JobView {
     const problem = $(".problem", this.el);
     problem.textContent = text;
     problem.hidden = false;
+    this.finish();
   }
 
-  async done(job, blob, timing) {
+  stagesOf(job, headers, notes) {
+    // one line per stage: its network(s), time, and for denoise the measured noise and the strength
+    const auto = job.spec.strength == null || job.spec.strength === "auto";
+    return job.stages.map((stage) => {
+      const parts = [`${taskLabel(stage.task)}: ${stage.model}`];
+      if (stage.chroma_model) parts[0] += ` (chroma ${stage.chroma_model})`;
+      parts.push(milliseconds(stage.inference_ms));
+      if (stage.task === "denoise") {
+        const sigma = headers.get("X-Noise-Sigma") ?? stage.sigma;
+        const strength = Number(headers.get("X-Strength") ?? stage.strength);
+        if (sigma != null) parts.push(`measured noise σ ${Number(sigma).toFixed(2)}`);
+        parts.push(`strength ${strength.toFixed(2)} (${auto ? "auto" : "chosen"})`);
+        if (auto && strength === 0) {
+          this.unchanged = true;
+          notes.push(`Auto denoise left this image unchanged: its measured noise (σ ${Number(sigma).toFixed(2)}) ` +
+            "is below the level auto denoise acts on. Move the strength slider to denoise it anyway.");
+        }
+      }
+      return parts.join(" · ");
+    });
+  }
+
+  async done(job, blob, headers) {
     this.bar.value = 1;
-    this.state.textContent = "done";
-    const compare = $(".compare", this.el);
+    const notes = [];
     const frame = $(".frame", this.el);
     const after = $(".after", this.el);
     const before = $(".before", this.el);
-    const url = URL.createObjectURL(blob);
+    const url = this.objectUrl(blob);
     after.src = url;
     after.alt = `${this.file.name} restored, ${job.output.width}×${job.output.height}`;
     after.width = job.output.width;
     after.height = job.output.height;
-    before.src = URL.createObjectURL(this.file);
+    before.src = this.objectUrl(this.file);
     before.alt = `${this.file.name} original, shown at the restored size`;
-    await Promise.all([after.decode(), before.decode()]); // shown (and sized) once both are ready
-    const split = $(".split", this.el);
-    const move = () => frame.style.setProperty("--split", `${split.value}%`);
-    split.addEventListener("input", move);
-    move();
+    // the result does not depend on the browser showing the original (or the result: TIFF, HEIC)
+    const [showsAfter, showsBefore] = await Promise.all([shows(after), shows(before)]);
+    if (showsAfter && showsBefore) {
+      const split = $(".split", this.el);
+      const move = () => frame.style.setProperty("--split", `${split.value}%`);
+      split.addEventListener("input", move);
+      move();
+    } else if (showsAfter) {
+      before.hidden = true;
+      frame.classList.add("single");
+      $(".split-label", this.el).hidden = true;
+      notes.push(`The original is not shown: this browser cannot display ${fileKind(this.file.name)} files.`);
+    } else {
+      notes.push(`No preview: this browser cannot display ${job.spec.format.toUpperCase()} files; ` +
+        "the download holds the result.");
+    }
+    $(".compare", this.el).hidden = !showsAfter;
     const model = job.model || {};
     const sizes = `${job.input.width}×${job.input.height} → ${job.output.width}×${job.output.height}`;
-    $(".facts", this.el).textContent =
-      `${model.name} (${model.backend} on ${model.device}) · ${sizes} · ${serverTiming(timing)}`;
-    compare.hidden = false;
+    $(".summary", this.el).textContent =
+      `${taskLabel(job.task, job.spec.scale)} · ${sizes} · ${model.backend} on ${model.device}`;
+    $(".stages", this.el).replaceChildren(
+      ...this.stagesOf(job, headers, notes).map((text) => Object.assign(document.createElement("li"), { textContent: text })));
+    $(".timing", this.el).textContent = serverTiming(headers.get("Server-Timing"));
+    $(".facts", this.el).hidden = false;
+    const note = $(".note", this.el);
+    note.textContent = notes.join(" ");
+    note.hidden = !notes.length;
+    this.state.textContent = this.unchanged ? "done: unchanged" : "done";
     const link = $(".download", this.el);
     const stem = this.file.name.replace(/\.[^.]+$/, "");
     link.href = url;
-    link.download = `${stem}-${job.task}.${job.spec.format}`;
+    link.download = downloadName(headers.get("Content-Disposition"),
+      `${stem}-${job.task.replaceAll(",", "-")}.${job.spec.format}`);
     link.textContent = `Download ${link.download} (${Math.round(blob.size / 1024)} KiB)`;
     link.hidden = false;
+    this.finish();
   }
 
   async run(params) {
@@ -307,12 +390,25 @@ class JobView {
     }
     const result = await call(final.links.result);
     if (!result.ok) throw new Error(await problemText(result));
-    await this.done(final, await result.blob(), result.headers.get("Server-Timing"));
+    await this.done(final, await result.blob(), result.headers);
   }
 }
 
+// ---- the list of cards: newest first, scrolled into view; finished ones can be cleared ----
+
+function showJobsBar() {
+  $("#jobs-bar").hidden = !$("#jobs .job[data-finished]");
+}
+
+$("#clear").addEventListener("click", () => {
+  for (const el of document.querySelectorAll("#jobs .job[data-finished]")) el.view.release();
+  showJobsBar();
+});
+
 async function runAll(files, params) {
-  const views = files.map((f) => new JobView(f));
+  const views = files.map((f) => new JobView(f, params));
+  $("#jobs").prepend(...views.map((v) => v.el)); // this batch on top, in the order chosen
+  views[0].el.scrollIntoView({ block: "start" }); // on a phone the list starts below the form
   let next = 0;
   async function lane() {
     while (next < views.length) {
