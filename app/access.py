@@ -66,18 +66,19 @@ def parse_entry(entry: str, where: str) -> tuple[str, str]:
 
 
 class KeyRing:
-    """The configured key digests and their owners; empty: access is open."""
+    """The configured key digests and their owners (empty: access is open), and the operator's digest."""
 
-    def __init__(self, entries: dict[str, str], *, anonymous_limits: bool = False) -> None:
+    def __init__(self, entries: dict[str, str], *, anonymous_limits: bool = False,
+                 operator: str | None = None) -> None:
         self._owners = entries  # digest -> owner
         self.anonymous_limits = anonymous_limits
+        self.operator = operator  # the digest /metrics needs; None: see require_operator
 
     @classmethod
     def from_settings(cls, settings: Settings) -> KeyRing:
         entries: dict[str, str] = {}
         for entry in (e for e in settings.api_keys.split(",") if e.strip()):
-            hexdigest, owner = parse_entry(entry, "BBCU_API_KEYS")
-            entries[hexdigest] = owner
+            _add(entries, *parse_entry(entry, "BBCU_API_KEYS"), "BBCU_API_KEYS")
         if settings.api_keys_file is not None:
             path = Path(settings.api_keys_file)
             try:
@@ -86,12 +87,17 @@ class KeyRing:
                 raise ValueError(f"BBCU_API_KEYS_FILE: cannot read {path}: {e.strerror}") from e
             for n, line in enumerate(lines, 1):
                 if line.strip() and not line.lstrip().startswith("#"):
-                    hexdigest, owner = parse_entry(line, f"{path}:{n}")
-                    entries[hexdigest] = owner
+                    _add(entries, *parse_entry(line, f"{path}:{n}"), f"{path}:{n}")
             if not entries:
                 # a file meant to turn keys on must not silently leave the service open
                 raise ValueError(f"BBCU_API_KEYS_FILE: {path} holds no key digest")
-        return cls(entries, anonymous_limits=settings.anonymous_limits)
+        operator = None
+        if settings.metrics_key.strip():
+            operator, _ = parse_entry(settings.metrics_key, "BBCU_METRICS_KEY")
+            if operator in entries:
+                raise ValueError(f"BBCU_METRICS_KEY is also the key of {entries[operator]}: the operator's "
+                                 "key must be a key of its own")
+        return cls(entries, anonymous_limits=settings.anonymous_limits, operator=operator)
 
     @property
     def enabled(self) -> bool:
@@ -118,6 +124,30 @@ class KeyRing:
             raise unauthorized(f"the API key is not valid: check the key you gave ({WHERE_KEYS_GO})",
                                'Bearer realm="bbcu", error="invalid_token"')
         return Caller(owner=owner, client=f"key:{owner}")
+
+
+def _add(entries: dict[str, str], hexdigest: str, owner: str, where: str) -> None:
+    """Add a key; a name two keys share would give them one set of jobs and one quota: it stops the start."""
+    if entries.get(hexdigest, owner) != owner:
+        raise ValueError(f"{where}: the key of {entries[hexdigest]} is listed again as {owner}")
+    if owner in entries.values() and hexdigest not in entries:
+        raise ValueError(f"{where}: the key name {owner} is taken by another key (jobs and quotas go by "
+                         "name: give each key its own)")
+    entries[hexdigest] = owner
+
+
+def require_operator(ring: KeyRing, bearer: str | None, header_key: str | None) -> None:
+    """Let the operator through: with BBCU_METRICS_KEY set, its key only (401 otherwise); without
+    it, everyone while keys are off and no one while they are on (403: tenants' keys never do)."""
+    if ring.operator is None:
+        if ring.enabled:
+            raise Problem(403, "Forbidden", "this is for the operator, and no operator key is set "
+                          "(BBCU_METRICS_KEY)", slug="operator-only")
+        return
+    key = bearer or header_key
+    if not key or not hmac.compare_digest(digest(key), ring.operator):
+        raise unauthorized("this needs the operator key (BBCU_METRICS_KEY); API keys do not open it",
+                           'Bearer realm="bbcu-operator"')
 
 
 def unauthorized(detail: str, challenge: str) -> Problem:

@@ -63,7 +63,7 @@ def test_requests_without_a_valid_key_get_401(keyed_url: str) -> None:
     assert "not valid" in wrong_detail and "--api-key" in wrong_detail
     assert wrong.headers["www-authenticate"] == 'Bearer realm="bbcu", error="invalid_token"'
     assert_problem(basic, 401)
-    assert_problem(metrics, 401)
+    assert assert_problem(metrics, 403)["type"] == "urn:bbcu:problem:operator-only"  # no BBCU_METRICS_KEY
 
 
 def test_open_paths_need_no_key(keyed_url: str) -> None:
@@ -71,7 +71,7 @@ def test_open_paths_need_no_key(keyed_url: str) -> None:
         for path in ("/healthz", "/readyz", "/", "/static/app.js", "/docs", "/openapi.json", "/models",
                      "/limits"):
             assert c.get(path).status_code == 200, path
-        assert c.get("/metrics", headers={"X-API-Key": BOB}).status_code == 200
+        assert c.get("/metrics", headers={"X-API-Key": BOB}).status_code == 403  # for the operator only
 
 
 def test_a_page_on_an_allowed_origin_can_send_a_key(keyed_url: str) -> None:

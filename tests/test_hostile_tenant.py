@@ -11,7 +11,9 @@ import hashlib
 import io
 import ipaddress
 import logging
+import os
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,11 +23,12 @@ import httpx
 import pytest
 from PIL import Image
 
+from app.access import KeyRing
 from models import imageio, input_formats
 from models.errors import ImageDecodeError
 from tests import test_webhooks
-from tests.conftest import WEBHOOK_SECRET, Service, service_env, start_api
-from tests.helpers import assert_problem, make_image
+from tests.conftest import WEBHOOK_SECRET, Service, bbcu, free_port, service_env, start_api
+from tests.helpers import assert_problem, make_image, wait_job
 from tests.test_webhooks import Receiver, running_receiver
 from workers.callback_urls import CallbackRefused, allow_list, check_callback
 from workers.contract import JobRecord, JobSpec, JobStatus, new_job_id, now
@@ -331,3 +334,73 @@ def test_event_streams_are_capped_per_key(keyed: Service) -> None:
             time.sleep(0.2)
         for job_id, key in ((jobs[0], ALICE), (alice_job, ALICE), (bob_job, BOB)):
             c.delete(f"/jobs/{job_id}", headers=_as(key))
+
+
+# --- item 9: what a tenant could read about the others and the deployment
+
+
+def test_metrics_need_the_operator_key(keyed: Service) -> None:
+    """Item 9: /metrics answered any tenant's key: every tenant's traffic and the workers' names."""
+    with keyed.client() as c:
+        as_tenant = c.get("/metrics", headers=_as(BOB))
+        as_tenant_header = c.get("/metrics", headers={"X-API-Key": ALICE})
+        anonymous = c.get("/metrics")
+        operator = c.get("/metrics", headers=_as(OPERATOR))
+        operator_elsewhere = c.get("/jobs/" + "0" * 32, headers=_as(OPERATOR))
+    for refused in (as_tenant, as_tenant_header, anonymous):
+        assert "BBCU_METRICS_KEY" in assert_problem(refused, 401)["detail"]
+    assert operator.status_code == 200 and "bbcu_http_requests_total" in operator.text
+    assert_problem(operator_elsewhere, 401)  # the operator key is no tenant key
+
+
+def test_a_job_names_no_host(celery_service: Service) -> None:
+    """Item 9: a job's JSON (and its webhooks) named the worker's host."""
+    with celery_service.client() as c:
+        r = c.post("/restore", params={"task": "denoise", "async": "true"},
+                   files={"image": ("x.png", make_image(16, 16), "image/png")})
+        job = wait_job(c, r.json()["id"])
+    assert job["status"] == "succeeded" and job["worker"] == "worker-cpu"  # started as worker-cpu@<host>
+    assert socket.gethostname() not in r.text + str(job)
+
+
+def test_readiness_names_no_broker_address(tiny_weights: Path, logdir: Path) -> None:
+    """Item 9: with Redis down, the unauthenticated /readyz showed the broker's host and port."""
+    port = free_port()
+    env = service_env(tiny_weights, BBCU_BROKER_URL=f"redis://127.0.0.1:{port}/0", BBCU_REDIS_TIMEOUT_S="1",
+                      BBCU_API_KEYS=_digest(ALICE))
+    url, api = start_api("api-hostile-nobroker", env, logdir)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            ready = c.get("/readyz")
+            refused = c.post("/restore", params={"task": "denoise"}, headers=_as(ALICE),
+                             files={"image": ("x.png", make_image(8, 8), "image/png")})
+    finally:
+        api.stop()
+    assert ready.status_code == 503 and ready.json()["broker"] == "unreachable"
+    assert assert_problem(refused, 503)["detail"].startswith("Redis unreachable")
+    for text in (ready.text, refused.text):
+        assert str(port) not in text and "127.0.0.1" not in text, text
+
+
+# --- item 10: deployment
+
+
+def test_two_keys_with_one_name_stop_the_start(tmp_path: Path) -> None:
+    """Item 10: two keys named alice shared her jobs and quota without a word."""
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(f"{_digest(BOB)} alice\n")
+    for settings in (Settings(api_keys=f"alice={_digest(ALICE)},alice={_digest(BOB)}"),
+                     Settings(api_keys=f"alice={_digest(ALICE)}", api_keys_file=keys_file)):
+        with pytest.raises(ValueError, match="key name alice is taken by another key"):
+            KeyRing.from_settings(settings)
+    with pytest.raises(ValueError, match="listed again as bob"):
+        KeyRing.from_settings(Settings(api_keys=f"alice={_digest(ALICE)},bob={_digest(ALICE)}"))
+    with pytest.raises(ValueError, match="operator's key must be a key of its own"):
+        KeyRing.from_settings(Settings(api_keys=f"alice={_digest(ALICE)}", metrics_key=_digest(ALICE)))
+    same_twice = KeyRing.from_settings(Settings(api_keys=f"alice={_digest(ALICE)},alice={_digest(ALICE)}"))
+    assert same_twice.owner_of(ALICE) == "alice"
+    # and `bbcu serve` says so and exits, before it listens
+    env = {**os.environ, "BBCU_API_KEYS": f"alice={_digest(ALICE)},alice={_digest(BOB)}"}
+    out = subprocess.run(bbcu("serve", "--port", str(free_port())), capture_output=True, text=True,
+                         timeout=120, env=env)
+    assert out.returncode != 0 and "key name alice is taken by another key" in out.stdout + out.stderr

@@ -101,7 +101,8 @@ class CeleryDispatcher:
         try:
             self.celery.send_task(TASK_NAME, args=[job_id], queue=queue, ignore_result=True)
         except OperationalError as e:
-            raise StoreUnavailable(f"broker unreachable: {e}") from e
+            # not the error's text: it names the broker's host and port, and this goes to clients in a 503
+            raise StoreUnavailable(f"broker unreachable ({type(e).__name__})") from e
         except RedisError as e:  # e.g. a full Redis (noeviction) refusing the message
             raise StoreUnavailable(f"broker refused the job: {e}") from e
 

@@ -146,3 +146,10 @@ class JobRecord(BaseModel):
     @property
     def content_type(self) -> str:
         return MEDIA_TYPES[self.spec.format]
+
+    def for_clients(self) -> dict[str, Any]:
+        """The record as clients see it (``GET /jobs/{id}``, webhooks): no owner id, and the worker's
+        name without the host it runs on (``worker-cpu@host`` shows as ``worker-cpu``)."""
+        shown = self.model_dump(mode="json", exclude={"spec": {"owner"}})
+        shown["worker"] = self.worker.split("@", 1)[0] if self.worker else None
+        return shown

@@ -138,7 +138,8 @@ class RedisStore(JobStore):
         try:
             yield
         except self._redis_errors as e:
-            raise StoreUnavailable(f"Redis unreachable: {e}") from e
+            # not the error's text: it names Redis's host and port, and this goes to clients in a 503
+            raise StoreUnavailable(f"Redis unreachable ({type(e).__name__})") from e
         except self._full_error as e:
             # noeviction: Redis refuses writes rather than dropping accepted inputs
             raise StoreUnavailable(f"Redis is full (maxmemory): {e}") from e

@@ -122,6 +122,9 @@ class Settings(BaseSettings):
                                 "required")
     api_keys_file: Path | None = Field(
         default=None, description="File of API key digests, one per line: sha256:<hex> [name]; # comments")
+    metrics_key: str = Field(
+        default="", description="Digest (sha256:<hex>, `bbcu key new`) of the operator key /metrics needs; "
+                                "unset: /metrics is open while API keys are off, closed (403) while on")
     rate_limit_per_min: float = Field(
         default=600.0, ge=0, description="Requests per minute per API key (a token bucket); 0: no limit")
     rate_limit_burst: int = Field(

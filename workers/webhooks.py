@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import json
 import logging
 import threading
 import time
@@ -103,7 +104,7 @@ class WebhookSender:
         event = event_of(rec)
         if event is None or event not in rec.spec.callback_events:
             return
-        body = rec.model_dump_json(exclude={"spec": {"owner"}}).encode()  # as GET /jobs/{id} shows it
+        body = json.dumps(rec.for_clients(), separators=(",", ":")).encode()  # as GET /jobs/{id} shows it
         with self._cond:
             if self._closed:
                 return

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
-from app.access import Caller
+from app.access import Caller, require_operator
 from app.metrics import Metrics
 from app.services import Services
 from app.throttle import check_rate
@@ -55,6 +55,13 @@ def get_caller(request: Request, services: Annotated[Services, Depends(get_servi
     caller = services.access.identify(bearer.credentials if bearer else None, header_key, address)
     check_rate(services.throttle, services.settings, caller)
     return caller
+
+
+def get_operator(services: Annotated[Services, Depends(get_services)],
+                 bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+                 header_key: Annotated[str | None, Depends(_header_key)]) -> None:
+    """Only the operator passes (BBCU_METRICS_KEY): 401 or 403 for anyone else, a tenant's key included."""
+    require_operator(services.access, bearer.credentials if bearer else None, header_key)
 
 
 ServicesDep = Annotated[Services, Depends(get_services)]

@@ -46,6 +46,16 @@ AUTH_RESPONSES: dict[int | str, dict[str, Any]] = {
                                       "of 60) from key:alice", retry_after_s=2, limit_per_min=600)},
 }
 
+OPERATOR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"description": "An operator key is set (BBCU_METRICS_KEY) and it was not sent",
+          "headers": {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}},
+          "content": _problem_example(401, "Unauthorized", "this needs the operator key (BBCU_METRICS_KEY); "
+                                      "API keys do not open it")},
+    403: {"description": "API keys are on and no operator key is set: nobody may read it",
+          "content": _problem_example(403, "Forbidden", "this is for the operator, and no operator key is "
+                                      "set (BBCU_METRICS_KEY)")},
+}
+
 RESTORE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": "The restored image", "content": {ct: {} for ct in MEDIA_TYPES.values()},
           "headers": {"X-Job-Id": {"description": "The job id", "schema": {"type": "string"}},

@@ -33,7 +33,7 @@ class JobView(JobRecord):
         links = {"self": job_url(rec.id)}
         if rec.status == JobStatus.succeeded:
             links["result"] = job_url(rec.id) + "/result"
-        return cls(**rec.model_dump(), links=links)
+        return cls(**rec.for_clients(), links=links)
 
 
 def job_url(job_id: str) -> str:

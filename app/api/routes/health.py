@@ -10,8 +10,8 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
-from app.api.deps import DispatcherDep, MetricsDep, SettingsDep, StoreDep, get_caller
-from app.api.examples import AUTH_RESPONSES
+from app.api.deps import DispatcherDep, MetricsDep, SettingsDep, StoreDep, get_operator
+from app.api.examples import OPERATOR_RESPONSES
 from models import catalog
 from workers.contract import QUEUES
 from workers.dispatch import Dispatcher
@@ -36,7 +36,7 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
         store.ping()
         workers = dispatcher.workers()
     except StoreUnavailable as e:
-        body.update(ready=False, broker="unreachable", detail=str(e))
+        body.update(ready=False, broker="unreachable", detail=str(e))  # names no host: see RedisStore.guard
         return JSONResponse(body, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
     body["broker"] = "ok"
     # a worker beats from the moment Celery is up; it is ready once a process of it has preloaded
@@ -61,9 +61,9 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
     return JSONResponse(body)
 
 
-# worker names, memory and traffic are for operators: a key is needed where keys are on
-@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(get_caller)],
-            responses=AUTH_RESPONSES)
+# every tenant's traffic, worker names and memory are for the operator: BBCU_METRICS_KEY, never a tenant's key
+@router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(get_operator)],
+            responses=OPERATOR_RESPONSES)
 def metrics(metrics: MetricsDep, settings: SettingsDep, store: StoreDep,
             dispatcher: DispatcherDep) -> PlainTextResponse:
     """Prometheus text format: requests, latency, jobs, queue depth and admission limits, live workers,
