@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import random
 import resource
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +152,10 @@ class HeadTimeoutProtocol(H11Protocol):
             self.transport.close()
 
     def _arm(self) -> None:
-        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timeout)
+        # spread over the last quarter of the timeout: a flood opened at once is not closed at once,
+        # so its reconnections do not arrive in one burst either
+        timeout_s = self.head_timeout_s * (0.75 + 0.25 * random.random())  # noqa: S311 (not a secret)
+        self._head_timer = self.loop.call_later(timeout_s, self._head_timeout)
 
     def _disarm(self) -> None:
         if self._head_timer is not None:

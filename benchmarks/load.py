@@ -18,7 +18,12 @@ scenarios:
   docker-compose.yml;
 - ``redis-full``: the same with the admission limit above maxmemory: Redis itself fills;
 - ``keys``: API keys on (default rate limit and job quota): one key floods asynchronous submissions
-  while another sends synchronous requests one at a time.
+  while another sends synchronous requests one at a time;
+- ``redis-sized``: issue 20's operator Redis, smaller than the settings assume (``--maxmemory`` 100 MiB,
+  ``--maxmemory-policy volatile-ttl``, no ``BBCU_MAX_*`` settings): 200 asynchronous 512x512 uploads
+  with no worker, then one; the API must admit only what that Redis holds;
+- ``slowloris``: 3000 connections dribbling request heads at an API started at a soft limit of 1024
+  open files, while synchronous requests are served.
 
 Workers that exit on their own are started again (as compose's ``restart: unless-stopped`` does) and
 counted. Accepted jobs get ``unattended_s`` to end with no client reading them (the API can recover a
@@ -63,7 +68,8 @@ import httpx
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-SCENARIOS = ("sync", "async", "kill", "redis-restart", "evict", "redis-full", "keys")
+SCENARIOS = ("sync", "async", "kill", "redis-restart", "evict", "redis-full", "keys", "redis-sized",
+             "slowloris")
 MEMORY = ("evict", "redis-full")
 KEYS = ("flood", "calm")  # the API keys of the keys scenario
 HEALTHZ_TARGET_S = 1.0
@@ -88,13 +94,21 @@ class Scale:
     unattended_s: float  # how long they have to do so with no client reading them
     keys_n: int  # submissions of the flooding API key
     api_processes: int  # `bbcu serve --workers N`: the recovery sweeper must act once across them
+    sized_n: int  # redis-sized: uploads, their side, and Redis's maxmemory
+    sized_side: int
+    sized_maxmemory_mb: int
+    slowloris_n: int  # dribbling connections
+    slowloris_requests: int  # synchronous requests served meanwhile
 
 
 # the campaign of issue 11, and a scaled-down one that fits in CI time
 FULL = Scale(sync_n=400, sync_concurrency=150, async_n=1000, kill_n=300, restart_n=300, evict_n=400,
-             evict_maxmemory_mb=64, settle_s=180, unattended_s=60, keys_n=600, api_processes=2)
+             evict_maxmemory_mb=64, settle_s=180, unattended_s=60, keys_n=600, api_processes=2,
+             sized_n=200, sized_side=512, sized_maxmemory_mb=100, slowloris_n=3000, slowloris_requests=100)
 QUICK = Scale(sync_n=40, sync_concurrency=20, async_n=100, kill_n=60, restart_n=60, evict_n=200,
-              evict_maxmemory_mb=32, settle_s=90, unattended_s=45, keys_n=120, api_processes=1)
+              evict_maxmemory_mb=32, settle_s=90, unattended_s=45, keys_n=120, api_processes=1,
+              sized_n=60, sized_side=256, sized_maxmemory_mb=16, slowloris_n=1500, slowloris_requests=30)
+SLOWLORIS_SOFT_LIMIT = 1024  # the common default soft limit of open files
 SIDES = {"sync": 64, "async": 64, "kill": 160, "redis-restart": 96, "evict": 256}
 SUBMIT_CONCURRENCY = 16
 WORKER_READY_S = 120.0
@@ -139,9 +153,11 @@ class Cluster:
 
     def __init__(self, workdir: Path, logdir: Path, weights: Path, *, maxmemory_mb: int = 0,
                  policy: str = "noeviction", env: dict[str, str] | None = None,
-                 api_processes: int = 1) -> None:
+                 api_processes: int = 1, api_soft_files: int = 0) -> None:
         self.dir = workdir
         self.api_processes = api_processes
+        # the API started at this soft limit of open files (prlimit; the hard limit left as it is)
+        self.api_prefix = ["prlimit", f"--nofile={api_soft_files}:", "--"] if api_soft_files else []
         self.logdir = logdir
         self.redis_port = free_port()
         self.redis_args = [shutil.which("redis-server") or "redis-server", "--port", str(self.redis_port),
@@ -192,9 +208,9 @@ class Cluster:
 
     def start_api(self) -> None:
         port = free_port()
-        self.api = self._spawn("api", [sys.executable, "-m", "cli.main", "serve", "--port", str(port),
-                                       "--workers", str(self.api_processes), "--log-level", "warning"],
-                               self.env)
+        self.api = self._spawn("api", [*self.api_prefix, sys.executable, "-m", "cli.main", "serve",
+                                       "--port", str(port), "--workers", str(self.api_processes),
+                                       "--log-level", "warning"], self.env)
         self.url = f"http://127.0.0.1:{port}"
         wait_for(lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 120, "the API",
                  self.api)
@@ -269,14 +285,14 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
 @contextlib.contextmanager
 def cluster(weights: Path, logdir: Path, *, maxmemory_mb: int = 0, policy: str = "noeviction",
             env: dict[str, str] | None = None, keys: dict[str, str] | None = None,
-            api_processes: int = 1) -> Iterator[Cluster]:
+            api_processes: int = 1, api_soft_files: int = 0) -> Iterator[Cluster]:
     """A started Redis and API (``api_processes`` of it; no worker yet); the processes' logs go to
     ``logdir``."""
     shutil.rmtree(logdir, ignore_errors=True)
     logdir.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="bbcu-soak-") as tmp:
         c = Cluster(Path(tmp), logdir, weights, maxmemory_mb=maxmemory_mb, policy=policy, env=env,
-                    api_processes=api_processes)
+                    api_processes=api_processes, api_soft_files=api_soft_files)
         c.keys = keys or {}
         try:
             c.start_redis()
@@ -390,6 +406,8 @@ class Tally:
             out.append(f"/healthz {self.healthz_max_s:.2f} s")
         if self.accepted == 0:
             out.append("nothing accepted")
+        if self.events["keys evicted by Redis"]:
+            out.append(f"Redis evicted {self.events['keys evicted by Redis']} keys")
         return out
 
 
@@ -737,6 +755,50 @@ def run_keys(c: Cluster, scale: Scale, tally: Tally) -> None:
     tally.events["calm key refused"] += calm_n - calm_tally.succeeded
 
 
+def run_sized(c: Cluster, scale: Scale, tally: Tally) -> None:
+    """``redis-sized``: more input bytes than the operator's Redis holds, sent with no worker; then one.
+    Every accepted job must succeed (none evicted), the rest be refused with 503 and Retry-After."""
+    images = [image(scale.sized_side, i) for i in range(scale.sized_n)]
+    submit(c.url, tally, images, SUBMIT_CONCURRENCY, asynchronous=True)
+    evicted = _redis_info(c, "stats").get("evicted_keys", -1)
+    c.start_worker(tally)
+    finish(c, tally, scale)
+    evicted_after = _redis_info(c, "stats").get("evicted_keys", -1)
+    tally.events["keys evicted by Redis"] += max(evicted, evicted_after)
+    tally.notes.append(f"Redis evicted {evicted} keys before the worker started, {evicted_after} by the end")
+
+
+def _redis_info(c: Cluster, section: str) -> dict[str, int]:
+    """The integer fields of one INFO section of the campaign's Redis (empty while it does not answer)."""
+    import redis
+
+    with contextlib.suppress(redis.exceptions.RedisError):
+        info = redis.Redis(port=c.redis_port, socket_timeout=2).info(section)
+        return {k: int(v) for k, v in info.items() if isinstance(v, int)}
+    return {}
+
+
+def run_slowloris(c: Cluster, scale: Scale, tally: Tally) -> None:
+    """``slowloris``: connections dribbling their request heads, more than the API's soft limit of open
+    files, while synchronous requests are sent; the health probe runs throughout."""
+    from app.server import raise_open_files_limit
+    from benchmarks.slowloris import Dribblers
+
+    c.start_worker(tally)
+    if raise_open_files_limit() < Dribblers.files_needed(scale.slowloris_n) + 256:
+        raise OSError(f"the campaign itself needs {scale.slowloris_n + 320} open files (hard limit)")
+    port = int(c.url.rsplit(":", 1)[1])
+    with Dribblers("127.0.0.1", port, scale.slowloris_n) as flood:
+        wait_for(lambda: flood.opened >= scale.slowloris_n, 60, "the flood's connections")
+        images = [image(SIDES["sync"], i) for i in range(scale.slowloris_requests)]
+        submit(c.url, tally, images, 4, asynchronous=False)
+        opened, closed = flood.opened, flood.closed_by_server
+    finish(c, tally, scale)
+    tally.notes.append(f"{scale.slowloris_n} dribbling connections (one header line per 0.5 s, reopened "
+                       f"when closed) against an API at a soft limit of {SLOWLORIS_SOFT_LIMIT} open files: "
+                       f"{opened} opened, {closed} closed by the server")
+
+
 SHARED = {"sync": run_sync, "async": run_async, "kill": run_kill, "redis-restart": run_redis_restart}
 
 
@@ -812,6 +874,17 @@ def campaign(names: list[str], scale: Scale, logdir: Path = LOGDIR,
             tally = Tally("keys")
             with keys_cluster(weights, logdir / "keys", tally) as c:
                 run("keys", c, run_keys, tally)
+        if "redis-sized" in names:
+            tally = Tally("redis-sized")
+            tally.notes.append(f"Redis --maxmemory {scale.sized_maxmemory_mb}mb --maxmemory-policy "
+                               f"volatile-ttl, no BBCU_MAX_* settings; {scale.sized_n} uploads of "
+                               f"{scale.sized_side}x{scale.sized_side} sent with no worker")
+            with cluster(weights, logdir / "redis-sized", maxmemory_mb=scale.sized_maxmemory_mb,
+                         policy="volatile-ttl") as c:
+                run("redis-sized", c, run_sized, tally)
+        if "slowloris" in names:
+            with cluster(weights, logdir / "slowloris", api_soft_files=SLOWLORIS_SOFT_LIMIT) as c:
+                run("slowloris", c, run_slowloris, Tally("slowloris"))
     return tallies
 
 

@@ -108,8 +108,9 @@ class Settings(BaseSettings):
         description="Open connections and tasks before uvicorn answers 503; 0: as many as the open-file "
                     "limit (raised to the hard limit at start) leaves room for, at most 4096")
     http_backlog: int = Field(
-        default=2048, gt=0,
-        description="Pending TCP connections the listening socket queues (less when open files are few)")
+        default=4096, gt=0,
+        description="Pending TCP connections the listening socket queues (less when open files are few; "
+                    "the kernel caps it at net.core.somaxconn)")
     http_keep_alive_s: float = Field(
         default=30.0, gt=0, description="Idle keep-alive connections close after this long")
     http_header_timeout_s: float = Field(
