@@ -406,6 +406,8 @@ class Tally:
             out.append(f"/healthz {self.healthz_max_s:.2f} s")
         if self.accepted == 0:
             out.append("nothing accepted")
+        if self.events["worker exits"]:  # a worker rides out Redis faults in its own process (issue 20)
+            out.append(f"{self.events['worker exits']} worker exits")
         if self.events["keys evicted by Redis"]:
             out.append(f"Redis evicted {self.events['keys evicted by Redis']} keys")
         return out

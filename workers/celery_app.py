@@ -8,10 +8,12 @@ limit so Redis never hands a running job to a second worker.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +27,11 @@ from workers.errors import NoWorker, StoreUnavailable
 from workers.redis_store import RedisStore
 from workers.registry import WorkerRegistry
 from workers.settings import Settings
+
+# a worker that Celery stopped on an unrecoverable error starts again after this long, doubled each
+# time up to the most
+RESTART_MIN_S, RESTART_MAX_S = 1.0, 30.0
+log = logging.getLogger(__name__)
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -53,6 +60,7 @@ def create_celery(settings: Settings) -> Celery:
         broker_transport_options={"visibility_timeout": settings.visibility_timeout_s},
         broker_connection_timeout=settings.redis_timeout_s,
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a worker waits out a long Redis outage, never gives up
         # no retry inside kombu: its recovery from a refused publish (Redis full, or gone) closes
         # channels that other threads' producers are using (AttributeError, a 500); a failed publish is
         # a 503 with Retry-After and the client sends again
@@ -216,9 +224,12 @@ class Heartbeat:
         self._thread = threading.Thread(target=self._loop, name="bbcu-heartbeat", daemon=True)
 
     def start(self, name: str) -> None:
-        """Start beating as Celery node ``name`` (the name jobs record as their worker)."""
+        """Start beating as Celery node ``name`` (the name jobs record as their worker); again after a
+        ``stop`` when the worker starts again in this process."""
         self.name = name
         self.info.update(worker=name, since=now())
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="bbcu-heartbeat", daemon=True)
         self._thread.start()
 
     def _loop(self) -> None:
@@ -285,8 +296,37 @@ def run_worker(settings: Settings, queues: list[str], *, pool: str, concurrency:
             f"--loglevel={log_level.upper()}", "--without-gossip", "--without-mingle", "--without-heartbeat"]
     if hostname:
         argv.append(f"--hostname={hostname}")
-    app.worker_main(argv)
-    # worker_main drops the worker's exit status: without it a worker that stopped on an unrecoverable
-    # error (Redis full at start-up, a failed reconnect) would exit 0, and a supervisor restarting on
-    # failure only would leave it down
-    return int(started[0].exitcode or 0) if started else 1
+    delay_s = RESTART_MIN_S
+    while True:
+        began = time.monotonic()
+        app.worker_main(argv)
+        # worker_main drops the worker's exit status: Celery's own stop (a signal) keeps it
+        code = int(started[-1].exitcode or 0) if started else 1
+        if code == 0 or not started or shutdown_requested():
+            return code
+        # an unrecoverable error (Redis full at start-up, kombu failing to reconnect after a Redis
+        # restart): start again here rather than leave the queue to a supervisor that may not exist
+        if time.monotonic() - began > RESTART_MAX_S:
+            delay_s = RESTART_MIN_S  # it ran a good while: a new fault, not the same one again
+        log.error("the worker stopped on an unrecoverable error (exit %d); it starts again in this "
+                  "process in %.0f s", code, delay_s)
+        if _wait_unless_stopped(delay_s):
+            return code
+        delay_s = min(RESTART_MAX_S, delay_s * 2)
+
+
+def shutdown_requested() -> bool:
+    """Whether a signal asked this worker to stop (Celery's handlers set these flags)."""
+    from celery.worker import state
+
+    return state.should_stop not in (None, False) or state.should_terminate not in (None, False)
+
+
+def _wait_unless_stopped(seconds: float) -> bool:
+    """Sleep ``seconds`` unless a stop is asked for meanwhile; True if it was."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if shutdown_requested():
+            return True
+        time.sleep(0.2)
+    return shutdown_requested()
