@@ -138,6 +138,9 @@ class JobRecord(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     model: dict[str, Any] | None = Field(default=None, description="the model of the last stage")
     stages: list[StageRecord] = Field(default_factory=list)
+    frames_by_worker: dict[str, int] | None = Field(
+        default=None, description="an animation or a video spread over the workers (Celery mode): the "
+                                  "frames each worker restored")
     input: ImageFacts | None = None
     output: ImageFacts | None = None
     error: JobError | None = None

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from workers.chunks import ChunkRef, Fanout
 from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, StageRecord, Timings
 from workers.errors import ErrorCode, InputLost, JobTimeout, StoreUnavailable, code_of
 from workers.lifecycle import Lifecycle
@@ -116,9 +117,11 @@ class ModelCache:
 class JobRunner:
     """Runs jobs from a store; one instance per process, shared by that process's threads."""
 
-    def __init__(self, settings: Settings, store: JobStore, webhooks: WebhookSender | None = None) -> None:
+    def __init__(self, settings: Settings, store: JobStore, webhooks: WebhookSender | None = None,
+                 fanout: Fanout | None = None) -> None:
         self.settings = settings
         self.store = store
+        self.fanout = fanout  # Celery mode: long clips are spread over the workers in chunks
         self.models = ModelCache(settings)
         self.webhooks = webhooks or WebhookSender(settings)
         self.jobs = Lifecycle(store, self.webhooks.notify)
@@ -168,7 +171,7 @@ class JobRunner:
     def _execute(self, rec: JobRecord) -> JobRecord | None:
         """Restore the image; the succeeded record, or None when the job ended otherwise meanwhile."""
         from models import imageio, media, pipeline
-        from models.media.restore import FrameRestorer
+        from models.media.restore import FrameRestorer, decode_all, encode_all
         from models.media.restore import restore as restore_frames
 
         spec: JobSpec = rec.spec
@@ -178,15 +181,11 @@ class JobRunner:
             raise InputLost(f"the input was gone when a worker took the job (inputs are kept "
                             f"{self.settings.result_ttl_s} s, or Redis lost it); send the image again")
         t0 = time.perf_counter()
-        device = QUEUE_DEVICES[spec.queue]
-        stages = [self.models.get(task, spec.scale_of(task), spec.variant, device) for task in spec.tasks]
-        chroma = self.models.chroma(spec.tasks, spec.variant, device)
+        stages, chroma, budget = self._networks(spec)
         t1 = time.perf_counter()
         # loading a model is a once-per-process cost: the job's own time starts after it
         deadline = t1 + self.settings.soft_time_limit_s
-        budget = self.settings.tile_memory_mb << 20
-        if device == "cuda":
-            budget = self.settings.gpu_tile_memory_mb << 20
+        by_worker: dict[str, int] | None = None
         kind = media.probe(data, max_pixels=self.settings.max_pixels, max_frames=self.settings.max_frames)
         progress = self._progress(spec.id, deadline)
         if kind.kind == "still":
@@ -203,11 +202,21 @@ class JobRunner:
             t2 = time.perf_counter()
             restorer = FrameRestorer([s.model for s in stages], tile=spec.tile, strength=spec.strength,
                                      memory_bytes=budget, chroma=chroma)
-            encoded = restore_frames(restorer, data, kind, spec.format, quality=spec.quality,
-                                     max_frames=self.settings.max_frames, progress=progress)
+            if self.fanout is not None and kind.frames > self.settings.chunk_frames:
+                clip = decode_all(data, kind, max_frames=self.settings.max_frames)
+
+                def check() -> None:
+                    self._check(spec.id, deadline)
+
+                restored, by_worker, reports = self.fanout.run(rec, clip.frames, restorer, rec.worker or "",
+                                                               check, progress)
+                encoded = encode_all(clip, restored, data, kind, spec.format, quality=spec.quality)
+            else:
+                encoded = restore_frames(restorer, data, kind, spec.format, quality=spec.quality,
+                                         max_frames=self.settings.max_frames, progress=progress)
+                reports = restorer.reports
             t3 = time.perf_counter()
             self._check(spec.id, deadline)
-            reports = restorer.reports
             scale = stages[-1].model.scale
             size = (kind.width * scale, kind.height * scale)
         t4 = time.perf_counter()
@@ -223,7 +232,31 @@ class JobRunner:
                             frames=kind.frames, fps=kind.fps)
         facts = stages[-1].facts(size[0] // scale, size[1] // scale)
         stage_records = [StageRecord(**asdict(r)) for r in reports]
-        return self.jobs.succeed(rec, timings=timings, output=output, model=facts, stages=stage_records)
+        return self.jobs.succeed(rec, timings=timings, output=output, model=facts, stages=stage_records,
+                                 frames_by_worker=by_worker)
+
+    def _networks(self, spec: JobSpec) -> tuple[list[Loaded], RestorationModel | None, int]:
+        """The job's stages, the chroma partner (deblock) and the activation budget of a tile."""
+        device = QUEUE_DEVICES[spec.queue]
+        stages = [self.models.get(task, spec.scale_of(task), spec.variant, device) for task in spec.tasks]
+        chroma = self.models.chroma(spec.tasks, spec.variant, device)
+        budget = self.settings.gpu_tile_memory_mb if device == "cuda" else self.settings.tile_memory_mb
+        return stages, chroma, budget << 20
+
+    def run_chunk(self, ref: str, worker: str) -> str:
+        """A chunk of a job spread over the workers (Celery mode); what became of it."""
+        from models.media.restore import FrameRestorer
+        from models.stages import Strength
+
+        if self.fanout is None:
+            raise RuntimeError("chunks run only where the runner has a fan-out (Celery mode)")
+
+        def restorer_for(run: JobRecord, strength: Strength | None) -> FrameRestorer:
+            stages, chroma, budget = self._networks(run.spec)
+            return FrameRestorer([s.model for s in stages], tile=run.spec.tile, strength=strength,
+                                 memory_bytes=budget, chroma=chroma)
+
+        return self.fanout.take(ChunkRef.parse(ref), worker, restorer_for)
 
     def _check(self, job_id: str, deadline: float) -> None:
         if time.perf_counter() > deadline:

@@ -8,7 +8,7 @@ settled once, on the first frame, so that ``auto`` cannot flicker from frame to 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -33,6 +33,14 @@ def to_image(frame: np.ndarray) -> Image:
 def to_frame(img: Image) -> np.ndarray:
     """The pipeline's image as a uint8 frame, rounded as a still's PNG would be."""
     return np.asarray(imageio.to_pil(img, "PNG"), dtype=np.uint8)
+
+
+def merge_reports(a: list[StageReport], b: list[StageReport]) -> list[StageReport]:
+    """One report per stage for many frames: the times and tiles add up."""
+    if not a:
+        return list(b)
+    return [replace(x, inference_ms=x.inference_ms + y.inference_ms, tiles=x.tiles + y.tiles)
+            for x, y in zip(a, b, strict=True)]
 
 
 class FrameRestorer:
@@ -61,12 +69,8 @@ class FrameRestorer:
             self.settle_strength(frame)
         out, reports = run_stages(self.models, to_image(frame), tile=self.tile, strength=self.strength,
                                   memory_bytes=self.memory_bytes, progress=progress, chroma=self.chroma)
-        if not self.reports:
-            self.reports = [replace(r, sigma=self.sigma if r.strength is not None else r.sigma)
-                            for r in reports]
-        else:  # one report per stage for the whole clip: its time is the sum over the frames
-            self.reports = [replace(a, inference_ms=a.inference_ms + b.inference_ms, tiles=a.tiles + b.tiles)
-                            for a, b in zip(self.reports, reports, strict=True)]
+        self.reports = merge_reports(self.reports, [
+            replace(r, sigma=self.sigma if r.strength is not None else r.sigma) for r in reports])
         self.frames += 1
         return to_frame(out)
 
@@ -81,14 +85,44 @@ class FrameRestorer:
             yield self(frame, within)
 
 
-def restore(restorer: FrameRestorer, data: bytes, facts: media.MediaFacts, fmt: str, *,
-            quality: int | None = None, max_frames: int, progress: FrameProgress | None = None) -> bytes:
-    """Decode an animation or a video, restore every frame, write it as ``fmt`` with its timing."""
+@dataclass(frozen=True)
+class Clip:
+    """Every frame of an animation or a video, decoded, and what writing them back needs."""
+
+    frames: list[np.ndarray]
+    anim: animation.Animation | None = None  # an animation's timing and disposal
+    pts: list[int | None] | None = None  # a video's presentation times
+
+
+def decode_all(data: bytes, facts: media.MediaFacts, *, max_frames: int) -> Clip:
+    """All frames at once (a job spread over workers hands them out in chunks)."""
     if facts.kind == "animation":
         anim = animation.decode(imageio.open_image(data, max_pixels=facts.width * facts.height),
                                 max_frames=max_frames)
-        out = list(restorer.run(anim.frames, len(anim.frames), progress))
-        return animation.encode(replace(anim, frames=out), fmt, quality=quality)
+        return Clip(anim.frames, anim=anim)
+    pairs = list(video.frames(data, facts.format, max_frames=max_frames))
+    return Clip([rgb for rgb, _ in pairs], pts=[t for _, t in pairs])
+
+
+def encode_all(clip: Clip, restored: Sequence[np.ndarray], data: bytes, facts: media.MediaFacts, fmt: str, *,
+               quality: int | None = None) -> bytes:
+    """Write the restored frames of ``clip`` as ``fmt`` with the source's timing (and audio)."""
+    if clip.anim is not None:
+        return animation.encode(replace(clip.anim, frames=list(restored)), fmt, quality=quality)
+    with video.Writer(data, facts.format, fmt, quality=quality) as writer:
+        for rgb, t in zip(restored, clip.pts or [], strict=True):
+            writer.write(rgb, t)
+        return writer.finish()
+
+
+def restore(restorer: FrameRestorer, data: bytes, facts: media.MediaFacts, fmt: str, *,
+            quality: int | None = None, max_frames: int, progress: FrameProgress | None = None) -> bytes:
+    """Decode an animation or a video, restore every frame, write it as ``fmt`` with its timing (a
+    video one frame at a time: only one decoded frame is held)."""
+    if facts.kind == "animation":
+        clip = decode_all(data, facts, max_frames=max_frames)
+        out = list(restorer.run(clip.frames, len(clip.frames), progress))
+        return encode_all(clip, out, data, facts, fmt, quality=quality)
     if facts.kind != "video":
         raise ValueError(f"a {facts.kind} has no frames to restore one by one")
     decoded = video.frames(data, facts.format, max_frames=max_frames)
