@@ -70,7 +70,7 @@ def _leases(svc: Service, job: str) -> dict[str, str]:
 def test_apng_spread_over_two_workers_frame_exact(spread: Service, tiny_weights: Path) -> None:
     """24 frames in 6 chunks: both workers restore some, every frame as the same frame as a still."""
     durations = [40 + 10 * (i % 5) for i in range(24)]
-    data = media_files.animation("PNG", n=24, w=40, h=32, durations=durations, loop=0)
+    data = media_files.animation("PNG", n=24, w=96, h=80, durations=durations, loop=0)
     with spread.client(timeout=240) as c:
         r = c.post("/restore", params={"task": "sr", "scale": "2"},
                    files={"image": ("a.png", data, "image/png")})
