@@ -23,6 +23,7 @@ from models.media.restore import FrameRestorer, restore, to_frame, to_image
 from tests import media_files
 from tests.conftest import ROOT, Service
 from tests.helpers import assert_problem, load_model
+from tests.test_web_page import browser, choose, fetched, open_page  # noqa: F401  (browser: the fixture)
 
 
 def _bbcu(*args: str) -> subprocess.CompletedProcess[str]:
@@ -211,3 +212,28 @@ def test_cli_restores_mp4_sr_x2(tmp_path: Path, tiny_weights: Path) -> None:
     r = _bbcu("restore", str(clip), "-o", str(tmp_path / "x.png"), "--task", "sr", "--scale", "2",
               "--weights", weights)
     assert r.returncode == 1 and "format=png cannot hold a video" in r.stderr
+
+
+def test_the_page_plays_a_video_result(browser, embedded_service: Service, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]  # noqa: F811
+    """The page takes a WebM, follows the job and plays the restored clip (Debian's headless Chromium)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+
+    driver = browser
+    clip = tmp_path / "clip.webm"
+    clip.write_bytes(media_files.video(n=8, w=64, h=48, fps=8, container="webm"))
+    wait = open_page(driver, embedded_service)
+    choose(driver, "task", "denoise")
+    driver.find_element(By.ID, "files").send_keys(str(clip))
+    driver.find_element(By.ID, "start").click()
+    link = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, ".job .download")))
+    assert link.get_attribute("download") == "clip-denoise.webm"
+    video = driver.find_element(By.CSS_SELECTOR, ".job video.clip")
+    assert video.is_displayed()
+    assert not driver.find_element(By.CSS_SELECTOR, ".job img.after").is_displayed()
+    wait.until(lambda d: d.execute_script("return arguments[0].readyState", video) >= 1)
+    size = driver.execute_script("return [arguments[0].videoWidth, arguments[0].videoHeight]", video)
+    assert size == [64, 48]
+    assert "8 frames at 8 fps" in driver.find_element(By.CSS_SELECTOR, ".job .note").text
+    got = _video(fetched(driver, link.get_attribute("href")))
+    assert got["frames"] == 8 and got["fps"] == 8.0 and got["audio"] == ["opus"]

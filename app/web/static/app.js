@@ -153,7 +153,9 @@ drop.addEventListener("drop", (e) => {
 // ---- one job per file ----
 
 function query() {
-  const params = new URLSearchParams({ task: taskSelect.value, format: $("#format").value });
+  const params = new URLSearchParams({ task: taskSelect.value });
+  // empty: an animation or a video comes back in its own container, a photo as PNG
+  if ($("#format").value) params.set("format", $("#format").value);
   if (stages().includes("sr")) params.set("scale", scaleSelect.value);
   if (!$("#variant-field").hidden && variantSelect.value) params.set("variant", variantSelect.value);
   if (!$("#strength-field").hidden) {
@@ -320,6 +322,28 @@ class JobView {
     });
   }
 
+  showVideo(job, url, notes) {
+    // a video result plays in place of the before/after comparison
+    const clip = $(".clip", this.el);
+    clip.src = url;
+    clip.width = job.output.width;
+    clip.height = job.output.height;
+    clip.setAttribute("aria-label", `${this.file.name} restored, ${job.output.width}×${job.output.height}`);
+    clip.hidden = false;
+    $(".after", this.el).hidden = true;
+    $(".before", this.el).hidden = true;
+    $(".frame", this.el).classList.add("single");
+    $(".split-label", this.el).hidden = true;
+    $(".compare", this.el).hidden = false;
+    clip.addEventListener("error", () => {
+      const note = $(".note", this.el);
+      note.textContent = `No preview: this browser cannot play this ${job.spec.format.toUpperCase()} video; ` +
+        "the download holds the result.";
+      note.hidden = false;
+    });
+    notes.push(`${job.output.frames} frames${job.output.fps ? ` at ${job.output.fps} fps` : ""}.`);
+  }
+
   async done(job, blob, headers) {
     this.bar.value = 1;
     const notes = [];
@@ -327,6 +351,12 @@ class JobView {
     const after = $(".after", this.el);
     const before = $(".before", this.el);
     const url = this.objectUrl(blob);
+    if (blob.type.startsWith("video/")) {
+      this.showVideo(job, url, notes);
+      this.describe(job, blob, headers, url, notes);
+      return;
+    }
+    if (job.output.frames > 1) notes.push(`${job.output.frames} frames, every one restored.`);
     after.src = url;
     after.alt = `${this.file.name} restored, ${job.output.width}×${job.output.height}`;
     after.width = job.output.width;
@@ -350,6 +380,11 @@ class JobView {
         "the download holds the result.");
     }
     $(".compare", this.el).hidden = !showsAfter;
+    this.describe(job, blob, headers, url, notes);
+  }
+
+  describe(job, blob, headers, url, notes) {
+    // what the job did, and the download
     const model = job.model || {};
     const sizes = `${job.input.width}×${job.input.height} → ${job.output.width}×${job.output.height}`;
     $(".summary", this.el).textContent =
