@@ -295,3 +295,15 @@ def test_restore_url_in_a_pipe_writes_plain_lines(tiny_weights: Path, tmp_path: 
     assert b"\r" not in r.stderr  # no progress bar redraws in a pipe
     lines = r.stderr.decode().splitlines()
     assert sorted(line.split(" -> ")[0] for line in lines) == sorted(map(str, sources)), lines
+
+
+def test_auto_denoise_that_changes_nothing_says_so(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    clean = tmp_path / "clean.png"
+    PILImage.new("RGB", (32, 32), (120, 160, 200)).save(clean)
+    weights = _tiny_weights(tmp_path)["denoise"]
+    r = run_main(capsys, "restore", str(clean), "-o", str(tmp_path / "out.png"), "--task", "denoise",
+                 "--weights", str(weights))
+    assert r.returncode == 0, r.stderr
+    assert "strength 0.00 (unchanged: the noise is below the level auto denoise acts on)" in r.stderr
+    assert np.array_equal(np.asarray(PILImage.open(tmp_path / "out.png")), np.asarray(PILImage.open(clean)))
