@@ -1,4 +1,4 @@
-# Everything from a fresh clone: `make run` (the service on :8000) and `make test` (the suite).
+# Everything from a fresh clone: `make run` (the service on 127.0.0.1:8000; HOST=, PORT= to change) and `make test` (the suite).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
@@ -28,8 +28,11 @@ browser:
 	  { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver; } || \
 	  echo "warning: chromium/chromium-driver not installed: the browser tests will be skipped"
 
+# on this machine only by default: HOST=0.0.0.0 to serve the network (set BBCU_API_KEYS first)
+HOST ?= 127.0.0.1
+PORT ?= 8000
 run: install
-	$(BIN)/bbcu serve --host 0.0.0.0 --port 8000
+	$(BIN)/bbcu serve --host $(HOST) --port $(PORT)
 
 # Docker for the Compose test: installs docker.io, docker-compose and debootstrap where missing and
 # starts dockerd (root); where that cannot be done the test says why and is skipped

@@ -263,6 +263,8 @@ def no_root_and_redis_private(stack: Stack) -> None:
         service = docker("inspect", "-f", '{{index .Config.Labels "com.docker.compose.service"}}', c)
         if service == "redis":
             check(not published, f"redis is published: {published}")
+            anonymous = docker("exec", "-e", "REDISCLI_AUTH=", c, "redis-cli", "ping", check_rc=False)
+            check("NOAUTH" in anonymous, f"redis answers a client without the password: {anonymous}")
         log(f"{name}: uids {sorted(set(uids))}, published {sorted(published) or 'nothing'}")
 
 
@@ -303,7 +305,8 @@ def main() -> int:
     port = free_port()
     env |= {"TORCH_VERSION": args.torch_version, "BUILD_NETWORK": "host", "BBCU_PORT": str(port),
             "BBCU_API_KEYS": "compose-test=sha256:" + hashlib.sha256(API_KEY.encode()).hexdigest(),
-            "BBCU_RATE_LIMIT_PER_MIN": "0"}  # the checks poll a job faster than a client would
+            "BBCU_RATE_LIMIT_PER_MIN": "0",  # the checks poll a job faster than a client would
+            "BBCU_REDIS_PASSWORD": secrets.token_hex(24)}
     stack = Stack(env)
     with step("build api and worker-cpu"):
         stack("build", "api", "worker-cpu")
@@ -330,7 +333,7 @@ def main() -> int:
                 kill_worker_mid_job(stack, client, hr)
         with step("health checks (API /readyz, worker heartbeats, redis ping)"):
             wait_for("every container healthy", all_healthy(stack), 180, 5)
-        with step("no container runs as root, redis not published"):
+        with step("no container runs as root, redis not published and password-protected"):
             no_root_and_redis_private(stack)
     except BaseException:
         stack.logs()

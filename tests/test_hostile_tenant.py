@@ -12,6 +12,7 @@ import io
 import ipaddress
 import logging
 import os
+import signal
 import socket
 import subprocess
 import time
@@ -21,13 +22,14 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+import yaml
 from PIL import Image
 
 from app.access import KeyRing
 from models import imageio, input_formats
 from models.errors import ImageDecodeError
 from tests import test_webhooks
-from tests.conftest import WEBHOOK_SECRET, Service, bbcu, free_port, service_env, start_api
+from tests.conftest import ROOT, WEBHOOK_SECRET, Service, bbcu, free_port, service_env, start_api
 from tests.helpers import assert_problem, make_image, wait_job
 from tests.test_webhooks import Receiver, running_receiver
 from workers.callback_urls import CallbackRefused, allow_list, check_callback
@@ -404,3 +406,65 @@ def test_two_keys_with_one_name_stop_the_start(tmp_path: Path) -> None:
     out = subprocess.run(bbcu("serve", "--port", str(free_port())), capture_output=True, text=True,
                          timeout=120, env=env)
     assert out.returncode != 0 and "key name alice is taken by another key" in out.stdout + out.stderr
+
+
+def test_the_page_may_not_be_framed_or_run_other_scripts(embedded_service: Service) -> None:
+    """Item 10: the page (which keeps the key in sessionStorage) sent no CSP and no X-Frame-Options, so
+    any site could frame it, and an injected script from anywhere would run."""
+    with embedded_service.client() as c:
+        page = c.get("/")
+    assert page.status_code == 200 and '<script src="/static/app.js"' in page.text
+    policy = dict(d.strip().split(" ", 1) for d in page.headers["content-security-policy"].split(";"))
+    assert policy["frame-ancestors"] == "'none'" and page.headers["x-frame-options"] == "DENY"
+    assert policy["script-src"] == "'self'" and policy["connect-src"] == "'self' blob:"
+    assert policy["default-src"] == "'none'" and "<script>" not in page.text  # no inline script to allow
+
+
+def test_compose_redis_requires_a_password() -> None:
+    """Item 10: Compose's Redis had no password and protected mode off: any container on its network
+    read every tenant's images and could rewrite owners. (docker/compose_test.py checks the running
+    Redis refuses a client without it.)"""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    command = services["redis"]["command"]
+    assert "--protected-mode" not in command
+    assert command[command.index("--requirepass") + 1].startswith("${BBCU_REDIS_PASSWORD:?")
+    assert services["redis"]["environment"]["REDISCLI_AUTH"].startswith("${BBCU_REDIS_PASSWORD:?")
+    for name in ("api", "worker-cpu", "worker-gpu"):
+        url = services[name]["environment"]["BBCU_BROKER_URL"]
+        assert url.startswith("redis://:${BBCU_REDIS_PASSWORD:?") and url.endswith("}@redis:6379/0")
+
+
+def _listening(port: int) -> set[str]:
+    """The local addresses of the TCP sockets listening on ``port`` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            local, state = row.split()[1], row.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_make_run_listens_on_loopback_unless_told(tmp_path: Path) -> None:
+    """Item 10: `make run` bound 0.0.0.0 with keys off (an open service for the whole network) and
+    could not pick its port."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BBCU_") and k not in ("HOST", "PORT")}
+    with (tmp_path / "run.log").open("wb") as log:
+        run = subprocess.Popen(["make", "-s", "run", f"PORT={port}"], cwd=ROOT, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _listening(port):
+            assert run.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
+        assert _listening(port) == {"0100007F"}  # 127.0.0.1, and nothing else
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    finally:
+        os.killpg(run.pid, signal.SIGTERM)
+        run.wait(30)
+    dry = subprocess.run(["make", "-n", "run", "HOST=0.0.0.0", "PORT=9123"], cwd=ROOT, env=env,
+                         capture_output=True, text=True, check=True)
+    assert "serve --host 0.0.0.0 --port 9123" in dry.stdout
