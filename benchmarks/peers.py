@@ -28,7 +28,6 @@ import tempfile
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from torch import nn
 from benchmarks.peer_nets import IMDN, DnCNN, EDSRBaseline, FFDNet
 from benchmarks.tiles import photo
 from benchmarks.timing import Timing, cpu_model, interleaved
+from cli.catalog import db
 from models import catalog
 from models.engine import load_chroma_partner, load_for_task
 from models.imageio import Image
@@ -182,10 +182,7 @@ def ours_quality(ours: Ours) -> str:
     entry = catalog.find(ours.task, ours.scale, ours.variant)
     record = (entry.metadata.get("eval") or {}).get(ours.eval_key) or {}
     psnr = record.get("psnr")
-    if not isinstance(psnr, (int, float)):
-        return "not measured"
-    # half up, as README's results table rounds the same records (30.955 -> 30.96)
-    return f"{ours.quality_label} {Decimal(str(psnr)).quantize(Decimal('0.01'), ROUND_HALF_UP)}"
+    return f"{ours.quality_label} {db(psnr)}" if isinstance(psnr, (int, float)) else "not measured"
 
 
 def _contenders(rows: list[Row], sr_size: Size, size: Size,
