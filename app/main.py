@@ -11,6 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from app import errors, web
+from app.api import openapi
 from app.api.routes import events, health, jobs, limits, models, restore
 from app.metrics import Metrics, MetricsMiddleware
 from app.services import Services
@@ -56,7 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # FastAPIOffline serves the Swagger UI assets from its package: /docs works offline; /redoc is
     # app.web.redoc's (the bundle without its CDN logo)
     app = FastAPIOffline(title="BBCU restoration service", version="0.1.0", description=DESCRIPTION,
-                         lifespan=lifespan, redoc_url=None)
+                         lifespan=lifespan, redoc_url=None, generate_unique_id_function=openapi.operation_id)
+    openapi.install(app, settings)
     errors.install(app, settings.retry_after_s)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     if settings.cors_origin_list:

@@ -8,7 +8,7 @@ queued.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +17,19 @@ from starlette.requests import Request
 
 from app import idempotency
 from app.access import Caller
-from app.api.views import job_problem
 from app.callbacks import callback_fields
 from app.errors import Problem, refused
+from app.jobs import job_problem, result_expired
+from app.params import RestoreParams
 from app.services import Services
 from app.throttle import claim_job
 from app.uploads import read_upload
 from models import catalog, cost, media
 from models.config import NetworkConfig, config_for
 from models.errors import BBCUError, ImageTooLargeError, JobTooCostlyError
-from models.stages import Strength, check_options, parse_pipeline, parse_strength
+from models.stages import check_options
 from models.vocab import Format
-from workers.contract import Device, ImageFacts, JobRecord, JobSpec, JobStatus, new_job_id
+from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, new_job_id
 from workers.errors import QueueFull, ServiceError
 from workers.lifecycle import Lifecycle
 from workers.settings import Settings
@@ -38,39 +39,19 @@ _FIRST_TRY_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
-class RestoreOptions:
-    """What a client asked for, as the route read it from the query and headers."""
-
-    task: str
-    scale: int | None
-    variant: str | None
-    format: Format
-    device: Device
-    tile: int | None
-    callback_url: str | None = None
-    callback_events: str | None = None  # comma list, as in the query
-    strength: str | None = None
-    quality: int | None = None
-    caller: Caller | None = None  # who asked: the job is its owner's, and counts against its quota
-    idempotency_key: str | None = None  # a retry with the same key gets the first try's job
-    format_asked: Format | None = None  # the format query option itself: animations and videos keep
-    # their container unless it names another
-
-
-@dataclass(frozen=True)
 class Admitted:
     """An upload that passed every check: the model exists and the bytes are an image within limits."""
 
-    options: RestoreOptions
-    tasks: tuple[str, ...]
-    strength: Strength | None
+    params: RestoreParams
+    caller: Caller | None  # who asked: the job is its owner's, and counts against its quota
     scale: int
     variant: str | None
     data: bytes
     facts: ImageFacts
     filename: str | None
     callback: dict[str, Any]  # the job spec's callback fields
-    format: Format  # what the job writes (an animation or a video: its own container by default)
+    format: Format  # the output's: as asked, else the input's container (animations, videos) or Accept's
+    idempotency_key: str | None = None  # a retry with the same key gets the first try's job
 
 
 def check_models(weights_dir: Path, tasks: tuple[str, ...], scale: int | None,
@@ -127,21 +108,21 @@ def probe(data: bytes, settings: Settings) -> tuple[ImageFacts, media.MediaFacts
                       frames=m.frames, fps=m.fps), m
 
 
-async def admit(request: Request, services: Services, options: RestoreOptions) -> Admitted:
-    """Check the model, read the upload within its size limit and probe it; refusals are counted."""
+async def admit(request: Request, services: Services, params: RestoreParams, accepted: Format,
+                caller: Caller | None, idempotency_key: str | None = None) -> Admitted:
+    """Check the model, read the upload within its size limit and probe it; refusals are counted.
+    ``accepted`` is the format the Accept header asks for (png without one)."""
     settings = services.settings
     try:
         try:
-            tasks = parse_pipeline(options.task)
-            strength = parse_strength(options.strength)
-            check_options(tasks, options.scale, strength)
+            check_options(params.tasks, params.scale, params.strength)
             scale, variant, ops_per_pixel = await run_in_threadpool(
-                check_models, settings.weights_dir, tasks, options.scale, options.variant)
-            callback = await run_in_threadpool(callback_fields, settings, options.callback_url,
-                                               options.callback_events)
+                check_models, settings.weights_dir, params.tasks, params.scale, params.variant)
+            callback = await run_in_threadpool(callback_fields, settings, params.callback_url,
+                                               params.callback_events)
             upload = await read_upload(request, settings.max_upload_bytes, settings.http_body_timeout_s)
             facts, kind = await run_in_threadpool(probe, upload.data, settings)
-            fmt = media.output_format(kind, options.format_asked, options.format)
+            fmt = media.output_format(kind, params.format, accepted)
             check_output_size(facts, scale, settings)
             check_cost(facts, ops_per_pixel, settings)
         except BBCUError as e:
@@ -149,21 +130,21 @@ async def admit(request: Request, services: Services, options: RestoreOptions) -
     except Problem as p:
         services.metrics.uploads_rejected.labels(reason=p.slug).inc()
         raise
-    return Admitted(options, tasks, strength, scale, variant, upload.data, facts, upload.filename,
-                    callback, fmt)
+    return Admitted(params, caller, scale, variant, upload.data, facts, upload.filename, callback, fmt,
+                    idempotency_key)
 
 
 def submit(services: Services, job: Admitted) -> JobRecord:
     """Store the job and enqueue it; with an Idempotency-Key, the job an earlier try with the same
     key and request created (422 if the request differs)."""
-    key = job.options.idempotency_key
+    key = job.idempotency_key
     if key is None:
         return _enqueue(services, job, new_job_id())
-    o = job.options
-    name = idempotency.scoped(o.caller.client if o.caller else "anonymous", key)
-    asked = {k: v for k, v in asdict(o).items() if k not in ("caller", "idempotency_key")}
-    claim = idempotency.Claim(new_job_id(), idempotency.fingerprint({**asked, "filename": job.filename},
-                                                                    job.data))
+    name = idempotency.scoped(job.caller.client if job.caller else "anonymous", key)
+    # what the job is, not how it is answered (sync or async): a retry may ask for a 202 instead
+    asked = {**job.params.model_dump(mode="json", exclude={"async_"}), "format": job.format,
+             "filename": job.filename}
+    claim = idempotency.Claim(new_job_id(), idempotency.fingerprint(asked, job.data))
     held = services.idempotency.claim(name, claim)
     if held is None:
         try:
@@ -194,21 +175,20 @@ def _first_try(services: Services, job_id: str) -> JobRecord:
 
 def _enqueue(services: Services, job: Admitted, job_id: str) -> JobRecord:
     """Store the job and enqueue it; a job the queue refuses is failed at once, never left queued."""
-    o = job.options
+    p, caller = job.params, job.caller
     try:
-        queue = services.dispatcher.pick_queue(o.device)
+        queue = services.dispatcher.pick_queue(p.device)
     except BBCUError as e:  # device=gpu where no GPU worker is configured
         raise refused(e) from e
-    spec = JobSpec(id=job_id, task=",".join(job.tasks), scale=job.scale, variant=job.variant,
-                   format=job.format, quality=o.quality, strength=job.strength, queue=queue,  # type: ignore[arg-type]
-                   tile=o.tile, filename=job.filename, owner=o.caller.owner if o.caller else None,
-                   **job.callback)
-    counted = claim_job(services.throttle, services.settings, o.caller, spec.id)
+    spec = JobSpec(id=job_id, task=p.task, scale=job.scale, variant=job.variant, format=job.format,
+                   quality=p.quality, strength=p.strength, queue=queue,  # type: ignore[arg-type]
+                   tile=p.tile, filename=job.filename, owner=caller.owner if caller else None, **job.callback)
+    counted = claim_job(services.throttle, services.settings, caller, spec.id)
     try:
         rec = services.store.create(spec, job.facts, job.data)
     except ServiceError as e:
         if counted:
-            services.throttle.release(o.caller.client, spec.id)  # type: ignore[union-attr]
+            services.throttle.release(caller.client, spec.id)  # type: ignore[union-attr]
         if isinstance(e, QueueFull):
             services.metrics.uploads_rejected.labels(reason="queue-full").inc()
         raise
@@ -239,5 +219,5 @@ def result(services: Services, done: JobRecord) -> bytes:
         raise job_problem(done, services.settings.retry_after_s)
     data = services.store.result(done.id)
     if data is None:
-        raise Problem(410, "Result expired", "the result expired before it could be sent", slug="expired")
+        raise result_expired(done.id, services.settings.result_ttl_s)
     return data

@@ -10,6 +10,7 @@ The strength applies to the denoise stage: ``output = input + strength * (networ
 
 from __future__ import annotations
 
+from itertools import permutations
 from typing import Literal
 
 from models.errors import OptionError
@@ -18,6 +19,16 @@ from models.vocab import SR_SCALES, TASKS
 AUTO: Literal["auto"] = "auto"
 Strength = float | Literal["auto"]
 STRENGTH_TASK = "denoise"
+
+
+def _pipelines() -> tuple[str, ...]:
+    """Every valid pipeline: distinct tasks in any order, sr (if any) last."""
+    found = [",".join(p) for n in range(1, len(TASKS) + 1) for p in permutations(TASKS, n)
+             if "sr" not in p[:-1]]
+    return tuple(found)
+
+
+PIPELINES: tuple[str, ...] = _pipelines()
 
 
 def parse_pipeline(text: str) -> tuple[str, ...]:

@@ -121,7 +121,7 @@ def test_jobs_belong_to_the_key_that_made_them(keyed_url: str) -> None:
 def test_openapi_documents_keys_and_404() -> None:
     from app.main import create_app
 
-    spec = create_app(Settings()).openapi()
+    spec = create_app(Settings(api_keys=entry(ALICE, "alice"))).openapi()
     schemes = spec["components"]["securitySchemes"]
     assert schemes["HTTPBearer"]["scheme"] == "bearer" and schemes["APIKeyHeader"]["name"] == "X-API-Key"
     for path, method in (("/jobs/{job_id}", "get"), ("/jobs/{job_id}", "delete"),

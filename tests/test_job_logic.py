@@ -9,8 +9,8 @@ from collections.abc import Iterator
 import pytest
 
 from app.api.negotiation import negotiate_format, parse_prefer
-from app.api.views import job_problem
 from app.errors import ANSWERS, refused
+from app.jobs import job_problem
 from models.errors import ImageDecodeError, ImageTooLargeError, UnknownModelError
 from workers.contract import (
     ACTIVE,

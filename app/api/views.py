@@ -9,9 +9,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ConfigDict, Field
 
 from app.api.examples import JOB_EXAMPLE
-from app.errors import Problem, job_failed
+from app.jobs import job_url, monitor_headers
 from workers.contract import JobRecord, JobSpec, JobStatus, StageRecord
-from workers.errors import ErrorCode
 
 
 class PublicSpec(JobSpec):
@@ -36,13 +35,9 @@ class JobView(JobRecord):
         return cls(**rec.for_clients(), links=links)
 
 
-def job_url(job_id: str) -> str:
-    return f"/jobs/{job_id}"
-
-
 def job_headers(rec: JobRecord) -> dict[str, str]:
     """X-Job-Id, Link, Server-Timing and X-Model (name and weights checksum) of a job."""
-    headers = {"X-Job-Id": rec.id, "Link": f'<{job_url(rec.id)}>; rel="monitor"'}
+    headers = monitor_headers(rec.id)
     timing = ", ".join(filter(None, [rec.timings.server_timing()] + [
         f'{s.task};desc="{_stage_models(s)}";dur={s.inference_ms:.1f}' for s in rec.stages]))
     if timing:
@@ -80,25 +75,3 @@ def download_name(rec: JobRecord) -> str:
 def image_response(rec: JobRecord, data: bytes) -> Response:
     headers = {**job_headers(rec), "Content-Disposition": f'inline; filename="{download_name(rec)}"'}
     return Response(data, media_type=rec.content_type, headers=headers)
-
-
-def still_running(job_id: str, waited_s: float) -> Problem:
-    """504 for a synchronous request whose job outlasted the wait: the job goes on, here is where."""
-    return Problem(504, "Job not finished",
-                   f"the job did not finish within {waited_s:g} s; it goes on: poll {job_url(job_id)} "
-                   "(send Prefer: respond-async or Prefer: wait=N to get a 202 and the job instead)",
-                   slug="sync-timeout", job_id=job_id,
-                   headers={"X-Job-Id": job_id, "Link": f'<{job_url(job_id)}>; rel="monitor"'})
-
-
-def job_problem(rec: JobRecord, retry_after_s: int) -> Problem:
-    """The problem a synchronous request answers when its job did not succeed."""
-    if rec.status == JobStatus.cancelled:
-        code, detail = ErrorCode.cancelled, "the job was cancelled"
-    elif rec.error is not None:
-        code, detail = rec.error.code, rec.error.detail
-    else:
-        code, detail = ErrorCode.internal, f"the job ended as {rec.status.value}"
-    return job_failed(code, detail, rec.id,
-                      headers={"X-Job-Id": rec.id, "Link": f'<{job_url(rec.id)}>; rel="monitor"'},
-                      retry_after_s=retry_after_s)

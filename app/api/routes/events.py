@@ -20,10 +20,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive, Scope, Send
 
 from app.api.deps import CallerDep, ServicesDep
-from app.api.examples import AUTH_RESPONSES
-from app.api.routes.jobs import read_job
-from app.api.views import JOB_EXAMPLE, JobView
+from app.api.examples import EVENTS_RESPONSES, JOB_EXAMPLE
+from app.api.views import JobView
 from app.errors import Problem
+from app.jobs import read_job
 from app.stream_slots import LEASE_S, free_slot, take_slot
 from workers.contract import JobRecord, JobStatus
 from workers.errors import StoreUnavailable
@@ -44,6 +44,12 @@ EXAMPLE = (
     "\"progress\": 0.412, \"eta_s\": 3.1}\n\n"
     f"id: 2-1000\nevent: completed\ndata: {json.dumps(JOB_EXAMPLE)}\n\n"
 )
+
+# one event of the stream (its data is JSON: the job view, or for progress id, status, progress, eta_s)
+EVENT_SCHEMA = {"type": "object", "required": ["event", "id", "data"], "properties": {
+    "event": {"type": "string", "enum": ["status", "progress", "completed"]},
+    "id": {"type": "string", "pattern": "^[0-2]-[0-9]{4}$"},
+    "data": {"type": "string", "contentMediaType": "application/json"}}}
 
 
 def state_id(rec: JobRecord) -> str:
@@ -72,11 +78,8 @@ def next_frame(rec: JobRecord, last: JobRecord | None, last_id: str | None) -> s
 @router.get("/{job_id}/events", response_class=StreamingResponse,
             responses={200: {"description": "A text/event-stream; events status, progress and completed "
                                             "(the final record with links), then the stream ends",
-                             "content": {"text/event-stream": {"example": EXAMPLE}}},
-                       404: {"description": "Unknown job (never created, expired, or another key's)"},
-                       **AUTH_RESPONSES,
-                       429: {**AUTH_RESPONSES[429], "description": "The key's request rate is used up, or "
-                             "it holds BBCU_MAX_EVENT_STREAMS open streams: retry after Retry-After"}})
+                             "content": {"text/event-stream": {"schema": EVENT_SCHEMA, "example": EXAMPLE}}},
+                       **EVENTS_RESPONSES})
 async def job_events(
     job_id: str, request: Request, caller: CallerDep, services: ServicesDep,
     last_event_id: Annotated[str | None, Header(description="resume after this event id")] = None,

@@ -11,7 +11,10 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.metrics_core import Metric
 
 from app.api.deps import DispatcherDep, MetricsDep, SettingsDep, StoreDep, get_operator
-from app.api.examples import OPERATOR_RESPONSES
+from app.api.examples import OPERATOR_RESPONSES, READY_RESPONSES
+from app.api.openapi import OPERATOR_ONLY
+from app.api.schemas import Readiness
+from app.errors import Problem
 from models import catalog
 from workers.contract import QUEUES
 from workers.dispatch import Dispatcher
@@ -28,7 +31,7 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses={503: {"description": "Not ready (see the body)"}})
+@router.get("/readyz", response_model=Readiness, responses=READY_RESPONSES)
 def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) -> JSONResponse:
     """Readiness: the broker answers and every required queue has a live worker (or the embedded pool)."""
     body: dict[str, Any] = {"mode": dispatcher.mode, "required_queues": settings.required_queue_list}
@@ -36,8 +39,8 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
         store.ping()
         workers = dispatcher.workers()
     except StoreUnavailable as e:
-        body.update(ready=False, broker="unreachable", detail=str(e))  # names no host: see RedisStore.guard
-        return JSONResponse(body, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
+        body.update(ready=False, broker="unreachable")
+        return not_ready(str(e), body, settings.retry_after_s)  # names no host: see RedisStore.guard
     body["broker"] = "ok"
     # a worker beats from the moment Celery is up; it is ready once a process of it has preloaded
     ready = {q: [w for w in ws if w.get("ready") is not False] for q, ws in workers.items()}
@@ -56,14 +59,19 @@ def readyz(settings: SettingsDep, store: StoreDep, dispatcher: DispatcherDep) ->
         problems.append(f"no model files in {settings.weights_dir.name}/ (BBCU_WEIGHTS_DIR)")
     body["ready"] = not problems
     if problems:
-        body["detail"] = "; ".join(problems)
-        return JSONResponse(body, status_code=503, headers={"Retry-After": str(settings.retry_after_s)})
+        return not_ready("; ".join(problems), body, settings.retry_after_s)
     return JSONResponse(body)
+
+
+def not_ready(detail: str, body: dict[str, Any], retry_after_s: int) -> JSONResponse:
+    """503 as a problem that carries the readiness members (ready, broker, workers...)."""
+    return Problem(503, "Not ready", detail, slug="not-ready", headers={"Retry-After": str(retry_after_s)},
+                   **body).response()
 
 
 # every tenant's traffic, worker names and memory are for the operator: BBCU_METRICS_KEY, never a tenant's key
 @router.get("/metrics", response_class=PlainTextResponse, dependencies=[Depends(get_operator)],
-            responses=OPERATOR_RESPONSES)
+            responses=OPERATOR_RESPONSES, openapi_extra=OPERATOR_ONLY)
 def metrics(metrics: MetricsDep, settings: SettingsDep, store: StoreDep,
             dispatcher: DispatcherDep) -> PlainTextResponse:
     """Prometheus text format: requests, latency, jobs, queue depth and admission limits, live workers,
