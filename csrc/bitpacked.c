@@ -24,6 +24,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1393,6 +1394,172 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Thin float convolutions: 3x3, zero padding, at most 16 output channels (the networks' last
+ * convolution, 64 -> 3), NHWC. oneDNN computes such a layer as if it had 16 outputs; this computes
+ * the outputs it has. Both engines run their thin convolutions here (models.deploy.ThinConv2d), so
+ * they stay bitwise equal; the sums differ from torch's in rounding only (order of additions).
+ *
+ * Order, for every output: 16 lane sums, lane j adding x[c] * w[c] (one fused multiply-add each)
+ * for c = j, j + 16, ... over the taps inside the image in row-major order; then the lanes pairwise
+ * (j + 8, j + 4, j + 2, j + 1), then the bias. The AVX-512 and the portable versions follow the same
+ * order and give the same bits. */
+
+typedef struct {
+    const float *x, *wt, *bias; /* wt: [9][cout][cpad], zero past cin */
+    float *out;
+    int H, W, cin, cout, cpad;
+} thin_job;
+
+static inline float thin_reduce(const float lane[16]) {
+    float a[8];
+    for (int j = 0; j < 8; j++) a[j] = lane[j] + lane[j + 8];
+    for (int j = 0; j < 4; j++) a[j] = a[j] + a[j + 4];
+    for (int j = 0; j < 2; j++) a[j] = a[j] + a[j + 2];
+    return a[0] + a[1];
+}
+
+static void thin_row_scalar(const thin_job *j, int n, int y) {
+    const int W = j->W, cin = j->cin, cpad = j->cpad;
+    for (int x = 0; x < W; x++) {
+        for (int o = 0; o < j->cout; o++) {
+            float lane[16] = {0};
+            for (int t = 0; t < 9; t++) {
+                const int yy = y + t / 3 - 1, xx = x + t % 3 - 1;
+                if (yy < 0 || yy >= j->H || xx < 0 || xx >= W) continue;
+                const float *px = j->x + (((size_t)n * j->H + yy) * W + xx) * cin;
+                const float *w = j->wt + ((size_t)t * j->cout + o) * cpad;
+                for (int c = 0; c < cpad; c++) lane[c % 16] = fmaf(c < cin ? px[c] : 0.0f, w[c], lane[c % 16]);
+            }
+            const float v = thin_reduce(lane);
+            j->out[(((size_t)n * j->H + y) * W + x) * j->cout + o] = j->bias ? v + j->bias[o] : v;
+        }
+    }
+}
+
+#if BP_X86
+/* P interior pixels x .. x+P-1 of row y (every tap inside the image) for OUT outputs: P * OUT
+ * independent lane sums in registers; each pixel's sums in exactly the order of the 1-pixel path */
+T_AVX512 static inline AI void thin_px_avx512(const thin_job *j, int n, int y, int x, const int P, const int OUT) {
+    const int W = j->W, cin = j->cin, cpad = j->cpad;
+    __m512 acc[4][4];
+    for (int p = 0; p < P; p++)
+        for (int o = 0; o < OUT; o++) acc[p][o] = _mm512_setzero_ps();
+    for (int t = 0; t < 9; t++) {
+        const int yy = y + t / 3 - 1, xx = x + t % 3 - 1;
+        const int inside = yy >= 0 && yy < j->H && xx >= 0 && xx + P - 1 < W;
+        if (!inside) continue; /* P == 1 at the border: a tap outside is skipped */
+        const float *px = j->x + (((size_t)n * j->H + yy) * W + xx) * cin;
+        for (int c = 0; c < cpad; c += 16) {
+            const int left = cin - c;
+            const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
+            const float *w = j->wt + (size_t)t * OUT * cpad + c;
+            __m512 wv[4];
+            for (int o = 0; o < OUT; o++) wv[o] = _mm512_loadu_ps(w + (size_t)o * cpad);
+            for (int p = 0; p < P; p++) {
+                const __m512 v = _mm512_maskz_loadu_ps(m, px + (size_t)p * cin + c);
+                for (int o = 0; o < OUT; o++) acc[p][o] = _mm512_fmadd_ps(v, wv[o], acc[p][o]);
+            }
+        }
+    }
+    for (int p = 0; p < P; p++) {
+        float *dst = j->out + (((size_t)n * j->H + y) * W + x + p) * OUT;
+        for (int o = 0; o < OUT; o++) {
+            float lane[16];
+            _mm512_storeu_ps(lane, acc[p][o]);
+            const float v = thin_reduce(lane);
+            dst[o] = j->bias ? v + j->bias[o] : v;
+        }
+    }
+}
+
+T_AVX512 static inline AI void thin_row_avx512_k(const thin_job *j, int n, int y, const int OUT) {
+    const int W = j->W;
+    int x = 0;
+    /* a block of 4 needs its taps inside: columns x-1 .. x+4 within the image */
+    thin_px_avx512(j, n, y, 0, 1, OUT);
+    x = 1;
+    if (y > 0 && y < j->H - 1)
+        for (; x + 4 <= W - 1; x += 4) thin_px_avx512(j, n, y, x, 4, OUT);
+    for (; x < W; x++) thin_px_avx512(j, n, y, x, 1, OUT);
+}
+
+T_AVX512 static void thin_row_avx512(const thin_job *j, int n, int y) {
+    switch (j->cout) {
+    case 1: thin_row_avx512_k(j, n, y, 1); break;
+    case 2: thin_row_avx512_k(j, n, y, 2); break;
+    case 3: thin_row_avx512_k(j, n, y, 3); break;
+    case 4: thin_row_avx512_k(j, n, y, 4); break;
+    default: thin_row_scalar(j, n, y);
+    }
+}
+#endif
+
+static void thin_row(const void *ctx, int ry) {
+    const thin_job *j = (const thin_job *)ctx;
+#if BP_X86
+    if (g_isa >= ISA_AVX512) {
+        thin_row_avx512(j, ry / j->H, ry % j->H);
+        return;
+    }
+#endif
+    thin_row_scalar(j, ry / j->H, ry % j->H);
+}
+
+/* thin_conv(x, weight, out, *, bias=None, threads=1)
+ * x: float32 [N][H][W][cin] (NHWC); weight: float32 [cout][cin][3][3] with cout <= 16;
+ * out: float32 [N][H][W][cout]; bias: float32 [cout] */
+static PyObject *py_thin_conv(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"x", "weight", "out", "bias", "threads", NULL};
+    PyObject *xo, *wo, *oo, *bo = NULL;
+    int nthreads = 1;
+    held_t h = {.n = 0};
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$Oi:thin_conv", names, &xo, &wo, &oo, &bo, &nthreads))
+        return NULL;
+    const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
+    const float *x = hold(&h, xo, "x", F32, 0, 4, any4);
+    if (!x) goto fail;
+    const int N = (int)h.v[0].shape[0], H = (int)h.v[0].shape[1], W = (int)h.v[0].shape[2];
+    const int cin = (int)h.v[0].shape[3];
+    if (N < 1 || H < 1 || W < 1 || cin < 1 || cin > MAX_OUT) {
+        PyErr_Format(PyExc_ValueError, "x: sizes N=%d H=%d W=%d C=%d out of range", N, H, W, cin);
+        goto fail;
+    }
+    const Py_ssize_t wshape[4] = {ANY, cin, 3, 3};
+    const float *w = hold(&h, wo, "weight", F32, 0, 4, wshape);
+    if (!w) goto fail;
+    const int cout = (int)h.v[1].shape[0];
+    if (cout < 1 || cout > 16) {
+        PyErr_Format(PyExc_ValueError, "weight: %d output channels, expected 1..16", cout);
+        goto fail;
+    }
+    const Py_ssize_t oshape[4] = {N, H, W, cout}, bshape[1] = {cout};
+    float *out = hold(&h, oo, "out", F32, 1, 4, oshape);
+    if (!out) goto fail;
+    const float *bias = NULL;
+    if (bo && bo != Py_None && !(bias = hold(&h, bo, "bias", F32, 0, 1, bshape))) goto fail;
+    const int cpad = (cin + 15) / 16 * 16;
+    float *wt = (float *)calloc((size_t)9 * cout * cpad, sizeof(float));
+    if (!wt) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (int o = 0; o < cout; o++)
+        for (int c = 0; c < cin; c++)
+            for (int t = 0; t < 9; t++) wt[((size_t)t * cout + o) * cpad + c] = w[((size_t)o * cin + c) * 9 + t];
+    const thin_job job = {x, wt, bias, out, H, W, cin, cout, cpad};
+    Py_BEGIN_ALLOW_THREADS
+    parallel_rows(thin_row, &job, N * H, nthreads);
+    Py_END_ALLOW_THREADS
+    free(wt);
+    release_all(&h);
+    Py_RETURN_NONE;
+fail:
+    release_all(&h);
+    return NULL;
+}
+
 /* chain(x, out, units, *, act=None, next_shift=None, next_act=None, threads=1)
  * Consecutive C -> C units that each add their input: out = unit_{U-1}(... unit_0(x)), computed as a
  * wavefront (see run_chain); bitwise equal to calling unit() U times.
@@ -1527,6 +1694,8 @@ static PyMethodDef methods[] = {
      "Pack sign(x + shift) of a float32 NHWC (or NCHW) array."},
     {"unit", (PyCFunction)(void (*)(void))py_unit, METH_VARARGS | METH_KEYWORDS,
      "Binary conv + fused epilogue of one unit (or its raw counts)."},
+    {"thin_conv", (PyCFunction)(void (*)(void))py_thin_conv, METH_VARARGS | METH_KEYWORDS,
+     "3x3 float convolution to at most 16 channels, NHWC."},
     {"chain", (PyCFunction)(void (*)(void))py_chain, METH_VARARGS | METH_KEYWORDS,
      "Consecutive C -> C units with residuals, as one wavefront over the rows."},
     {NULL, NULL, 0, NULL},

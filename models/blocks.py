@@ -195,3 +195,29 @@ def run_units(units: Sequence[nn.Module], x: Tensor) -> Tensor:
     for unit in units:
         x = unit(x)
     return x
+
+
+class ThinConv2d(nn.Conv2d):
+    """A float 3x3 'same' convolution to a few channels (a network's last layer, 64 -> 3).
+
+    Inference on the CPU, with the kernel extension built, runs ``thin_conv`` (csrc/bitpacked.c),
+    which computes only the outputs there are: oneDNN computes such a layer as if it had 16. Its sums
+    differ from ``F.conv2d``'s in rounding only (another order of additions); every inference path
+    on the CPU (both engines, the training network under ``no_grad``) takes the same one, so they stay
+    bitwise equal. With gradients, on other devices or without the extension it is ``nn.Conv2d``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True) -> None:
+        super().__init__(in_channels, out_channels, 3, 1, 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)) or \
+                x.device.type != "cpu" or x.dtype != torch.float32 or self.out_channels > 16:
+            return super().forward(x)
+        from models import kernels
+
+        if not kernels.available():
+            return super().forward(x)
+        from models.kernels.bitpacked import thin_conv
+
+        return thin_conv(x, self.weight, self.bias)

@@ -338,3 +338,37 @@ def test_chain_refuses_bad_arguments() -> None:
         kernels._ext.chain(as_array(x), as_array(torch.empty(1, 6, 8, 64)), units)
     with pytest.raises(ValueError, match="next_shift and next_act: give both or neither"):
         kernels._ext.chain(as_array(x), as_array(x), units, next_shift=units[0][5])
+
+
+@pytest.mark.parametrize("cin,cout,bias", [(64, 3, True), (64, 1, False), (70, 3, True), (16, 4, True),
+                                           (8, 2, False), (64, 16, True)])
+def test_thin_conv_is_a_convolution_the_same_on_every_core(cin: int, cout: int, bias: bool) -> None:
+    """The thin convolution computes F.conv2d up to rounding, bitwise the same on every core."""
+    from models.kernels.bitpacked import thin_conv
+
+    g = torch.Generator().manual_seed(cin + cout)
+    x = torch.randn(2, cin, 13, 21, generator=g).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(cout, cin, 3, 3, generator=g)
+    b = torch.randn(cout, generator=g) if bias else None
+    ref = F.conv2d(x, w, b, padding=1)
+    before, outs = kernels.isa(), []
+    try:
+        for core in ISAS:
+            kernels.set_isa(core)
+            outs.append(thin_conv(x, w, b))
+    finally:
+        kernels.set_isa(before)
+    assert (outs[0] - ref).abs().max().item() <= 1e-5 * max(1.0, ref.abs().max().item())
+    assert all(torch.equal(o, outs[0]) for o in outs[1:])
+
+
+def test_thin_conv_layer_falls_back_with_gradients() -> None:
+    from models.blocks import ThinConv2d
+
+    conv = ThinConv2d(16, 3)
+    x = torch.randn(1, 16, 9, 8, requires_grad=True)
+    y = conv(x)
+    assert y.grad_fn is not None  # torch's convolution, differentiable
+    with torch.no_grad():
+        z = conv(x)
+    assert z.grad_fn is None and (z - y.detach()).abs().max().item() <= 1e-5

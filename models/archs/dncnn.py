@@ -13,7 +13,7 @@ import re
 from torch import Tensor, nn
 
 from models.archs.architecture import Architecture
-from models.blocks import BinaryConv2d, repeat_channels, run_units
+from models.blocks import BinaryConv2d, ThinConv2d, repeat_channels, run_units
 from models.config import NetworkConfig
 from models.vocab import Task, default_k
 
@@ -28,7 +28,7 @@ class BBCUDnCNN(nn.Module):
                            else nn.Conv2d(c.in_nc, c.nf, 3, 1, 1, bias=c.bias))
         units = [BinaryConv2d(c.nf, c.nf, bias=c.bias) for _ in range(c.depth - 2)]
         tail: nn.Module = (BinaryConv2d(c.nf, c.out_nc, bias=c.bias) if "tail" in c.binary
-                           else nn.Conv2d(c.nf, c.out_nc, 3, 1, 1, bias=c.bias))
+                           else ThinConv2d(c.nf, c.out_nc, bias=c.bias))
         self.model = nn.Sequential(head, nn.ReLU(inplace=True), *units, tail)
 
     def forward(self, img: Tensor) -> Tensor:

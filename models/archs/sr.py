@@ -15,14 +15,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.archs.architecture import Architecture
-from models.blocks import BinaryBlock, BinaryConv2d, BinaryUpConv2d, repeat_channels, run_units
+from models.blocks import BinaryBlock, BinaryConv2d, BinaryUpConv2d, ThinConv2d, repeat_channels, run_units
 from models.config import NetworkConfig
 from models.errors import UnsupportedCheckpointError
 from models.vocab import default_k
 
 
 def _float_conv(cin: int, cout: int) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, 1, 1)
+    return ThinConv2d(cin, cout) if cout <= 4 else nn.Conv2d(cin, cout, 3, 1, 1)
 
 
 def _init_float(conv: nn.Module, scale: float = 0.1) -> None:

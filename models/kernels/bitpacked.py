@@ -82,6 +82,16 @@ def binary_counts(x: Tensor, shift: Tensor, wsign: Tensor) -> Tensor:
     return counts.permute(0, 3, 1, 2)
 
 
+def thin_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """conv2d(x, weight, bias, padding=1) for at most 16 output channels, by the kernel (NHWC out)."""
+    n, _, h, w = (int(s) for s in x.shape)
+    xl = x.contiguous(memory_format=torch.channels_last)
+    out = torch.empty((n, int(weight.shape[0]), h, w), memory_format=torch.channels_last)
+    _ext.thin_conv(as_array(xl, nchw=False), as_array(weight.contiguous()), as_array(out, nchw=False),
+                   bias=None if bias is None else as_array(bias), threads=torch.get_num_threads())
+    return out
+
+
 class BitUnit(KernelUnit):
     """A BBCU (or BBCU-U) unit computed by the bit-packed kernel; same math as ``DeployUnit``."""
 
