@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from cli.common import fail
-from models.vocab import BACKENDS, DEFAULT_SR_SCALE, SR_SCALES, TASKS, VARIANTS
+from models.vocab import BACKENDS, DEFAULT_SR_SCALE, PRECISIONS, SR_SCALES, TASKS, VARIANTS
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -31,6 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p.add_argument("--limit", type=int, help="only the first N images")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS, help="float layers' arithmetic (CPU)")
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the full report as JSON")
     p.add_argument("--record", action="store_true",
@@ -72,11 +73,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         model = load_for_task(args.task, args.scale, args.variant, args.weights, device=args.device,
-                              backend=args.backend)
+                              backend=args.backend, precision=args.precision)
         chroma = None
         if args.color:
             chroma = load_chroma_partner(args.task, args.variant, args.weights, device=args.device,
-                                         backend=args.backend)
+                                         backend=args.backend, precision=args.precision)
         report = evaluate(model, args.task, args.data, sigma=args.sigma, quality=args.quality,
                           seed=args.seed, tile=args.tile or None, limit=args.limit,
                           progress=None if args.quiet else (lambda msg: print(msg, flush=True)),

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from cli.common import describe_stage, fail
-from models.vocab import BACKENDS, DEFAULT_SR_SCALE, FORMATS, SR_SCALES, VARIANTS, format_of
+from models.vocab import BACKENDS, DEFAULT_SR_SCALE, FORMATS, PRECISIONS, SR_SCALES, VARIANTS, format_of
 
 # what a folder is searched for (the decoder reads more; these are the usual photo and video files)
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mov")
@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    help="denoise only: auto (default: from the estimated noise) or 0..1 (0 keeps the input)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--backend", default="auto", choices=BACKENDS)
+    p.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                   help="float layers' arithmetic on the CPU: fp32 (exact reference) or bf16 (faster, "
+                        "opt-in; docs/engine.md gives its PSNR change)")
     p.add_argument("--tile", type=int, metavar="N", help="tile size in input pixels (seam-free)")
     p.add_argument("--format", choices=FORMATS, help="output format (default: from OUT or png)")
     p.add_argument("--quality", type=int, metavar="Q", help="jpeg/webp quality 1..100 (default 95)")
@@ -167,9 +170,11 @@ def _restore_here(args: argparse.Namespace, tasks: tuple[str, ...], strength: ob
 
     try:
         models = [load_for_task(t, args.scale if t == "sr" else None, args.variant, args.weights,
-                                device=args.device, backend=args.backend) for t in tasks]
-        chroma = load_chroma_partner("deblock", args.variant, args.weights, device=args.device,
-                                     backend=args.backend) if "deblock" in tasks else None
+                                device=args.device, backend=args.backend, precision=args.precision)
+                  for t in tasks]
+        chroma = (load_chroma_partner("deblock", args.variant, args.weights, device=args.device,
+                                      backend=args.backend, precision=args.precision)
+                  if "deblock" in tasks else None)
     except (BBCUError, ValueError) as e:
         return fail(str(e))
     bars = not args.quiet and sys.stderr.isatty()

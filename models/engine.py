@@ -23,7 +23,7 @@ from models.config import NetworkConfig
 from models.errors import DeviceUnavailableError, UnknownModelError
 from models.precision import ieee_fp32
 from models.tiling import Progress, choose_tile, redundancy, run_tiled
-from models.vocab import BACKENDS, DEFAULT_TILE_MEMORY_MB
+from models.vocab import BACKENDS, DEFAULT_TILE_MEMORY_MB, PRECISIONS
 
 DEFAULT_TILE_BYTES = DEFAULT_TILE_MEMORY_MB << 20
 # Below 4 x the receptive radius (~38 px for SR) the overlap would cost more than 2.25x the tile.
@@ -51,6 +51,7 @@ class ModelInfo:
     device: str
     backend: str
     receptive_radius: int
+    precision: str
     config: NetworkConfig = field(repr=False)
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -99,6 +100,26 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return "float"
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The float arithmetic a model runs with; ValueError where it cannot run as asked."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {PRECISIONS}")
+    if precision == "bf16":
+        if device.type != "cpu":
+            raise ValueError("precision bf16 is for the CPU engine (the CUDA engine has backend fp16)")
+        if not bf16_supported():
+            raise ValueError("precision bf16 needs a CPU with bf16 instructions (AVX-512 BF16 or AMX); "
+                             "this one has neither")
+    return precision
+
+
+def bf16_supported() -> bool:
+    """Whether this CPU computes bf16 convolutions natively (else oneDNN would emulate them slowly)."""
+    cpu = torch.cpu
+    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
+                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+
+
 def radius_of(config: NetworkConfig) -> int:
     return archs.for_config(config).receptive_radius(config)
 
@@ -108,10 +129,11 @@ class RestorationModel:
 
     def __init__(self, net: nn.Module, config: NetworkConfig, *, name: str, sha256: str,
                  source: str, device: str | torch.device = "cpu", backend: str = "auto",
-                 metadata: dict[str, Any] | None = None) -> None:
+                 metadata: dict[str, Any] | None = None, precision: str = "fp32") -> None:
         self.device = resolve_device(device)
         self.config = config
         self.backend = resolve_backend(backend, self.device)
+        self.precision = resolve_precision(precision, self.device)
         net = deploy.to_deploy(net, deploy.counts_fp16 if self.backend == "fp16" else deploy.counts_float)
         if self.backend == "bitpacked":
             from models import kernels
@@ -133,8 +155,8 @@ class RestorationModel:
             depth=config.depth, k=config.k, binary_parts=sorted(config.binary),
             float_params=c.float_params, binary_params=c.binary_params, unit_params=c.unit_params,
             params_paper=c.params_paper, sha256=sha256, source=source, device=str(self.device),
-            backend=self.backend, receptive_radius=radius_of(config), config=config,
-            metadata=dict(metadata or {}))
+            backend=self.backend, receptive_radius=radius_of(config), precision=self.precision,
+            config=config, metadata=dict(metadata or {}))
 
     @property
     def scale(self) -> int:
@@ -146,9 +168,12 @@ class RestorationModel:
             raise ValueError(f"expected an N x {self.config.in_nc} x H x W tensor, "
                              f"got shape {tuple(batch.shape)}")
         exact = ieee_fp32() if self.device.type == "cuda" else contextlib.nullcontext()
-        with self._lock, torch.no_grad(), exact:
+        # bf16: the float convolutions in bf16 (the binary units take fp32 and count exactly)
+        lower = (torch.autocast("cpu", dtype=torch.bfloat16) if self.precision == "bf16"
+                 else contextlib.nullcontext())
+        with self._lock, torch.no_grad(), exact, lower:
             x = batch.to(self.device, torch.float32).contiguous(memory_format=self._memory_format)
-            out = self.net(x)
+            out = self.net(x).float()
         return out.to(batch.device).contiguous()
 
     @property
@@ -195,39 +220,42 @@ class RestorationModel:
 
 
 def from_checkpoint(ckpt: checkpoints.Checkpoint, *, name: str | None = None,
-                    device: str | torch.device = "cpu", backend: str = "auto") -> RestorationModel:
+                    device: str | torch.device = "cpu", backend: str = "auto",
+                    precision: str = "fp32") -> RestorationModel:
     net = checkpoints.build_network(ckpt)
     return RestorationModel(net, ckpt.config, name=name or Path(ckpt.source).stem,
                             sha256=ckpt.sha256, source=ckpt.source, device=device,
-                            backend=backend, metadata=ckpt.metadata)
+                            backend=backend, metadata=ckpt.metadata, precision=precision)
 
 
 def from_network(net: nn.Module, config: NetworkConfig, *, name: str = "in-memory",
-                 device: str | torch.device = "cpu", backend: str = "auto") -> RestorationModel:
+                 device: str | torch.device = "cpu", backend: str = "auto",
+                 precision: str = "fp32") -> RestorationModel:
     """Wrap a training-mode network (its weights are copied into the deploy form)."""
     clone = archs.build(config)
     clone.load_state_dict(net.state_dict())
     return RestorationModel(clone, config, name=name, sha256="", source="memory",
-                            device=device, backend=backend)
+                            device=device, backend=backend, precision=precision)
 
 
 def load_model(name_or_path: str | Path, device: str | torch.device = "cpu",
-               backend: str = "auto") -> RestorationModel:
+               backend: str = "auto", precision: str = "fp32") -> RestorationModel:
     """Load a checkpoint file (official or ours) or a shipped catalogue entry by name."""
     p = Path(name_or_path)
     if p.suffix in checkpoints.SUFFIXES or p.exists():
-        return from_checkpoint(checkpoints.read(p), device=device, backend=backend)
+        return from_checkpoint(checkpoints.read(p), device=device, backend=backend, precision=precision)
     entry = catalog.by_name(str(name_or_path))
     return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device,
-                           backend=backend)
+                           backend=backend, precision=precision)
 
 
 def load_for_task(task: str, scale: int | None = None, variant: str | None = None,
                   weights: str | Path | None = None, device: str | torch.device = "cpu",
-                  backend: str = "auto", weights_dir: Path | None = None) -> RestorationModel:
+                  backend: str = "auto", weights_dir: Path | None = None,
+                  precision: str = "fp32") -> RestorationModel:
     """The model serving a request: explicit weights, else the shipped entry for the task."""
     if weights is not None:
-        model = load_model(weights, device=device, backend=backend)
+        model = load_model(weights, device=device, backend=backend, precision=precision)
         if model.config.task != task or (task == "sr" and scale and model.scale != scale):
             raise UnknownModelError(
                 f"weights {weights} hold a {model.config.task} x{model.scale} network, "
@@ -235,12 +263,12 @@ def load_for_task(task: str, scale: int | None = None, variant: str | None = Non
         return model
     entry = catalog.find(task, scale, variant, weights_dir or catalog.WEIGHTS_DIR)
     return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device,
-                           backend=backend)
+                           backend=backend, precision=precision)
 
 
 def load_chroma_partner(task: str, variant: str | None = None, weights: str | Path | None = None,
                         device: str | torch.device = "cpu", backend: str = "auto",
-                        weights_dir: Path | None = None) -> RestorationModel | None:
+                        weights_dir: Path | None = None, precision: str = "fp32") -> RestorationModel | None:
     """The color network restoring a color photo's chroma beside the gray deblocker
     (``catalog.chroma_partner``); None for explicit weights or where none is shipped."""
     if weights is not None:
@@ -248,4 +276,5 @@ def load_chroma_partner(task: str, variant: str | None = None, weights: str | Pa
     entry = catalog.chroma_partner(task, variant, weights_dir or catalog.WEIGHTS_DIR)
     if entry is None:
         return None
-    return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device, backend=backend)
+    return from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device, backend=backend,
+                           precision=precision)

@@ -27,6 +27,12 @@ VARIANTS: tuple[str, ...] = tuple(VARIANT_PARTS)
 Backend = Literal["auto", "float", "fp16", "fused", "bitpacked"]
 BACKENDS: tuple[Backend, ...] = get_args(Backend)
 
+# arithmetic of the engine's float layers (head, upsampler, tail convolutions) on the CPU: fp32, the
+# default and exact reference; bf16, opt-in, on CPUs with bf16 instructions (docs/engine.md gives the
+# PSNR change on every benchmark). The binary units are exact integer counts in either.
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = get_args(Precision)
+
 # Activation memory of one tile: the one default of the CLI, the engine and the service.
 DEFAULT_TILE_MEMORY_MB = 2048
 

@@ -200,3 +200,25 @@ def test_wrong_input_shape_is_rejected() -> None:
     model = from_network(random_net(cfg), cfg, backend="float")
     with pytest.raises(ValueError, match="N x 1 x H x W"):
         model(torch.rand(1, 3, 8, 8))
+
+
+def test_bf16_is_opt_in_close_to_fp32_and_refused_where_it_cannot_run() -> None:
+    from models.engine import bf16_supported
+
+    cfg = CONFIGS["sr-l-x2"]
+    net = random_net(cfg, seed=3)
+    x = torch.rand(1, cfg.in_nc, 24, 20, generator=torch.Generator().manual_seed(2))
+    exact = from_network(net, cfg)
+    assert exact.info.precision == "fp32"
+    with pytest.raises(ValueError, match="unknown precision"):
+        from_network(net, cfg, precision="fp8")
+    if not bf16_supported():
+        with pytest.raises(ValueError, match="needs a CPU with bf16 instructions"):
+            from_network(net, cfg, precision="bf16")
+        return
+    low = from_network(net, cfg, precision="bf16")
+    assert low.info.precision == "bf16"
+    a, b = exact(x), low(x)
+    assert b.dtype == torch.float32 and b.shape == a.shape
+    assert 0 < (a - b).abs().max().item() < 0.1  # bf16 rounding (8-bit mantissa) in the float layers
+    assert torch.equal(exact(x), a)  # the fp32 model is untouched by the other's autocast

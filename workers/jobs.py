@@ -94,7 +94,8 @@ class ModelCache:
                 preload(self._settings.torch_threads)
                 model = load_for_task(task, scale if task == "sr" else None, variant, device=device,
                                       backend=self._settings.backend,
-                                      weights_dir=self._settings.weights_dir)
+                                      weights_dir=self._settings.weights_dir,
+                                      precision=self._precision(device))
                 loaded = Loaded(model, model.info.ops(_OPS_SIDE, _OPS_SIDE))
                 self._models[key] = loaded
             return loaded
@@ -110,8 +111,12 @@ class ModelCache:
                 preload(self._settings.torch_threads)
                 self._chroma[(variant, device)] = load_chroma_partner(
                     "deblock", variant, device=device, backend=self._settings.backend,
-                    weights_dir=self._settings.weights_dir)
+                    weights_dir=self._settings.weights_dir, precision=self._precision(device))
             return self._chroma[(variant, device)]
+
+    def _precision(self, device: str) -> str:
+        """The configured precision on the CPU; GPUs keep fp32 (their engine has backend fp16)."""
+        return self._settings.precision if device == "cpu" else "fp32"
 
 
 class JobRunner:

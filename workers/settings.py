@@ -12,7 +12,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from models.catalog import WEIGHTS_DIR
-from models.vocab import BACKENDS, DEFAULT_TILE_MEMORY_MB
+from models.vocab import BACKENDS, DEFAULT_TILE_MEMORY_MB, PRECISIONS
 from workers.callback_urls import allow_list
 
 
@@ -68,6 +68,9 @@ class Settings(BaseSettings):
         default=360, gt=0, description="A worker process running a job longer is replaced")
     backend: str = Field(
         default="auto", description="Engine backend: " + ", ".join(BACKENDS))
+    precision: str = Field(
+        default="fp32", description="Float layers' arithmetic on CPU workers: fp32 (exact) or bf16 (faster, "
+        "opt-in, on CPUs with bf16 instructions; docs/engine.md gives its PSNR change)")
     tile_memory_mb: int = Field(
         default=DEFAULT_TILE_MEMORY_MB, gt=0,
         description="Activation memory per tile on the CPU (sets the tile size)")
@@ -173,6 +176,8 @@ class Settings(BaseSettings):
     def _limits_ordered(self) -> Settings:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend {self.backend!r} unknown; choose from {', '.join(BACKENDS)}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r} unknown; choose from {', '.join(PRECISIONS)}")
         if self.hard_time_limit_s <= self.soft_time_limit_s:
             raise ValueError("hard_time_limit_s must exceed soft_time_limit_s")
         if self.job_ttl_s < self.result_ttl_s:
