@@ -237,3 +237,21 @@ def test_the_page_plays_a_video_result(browser, embedded_service: Service, tmp_p
     assert "8 frames at 8 fps" in driver.find_element(By.CSS_SELECTOR, ".job .note").text
     got = _video(fetched(driver, link.get_attribute("href")))
     assert got["frames"] == 8 and got["fps"] == 8.0 and got["audio"] == ["opus"]
+
+
+@pytest.mark.parametrize("source,fmt,audio", [("mov", "mov", "aac"), ("webm", "webm", "opus"),
+                                              ("mp4", "webm", "opus"), ("webm", "mp4", "opus")])
+def test_containers_and_audio(tiny_weights: Path, source: str, fmt: str, audio: str) -> None:
+    """MOV and WebM in and out; audio copied where the container takes its codec (Opus in MP4 too), else
+    re-encoded (AAC into WebM becomes Opus)."""
+    clip = media_files.video(n=6, w=48, h=32, fps=6, container=source)
+    facts = media.probe(clip, max_pixels=1 << 20, max_frames=100)
+    assert facts.format == source and facts.frames == 6
+    restorer = FrameRestorer([load_model(tiny_weights, "denoise", None)])
+    out = restore(restorer, clip, facts, fmt, max_frames=100, quality=80)
+    got, src = _video(out), _video(clip)
+    assert media.probe(out, max_pixels=1 << 20, max_frames=100).format == fmt
+    assert got["frames"] == 6 and got["size"] == (32, 48) and got["audio"] == [audio]
+    # WebM keeps times in milliseconds: 1/6 s is 167 ms, so an MP4 written from it runs at 6.002 fps
+    assert got["fps"] == pytest.approx(6.0, abs=0.01)
+    assert got["duration"] == pytest.approx(src["duration"], abs=0.1)

@@ -62,6 +62,13 @@ def _worker_proc(svc: Service, node: str) -> Proc:
     return next(p for p in svc.procs if p.name == node.split("@")[0])
 
 
+def _restart(svc: Service, proc: Proc, c) -> None:  # type: ignore[no-untyped-def]
+    """Start a killed worker again under its name and wait until both are ready."""
+    svc.procs.remove(proc)
+    svc.procs.append(start_worker(proc.name, svc.env, proc.log.parent, "--pool", "solo"))
+    wait_until(lambda: _ready(c) == 2, 90, svc.procs[-1], "the worker back")
+
+
 def _leases(svc: Service, job: str) -> dict[str, str]:
     r = redis.Redis.from_url(svc.redis_url or "", decode_responses=True)
     return {k: r.get(k) or "" for k in r.scan_iter(f"bbcu:chunk:{job}:*:lease:*")}
@@ -110,11 +117,10 @@ def test_killed_chunk_worker_and_cancel(spread: Service) -> None:
         n, fps, audio = _frames_of(c.get(f"/jobs/{job_id}/result").content)
         assert (n, fps, audio) == (48, 12.0, ["aac"])
         assert sum(job["frames_by_worker"].values()) == 48
+        assert all("@" not in w for w in job["frames_by_worker"])
 
         # one worker left: bring a second back, then cancel a clip while both work on it
-        spread.procs.remove(proc)
-        spread.procs.append(start_worker(proc.name, spread.env, proc.log.parent, "--pool", "solo"))
-        wait_until(lambda: _ready(c) == 2, 90, spread.procs[-1], "the worker back")
+        _restart(spread, proc, c)
         job_id = c.post("/restore", params={"task": "sr", "scale": "2", "async": "true"},
                         files={"image": ("clip.mp4", clip, "video/mp4")}).json()["id"]
         wait_until(lambda: len(set(_leases(spread, job_id).values())) == 2, 120, None,
@@ -124,3 +130,23 @@ def test_killed_chunk_worker_and_cancel(spread: Service) -> None:
         r = redis.Redis.from_url(spread.redis_url or "")
         wait_until(lambda: not list(r.scan_iter(f"bbcu:chunk:{job_id}:*")), 30, None, "every chunk stopped")
         assert c.get(f"/jobs/{job_id}/result").status_code in (404, 409, 410)
+
+
+def test_killed_parent_runs_the_job_again(spread: Service) -> None:
+    """The worker that took the clip (the parent) is killed mid-job: the sweeper queues the job again,
+    the other worker runs it (attempt 2) and the first run's chunks do nothing."""
+    clip = media_files.video(n=32, w=96, h=72, fps=12)
+    with spread.client(timeout=240) as c:
+        job_id = c.post("/restore", params={"task": "sr", "scale": "2", "async": "true"},
+                        files={"image": ("clip.mp4", clip, "video/mp4")}).json()["id"]
+        wait_until(lambda: bool(_leases(spread, job_id)), 120, None, "a chunk taken")
+        proc = _worker_proc(spread, c.get(f"/jobs/{job_id}").json()["worker"])
+        proc.popen.send_signal(signal.SIGKILL)
+        proc.popen.wait(10)
+        job = wait_job(c, job_id, timeout=240)
+        assert job["status"] == "succeeded" and job["attempt"] == 2, job
+        # the other worker ran it all; clients see worker names without their host
+        assert list(job["frames_by_worker"]) == [job["worker"]] and job["worker"] != proc.name
+        n, fps, audio = _frames_of(c.get(f"/jobs/{job_id}/result").content)
+        assert (n, fps, audio) == (32, 12.0, ["aac"])
+        _restart(spread, proc, c)

@@ -154,5 +154,15 @@ class JobRecord(BaseModel):
         """The record as clients see it (``GET /jobs/{id}``, webhooks): no owner id, and the worker's
         name without the host it runs on (``worker-cpu@host`` shows as ``worker-cpu``)."""
         shown = self.model_dump(mode="json", exclude={"spec": {"owner"}})
-        shown["worker"] = self.worker.split("@", 1)[0] if self.worker else None
+        shown["worker"] = _unhosted(self.worker) if self.worker else None
+        if self.frames_by_worker is not None:
+            counts: dict[str, int] = {}
+            for w, n in self.frames_by_worker.items():  # one name on two hosts adds up
+                counts[_unhosted(w)] = counts.get(_unhosted(w), 0) + n
+            shown["frames_by_worker"] = counts
         return shown
+
+
+def _unhosted(worker: str) -> str:
+    """A Celery node name without its host (``worker-cpu@host`` -> ``worker-cpu``)."""
+    return worker.split("@", 1)[0]
