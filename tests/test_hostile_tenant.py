@@ -29,7 +29,17 @@ from app.access import KeyRing
 from models import imageio, input_formats
 from models.errors import ImageDecodeError
 from tests import test_webhooks
-from tests.conftest import ROOT, WEBHOOK_SECRET, Service, bbcu, free_port, service_env, start_api
+from tests.conftest import (
+    ROOT,
+    WEBHOOK_SECRET,
+    Service,
+    bbcu,
+    free_port,
+    service_env,
+    start_api,
+    start_worker,
+    wait_until,
+)
 from tests.helpers import assert_problem, make_image, wait_job
 from tests.test_webhooks import Receiver, running_receiver
 from workers.callback_urls import CallbackRefused, allow_list, check_callback
@@ -195,6 +205,50 @@ def test_a_tarpit_receiver_delays_only_its_own_tenant() -> None:
         finally:
             tarpit.release.set()
             sender.close()
+
+
+@pytest.mark.parametrize("mode", ["celery", "embedded"])
+def test_bobs_tarpit_leaves_alices_webhook_alone(mode: str, tiny_weights: Path, logdir: Path,
+                                                 request: pytest.FixtureRequest) -> None:
+    """Done-when of issue 19, from the outside with keys on: bob's jobs call back a receiver that never
+    answers (60 s timeouts here: the old single delivery thread sent alice's webhook a minute later,
+    once bob's first try gave up); alice's webhook arrives while bob's all still hang, and a TAB
+    callback of bob's is refused without stopping anything."""
+    env = service_env(tiny_weights, BBCU_API_KEYS=f"alice={_digest(ALICE)},bob={_digest(BOB)}",
+                      BBCU_WEBHOOK_TIMEOUT_S="60", BBCU_RATE_LIMIT_PER_MIN="0")
+    procs = []
+    if mode == "celery":
+        env["BBCU_BROKER_URL"] = f"redis://127.0.0.1:{request.getfixturevalue('redis_port')}/8"
+        procs.append(start_worker("worker-hostile", env, logdir, "--concurrency", "2"))
+    url, api = start_api(f"api-tarpit-{mode}", env, logdir)
+    procs.append(api)
+    image = {"image": ("x.png", make_image(16, 16), "image/png")}
+    try:
+        with running_receiver() as tarpit, running_receiver() as alice_hook, \
+                httpx.Client(base_url=url, timeout=60) as c, \
+                httpx.Client(base_url=url, timeout=60, headers=_as(ALICE)) as alice:
+            tarpit.release.clear()
+            wait_until(lambda: c.get("/readyz").status_code == 200, 60, api, "readiness")
+            tab = c.post("/restore", params={"task": "denoise", "async": "true",
+                                             "callback_url": tarpit.url.replace("/hook", "/h\tk")},
+                         headers=_as(BOB), files=image)
+            assert "printable ASCII" in assert_problem(tab, 422)["detail"]
+            for _ in range(6):
+                r = c.post("/restore", headers=_as(BOB), files=image,
+                           params={"task": "denoise", "async": "true", "callback_url": tarpit.url})
+                assert r.status_code == 202, r.text
+            with tarpit.arrived:
+                assert tarpit.arrived.wait_for(lambda: tarpit.held >= 2, 60)
+            r = alice.post("/restore", files=image,
+                           params={"task": "denoise", "async": "true", "callback_url": alice_hook.url})
+            job = wait_job(alice, r.json()["id"])
+            got = alice_hook.wait_for(1, timeout=30)
+            assert [d.record["id"] for d in got] == [job["id"]] and got[0].record["status"] == "succeeded"
+            assert tarpit.deliveries == []  # bob's receiver has answered nothing yet
+            tarpit.release.set()
+    finally:
+        for proc in procs:
+            proc.stop()
 
 
 @pytest.mark.parametrize("address", ["::127.0.0.1", "64:ff9b::7f00:1", "2002:7f00:1::", "fec0::1",
