@@ -217,7 +217,7 @@ def test_a_job_for_a_missing_cuda_device_is_the_service_at_fault(tiny_weights: P
     """Issue 24: a GPU-queue job where CUDA is missing failed unknown_model, a 422 blaming the request."""
     import torch
 
-    from app.api.views import job_problem
+    from app.jobs import job_problem
     from workers.jobs import JobRunner
 
     if torch.cuda.is_available():
