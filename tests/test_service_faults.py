@@ -37,6 +37,7 @@ from tests.conftest import (
 from tests.helpers import assert_problem, make_image, wait_job
 from workers.contract import ImageFacts, JobRecord, JobSpec, new_job_id
 from workers.errors import QueueFull
+from workers.redis_budget import result_reserve
 from workers.redis_store import RedisStore
 
 
@@ -149,20 +150,28 @@ def test_admission_entries_expire_with_their_inputs(redis_port: int) -> None:
 
 
 def test_held_results_count_toward_the_stored_bytes(redis_port: int) -> None:
-    """Results are kept result_ttl_s: they count (once each) until fetched-and-dropped or expired, so
-    they cannot fill Redis and leave no room for the results of jobs already accepted."""
+    """A job's result counts from its admission (reserved from the job's size) until it is fetched and
+    dropped or expires, once however often it is written; a job that ends with none gives the
+    reservation back. Records count as long as they are kept, so none of it can fill Redis."""
     url = f"redis://127.0.0.1:{redis_port}/12"
-    store = RedisStore(url, result_ttl_s=1, job_ttl_s=30, max_queued_jobs=9, max_queued_bytes=10,
-                       max_stored_bytes=10)
-    facts = ImageFacts(width=1, height=1, bytes=4, format="png")
+    facts = ImageFacts(width=2, height=2, bytes=4, format="png")
+    reserve = result_reserve(JobSpec(id=new_job_id(), task="denoise"), facts)
+    assert reserve == 2 * 2 * 3  # a PNG of random pixels is about its raw size
+    probe = RedisStore(url, result_ttl_s=1, job_ttl_s=30)
     try:
         first = JobSpec(id=new_job_id(), task="denoise")
-        store.create(first, facts, b"abcd")
-        store.put_result(first.id, b"12345")
-        store.put_result(first.id, b"12345")  # a second delivery writes it again: counted once
-        store.drop_input(first.id)
-        assert store.queued() == (0, 0) and store.result_bytes() == 5
-        with pytest.raises(QueueFull, match="5 bytes of results"):  # 5 + 6 > 10, inputs alone fit
+        probe.create(first, facts, b"abcd")
+        assert probe.result_bytes() == reserve
+        record = probe.record_bytes()
+        assert record > 4096  # its JSON, the room it grows by, its keys
+        probe.put_result(first.id, b"12345")
+        probe.put_result(first.id, b"12345")  # a second delivery writes it again: counted once
+        probe.drop_input(first.id)
+        assert probe.queued() == (0, 0) and probe.result_bytes() == 5
+        # room for two records, the next input and its reservation; not for the held result as well
+        store = RedisStore(url, result_ttl_s=1, job_ttl_s=30, max_queued_jobs=9, max_queued_bytes=10,
+                           max_stored_bytes=2 * record + 6 + reserve + 2)
+        with pytest.raises(QueueFull, match="5 bytes of results"):
             store.create(JobSpec(id=new_job_id(), task="denoise"), facts, b"abcdef")
         store.drop_result(first.id)
         store.drop_result(first.id)
@@ -170,9 +179,16 @@ def test_held_results_count_toward_the_stored_bytes(redis_port: int) -> None:
         second = JobSpec(id=new_job_id(), task="denoise")
         store.create(second, facts, b"abcdef")
         store.put_result(second.id, b"xyz")
-        assert store.queued() == (1, 6) and store.result_bytes() == 3 and store.result(second.id) == b"xyz"
-        time.sleep(1.2)  # both expire: nothing counts any more
+        # (a record's JSON may differ by a digit or two: the time it was made)
+        assert store.queued() == (1, 6) and store.result_bytes() == 3
+        assert abs(store.record_bytes() - 2 * record) <= 2
+        time.sleep(1.2)  # inputs and results expire: they no longer count; the records are kept 30 s
         assert store.queued() == (0, 0) and store.result_bytes() == 0
+        assert abs(store.record_bytes() - 2 * record) <= 2
+        third = JobSpec(id=new_job_id(), task="denoise")
+        probe.create(third, facts, b"abcd")
+        probe.drop_input(third.id)  # it ended without a result: its reservation is given back
+        assert probe.result_bytes() == 0
     finally:
         redis.Redis.from_url(url).flushdb()
 

@@ -42,11 +42,13 @@ def test_load_loses_no_job(tmp_path: Path) -> None:
     assert queued.succeeded == queued.sent == QUICK.async_n
 
 
-@pytest.mark.parametrize("name", ["redis-restart", "evict"])
+@pytest.mark.parametrize("name", ["redis-restart", "evict", "redis-sized"])
 def test_redis_faults_lose_no_job(name: str, tmp_path: Path) -> None:
     """Redis restarted on its append-only file mid-flight (a quarter of the requests synchronous); more
-    inputs than Redis holds, the admission limit at half its maxmemory: no accepted job is lost or waits
-    for a reader, every refusal is a 503 with Retry-After."""
+    inputs than Redis holds, the admission limit at half its maxmemory; more than an operator's small
+    volatile-ttl Redis holds, with no admission setting (the API reads maxmemory): no accepted job is
+    lost or waits for a reader, no worker exits, Redis evicts nothing, every refusal is a 503 with
+    Retry-After."""
     tallies = campaign([name], QUICK, logdir=tmp_path, log=lambda _: None)
     assert_targets(tallies, [name], tmp_path)
     t = tallies[0]
@@ -54,6 +56,8 @@ def test_redis_faults_lose_no_job(name: str, tmp_path: Path) -> None:
         # the admission limit (half of maxmemory) refused the rest: a random 256x256 PNG is at least its
         # 196608 raw bytes, so the accepted inputs fit under the limit only if it held
         assert t.refused[503] > 0 and t.accepted * 256 * 256 * 3 <= (QUICK.evict_maxmemory_mb << 20) // 2
+    if name == "redis-sized":
+        assert t.refused[503] > 0 and t.succeeded == t.accepted
 
 
 # One quick run of 14 left a job queued here (with the first faults sweeper, before dbe7440 and

@@ -52,9 +52,9 @@ class Settings(BaseSettings):
                     "keep it well under Redis's maxmemory")
     max_stored_bytes: int = Field(
         default=3 << 29, gt=0,
-        description="Input and result bytes held in Redis (results until they expire or are fetched "
-                    "and deleted) before new jobs get 503 (Celery mode); under Redis's maxmemory, with "
-                    "room for the results of the jobs running")
+        description="Input, result (held or reserved) and job record bytes in Redis before new jobs get "
+                    "503 (Celery mode); lowered to 60% of Redis's maxmemory when that is less; one API "
+                    "key's jobs may hold half")
     result_ttl_s: int = Field(
         default=3600, gt=0, description="How long inputs and results are kept")
     job_ttl_s: int = Field(

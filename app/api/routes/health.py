@@ -19,6 +19,7 @@ from models import catalog
 from workers.contract import QUEUES
 from workers.dispatch import Dispatcher
 from workers.errors import StoreUnavailable
+from workers.redis_store import RedisStore
 from workers.settings import Settings
 from workers.store import JobStore
 
@@ -89,6 +90,9 @@ def _live_gauges(settings: Settings, store: JobStore, dispatcher: Dispatcher) ->
         lengths = dispatcher.queue_lengths()
         jobs, size = store.queued()
         results = store.result_bytes()
+        redis_budget = None
+        if isinstance(store, RedisStore):  # the settings' limits, lowered to what Redis's maxmemory holds
+            redis_budget = (store.memory.budget(), store.record_bytes())
     except StoreUnavailable:
         up.add_metric([], 0)
         return [up]
@@ -97,15 +101,18 @@ def _live_gauges(settings: Settings, store: JobStore, dispatcher: Dispatcher) ->
         GaugeMetricFamily("bbcu_queued_jobs", "Jobs holding a stored input (queued or running)", value=jobs),
         GaugeMetricFamily("bbcu_queued_bytes", "Bytes of the inputs those jobs hold", value=size),
         GaugeMetricFamily("bbcu_result_bytes", "Bytes of the results held", value=results)]
-    if dispatcher.mode == "celery":  # the embedded pool's own limit is embedded_queue
+    if redis_budget is not None:  # the embedded pool's own limit is embedded_queue
+        budget, records = redis_budget
         admission += [
             GaugeMetricFamily("bbcu_queued_jobs_limit", "Queued or running jobs before 503 (max_queued_jobs)",
                               value=settings.max_queued_jobs),
-            GaugeMetricFamily("bbcu_queued_bytes_limit", "Input bytes before 503 (max_queued_bytes)",
-                              value=settings.max_queued_bytes),
+            GaugeMetricFamily("bbcu_queued_bytes_limit", "Input bytes before 503 (max_queued_bytes, or "
+                              "less for Redis's maxmemory)", value=budget.queued_bytes),
             GaugeMetricFamily("bbcu_stored_bytes_limit",
-                              "Input and result bytes before 503 (max_stored_bytes)",
-                              value=settings.max_stored_bytes)]
+                              "Input, result and record bytes before 503 (max_stored_bytes, or less for "
+                              "Redis's maxmemory)", value=budget.stored_bytes),
+            GaugeMetricFamily("bbcu_record_bytes", "Bytes counted for the job records kept",
+                              value=records)]
     live = GaugeMetricFamily("bbcu_workers", "Live workers by queue", labels=["queue"])
     waiting = GaugeMetricFamily("bbcu_queue_length", "Jobs waiting by queue", labels=["queue"])
     for q in QUEUES:

@@ -1,0 +1,78 @@
+"""Admission that follows the Redis it talks to (issue 20 item 1, issue 19 item 1): its maxmemory
+bounds inputs, results and job records with no BBCU_MAX_* setting, one API key holds at most its
+share, and an eviction policy that could drop accepted jobs is refused or guarded against."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import redis
+
+from tests.test_service_faults import start_redis
+from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
+from workers.errors import QueueFull
+from workers.redis_budget import KEY_SHARE, SAFE_FRACTION
+from workers.redis_store import RedisStore
+from workers.settings import Settings
+
+MAXMEMORY = 24 << 20
+FACTS = ImageFacts(width=64, height=64, bytes=12_288, format="png")
+
+
+def spec(owner: str, **fields: str) -> JobSpec:
+    return JobSpec(id=new_job_id(), task="denoise", owner=owner, **fields)  # type: ignore[arg-type]
+
+
+def test_one_key_flooding_a_small_redis_leaves_room_for_another(logdir: Path) -> None:
+    """Redis maxmemory 24mb, no BBCU_MAX_* settings: bob's jobs with long callback URLs and file names
+    are refused once they hold his share; alice's are all admitted, and Redis never fills."""
+    url, proc = start_redis("redis-24mb", logdir, "--maxmemory", "24mb", "--maxmemory-policy", "noeviction")
+    try:
+        store = RedisStore.from_settings(Settings(broker_url=url))
+        budget = store.memory.budget()
+        assert (budget.maxmemory, budget.policy) == (MAXMEMORY, "noeviction")
+        assert budget.stored_bytes == int(MAXMEMORY * SAFE_FRACTION) < Settings().max_stored_bytes
+        assert budget.key_bytes == int(budget.stored_bytes * KEY_SHARE)
+        data = os.urandom(FACTS.bytes)
+        bob_jobs, refusal = 0, ""
+        while not refusal:
+            try:
+                store.create(spec("bob", callback_url="https://hooks.example/" + "a" * 60_000,
+                                  filename="f" * 4000 + ".png"), FACTS, data)
+                bob_jobs += 1
+            except QueueFull as e:
+                refusal = str(e)
+            assert bob_jobs < 1000
+        # each of bob's jobs counts its input, its result (reserved) and its 64 KB record
+        assert 40 < bob_jobs < budget.key_bytes // (60_000 + 2 * FACTS.bytes)
+        assert "the jobs of bob hold" in refusal and str(budget.key_bytes) in refusal
+        assert store.owner_bytes("bob") <= budget.key_bytes
+        for _ in range(20):
+            store.create(spec("alice"), FACTS, data)
+        info = redis.Redis.from_url(url).info()
+        assert info["used_memory"] < MAXMEMORY * 0.9 and info["evicted_keys"] == 0
+    finally:
+        proc.stop()
+
+
+def test_an_allkeys_policy_is_refused_and_a_volatile_one_keeps_jobs_without_ttl(logdir: Path) -> None:
+    url, proc = start_redis("redis-policies", logdir, "--maxmemory", "64mb", "--maxmemory-policy",
+                            "allkeys-lru")
+    try:
+        with pytest.raises(ValueError, match="allkeys-lru.*noeviction"):
+            RedisStore.from_settings(Settings(broker_url=url))
+        r = redis.Redis.from_url(url)
+        r.config_set("maxmemory-policy", "volatile-ttl")
+        store = RedisStore.from_settings(Settings(broker_url=url))
+        job = spec("alice")
+        store.create(job, FACTS, os.urandom(FACTS.bytes))
+        # a volatile policy evicts keys with a TTL: an unfinished job's input and record have none
+        assert r.ttl(f"bbcu:in:{job.id}") == -1 and r.ttl(f"bbcu:job:{job.id}") == -1
+        store.update(job.id, lambda rec: rec.model_copy(update={"status": JobStatus.succeeded}))
+        assert 0 < r.ttl(f"bbcu:job:{job.id}") <= Settings().job_ttl_s  # ended: it expires from now
+        store.drop_input(job.id)
+        assert not r.exists(f"bbcu:in:{job.id}") and store.queued() == (0, 0)
+    finally:
+        proc.stop()
