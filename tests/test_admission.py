@@ -4,13 +4,19 @@ share, and an eviction policy that could drop accepted jobs is refused or guarde
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 import redis
 
+from app.uploads import MAX_FILENAME_BYTES
+from tests.conftest import service_env, start_api
+from tests.helpers import assert_problem, make_image
 from tests.test_service_faults import start_redis
+from workers.callback_urls import MAX_CALLBACK_URL
 from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
 from workers.errors import QueueFull
 from workers.redis_budget import KEY_SHARE, SAFE_FRACTION
@@ -75,4 +81,50 @@ def test_an_allkeys_policy_is_refused_and_a_volatile_one_keeps_jobs_without_ttl(
         store.drop_input(job.id)
         assert not r.exists(f"bbcu:in:{job.id}") and store.queued() == (0, 0)
     finally:
+        proc.stop()
+
+
+def _digest(key: str) -> str:
+    return "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+
+
+def test_bob_flooding_over_http_never_turns_alice_away(tiny_weights: Path, logdir: Path) -> None:
+    """From the outside (Celery mode, keys alice and bob, Redis maxmemory 24mb, no BBCU_MAX_* byte
+    setting; quotas off so that only the bytes limit bob): bob's asynchronous jobs with the longest
+    callback URLs and file names allowed meet 503 + Retry-After at his share, alice's are accepted."""
+    url, proc = start_redis("redis-24mb-api", logdir, "--maxmemory", "24mb", "--maxmemory-policy",
+                            "noeviction")
+    env = service_env(tiny_weights, BBCU_BROKER_URL=url, BBCU_MAX_ACTIVE_JOBS="0",
+                      BBCU_RATE_LIMIT_PER_MIN="0",
+                      BBCU_API_KEYS=f"alice={_digest('key-alice')},bob={_digest('key-bob')}")
+    api = None
+    try:
+        api_url, api = start_api("api-24mb", env, logdir)
+        image = make_image(64, 64, seed=5)
+        params = {"task": "denoise", "async": "true",
+                  "callback_url": "http://127.0.0.1:9/hook/" + "a" * (MAX_CALLBACK_URL - 30)}
+        with httpx.Client(base_url=api_url, timeout=30) as c:
+            accepted, refused = 0, None
+            while refused is None and accepted < 2000:
+                r = c.post("/restore", params=params, headers={"X-API-Key": "key-bob"},
+                           files={"image": ("b" * (MAX_FILENAME_BYTES - 4) + ".png", image, "image/png")})
+                if r.status_code == 202:
+                    accepted += 1
+                else:
+                    refused = r
+            assert refused is not None and accepted > 20
+            body = assert_problem(refused, 503)
+            assert body["type"] == "urn:bbcu:problem:queue-full"
+            assert "the jobs of bob hold" in body["detail"]
+            assert refused.headers["retry-after"].isdigit()
+            for i in range(10):
+                r = c.post("/restore", params={"task": "denoise", "async": "true"},
+                           headers={"X-API-Key": "key-alice"},
+                           files={"image": ("a.png", make_image(64, 64, seed=i), "image/png")})
+                assert r.status_code == 202, r.text
+        info = redis.Redis.from_url(url).info()
+        assert info["used_memory"] < MAXMEMORY * 0.9 and info["evicted_keys"] == 0
+    finally:
+        if api is not None:
+            api.stop()
         proc.stop()
