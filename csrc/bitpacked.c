@@ -1560,6 +1560,114 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* pixel_shuffle followed by leaky ReLU in one pass (the float upsampler of BBCU-L): NHWC in,
+ * NHWC out, out[y*r + i][x*r + j][c] = lrelu(in[y][x][c*r*r + i*r + j]). A permutation and the
+ * same one multiply as torch's leaky_relu (v > 0 ? v : v * slope): bitwise the same as
+ * F.leaky_relu(F.pixel_shuffle(x, r), slope). */
+
+typedef struct {
+    const float *x;
+    float *out;
+    int H, W, C, r;
+    float slope;
+} shuffle_job;
+
+#if BP_X86
+/* r == 2 and C % 16 == 0: 16 channels of the four sub-pixels from four loads (de-interleaved by
+ * lane permutes), then the same comparison and multiply as the scalar loop */
+T_AVX512 static void shuffle_row2_avx512(const shuffle_job *j, int n, int y) {
+    const int H = j->H, W = j->W, C = j->C;
+    const __m512 zero = _mm512_setzero_ps(), slope = _mm512_set1_ps(j->slope);
+    for (int i = 0; i < 2; i++) {
+        float *dst = j->out + (((size_t)n * H * 2 + (size_t)y * 2 + i) * W * 2) * C;
+        for (int x = 0; x < W; x++) {
+            const float *src = j->x + (((size_t)n * H + y) * W + x) * (size_t)C * 4;
+            for (int c = 0; c < C; c += 16) {
+                const float *q = src + (size_t)c * 4;
+                const __m512 v0 = _mm512_loadu_ps(q), v1 = _mm512_loadu_ps(q + 16);
+                const __m512 v2 = _mm512_loadu_ps(q + 32), v3 = _mm512_loadu_ps(q + 48);
+                for (int jj = 0; jj < 2; jj++) {
+                    const int s = 2 * i + jj; /* input channel 4c + s */
+                    const __m512i idx = _mm512_setr_epi32(s, 4 + s, 8 + s, 12 + s, 16 + s, 20 + s, 24 + s, 28 + s,
+                                                          s, 4 + s, 8 + s, 12 + s, 16 + s, 20 + s, 24 + s, 28 + s);
+                    const __m512 a = _mm512_permutex2var_ps(v0, idx, v1), b = _mm512_permutex2var_ps(v2, idx, v3);
+                    const __m512 v = _mm512_shuffle_f32x4(a, b, 0x44);
+                    const __m512 neg = _mm512_mul_ps(v, slope);
+                    _mm512_storeu_ps(dst + ((size_t)x * 2 + jj) * C + c,
+                                     _mm512_mask_blend_ps(_mm512_cmp_ps_mask(v, zero, _CMP_GT_OQ), neg, v));
+                }
+            }
+        }
+    }
+}
+#endif
+
+static void shuffle_row(const void *ctx, int ry) {
+    const shuffle_job *j = (const shuffle_job *)ctx;
+#if BP_X86
+    if (g_isa >= ISA_AVX512 && j->r == 2 && j->C % 16 == 0) {
+        shuffle_row2_avx512(j, ry / j->H, ry % j->H);
+        return;
+    }
+#endif
+    const int H = j->H, W = j->W, C = j->C, r = j->r, rr = r * r;
+    const int n = ry / H, y = ry % H;
+    const float slope = j->slope;
+    for (int i = 0; i < r; i++) {
+        float *dst = j->out + (((size_t)n * H * r + (size_t)y * r + i) * W * r) * C;
+        for (int x = 0; x < W; x++) {
+            const float *src = j->x + (((size_t)n * H + y) * W + x) * (size_t)C * rr + (size_t)i * r;
+            for (int jj = 0; jj < r; jj++) {
+                float *o = dst + ((size_t)x * r + jj) * C;
+                const float *s = src + jj;
+                for (int c = 0; c < C; c++) {
+                    const float v = s[(size_t)c * rr];
+                    o[c] = v > 0.0f ? v : v * slope;
+                }
+            }
+        }
+    }
+}
+
+/* shuffle_lrelu(x, out, *, upscale, slope, threads=1)
+ * x: float32 [N][H][W][C*r*r] (NHWC); out: float32 [N][H*r][W*r][C] */
+static PyObject *py_shuffle_lrelu(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"x", "out", "upscale", "slope", "threads", NULL};
+    PyObject *xo, *oo;
+    int r = 0, nthreads = 1;
+    float slope = 0.0f;
+    held_t h = {.n = 0};
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$ifi:shuffle_lrelu", names, &xo, &oo, &r, &slope, &nthreads))
+        return NULL;
+    if (r < 1 || r > 8) {
+        PyErr_Format(PyExc_ValueError, "upscale: expected 1..8, got %d", r);
+        return NULL;
+    }
+    const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
+    const float *x = hold(&h, xo, "x", F32, 0, 4, any4);
+    if (!x) goto fail;
+    const int N = (int)h.v[0].shape[0], H = (int)h.v[0].shape[1], W = (int)h.v[0].shape[2];
+    const int CR = (int)h.v[0].shape[3];
+    if (N < 1 || H < 1 || W < 1 || CR < 1 || CR % (r * r)) {
+        PyErr_Format(PyExc_ValueError, "x: sizes N=%d H=%d W=%d C=%d do not shuffle by %d", N, H, W, CR, r);
+        goto fail;
+    }
+    const Py_ssize_t oshape[4] = {N, (Py_ssize_t)H * r, (Py_ssize_t)W * r, CR / (r * r)};
+    float *out = hold(&h, oo, "out", F32, 1, 4, oshape);
+    if (!out) goto fail;
+    const shuffle_job job = {x, out, H, W, CR / (r * r), r, slope};
+    Py_BEGIN_ALLOW_THREADS
+    parallel_rows(shuffle_row, &job, N * H, nthreads);
+    Py_END_ALLOW_THREADS
+    release_all(&h);
+    Py_RETURN_NONE;
+fail:
+    release_all(&h);
+    return NULL;
+}
+
 /* chain(x, out, units, *, act=None, next_shift=None, next_act=None, threads=1)
  * Consecutive C -> C units that each add their input: out = unit_{U-1}(... unit_0(x)), computed as a
  * wavefront (see run_chain); bitwise equal to calling unit() U times.
@@ -1696,6 +1804,8 @@ static PyMethodDef methods[] = {
      "Binary conv + fused epilogue of one unit (or its raw counts)."},
     {"thin_conv", (PyCFunction)(void (*)(void))py_thin_conv, METH_VARARGS | METH_KEYWORDS,
      "3x3 float convolution to at most 16 channels, NHWC."},
+    {"shuffle_lrelu", (PyCFunction)(void (*)(void))py_shuffle_lrelu, METH_VARARGS | METH_KEYWORDS,
+     "pixel_shuffle then leaky ReLU, NHWC, in one pass."},
     {"chain", (PyCFunction)(void (*)(void))py_chain, METH_VARARGS | METH_KEYWORDS,
      "Consecutive C -> C units with residuals, as one wavefront over the rows."},
     {NULL, NULL, 0, NULL},

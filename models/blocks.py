@@ -221,3 +221,22 @@ class ThinConv2d(nn.Conv2d):
         from models.kernels.bitpacked import thin_conv
 
         return thin_conv(x, self.weight, self.bias)
+
+
+def shuffle_lrelu(x: Tensor, upscale: int, lrelu: nn.LeakyReLU) -> Tensor:
+    """``lrelu(pixel_shuffle(x, upscale))``, the float upsampler's step.
+
+    For inference on the CPU (a channels_last float32 tensor, the kernel extension built) one pass of
+    ``shuffle_lrelu`` (csrc/bitpacked.c) instead of a copy and another pass: a permutation and the same
+    multiply as ``F.leaky_relu``, so bitwise the same result.
+    """
+    if (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" or \
+            x.dtype != torch.float32 or not x.is_contiguous(memory_format=torch.channels_last):
+        return lrelu(F.pixel_shuffle(x, upscale))  # type: ignore[no-any-return]
+    from models import kernels
+
+    if not kernels.available():
+        return lrelu(F.pixel_shuffle(x, upscale))  # type: ignore[no-any-return]
+    from models.kernels.bitpacked import shuffle_lrelu as fused
+
+    return fused(x, upscale, float(lrelu.negative_slope))

@@ -372,3 +372,23 @@ def test_thin_conv_layer_falls_back_with_gradients() -> None:
     with torch.no_grad():
         z = conv(x)
     assert z.grad_fn is None and (z - y.detach()).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("c,r", [(64, 2), (16, 2), (3, 3), (8, 2)])
+def test_shuffle_lrelu_is_bitwise_pixel_shuffle_then_leaky_relu(c: int, r: int) -> None:
+    from models.blocks import shuffle_lrelu
+
+    x = torch.randn(2, c * r * r, 7, 9, generator=torch.Generator().manual_seed(c))
+    x[0, :3, 0, 0] = torch.tensor([0.0, -0.0, float("nan")])
+    x = x.contiguous(memory_format=torch.channels_last)
+    ref = F.leaky_relu(F.pixel_shuffle(x, r), 0.1)
+    before = kernels.isa()
+    try:
+        for core in ISAS:
+            kernels.set_isa(core)
+            out = shuffle_lrelu(x, r, torch.nn.LeakyReLU(0.1))
+            assert out.is_contiguous(memory_format=torch.channels_last)
+            assert torch.equal(out.nan_to_num(7.0), ref.nan_to_num(7.0))
+            assert torch.equal(torch.signbit(out), torch.signbit(ref))
+    finally:
+        kernels.set_isa(before)

@@ -15,7 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.archs.architecture import Architecture
-from models.blocks import BinaryBlock, BinaryConv2d, BinaryUpConv2d, ThinConv2d, repeat_channels, run_units
+from models.blocks import (
+    BinaryBlock,
+    BinaryConv2d,
+    BinaryUpConv2d,
+    ThinConv2d,
+    repeat_channels,
+    run_units,
+    shuffle_lrelu,
+)
 from models.config import NetworkConfig
 from models.errors import UnsupportedCheckpointError
 from models.vocab import default_k
@@ -64,7 +72,7 @@ class BBCUSR(nn.Module):
         out = run_units([unit for block in self.body for unit in block.body], feat)  # type: ignore[union-attr]
         for i, r in enumerate(self.steps, start=1):
             up = getattr(self, f"upconv{i}")
-            out = up(out) if "up" in self.config.binary else self.lrelu(F.pixel_shuffle(up(out), r))
+            out = up(out) if "up" in self.config.binary else shuffle_lrelu(up(out), r, self.lrelu)
         out = self.lrelu(self.conv_hr(out))
         base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
         if "tail" in self.config.binary:

@@ -92,6 +92,16 @@ def thin_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out
 
 
+def shuffle_lrelu(x: Tensor, upscale: int, slope: float) -> Tensor:
+    """leaky_relu(pixel_shuffle(x, upscale), slope) of a channels_last tensor in one pass (NHWC out)."""
+    n, c, h, w = (int(s) for s in x.shape)
+    out = torch.empty((n, c // (upscale * upscale), h * upscale, w * upscale),
+                      memory_format=torch.channels_last)
+    _ext.shuffle_lrelu(as_array(x, nchw=False), as_array(out, nchw=False), upscale=upscale, slope=slope,
+                       threads=torch.get_num_threads())
+    return out
+
+
 class BitUnit(KernelUnit):
     """A BBCU (or BBCU-U) unit computed by the bit-packed kernel; same math as ``DeployUnit``."""
 
