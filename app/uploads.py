@@ -23,6 +23,7 @@ MAX_FILENAME_BYTES = 255  # as most file systems allow: the name is kept with th
 # parts of a multipart body: the image and a few fields a form may add; each part costs parser
 # callbacks, and a million tiny ones held a request for seconds
 MAX_PARTS = 16
+MAX_BOUNDARY = 70  # RFC 2046; python-multipart raises past 256, which was a 500
 
 
 @dataclass
@@ -116,9 +117,9 @@ async def read_upload(request: Request, limit: int, timeout_s: float) -> Upload:
     parser: MultipartParser | None = None
     if multipart:
         boundary = params.get(b"boundary")
-        if not boundary:
-            raise Problem(400, "Malformed multipart body", "the multipart content type has no boundary",
-                          slug="malformed-multipart")
+        if not boundary or len(boundary) > MAX_BOUNDARY:
+            raise Problem(400, "Malformed multipart body", "the multipart content type needs a boundary of "
+                          f"1 to {MAX_BOUNDARY} characters (RFC 2046)", slug="malformed-multipart")
         parser = MultipartParser(boundary, field.callbacks())  # type: ignore[arg-type]
     raw = bytearray()
     received = 0

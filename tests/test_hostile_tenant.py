@@ -522,3 +522,67 @@ def test_make_run_listens_on_loopback_unless_told(tmp_path: Path) -> None:
     dry = subprocess.run(["make", "-n", "run", "HOST=0.0.0.0", "PORT=9123"], cwd=ROOT, env=env,
                          capture_output=True, text=True, check=True)
     assert "serve --host 0.0.0.0 --port 9123" in dry.stdout
+
+
+# --- done-when: every odd header and body answers 4xx, never 5xx
+
+ODD_HEADERS: list[dict[str, bytes]] = [
+    {"Prefer": b"wait=\xc2\xb2"}, {"Prefer": b"wait"}, {"Prefer": b",,;=,wait=="},
+    {"Prefer": b"wait=9" * 300}, {"Prefer": b"respond-async; wait=1e309"}, {"Prefer": b"\xff\xfe"},
+    {"Accept": b"image/png;q=abc, image/webp;q=nan, image/jpeg;q=inf"}, {"Accept": b"\xff/\xfe;q=\xff"},
+    {"Content-Type": b"multipart/form-data; boundary=" + b"a" * 5000},
+    {"Content-Type": b'multipart/form-data; boundary=""'}, {"Content-Type": b"multipart/form-data"},
+    {"Content-Type": b"image/png; charset=\xff"}, {"Content-Type": b"\xff\xfe/\xfd"},
+    {"Authorization": b"Bearer"}, {"Authorization": b"Bearer " + b"x" * 8000},
+    {"Authorization": b"Bearer \xff\xfe"}, {"Authorization": b"Basic \xff"}, {"X-API-Key": b"\xff\xfe\x01"},
+    {"Last-Event-ID": b"\xff" * 3}, {"Last-Event-ID": b"9" * 5000},
+    {"Idempotency-Key": b"\x01\x02"}, {"Idempotency-Key": b"k" * 5000},
+]
+
+
+@pytest.mark.parametrize("headers", ODD_HEADERS, ids=lambda h: repr(h)[:40])
+def test_odd_headers_are_never_a_5xx(keyed: Service, headers: dict[str, bytes]) -> None:
+    """A multipart boundary over 256 characters was a 500 (python-multipart raised); the rest is kept so."""
+    key = _as(ALICE)
+    with keyed.client(timeout=30) as c:
+        answers = [
+            c.post("/restore", params={"task": "denoise", "async": "true"}, content=make_image(16, 16),
+                   headers={"Content-Type": "image/png", **key, **headers}),  # type: ignore[dict-item]
+            c.get("/jobs/" + "0" * 32, headers={**key, **headers}),  # type: ignore[dict-item]
+            c.get("/jobs/" + "0" * 32 + "/events", headers={**key, **headers}),  # type: ignore[dict-item]
+            c.get("/limits", headers=headers), c.get("/metrics", headers=headers)]
+        for r in answers:
+            if r.status_code == 202:
+                c.delete(f"/jobs/{r.json()['id']}", headers=key)
+    for r in answers:
+        assert r.status_code < 500, (r.request.url, r.status_code, r.text)
+        if r.status_code >= 400:
+            assert_problem(r, r.status_code)
+
+
+def _part(head: bytes, data: bytes = b"x") -> bytes:
+    return b"--b0\r\n" + head + b"\r\n\r\n" + data + b"\r\n"
+
+
+ODD_BODIES: list[bytes] = [
+    _part(b"no colon in this header line"),
+    _part(b'Content-Disposition: form-data; name="image"; filename="\xff\xfe.png"',
+          make_image(8, 8)) + b"--b0--",
+    _part(b"X-Long: " + b"h" * 100_000),
+    _part(b'Content-Disposition: form-data; name="image"', make_image(8, 8)),  # never closed
+    make_image(8, 8),  # not multipart at all
+    b"--b0--\r\n",  # no part
+    _part(b'Content-Disposition: form-data; name="image"; filename*=UTF-8\'\'%FF%FE', b"") + b"--b0--",
+]
+
+
+@pytest.mark.parametrize("body", ODD_BODIES, ids=lambda b: repr(b)[:40])
+def test_odd_multipart_bodies_are_never_a_5xx(keyed: Service, body: bytes) -> None:
+    with keyed.client(timeout=30) as c:
+        r = c.post("/restore", params={"task": "denoise", "async": "true"}, content=body,
+                   headers={"Content-Type": "multipart/form-data; boundary=b0", **_as(ALICE)})
+        if r.status_code == 202:
+            c.delete(f"/jobs/{r.json()['id']}", headers=_as(ALICE))
+    assert 200 <= r.status_code < 500, r.text
+    if r.status_code >= 400:
+        assert_problem(r, r.status_code)
