@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,8 @@ from tests.helpers import assert_problem, make_image
 from tests.test_service_faults import start_redis
 from workers.callback_urls import MAX_CALLBACK_URL
 from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
-from workers.errors import QueueFull
+from workers.errors import QueueFull, StoreFull
+from workers.memory_store import MemoryStore
 from workers.redis_budget import KEY_SHARE, SAFE_FRACTION
 from workers.redis_store import RedisStore
 from workers.settings import Settings
@@ -128,3 +130,31 @@ def test_bob_flooding_over_http_never_turns_alice_away(tiny_weights: Path, logdi
         if api is not None:
             api.stop()
         proc.stop()
+
+
+def test_embedded_store_gives_one_key_half_of_its_budget() -> None:
+    """The embedded mode: one key's unfinished inputs and kept records hold at most half of
+    BBCU_MEMORY_STORE_MAX_BYTES; another key is still admitted; ended jobs' records count until they
+    expire."""
+    store = MemoryStore(result_ttl_s=60, job_ttl_s=1, max_bytes=2_000_000)
+    data = os.urandom(FACTS.bytes)
+
+    def flood() -> list[str]:
+        ids: list[str] = []
+        with pytest.raises(StoreFull, match="the jobs of bob hold"):
+            for _ in range(1000):
+                job = spec("bob", callback_url="https://hooks.example/" + "a" * 2000, filename="f" * 250)
+                store.create(job, FACTS, data)
+                ids.append(job.id)
+        return ids
+
+    first = flood()
+    assert 40 < len(first) < 1_000_000 // FACTS.bytes
+    for _ in range(20):
+        store.create(spec("alice"), FACTS, data)
+    for job_id in first:
+        store.drop_input(job_id)  # they ended: their records are kept a while yet, and count
+    second = flood()
+    assert 0 < len(second) < len(first)
+    time.sleep(1.1)  # the records expire
+    store.create(spec("bob"), FACTS, data)

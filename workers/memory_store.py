@@ -12,6 +12,7 @@ from typing import Any
 from workers.contract import ImageFacts, JobRecord, JobSpec
 from workers.errors import StoreFull
 from workers.lifecycle import created
+from workers.redis_budget import KEY_SHARE, RECORD_ROOM
 from workers.registry import MemoryRegistry
 from workers.store import JobStore
 
@@ -24,7 +25,8 @@ class MemoryStore(JobStore):
     since (a later expiry) or deleted is skipped when popped. Blobs share a byte budget: past it the
     oldest results are dropped first (their GET answers 410, as for an expired result), and a new
     job is refused (``StoreFull``, a 503) while the inputs of accepted jobs fill it; an accepted job's
-    input is never dropped to make room.
+    input is never dropped to make room. One API key's unfinished inputs and kept records may hold
+    ``KEY_SHARE`` of the budget: its flood leaves the rest to the other keys.
     """
 
     def __init__(self, result_ttl_s: int, job_ttl_s: int, max_bytes: int = 1 << 30) -> None:
@@ -40,6 +42,8 @@ class MemoryStore(JobStore):
         self._results: dict[str, None] = {}  # job ids with a result blob, oldest written first
         self.held_bytes = 0  # bytes of every blob held
         self._inputs = (0, 0)  # input blobs held and their bytes (kept as they change: no scan to count)
+        self._owned: dict[str, int] = {}  # API key owner -> bytes of its inputs and records held
+        self._owner_of: dict[str, tuple[str, int]] = {}  # job id -> (owner, its record's cost)
         self.swept = 0  # heap entries popped (the cost of expiry, for tests)
 
     def _expire_at(self, table: str, key: Any, ttl_s: float) -> float:
@@ -60,6 +64,7 @@ class MemoryStore(JobStore):
                 self._forget_blob(key)
             else:
                 del self._tables[table][key]
+                self._forget_owner(key)
         # a heap of mostly stale entries (keys written again and again) is rebuilt from the live ones
         live = len(self._records) + len(self._blobs)
         if len(self._expiry) > 64 and len(self._expiry) > 4 * live:
@@ -74,6 +79,23 @@ class MemoryStore(JobStore):
             self._results.pop(key[1], None)
         elif key[0] == "in":
             self._inputs = (self._inputs[0] - 1, self._inputs[1] - len(data))
+            self._own(key[1], -len(data))
+
+    def _own(self, job_id: str, size: int) -> None:
+        """Count ``size`` more bytes for the owner of ``job_id`` (none: keys are off)."""
+        owner = self._owner_of.get(job_id, ("", 0))[0]
+        if owner:
+            self._owned[owner] = self._owned.get(owner, 0) + size
+
+    def _forget_owner(self, job_id: str) -> None:
+        """The job's record is gone: its cost leaves its owner's count."""
+        owner, cost = self._owner_of.pop(job_id, ("", 0))
+        if owner:
+            left = self._owned.get(owner, 0) - cost
+            if left > 0:
+                self._owned[owner] = left
+            else:
+                self._owned.pop(owner, None)
 
     def _make_room(self, size: int, keep: str | None = None) -> None:
         """Drop the oldest results (not ``keep``'s) until ``size`` more bytes fit the budget; the cost
@@ -98,6 +120,14 @@ class MemoryStore(JobStore):
                 raise StoreFull(f"the inputs of accepted jobs fill the memory budget "
                                 f"({self.held_bytes} of {self.max_bytes} bytes, BBCU_MEMORY_STORE_MAX_BYTES)")
             record = created(spec, facts)
+            cost = len(record.model_dump_json()) + RECORD_ROOM
+            share = int(self.max_bytes * KEY_SHARE)
+            owned = self._owned.get(spec.owner or "", 0)
+            if spec.owner and owned + len(data) + cost > share:
+                raise StoreFull(f"the jobs of {spec.owner} hold {owned} bytes of inputs and records, their "
+                                f"share of {share} (half of BBCU_MEMORY_STORE_MAX_BYTES)")
+            self._owner_of[spec.id] = (spec.owner or "", cost)
+            self._own(spec.id, cost)
             self._put_blob("in", spec.id, data)
             self._records[spec.id] = (self._expire_at("record", spec.id, self.job_ttl_s), record)
             return record
@@ -175,6 +205,7 @@ class MemoryStore(JobStore):
         self.held_bytes += len(data)
         if kind == "in":
             self._inputs = (self._inputs[0] + 1, self._inputs[1] + len(data))
+            self._own(job_id, len(data))
 
     def _get_blob(self, kind: str, job_id: str) -> bytes | None:
         with self._cond:
