@@ -15,9 +15,11 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -42,6 +44,7 @@ from tests.conftest import (
 )
 from tests.helpers import assert_problem, make_image, wait_job
 from tests.test_webhooks import Receiver, running_receiver
+from workers import signing
 from workers.callback_urls import CallbackRefused, allow_list, check_callback
 from workers.contract import JobRecord, JobSpec, JobStatus, new_job_id, now
 from workers.settings import Settings
@@ -152,6 +155,31 @@ def test_a_url_httpx_cannot_send_stops_no_later_webhook(receiver: Receiver) -> N
     try:
         sender.notify(_ended(tab))
         sender.notify(_ended(receiver.url + "?" + "a" * 70_000))
+        later = _ended(receiver.url)
+        sender.notify(later)
+        assert [d.record["id"] for d in receiver.wait_for(1)] == [later.id]
+    finally:
+        sender.close()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
+def test_a_delivery_thread_that_dies_is_replaced(receiver: Receiver, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Item 2, any exception: a fault nobody foresaw (here injected into the signing of one body) ends
+    its thread, which starts its successor, so later webhooks still go out."""
+    real_sign = signing.sign
+    fired = threading.Event()
+
+    def faulty_sign(*args: Any) -> str:
+        if not fired.is_set():
+            fired.set()
+            raise RuntimeError("an unforeseen fault")
+        return real_sign(*args)
+
+    monkeypatch.setattr(signing, "sign", faulty_sign)
+    sender = _sender(webhook_workers=1)  # one thread: the webhook below needs its successor
+    try:
+        sender.notify(_ended(receiver.url))
+        assert fired.wait(30)
         later = _ended(receiver.url)
         sender.notify(later)
         assert [d.record["id"] for d in receiver.wait_for(1)] == [later.id]

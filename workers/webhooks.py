@@ -71,7 +71,7 @@ def lane_of(rec: JobRecord) -> str:
 
 class WebhookSender:
     """Queues deliveries per lane and sends them from a pool of daemon threads, started on the first
-    event; a thread that died is replaced on the next event."""
+    event; a thread ended by a fault starts its successor."""
 
     def __init__(self, settings: Settings) -> None:
         self._secret = settings.webhook_secret.get_secret_value() if settings.webhook_secret else None
@@ -160,13 +160,21 @@ class WebhookSender:
                 self._cond.wait(wait)
 
     def _loop(self, client: httpx.Client) -> None:
-        while (delivery := self._next()) is not None:
-            error: str | None = "the try raised"  # kept if _send raises what it does not expect
-            retry = False
-            try:
-                error, retry = self._send(client, delivery)
-            finally:
-                self._done(delivery, error, retry)
+        try:
+            while (delivery := self._next()) is not None:
+                error: str | None = "the try raised"  # kept if _send raises what it does not expect
+                retry = False
+                try:
+                    error, retry = self._send(client, delivery)
+                finally:
+                    self._done(delivery, error, retry)
+        finally:
+            # only close() ends the loop normally: a thread leaving otherwise (a fault nobody foresaw,
+            # reported by threading's excepthook) starts its successor, so the deliveries go on
+            with self._cond:
+                self._threads = [t for t in self._threads if t is not threading.current_thread()]
+                if not self._closed:
+                    self._staff()
 
     def _done(self, delivery: Delivery, error: str | None, retry: bool) -> None:
         with self._cond:
