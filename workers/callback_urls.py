@@ -122,10 +122,10 @@ def is_public(address: IPAddress) -> bool:
     inner = embedded_ipv4(address)
     if inner is not None:
         return is_public(inner)
-    return not (not address.is_global or address.is_multicast or address.is_reserved
-                or address.is_unspecified or address.is_link_local
-                or (isinstance(address, ipaddress.IPv6Address)
-                    and (address.is_site_local or address.teredo is not None)))
+    internal_v6 = isinstance(address, ipaddress.IPv6Address) and (address.is_site_local
+                                                                  or address.teredo is not None)
+    return address.is_global and not (address.is_multicast or address.is_reserved or address.is_unspecified
+                                      or address.is_link_local or internal_v6)
 
 
 def resolve(host: str) -> tuple[IPAddress, ...]:
