@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install run test bench soak lint redis browser docker compose-test clean
+.PHONY: install run test test-quick bench soak lint redis browser docker compose-test clean
 
 install: $(STAMP)
 
@@ -41,11 +41,15 @@ docker:
 
 # the whole stack in Docker, built and run for real (docker/compose_test.py says what it checks)
 compose-test: install docker
-	TORCH_VERSION=$(TORCH_VERSION) $(BIN)/python docker/compose_test.py
+	TORCH_VERSION=$(TORCH_VERSION) PYTHONPATH=$(CURDIR) $(BIN)/python docker/compose_test.py
 
 test: install redis browser
 	@bash docker/ensure-daemon.sh || echo "no Docker daemon: the Compose test will be skipped"
 	$(BIN)/python -m pytest -q
+
+# the unit tests only (no processes, servers or Redis; conftest marks those `service`): a minute or two
+test-quick: install
+	$(BIN)/python -m pytest -q -m "not service and not slow"
 
 # `make bench` runs every section of benchmarks/run.py; `make bench peers` (or kernels, service, gpu,
 # tiles: any of them) only those named after it, which are then arguments, not targets of their own
@@ -65,9 +69,11 @@ endif
 soak: install redis
 	$(BIN)/python -m benchmarks.load $(SOAK_ARGS)
 
+# ruff, mypy, and the import boundaries of pyproject.toml's [tool.importlinter] contracts
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -52,7 +52,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,7 +66,18 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.harness import (
+    REDIS_SERVER,
+    ROOT,
+    Proc,
+    bbcu,
+    free_port,
+    healthy,
+    redis_pong,
+    spawn,
+    wait_until,
+)
+
 SCENARIOS = ("sync", "async", "kill", "redis-restart", "evict", "redis-full", "keys", "redis-sized",
              "slowloris")
 MEMORY = ("evict", "redis-full")
@@ -119,25 +129,6 @@ LOGDIR = Path(".bench/soak-logs")
 # processes
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(check: Callable[[], bool], timeout: float, what: str,
-             proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited ({proc.returncode})")
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            if check():
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"{what}: not after {timeout:.0f} s")
-
-
 def compose_eviction_policy() -> str:
     """The ``--maxmemory-policy`` of the shipped docker-compose.yml (Redis's default if it sets none)."""
     text = (ROOT / "docker-compose.yml").read_text()
@@ -160,7 +151,7 @@ class Cluster:
         self.api_prefix = ["prlimit", f"--nofile={api_soft_files}:", "--"] if api_soft_files else []
         self.logdir = logdir
         self.redis_port = free_port()
-        self.redis_args = [shutil.which("redis-server") or "redis-server", "--port", str(self.redis_port),
+        self.redis_args = [REDIS_SERVER, "--port", str(self.redis_port),
                            "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
                            "--appendonly", "yes", "--appendfsync", "everysec"]
         if maxmemory_mb:
@@ -169,67 +160,55 @@ class Cluster:
                     "BBCU_WEIGHTS_DIR": str(weights),
                     "BBCU_TORCH_THREADS": "1", "BBCU_HEARTBEAT_S": "1", "BBCU_SYNC_WAIT_S": "60",
                     "BBCU_REDIS_TIMEOUT_S": "2", "PYTHONUNBUFFERED": "1", **(env or {})}
-        self.redis: subprocess.Popen[bytes] | None = None
-        self.api: subprocess.Popen[bytes] | None = None
+        self.redis: Proc | None = None
+        self.api: Proc | None = None
         self.url = ""
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.workers: list[Proc] = []
         self.keys: dict[str, str] = {}  # API key by name, where the API requires keys
-        self._spawned: list[subprocess.Popen[bytes]] = []
+        self._spawned: list[Proc] = []
         self._count: Counter[str] = Counter()
         self.worker_exits = 0  # workers that exited unasked (and were started again)
         self._lock = threading.Lock()  # self.workers, between the scenario and the supervisor
         self._closing = threading.Event()
         self._supervisor = threading.Thread(target=self._supervise, name="soak-supervisor", daemon=True)
 
-    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, argv: list[str], env: dict[str, str] | None) -> Proc:
         self._count[name] += 1
-        base = {k: v for k, v in os.environ.items() if not k.startswith("BBCU_")}
-        with (self.logdir / f"{name}-{self._count[name]}.log").open("wb") as log:
-            proc = subprocess.Popen(argv, cwd=ROOT, env={**base, **(env or {})}, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True)
+        proc = spawn(f"{name}-{self._count[name]}", argv, env or {}, self.logdir, new_session=True)
         self._spawned.append(proc)
         return proc
 
     def start_redis(self) -> None:
         self.redis = self._spawn("redis", self.redis_args, None)
-
-        def pong() -> bool:
-            with socket.create_connection(("127.0.0.1", self.redis_port), timeout=1) as s:
-                s.sendall(b"PING\r\n")
-                return s.recv(16).startswith(b"+PONG")
-
-        wait_for(pong, 30, "redis-server", self.redis)
+        wait_until(lambda: redis_pong(self.redis_port), 30, self.redis, "redis-server")
 
     def stop_redis(self) -> None:
         """A clean shutdown (SIGTERM): Redis writes its append-only file and exits."""
         assert self.redis is not None
-        self.redis.terminate()
-        self.redis.wait(30)
+        self.redis.popen.terminate()
+        self.redis.popen.wait(30)
 
     def start_api(self) -> None:
         port = free_port()
-        self.api = self._spawn("api", [*self.api_prefix, sys.executable, "-m", "cli.main", "serve",
-                                       "--port", str(port), "--workers", str(self.api_processes),
-                                       "--log-level", "warning"], self.env)
+        self.api = self._spawn("api", [*self.api_prefix, *bbcu("serve", "--port", str(port), "--workers",
+                                                         str(self.api_processes), "--log-level", "warning")],
+                               self.env)
         self.url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(self.url + "/healthz", timeout=2).status_code == 200, 120, "the API",
-                 self.api)
+        wait_until(healthy(self.url), 120, self.api, "the API")
 
-    def _spawn_worker(self) -> subprocess.Popen[bytes]:
+    def _spawn_worker(self) -> Proc:
         # one node name for every worker, as a restarted container keeps its host name
-        return self._spawn("worker", [sys.executable, "-m", "cli.main", "worker", "--queues", "cpu",
-                                      "--concurrency", "2", "--hostname", "soak@%h", "--log-level",
-                                      "warning"], self.env)
+        return self._spawn("worker", bbcu("worker", "--queues", "cpu", "--concurrency", "2", "--hostname",
+                                          "soak@%h", "--log-level", "warning"), self.env)
 
-    def start_worker(self, tally: Tally) -> subprocess.Popen[bytes]:
+    def start_worker(self, tally: Tally) -> Proc:
         """Start a worker and wait for /readyz; one that never gets ready is noted, not fatal (the
         supervisor starts it again if it exits; its jobs then count as stranded)."""
         with self._lock:
             worker = self._spawn_worker()
             self.workers.append(worker)
         try:
-            wait_for(lambda: httpx.get(self.url + "/readyz", timeout=2).status_code == 200,
-                     WORKER_READY_S, "a ready worker")
+            wait_until(healthy(self.url, "/readyz"), WORKER_READY_S, None, "a ready worker")
         except TimeoutError:
             tally.notes.append(f"no worker ready {WORKER_READY_S:.0f} s after one was started "
                                f"(see {self.logdir}/worker-*.log)")
@@ -242,11 +221,11 @@ class Cluster:
         for w in stopping:
             _stop(w, 60)
 
-    def kill_worker(self, worker: subprocess.Popen[bytes]) -> None:
+    def kill_worker(self, worker: Proc) -> None:
         """SIGKILL to the worker's whole process group, as when its container is killed."""
         with self._lock:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait(10)
+            os.killpg(worker.popen.pid, signal.SIGKILL)
+            worker.popen.wait(10)
             self.workers.remove(worker)
 
     def supervise(self) -> None:
@@ -257,7 +236,7 @@ class Cluster:
         while not self._closing.wait(0.5):
             with self._lock:
                 for i, w in enumerate(self.workers):
-                    if w.poll() is not None:
+                    if w.popen.poll() is not None:
                         self.workers[i] = self._spawn_worker()
                         self.worker_exits += 1
 
@@ -269,17 +248,19 @@ class Cluster:
             _stop(proc, 20)
 
 
-def _stop(proc: subprocess.Popen[bytes], timeout: float) -> None:
+def _stop(proc: Proc, timeout: float) -> None:
+    """SIGTERM to the process group, SIGKILL after ``timeout``; then to any member left."""
+    popen = proc.popen
     with contextlib.suppress(ProcessLookupError):
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
+        if popen.poll() is None:
+            os.killpg(popen.pid, signal.SIGTERM)
             try:
-                proc.wait(timeout)
+                popen.wait(timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout)
+                os.killpg(popen.pid, signal.SIGKILL)
+                popen.wait(timeout)
         # the group's other members (a prefork worker's children) go with it
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(popen.pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager
@@ -791,7 +772,7 @@ def run_slowloris(c: Cluster, scale: Scale, tally: Tally) -> None:
         raise OSError(f"the campaign itself needs {scale.slowloris_n + 320} open files (hard limit)")
     port = int(c.url.rsplit(":", 1)[1])
     with Dribblers("127.0.0.1", port, scale.slowloris_n) as flood:
-        wait_for(lambda: flood.opened >= scale.slowloris_n, 60, "the flood's connections")
+        wait_until(lambda: flood.opened >= scale.slowloris_n, 60, None, "the flood's connections")
         images = [image(SIDES["sync"], i) for i in range(scale.slowloris_requests)]
         submit(c.url, tally, images, 4, asynchronous=False)
         opened, closed = flood.opened, flood.closed_by_server

@@ -12,9 +12,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -24,65 +21,37 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.harness import Proc, bbcu, free_port, healthy, spawn, start_redis, wait_until
+
 THREADS = 2
 SIZE = 256
 TARGET_RATIO, TARGET_MS = 1.15, 50.0
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except (httpx.HTTPError, OSError):
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{what} not ready after {timeout} s")
-
-
 @contextmanager
 def _processes(env: dict[str, str], broker: bool, logdir: Path) -> Iterator[str]:
     """redis-server, `bbcu serve` and (with a broker) `bbcu worker`, stopped on exit."""
-    procs: list[subprocess.Popen[bytes]] = []
-    base = {k: v for k, v in os.environ.items() if not k.startswith("BBCU_")}
-
-    def spawn(name: str, argv: list[str], extra: dict[str, str]) -> None:
-        with (logdir / f"{name}.log").open("wb") as log:
-            procs.append(subprocess.Popen(argv, cwd=ROOT, env={**base, **env, **extra}, stdout=log,
-                                          stderr=subprocess.STDOUT))
-
+    procs: list[Proc] = []
     extra: dict[str, str] = {}
     try:
         if broker:
-            redis_server = shutil.which("redis-server")
-            if redis_server is None:
+            if shutil.which("redis-server") is None:
                 raise RuntimeError("redis-server not found (make redis installs it)")
-            rport = _free_port()
-            spawn("redis", [redis_server, "--port", str(rport), "--bind", "127.0.0.1", "--save", ""], {})
+            rport, redis = start_redis("redis", logdir)
+            procs.append(redis)
             extra["BBCU_BROKER_URL"] = f"redis://127.0.0.1:{rport}/0"
-            spawn("worker", [sys.executable, "-m", "cli.main", "worker", "--queues", "cpu",
-                             "--concurrency", "1", "--log-level", "warning"], extra)
-        port = _free_port()
-        spawn("api", [sys.executable, "-m", "cli.main", "serve", "--port", str(port), "--log-level",
-                      "warning"], extra)
+            worker = bbcu("worker", "--queues", "cpu", "--concurrency", "1", "--log-level", "warning")
+            procs.append(spawn("worker", worker, {**env, **extra}, logdir))
+        port = free_port()
+        api = spawn("api", bbcu("serve", "--port", str(port), "--log-level", "warning"), {**env, **extra},
+                    logdir)
+        procs.append(api)
         url = f"http://127.0.0.1:{port}"
-        _wait(lambda: httpx.get(url + "/readyz", timeout=2).status_code == 200, 120, "service")
+        wait_until(healthy(url, "/readyz"), 120, api, "the service")
         yield url
     finally:
         for p in reversed(procs):
-            p.terminate()
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+            p.stop(15)
 
 
 def _weights(tmp: Path) -> tuple[Path, str]:

@@ -10,7 +10,7 @@ from cli.common import fail
 from models.vocab import BACKENDS, DEFAULT_SR_SCALE, PRECISIONS, SR_SCALES, TASKS, VARIANTS
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a network with the paper's protocol",
                        description="PSNR/SSIM per image and mean, next to the baseline (bicubic, noisy "
                                    "input, JPEG input), by the protocol of docs/evaluation.md.")

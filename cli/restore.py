@@ -25,7 +25,7 @@ class UsageError(Exception):
     """Arguments that cannot be carried out; the message says why."""
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("restore", help="restore image files",
                        description="Restore images, animations (GIF, APNG, WebP) and videos (MP4, WebM, "
                                    "MOV): super-resolution, color denoising, JPEG deblocking, or a "
@@ -139,7 +139,7 @@ def _check_args(args: argparse.Namespace) -> tuple[tuple[str, ...], object]:
     return tasks, strength
 
 
-def _describe(reports: list) -> str:  # type: ignore[type-arg]
+def _describe(reports: list) -> str:
     return "; ".join(describe_stage(r.task, r.inference_ms, r.sigma, r.strength, r.chroma_model)
                      for r in reports)
 
@@ -186,7 +186,7 @@ def _restore_here(args: argparse.Namespace, tasks: tuple[str, ...], strength: ob
 
             bar = tqdm(desc=f"[{n}/{len(sources)}] {src.name}", total=1000, leave=False)
 
-            def progress(done: float, total: int, bar: tqdm = bar) -> None:  # type: ignore[type-arg]
+            def progress(done: float, total: int, bar: tqdm = bar) -> None:
                 bar.update(done * 1000 // max(total, 1) - bar.n)
 
         t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from cli.common import fail
 from workers.contract import QUEUES
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the HTTP API",
                        description="Run the API. Without BBCU_BROKER_URL jobs run in an embedded pool in "
                                    "this process; with it they go to Celery workers.")

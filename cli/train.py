@@ -41,7 +41,7 @@ def _positive(text: str) -> int:
     return v
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a BBCU network (paper recipe by default)",
                        description="Train a BBCU network. Defaults follow the paper (docs/training.md); "
                                    "every value can be overridden.")

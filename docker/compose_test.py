@@ -19,7 +19,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ import bases
 import httpx
 import numpy as np
 from PIL import Image
+
+from benchmarks.harness import free_port, wait_until  # `make compose-test` puts the repository on the path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,29 +61,11 @@ def check(ok: bool, message: str) -> None:
         raise AssertionError(message)
 
 
-def wait_for(what: str, probe: Callable[[], Any], timeout_s: float, every_s: float = 1.0) -> Any:
-    """Poll ``probe`` until it returns something truthy; its last value, or AssertionError."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
-        time.sleep(every_s)
-
-
 def docker(*args: str, check_rc: bool = True) -> str:
     done = subprocess.run(["docker", *args], capture_output=True, text=True)
     if check_rc and done.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)}: {done.stderr.strip()}")
     return done.stdout.strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Stack:
@@ -217,7 +200,7 @@ def finished(client: httpx.Client, job_id: str) -> dict[str, Any]:
         job: dict[str, Any] = client.get(f"/jobs/{job_id}").json()
         return job if job["status"] in ("succeeded", "failed", "cancelled") else None
 
-    return wait_for(f"job {job_id}", probe, 300, 0.2)  # type: ignore[no-any-return]
+    return wait_until(probe, 300, None, f"job {job_id}", 0.2)
 
 
 def ready_workers(client: httpx.Client, count: int) -> Callable[[], bool]:
@@ -235,8 +218,8 @@ def kill_worker_mid_job(stack: Stack, client: httpx.Client, hr: np.ndarray) -> N
     params = {"task": "sr", "scale": "4", "tile": "32", "async": "true"}
     data = png(hr[64:192, 64:192])  # a few seconds of work: long enough to be caught running
     job_id = client.post("/restore", params=params, files={"image": ("in", data)}).json()["id"]
-    job = wait_for("the job to run", lambda: (j := client.get(f"/jobs/{job_id}").json())["status"]
-                   == "running" and j, 120, 0.05)
+    job = wait_until(lambda: (j := client.get(f"/jobs/{job_id}").json())["status"] == "running" and j, 120,
+                     None, "the job to run", 0.05)
     hosts = {docker("inspect", "-f", "{{.Config.Hostname}}", c): c for c in stack.containers("worker-cpu")}
     victim = hosts[job["worker"].split("@", 1)[1]]
     # a worker that does not come back (its restart policy would bring it back under the same name;
@@ -320,7 +303,7 @@ def main() -> int:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120,
                           headers={"Authorization": f"Bearer {API_KEY}"}) as client:
             with step("/readyz"):
-                wait_for("/readyz", ready_workers(client, 1), 300)
+                wait_until(ready_workers(client, 1), 300, None, "/readyz", 1.0)
             with step("a request without the API key is refused"):
                 anonymous = httpx.get(f"http://127.0.0.1:{port}/jobs/{'0' * 32}", timeout=30)
                 check(anonymous.status_code == 401, f"without a key: {anonymous.status_code}")
@@ -328,11 +311,11 @@ def main() -> int:
                 restore_each_task(client, task_inputs(hr))
             with step("scale worker-cpu to 2"):
                 stack("up", "-d", "--no-recreate", "--scale", "worker-cpu=2")
-                wait_for("2 live cpu workers", ready_workers(client, 2), 300)
+                wait_until(ready_workers(client, 2), 300, None, "2 live cpu workers", 1.0)
             with step("kill the worker running an async job"):
                 kill_worker_mid_job(stack, client, hr)
         with step("health checks (API /readyz, worker heartbeats, redis ping)"):
-            wait_for("every container healthy", all_healthy(stack), 180, 5)
+            wait_until(all_healthy(stack), 180, None, "every container healthy", 5)
         with step("no container runs as root, redis not published and password-protected"):
             no_root_and_redis_private(stack)
     except BaseException:

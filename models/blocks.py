@@ -63,11 +63,11 @@ class _BinaryConv(torch.autograd.Function):
 
 
 def sign_ste(a: Tensor) -> Tensor:
-    return _SignSTE.apply(a)  # type: ignore[no-any-return]
+    return _SignSTE.apply(a)
 
 
 def binary_conv_ste(s: Tensor, w: Tensor) -> Tensor:
-    return _BinaryConv.apply(s, w)  # type: ignore[no-any-return]
+    return _BinaryConv.apply(s, w)
 
 
 def weight_scale(w: Tensor) -> Tensor:
@@ -172,7 +172,7 @@ class BinaryBlock(nn.Module):
         self.body = nn.Sequential(BinaryConv2d(channels, channels), BinaryConv2d(channels, channels))
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.body(x)  # type: ignore[no-any-return]
+        return self.body(x)
 
 
 @runtime_checkable
@@ -232,11 +232,11 @@ def shuffle_lrelu(x: Tensor, upscale: int, lrelu: nn.LeakyReLU) -> Tensor:
     """
     if (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" or \
             x.dtype != torch.float32 or not x.is_contiguous(memory_format=torch.channels_last):
-        return lrelu(F.pixel_shuffle(x, upscale))  # type: ignore[no-any-return]
+        return lrelu(F.pixel_shuffle(x, upscale))
     from models import kernels
 
     if not kernels.available():
-        return lrelu(F.pixel_shuffle(x, upscale))  # type: ignore[no-any-return]
+        return lrelu(F.pixel_shuffle(x, upscale))
     from models.kernels.bitpacked import shuffle_lrelu as fused
 
     return fused(x, upscale, float(lrelu.negative_slope))

@@ -236,7 +236,7 @@ def record(weights: Path, report: Report) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    with safe_open(str(weights), framework="pt") as f:  # type: ignore[no-untyped-call]
+    with safe_open(str(weights), framework="pt") as f:
         meta = dict(f.metadata() or {})
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     try:

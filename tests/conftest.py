@@ -5,13 +5,6 @@ Everything here starts on demand: the session fixtures run only when a test asks
 
 from __future__ import annotations
 
-import contextlib
-import os
-import shutil
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +12,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
+from benchmarks.harness import REDIS_SERVER, Proc, bbcu, free_port, spawn, start_redis, wait_until
+from tests.helpers import missing
+
 TINY_MODELS = ("tiny_denoise_l", "tiny_sr_x2_l", "tiny_sr_x4_l", "tiny_deblock_l")
 # limits small enough to test cheaply, large enough for every test image
 MAX_UPLOAD_BYTES = 1_000_000
@@ -30,58 +24,15 @@ WEBHOOK_SECRET = "test-webhook-secret"
 CORS_ORIGIN = "http://page.example"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# a test using one of these starts processes or servers: it is a service test, outside `make test-quick`
+SERVICE_FIXTURES = frozenset({"redis_port", "logdir", "celery_service", "embedded_service", "service",
+                              "browser"})
 
 
-@dataclass
-class Proc:
-    """A child process with its log file; stopped at teardown."""
-
-    name: str
-    popen: subprocess.Popen[bytes]
-    log: Path
-
-    def tail(self, n: int = 60) -> str:
-        lines = self.log.read_text(errors="replace").splitlines() if self.log.exists() else []
-        return "\n".join(lines[-n:])
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.popen.poll() is None:
-            self.popen.terminate()
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait(timeout)
-
-
-def spawn(name: str, argv: list[str], env: dict[str, str], logdir: Path) -> Proc:
-    log = logdir / f"{name}.log"
-    with log.open("wb") as f:
-        base = {k: v for k, v in os.environ.items() if not k.startswith("BBCU_")}
-        popen = subprocess.Popen(argv, cwd=ROOT, env={**base, **env}, stdout=f,
-                                 stderr=subprocess.STDOUT)
-    return Proc(name, popen, log)
-
-
-def bbcu(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli.main", *args]
-
-
-def wait_until(check, timeout: float, proc: Proc | None = None, what: str = "") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.popen.poll() is not None:
-            raise RuntimeError(f"{proc.name} exited ({proc.popen.returncode}) while waiting for {what}:\n"
-                               f"{proc.tail()}")
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            if check():
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"timed out after {timeout} s waiting for {what}\n{proc.tail() if proc else ''}")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVICE_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.service)
 
 
 @pytest.fixture(scope="session")
@@ -107,18 +58,9 @@ def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def redis_port(logdir: Path) -> Iterator[int]:
     """A private redis-server on a free port for the whole session."""
     if not Path(REDIS_SERVER).exists():
-        pytest.skip("redis-server is not installed (make test installs it)")
-    port = free_port()
-    proc = spawn("redis", [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                           "--appendonly", "no", "--databases", "16"], {}, logdir)
-
-    def pong() -> bool:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-
+        missing("redis-server is not installed (make test installs it)")
+    port, proc = start_redis("redis", logdir, "--appendonly", "no", "--databases", "16")
     try:
-        wait_until(pong, 20, proc, "redis-server")
         yield port
     finally:
         proc.stop()

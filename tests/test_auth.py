@@ -14,7 +14,8 @@ import httpx
 import pytest
 
 from app.access import KeyRing, parse_entry
-from tests.conftest import ROOT, Service, start_api
+from benchmarks.harness import ROOT
+from tests.conftest import Service, start_api
 from tests.helpers import assert_problem, make_image, wait_job
 from tests.test_service_store import serve_in_thread
 from workers.settings import Settings

@@ -18,6 +18,8 @@ from models import load_model
 from models.config import deblock_config, sr_config
 from tests.factories import save_official, save_ours
 
+pytestmark = pytest.mark.service  # runs `bbcu` (or a child) in its own process: not in test-quick
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -12,7 +12,8 @@ import pytest
 from PIL import Image
 
 from bbcu_client import AsyncClient, Client, Restored, ServiceError
-from tests.conftest import ROOT, Service, bbcu, free_port
+from benchmarks.harness import ROOT, bbcu, free_port
+from tests.conftest import Service
 from tests.helpers import make_image
 
 

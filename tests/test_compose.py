@@ -8,8 +8,8 @@ import subprocess
 import pytest
 import yaml
 
+from benchmarks.harness import ROOT
 from cli.main import build_parser
-from tests.conftest import ROOT
 from workers.contract import QUEUES
 from workers.settings import Settings
 

@@ -156,6 +156,7 @@ def test_a_decompression_bomb_is_refused_with_our_limit() -> None:
     assert str(e.value) == f"image is 900000000 pixels, over the limit of {SERVICE_MAX_PIXELS} pixels"
 
 
+@pytest.mark.service  # runs `bbcu` in its own process
 def test_formats_over_http_and_the_cli(tiny_weights: Path, tmp_path: Path) -> None:
     settings = Settings(weights_dir=tiny_weights, torch_threads=1)
     photo, _ = heic()

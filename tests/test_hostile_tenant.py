@@ -28,20 +28,11 @@ import yaml
 from PIL import Image
 
 from app.access import KeyRing
+from benchmarks.harness import ROOT, bbcu, free_port, wait_until
 from models import imageio, input_formats
 from models.errors import ImageDecodeError
 from tests import test_webhooks
-from tests.conftest import (
-    ROOT,
-    WEBHOOK_SECRET,
-    Service,
-    bbcu,
-    free_port,
-    service_env,
-    start_api,
-    start_worker,
-    wait_until,
-)
+from tests.conftest import WEBHOOK_SECRET, Service, service_env, start_api, start_worker
 from tests.helpers import assert_problem, make_image, wait_job
 from tests.test_webhooks import Receiver, running_receiver
 from workers import signing

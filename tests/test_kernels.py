@@ -12,13 +12,20 @@ from models import deploy, kernels
 from models.config import NetworkConfig
 from models.engine import from_network
 from tests.factories import random_net, small_configs
+from tests.helpers import missing
 
-pytestmark = pytest.mark.skipif(not kernels.available(), reason=kernels.unavailable_reason())
 if kernels.available():
     from models.kernels.bitpacked import BitUnit
 
 
 ISAS = list(kernels.supported_isas())
+
+
+@pytest.fixture(autouse=True)
+def _built() -> None:
+    """Every test here needs the built extension: without it they skip, or fail in CI."""
+    if not kernels.available():
+        missing(kernels.unavailable_reason())
 
 
 @pytest.fixture(params=ISAS)

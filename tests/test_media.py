@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from benchmarks.harness import ROOT
 from models import imageio, media, pipeline
 from models.errors import OptionError, TooManyFramesError
 from models.media import animation
 from models.media.restore import FrameRestorer, restore, to_frame, to_image
 from tests import media_files
-from tests.conftest import ROOT, Service
+from tests.conftest import Service
 from tests.helpers import assert_problem, load_model
 from tests.test_web_page import browser, choose, fetched, open_page  # noqa: F401  (browser: the fixture)
 
@@ -198,6 +199,7 @@ def test_cost_bound_counts_frames(tmp_path: Path) -> None:
     assert e.value.max_gops == settings.max_job_gops and e.value.gops > settings.max_job_gops
 
 
+@pytest.mark.service  # runs `bbcu` in its own process
 def test_cli_restores_mp4_sr_x2(tmp_path: Path, tiny_weights: Path) -> None:
     clip = tmp_path / "clip.mp4"
     clip.write_bytes(media_files.video(n=24, w=160, h=120, fps=12))

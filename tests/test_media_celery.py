@@ -17,11 +17,12 @@ import numpy as np
 import pytest
 import redis
 
+from benchmarks.harness import Proc, wait_until
 from models import imageio, pipeline
 from models.media import animation
 from models.media.restore import to_frame, to_image
 from tests import media_files
-from tests.conftest import Proc, Service, service_env, start_api, start_worker, wait_until
+from tests.conftest import Service, service_env, start_api, start_worker
 from tests.helpers import load_model, wait_job
 
 DB = 7  # a Redis database of its own: the session's Celery service uses 0

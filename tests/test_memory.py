@@ -13,7 +13,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image as PILImage
+
+pytestmark = pytest.mark.service  # runs `bbcu` (or a child) in its own process: not in test-quick
 
 ROOT = Path(__file__).resolve().parents[1]
 HWM = "[l for l in open('/proc/self/status') if l.startswith('VmHWM:')][0].split()[1]"

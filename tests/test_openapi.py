@@ -15,8 +15,9 @@ from typing import Any
 import httpx
 import pytest
 
+from benchmarks.harness import ROOT
 from models.vocab import MEDIA_TYPES
-from tests.conftest import ROOT, Service
+from tests.conftest import Service
 from tests.helpers import assert_problem, make_image
 from tests.test_auth import ALICE, entry, keyed
 from tests.test_service_store import serve_in_thread

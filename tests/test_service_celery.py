@@ -16,18 +16,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import (
-    ROOT,
-    Service,
-    bbcu,
-    free_port,
-    service_env,
-    spawn,
-    start_api,
-    start_worker,
-    wait_ready,
-    wait_until,
-)
+from benchmarks.harness import ROOT, bbcu, free_port, spawn, wait_until
+from tests.conftest import Service, service_env, start_api, start_worker, wait_ready
 from tests.helpers import assert_problem, assert_same_image, make_image, reference, wait_job
 from workers.celery_app import create_celery
 from workers.redis_store import RedisStore

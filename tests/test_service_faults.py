@@ -8,7 +8,6 @@ import io
 import os
 import re
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -19,42 +18,23 @@ import pytest
 import redis
 from PIL import Image
 
+from benchmarks.harness import REDIS_SERVER, ROOT, Proc, spawn, start_redis
 from models import catalog
 from models.config import NetworkConfig
 from models.cost import per_pixel
-from tests.conftest import (
-    REDIS_SERVER,
-    ROOT,
-    Proc,
-    free_port,
-    service_env,
-    spawn,
-    start_api,
-    start_worker,
-    wait_ready,
-    wait_until,
-)
-from tests.helpers import assert_problem, make_image, wait_job
+from tests.conftest import service_env, start_api, start_worker, wait_ready
+from tests.helpers import assert_problem, make_image, missing, wait_job
 from workers.contract import ImageFacts, JobRecord, JobSpec, new_job_id
 from workers.errors import QueueFull
 from workers.redis_budget import result_reserve
 from workers.redis_store import RedisStore
 
 
-def start_redis(name: str, logdir: Path, *args: str) -> tuple[str, Proc]:
+def redis_for(name: str, logdir: Path, *args: str) -> tuple[str, Proc]:
     """A private redis-server (on a free port) for one test; its URL and process."""
     if not Path(REDIS_SERVER).exists():
-        pytest.skip("redis-server is not installed (make test installs it)")
-    port = free_port()
-    proc = spawn(name, [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *args],
-                 {}, logdir)
-
-    def pong() -> bool:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-
-    wait_until(pong, 20, proc, name)
+        missing("redis-server is not installed (make test installs it)")
+    port, proc = start_redis(name, logdir, *args)
     return f"redis://127.0.0.1:{port}/0", proc
 
 
@@ -85,7 +65,7 @@ def test_admission_limits_refuse_with_503_and_give_room_back(tiny_weights: Path,
                                                              procs: list[Proc]) -> None:
     """No worker runs: past max_queued_jobs, or past max_queued_bytes, a new job gets 503 queue-full
     with Retry-After and nothing is stored; a cancelled job gives its room back; /metrics shows both."""
-    url, rproc = start_redis("redis-admission", logdir)
+    url, rproc = redis_for("redis-admission", logdir)
     procs.append(rproc)
     env = service_env(tiny_weights, BBCU_BROKER_URL=url, BBCU_MAX_QUEUED_JOBS="3",
                       BBCU_MAX_UPLOAD_BYTES="30000", BBCU_MAX_QUEUED_BYTES="30000", BBCU_RETRY_AFTER_S="4")
@@ -195,7 +175,7 @@ def test_held_results_count_toward_the_stored_bytes(redis_port: int) -> None:
 
 def test_a_full_redis_answers_503_not_500(tiny_weights: Path, logdir: Path, procs: list[Proc]) -> None:
     """Redis at maxmemory with noeviction refuses writes: the API answers 503 with Retry-After."""
-    url, rproc = start_redis("redis-full", logdir, "--maxmemory-policy", "noeviction")
+    url, rproc = redis_for("redis-full", logdir, "--maxmemory-policy", "noeviction")
     procs.append(rproc)
     env = service_env(tiny_weights, BBCU_BROKER_URL=url, BBCU_RETRY_AFTER_S="6")
     api_url, api = start_api("api-full", env, logdir)
@@ -214,7 +194,7 @@ def test_a_full_redis_answers_503_not_500(tiny_weights: Path, logdir: Path, proc
 
 def test_a_lost_input_fails_the_job_with_its_own_code(tiny_weights: Path, logdir: Path,
                                                       procs: list[Proc]) -> None:
-    url, rproc = start_redis("redis-lost-input", logdir)
+    url, rproc = redis_for("redis-lost-input", logdir)
     procs.append(rproc)
     env = service_env(tiny_weights, BBCU_BROKER_URL=url)
     api_url, api = start_api("api-lost-input", env, logdir)
@@ -259,7 +239,7 @@ def test_a_killed_worker_main_process_job_runs_again_elsewhere(tiny_weights: Pat
                                                                procs: list[Proc]) -> None:
     """SIGKILL of a worker's main process mid-job: its heartbeat lapses, the sweeper queues the job
     again (attempt 2) and a second worker finishes it; nobody reads the job meanwhile."""
-    url, rproc = start_redis("redis-kill", logdir)
+    url, rproc = redis_for("redis-kill", logdir)
     procs.append(rproc)
     env = service_env(tiny_weights, BBCU_BROKER_URL=url)
     api_url, api = start_api("api-kill", env, logdir)
@@ -292,7 +272,7 @@ def test_a_redis_restart_mid_job_strands_nothing(tiny_weights: Path, logdir: Pat
                                                  procs: list[Proc]) -> None:
     """Redis (append-only file) restarted while a job runs: the worker rides out the restart, the
     job ends succeeded, never left running; a job queued meanwhile runs too."""
-    url, rproc = start_redis("redis-aof", logdir, "--appendonly", "yes", "--dir", str(tmp_path))
+    url, rproc = redis_for("redis-aof", logdir, "--appendonly", "yes", "--dir", str(tmp_path))
     procs.append(rproc)
     port = url.rsplit(":", 1)[1].split("/")[0]
     env = service_env(tiny_weights, BBCU_BROKER_URL=url, BBCU_REDIS_TIMEOUT_S="1")
@@ -365,7 +345,7 @@ def test_ready_only_once_a_pool_process_preloaded(tiny_weights: Path, logdir: Pa
                                                    procs: list[Proc]) -> None:
     """A prefork worker beats as soon as Celery is up, but /readyz says ready only once a pool process
     has preloaded torch; a job submitted at that moment starts at once."""
-    url, rproc = start_redis("redis-ready", logdir)
+    url, rproc = redis_for("redis-ready", logdir)
     procs.append(rproc)
     env = service_env(tiny_weights, BBCU_BROKER_URL=url)
     api_url, api = start_api("api-ready", env, logdir)
@@ -398,7 +378,7 @@ def test_concurrent_submissions_to_a_full_redis_are_refused_cleanly(logdir: Path
     from workers.errors import StoreUnavailable
     from workers.settings import Settings
 
-    url, rproc = start_redis("redis-publish-full", logdir, "--maxmemory-policy", "noeviction")
+    url, rproc = redis_for("redis-publish-full", logdir, "--maxmemory-policy", "noeviction")
     procs.append(rproc)
     settings = Settings(broker_url=url)
     dispatcher = CeleryDispatcher(settings, RedisStore.from_settings(settings))
@@ -439,7 +419,7 @@ def test_a_job_the_broker_refuses_gives_its_room_back(tiny_weights: Path, logdir
                                                       procs: list[Proc]) -> None:
     """Stored, then its message refused (here the queue's key holds a string): 503 with Retry-After,
     the input is dropped (it would hold admission room for an hour) and the record failed."""
-    url, rproc = start_redis("redis-refusing-broker", logdir)
+    url, rproc = redis_for("redis-refusing-broker", logdir)
     procs.append(rproc)
     env = service_env(tiny_weights, BBCU_BROKER_URL=url, BBCU_RETRY_AFTER_S="3")
     api_url, api = start_api("api-refusing-broker", env, logdir)

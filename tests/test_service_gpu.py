@@ -8,7 +8,8 @@ import httpx
 import pytest
 import redis
 
-from tests.conftest import bbcu, service_env, spawn, start_api, wait_until
+from benchmarks.harness import bbcu, spawn, wait_until
+from tests.conftest import service_env, start_api
 from tests.helpers import make_image, pixels, reference
 
 torch = pytest.importorskip("torch")

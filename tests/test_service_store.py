@@ -15,7 +15,7 @@ import uvicorn
 
 from app.main import create_app
 from app.server import uvicorn_options
-from tests.conftest import free_port
+from benchmarks.harness import free_port
 from tests.helpers import assert_problem, make_image, wait_job
 from workers.contract import ACTIVE, ImageFacts, JobSpec, JobStatus, new_job_id
 from workers.lifecycle import Lifecycle, move

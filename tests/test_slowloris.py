@@ -13,8 +13,9 @@ import httpx
 import pytest
 
 from app.server import ConnectionBudget, raise_open_files_limit
+from benchmarks.harness import Proc, bbcu, free_port, spawn, wait_until
 from benchmarks.slowloris import Dribblers
-from tests.conftest import Proc, bbcu, free_port, service_env, spawn, wait_until
+from tests.conftest import service_env
 from workers.settings import Settings
 
 pytestmark = pytest.mark.skipif(shutil.which("prlimit") is None, reason="prlimit (util-linux) is missing")

@@ -10,9 +10,15 @@ from pathlib import Path
 import pytest
 
 from benchmarks.load import HEALTHZ_TARGET_S, QUICK, Tally, campaign, table
+from tests.helpers import missing
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None,
-                                reason="redis-server is not installed (make test installs it)")
+pytestmark = pytest.mark.service
+
+
+@pytest.fixture(autouse=True)
+def _redis_installed() -> None:
+    if shutil.which("redis-server") is None:
+        missing("redis-server is not installed (make test installs it)")
 
 
 def assert_targets(tallies: list[Tally], names: list[str], logdir: Path) -> None:

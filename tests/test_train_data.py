@@ -159,6 +159,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.service  # runs `bbcu` in its own process
 def test_train_and_eval_run_without_the_service_packages(tmp_path: Path) -> None:
     """A GPU machine may lack pydantic, fastapi, celery and redis: training must not need them."""
     _photos(tmp_path / "src")

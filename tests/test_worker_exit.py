@@ -5,31 +5,22 @@ leaving its queue to a supervisor; a stop asked for by a signal still ends it, w
 
 from __future__ import annotations
 
-import socket
 import subprocess
 from pathlib import Path
 
 import redis
 
-from tests.conftest import REDIS_SERVER, free_port, service_env, spawn, start_worker, wait_until
+from benchmarks.harness import start_redis, wait_until
+from tests.conftest import service_env, start_worker
 
 
 def test_worker_stopped_by_an_unrecoverable_error_starts_again_in_process(tiny_weights: Path,
                                                                           logdir: Path) -> None:
-    port = free_port()
     # maxmemory of one byte, no eviction: every write Celery makes at start-up is refused
-    server = spawn("redis-oom", [REDIS_SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                                 "--appendonly", "no", "--maxmemory", "1", "--maxmemory-policy",
-                                 "noeviction"], {}, logdir)
-
-    def pong() -> bool:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-
+    port, server = start_redis("redis-oom", logdir, "--appendonly", "no", "--maxmemory", "1",
+                               "--maxmemory-policy", "noeviction")
     worker = None
     try:
-        wait_until(pong, 20, server, "redis-server")
         env = service_env(tiny_weights, BBCU_BROKER_URL=f"redis://127.0.0.1:{port}/0")
         worker = start_worker("worker-oom", env, logdir, "--concurrency", "1")
         w = worker

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -270,11 +271,11 @@ class JobRunner:
         if rec is None or rec.status == JobStatus.cancelled:
             raise JobCancelled(job_id)
 
-    def _progress(self, job_id: str, deadline: float):  # type: ignore[no-untyped-def]
+    def _progress(self, job_id: str, deadline: float) -> Callable[[float, int], None]:
         begun = time.perf_counter()
         last = [0.0]
 
-        def report(done: int, total: int) -> None:
+        def report(done: float, total: int) -> None:
             t = time.perf_counter()
             if t - last[0] < _PROGRESS_EVERY_S and done < total:
                 return

@@ -15,7 +15,7 @@ from workers.redis_store import RedisStore
 from workers.settings import get_settings
 
 
-class RestoreTask(Task):  # type: ignore[misc]
+class RestoreTask(Task):
     """Celery instantiates a task once per process, so the runner (and its models) is per process."""
 
     @cached_property

@@ -278,8 +278,8 @@ def _is_chain(units: Sequence[nn.Module]) -> bool:
     run of units that each take the previous one's output)."""
     if not all(isinstance(u, BitUnit) and u.upscale == 1 and u.cin == u.channels for u in units):
         return False
-    c = units[0].cin  # type: ignore[union-attr]
-    return all(u.cin == c and u.link_out is not None and u.link_out is v.link_in  # type: ignore[union-attr]
+    c = units[0].cin
+    return all(u.cin == c and u.link_out is not None and u.link_out is v.link_in
                for u, v in zip(units, units[1:], strict=False))
 
 

@@ -188,7 +188,7 @@ class Writer:
                 for packet in c.demux(a):
                     if packet.dts is None:  # the demuxer's end-of-stream marker
                         continue
-                    packet.stream = out  # type: ignore[assignment]
+                    packet.stream = out
                     self._out.mux(packet)
                 return
             for frame in c.decode(a):
