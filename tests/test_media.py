@@ -233,6 +233,7 @@ def test_the_page_plays_a_video_result(browser, embedded_service: Service, tmp_p
     video = driver.find_element(By.CSS_SELECTOR, ".job video.clip")
     assert video.is_displayed()
     assert not driver.find_element(By.CSS_SELECTOR, ".job img.after").is_displayed()
+    # it plays: the page's Content-Security-Policy lets a video load from the blob: URL of the result
     wait.until(lambda d: d.execute_script("return arguments[0].readyState", video) >= 1)
     size = driver.execute_script("return [arguments[0].videoWidth, arguments[0].videoHeight]", video)
     assert size == [64, 48]

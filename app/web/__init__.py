@@ -11,9 +11,10 @@ from fastapi.staticfiles import StaticFiles
 STATIC = Path(__file__).parent / "static"
 # The page keeps the API key in sessionStorage: only its own script may run (no inline code, nothing
 # from another host), it talks to this origin only, and no other site may frame it (clickjacking).
-# Images come from blob: URLs the script makes of uploads and results.
+# Images and videos come from blob: URLs the script makes of uploads and results.
 CONTENT_SECURITY_POLICY = "; ".join((
     "default-src 'none'", "script-src 'self'", "style-src 'self'", "img-src 'self' blob: data:",
+    "media-src blob:",
     "connect-src 'self' blob:", "base-uri 'none'", "form-action 'self'", "frame-ancestors 'none'"))
 PAGE_HEADERS = {"Cache-Control": "no-cache", "Content-Security-Policy": CONTENT_SECURITY_POLICY,
                 "X-Frame-Options": "DENY", "X-Content-Type-Options": "nosniff",
