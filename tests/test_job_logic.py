@@ -171,6 +171,23 @@ def test_a_job_of_a_worker_restarted_under_its_name_is_queued_again(celery) -> N
     assert recover_if_lost(other, store, settings, dispatcher).worker == "other@host"
 
 
+def test_the_sweeper_sends_the_webhook_of_what_it_changed_only(celery) -> None:  # type: ignore[no-untyped-def]
+    """A lost run is queued again or failed with its webhook sent once, through the lifecycle; a run its
+    worker ended between the sweep's read and its judgement is left alone, with no second webhook."""
+    store, dispatcher, settings = celery
+    sent: list[JobRecord | None] = []
+    lost = _running(store, "gone@host", started_ago_s=3 * settings.heartbeat_s + 1)
+    store.update(lost.id, lambda r: r.model_copy(update={"attempt": LOST_WORKER_RETRIES + 1}))
+    failed = recover_if_lost(lost.model_copy(update={"attempt": LOST_WORKER_RETRIES + 1}), store, settings,
+                             dispatcher, {}, sent.append)
+    assert failed.status == JobStatus.failed and sent == [failed] and store.input(lost.id) is None
+    sent.clear()
+    stale = _running(store, "gone@host", started_ago_s=3 * settings.heartbeat_s + 1)
+    done = move(store, stale.id, JobStatus.succeeded, (JobStatus.running,), finished_at=now())
+    judged = recover_if_lost(stale, store, settings, dispatcher, {}, sent.append)
+    assert judged == done and sent == []  # the old sweep sent this job's 'completed' a second time
+
+
 def test_a_job_its_live_worker_no_longer_holds_is_queued_again(celery) -> None:  # type: ignore[no-untyped-def]
     """The worker beats but its beat (taken after the run started) does not list the job: its process
     died, or the job's end could not be written; past the soft limit, the hard limit killed it."""

@@ -141,7 +141,8 @@ class Lifecycle:
         rec = self.store.update(run.id, lambda r: r.model_copy(update={
             "status": JobStatus.queued, "attempt": r.attempt + 1, "worker": None, "started_at": None,
             "progress": 0.0, "eta_s": None}) if same_run(r, run) else None)
-        self.notify(rec)
+        if rec is not None:
+            self.notify(rec)
         return rec
 
     def unrequeue(self, run: JobRecord, again: JobRecord) -> None:
