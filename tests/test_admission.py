@@ -16,7 +16,7 @@ import redis
 from app.uploads import MAX_FILENAME_BYTES
 from tests.conftest import service_env, start_api
 from tests.helpers import assert_problem, make_image
-from tests.test_service_faults import start_redis
+from tests.test_service_faults import redis_for
 from workers.callback_urls import MAX_CALLBACK_URL
 from workers.contract import ImageFacts, JobSpec, JobStatus, new_job_id
 from workers.errors import QueueFull, StoreFull
@@ -36,7 +36,7 @@ def spec(owner: str, **fields: str) -> JobSpec:
 def test_one_key_flooding_a_small_redis_leaves_room_for_another(logdir: Path) -> None:
     """Redis maxmemory 24mb, no BBCU_MAX_* settings: bob's jobs with long callback URLs and file names
     are refused once they hold his share; alice's are all admitted, and Redis never fills."""
-    url, proc = start_redis("redis-24mb", logdir, "--maxmemory", "24mb", "--maxmemory-policy", "noeviction")
+    url, proc = redis_for("redis-24mb", logdir, "--maxmemory", "24mb", "--maxmemory-policy", "noeviction")
     try:
         store = RedisStore.from_settings(Settings(broker_url=url))
         budget = store.memory.budget()
@@ -66,7 +66,7 @@ def test_one_key_flooding_a_small_redis_leaves_room_for_another(logdir: Path) ->
 
 
 def test_an_allkeys_policy_is_refused_and_a_volatile_one_keeps_jobs_without_ttl(logdir: Path) -> None:
-    url, proc = start_redis("redis-policies", logdir, "--maxmemory", "64mb", "--maxmemory-policy",
+    url, proc = redis_for("redis-policies", logdir, "--maxmemory", "64mb", "--maxmemory-policy",
                             "allkeys-lru")
     try:
         with pytest.raises(ValueError, match="allkeys-lru.*noeviction"):
@@ -94,7 +94,7 @@ def test_bob_flooding_over_http_never_turns_alice_away(tiny_weights: Path, logdi
     """From the outside (Celery mode, keys alice and bob, Redis maxmemory 24mb, no BBCU_MAX_* byte
     setting; quotas off so that only the bytes limit bob): bob's asynchronous jobs with the longest
     callback URLs and file names allowed meet 503 + Retry-After at his share, alice's are accepted."""
-    url, proc = start_redis("redis-24mb-api", logdir, "--maxmemory", "24mb", "--maxmemory-policy",
+    url, proc = redis_for("redis-24mb-api", logdir, "--maxmemory", "24mb", "--maxmemory-policy",
                             "noeviction")
     env = service_env(tiny_weights, BBCU_BROKER_URL=url, BBCU_MAX_ACTIVE_JOBS="0",
                       BBCU_RATE_LIMIT_PER_MIN="0",
