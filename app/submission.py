@@ -29,7 +29,7 @@ from models.config import NetworkConfig, config_for
 from models.errors import BBCUError, ImageTooLargeError, JobTooCostlyError
 from models.stages import check_options
 from models.vocab import Format
-from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, new_job_id
+from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, StageSpec, new_job_id
 from workers.errors import QueueFull, ServiceError
 from workers.lifecycle import Lifecycle
 from workers.settings import Settings
@@ -39,13 +39,26 @@ _FIRST_TRY_WAIT_S = 5.0
 
 
 @dataclass(frozen=True)
+class Resolved:
+    """The networks a request runs, looked up once: the job carries them to the worker."""
+
+    stages: list[StageSpec]
+    variant: str | None  # as asked, or the one network's (a single task)
+    ops_per_pixel: float  # what one input pixel costs all the networks (each at the input's size)
+
+    @property
+    def scale(self) -> int:
+        """The pipeline's SR scale (sr comes last; 1 without it)."""
+        return self.stages[-1].scale
+
+
+@dataclass(frozen=True)
 class Admitted:
     """An upload that passed every check: the model exists and the bytes are an image within limits."""
 
     params: RestoreParams
     caller: Caller | None  # who asked: the job is its owner's, and counts against its quota
-    scale: int
-    variant: str | None
+    networks: Resolved
     data: bytes
     facts: ImageFacts
     filename: str | None
@@ -55,15 +68,15 @@ class Admitted:
 
 
 def check_models(weights_dir: Path, tasks: tuple[str, ...], scale: int | None,
-                 variant: str | None) -> tuple[int, str | None, float]:
-    """The SR scale of the pipeline (1 without sr), the variant of its networks (as found for a
-    single task) and the operations one input pixel costs all its networks at most (each runs at the
-    input's size: sr comes last); UnknownModelError if a stage has no shipped network."""
-    entries = [catalog.find(t, scale, variant, weights_dir) for t in tasks]
+                 variant: str | None) -> Resolved:
+    """Each stage's network from the catalogue and what the pipeline costs; UnknownModelError if a
+    stage has no shipped network."""
+    found = catalog.pipeline(tasks, scale, variant, weights_dir)
     # a color photo through the gray deblocker also runs the color one for its chroma: count it
-    partners = [p for t in tasks if (p := catalog.chroma_partner(t, variant, weights_dir)) is not None]
-    ops = sum(cost.per_pixel(_config(e)).ops for e in entries + partners)
-    return entries[-1].scale, variant or (entries[0].variant if len(entries) == 1 else None), ops
+    networks = [e for pair in found for e in pair if e is not None]
+    ops = sum(cost.per_pixel(_config(e)).ops for e in networks)
+    return Resolved([StageSpec.of(e, p) for e, p in found],
+                    variant or (found[0][0].variant if len(found) == 1 else None), ops)
 
 
 def _config(entry: catalog.CatalogEntry) -> NetworkConfig:
@@ -116,21 +129,21 @@ async def admit(request: Request, services: Services, params: RestoreParams, acc
     try:
         try:
             check_options(params.tasks, params.scale, params.strength)
-            scale, variant, ops_per_pixel = await run_in_threadpool(
+            networks = await run_in_threadpool(
                 check_models, settings.weights_dir, params.tasks, params.scale, params.variant)
             callback = await run_in_threadpool(callback_fields, settings, params.callback_url,
                                                params.callback_events)
             upload = await read_upload(request, settings.max_upload_bytes, settings.http_body_timeout_s)
             facts, kind = await run_in_threadpool(probe, upload.data, settings)
             fmt = media.output_format(kind, params.format, accepted)
-            check_output_size(facts, scale, settings)
-            check_cost(facts, ops_per_pixel, settings)
+            check_output_size(facts, networks.scale, settings)
+            check_cost(facts, networks.ops_per_pixel, settings)
         except BBCUError as e:
             raise refused(e) from e
     except Problem as p:
         services.metrics.uploads_rejected.labels(reason=p.slug).inc()
         raise
-    return Admitted(params, caller, scale, variant, upload.data, facts, upload.filename, callback, fmt,
+    return Admitted(params, caller, networks, upload.data, facts, upload.filename, callback, fmt,
                     idempotency_key)
 
 
@@ -180,7 +193,8 @@ def _enqueue(services: Services, job: Admitted, job_id: str) -> JobRecord:
         queue = services.dispatcher.pick_queue(p.device)
     except BBCUError as e:  # device=gpu where no GPU worker is configured
         raise refused(e) from e
-    spec = JobSpec(id=job_id, task=p.task, scale=job.scale, variant=job.variant, format=job.format,
+    spec = JobSpec(id=job_id, task=p.task, scale=job.networks.scale, variant=job.networks.variant,
+                   stages=job.networks.stages, format=job.format,
                    quality=p.quality, strength=p.strength, queue=queue,  # type: ignore[arg-type]
                    tile=p.tile, filename=job.filename, owner=caller.owner if caller else None, **job.callback)
     counted = claim_job(services.throttle, services.settings, caller, spec.id)

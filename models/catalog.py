@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import struct
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,8 @@ class CatalogEntry:
         return int((self.metadata.get("config") or {}).get("in_nc", 3))
 
     def sha256(self) -> str:
-        return sha256_file(self.path)
+        stat = self.path.stat()
+        return _sha256(self.path, stat.st_size, stat.st_mtime_ns)
 
     def summary(self) -> dict[str, Any]:
         meta = self.metadata
@@ -61,6 +63,12 @@ class CatalogEntry:
                     config[key] = [_file_name(v) if isinstance(v, str) else v for v in value]
             out["training"] = {**training, "config": config}
         return out
+
+
+@lru_cache(maxsize=64)
+def _sha256(path: Path, size: int, mtime_ns: int) -> str:
+    """A weights file's checksum, read once per version of the file (every accepted job names it)."""
+    return sha256_file(path)
 
 
 def _file_name(path: str) -> str:
@@ -134,6 +142,13 @@ def chroma_partner(task: str, variant: str | None = None,
     pool = sorted((e for e in entries(weights_dir)
                    if e.task == task and e.channels == 3 and e.variant == gray.variant), key=lambda e: e.name)
     return pool[0] if pool else None
+
+
+def pipeline(tasks: tuple[str, ...], scale: int | None = None, variant: str | None = None,
+             weights_dir: Path = WEIGHTS_DIR) -> list[tuple[CatalogEntry, CatalogEntry | None]]:
+    """Each stage's network and the color network a color photo's chroma takes beside it (deblock);
+    UnknownModelError if a stage has none."""
+    return [(find(t, scale, variant, weights_dir), chroma_partner(t, variant, weights_dir)) for t in tasks]
 
 
 def by_name(name: str, weights_dir: Path = WEIGHTS_DIR) -> CatalogEntry:

@@ -191,7 +191,7 @@ def test_cost_bound_counts_frames(tmp_path: Path) -> None:
     from workers.settings import Settings
 
     settings = Settings(max_frames=5000)
-    _, _, ops = check_models(WEIGHTS_DIR, ("sr",), 4, None)
+    ops = check_models(WEIGHTS_DIR, ("sr",), 4, None).ops_per_pixel
     one = ImageFacts(width=640, height=480, bytes=1, format="mp4", frames=1)
     check_cost(one, ops, settings)  # a single frame fits
     with pytest.raises(JobTooCostlyError, match="1200 frames of 640x480") as e:

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from models.catalog import CatalogEntry
 from models.stages import Strength, parse_pipeline
 from models.vocab import MEDIA_TYPES, Format
 from workers.errors import ErrorCode
@@ -51,6 +52,24 @@ def now() -> float:
     return time.time()
 
 
+class StageSpec(BaseModel):
+    """One stage as the API resolved and costed it: the network (catalogue name and weights checksum)
+    and, for a color photo's deblock, the color network its chroma comes from."""
+
+    task: str
+    scale: int = 1
+    model: str
+    sha256: str
+    chroma_model: str | None = None
+    chroma_sha256: str | None = None
+
+    @classmethod
+    def of(cls, entry: CatalogEntry, partner: CatalogEntry | None) -> StageSpec:
+        return cls(task=entry.task, scale=entry.scale, model=entry.name, sha256=entry.sha256(),
+                   chroma_model=partner.name if partner else None,
+                   chroma_sha256=partner.sha256() if partner else None)
+
+
 class JobSpec(BaseModel):
     """What a worker needs to run a job (the input image is the blob stored under ``id``)."""
 
@@ -68,13 +87,14 @@ class JobSpec(BaseModel):
     filename: str | None = Field(default=None, description="the uploaded file's name")
     owner: str | None = Field(default=None, description="the API key's owner id that made the job "
                                                         "(None when keys are off); never the key")
+    stages: list[StageSpec] = Field(default_factory=list, description="the networks the worker runs, "
+                                    "exactly those the API costed")
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return parse_pipeline(self.task)
-
-    def scale_of(self, task: str) -> int:
-        return self.scale if task == "sr" else 1
+        if self.stages:
+            return tuple(s.task for s in self.stages)
+        return parse_pipeline(self.task)  # a job queued before its stages were resolved by the API
 
 
 class ImageFacts(BaseModel):

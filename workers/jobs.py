@@ -15,8 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models import catalog
+from models.errors import UnknownModelError
 from workers.chunks import ChunkRef, Fanout
-from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, StageRecord, Timings
+from workers.contract import ImageFacts, JobRecord, JobSpec, JobStatus, StageRecord, StageSpec, Timings
 from workers.errors import ErrorCode, InputLost, JobTimeout, StoreUnavailable, code_of
 from workers.lifecycle import Lifecycle
 from workers.settings import Settings
@@ -82,38 +84,27 @@ class ModelCache:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._lock = threading.Lock()
-        self._models: dict[tuple[str, int, str | None, str], Loaded] = {}
-        self._chroma: dict[tuple[str | None, str], RestorationModel | None] = {}
+        self._models: dict[tuple[str, str, str], Loaded] = {}
 
-    def get(self, task: str, scale: int, variant: str | None, device: str) -> Loaded:
-        key = (task, scale, variant, device)
+    def get(self, name: str, sha256: str, device: str) -> Loaded:
+        """The catalogue's network ``name``, whose weights must be those the API costed (``sha256``)."""
+        key = (name, sha256, device)
         with self._lock:
             loaded = self._models.get(key)
             if loaded is None:
-                from models.engine import load_for_task
+                from models import checkpoints
+                from models.engine import from_checkpoint
 
+                entry = catalog.by_name(name, self._settings.weights_dir)
+                if entry.sha256() != sha256:
+                    raise UnknownModelError(f"the weights of {name} changed after the job was accepted "
+                                            f"(sha256 {sha256[:12]}... asked, {entry.sha256()[:12]}... here)")
                 preload(self._settings.torch_threads)
-                model = load_for_task(task, scale if task == "sr" else None, variant, device=device,
-                                      backend=self._settings.backend,
-                                      weights_dir=self._settings.weights_dir,
-                                      precision=self._precision(device))
+                model = from_checkpoint(checkpoints.read(entry.path), name=entry.name, device=device,
+                                        backend=self._settings.backend, precision=self._precision(device))
                 loaded = Loaded(model, model.info.ops(_OPS_SIDE, _OPS_SIDE))
                 self._models[key] = loaded
             return loaded
-
-    def chroma(self, tasks: tuple[str, ...], variant: str | None, device: str) -> RestorationModel | None:
-        """The color deblocker that restores a color photo's chroma beside the gray one, if any."""
-        if "deblock" not in tasks:
-            return None
-        with self._lock:
-            if (variant, device) not in self._chroma:
-                from models.engine import load_chroma_partner
-
-                preload(self._settings.torch_threads)
-                self._chroma[(variant, device)] = load_chroma_partner(
-                    "deblock", variant, device=device, backend=self._settings.backend,
-                    weights_dir=self._settings.weights_dir, precision=self._precision(device))
-            return self._chroma[(variant, device)]
 
     def _precision(self, device: str) -> str:
         """The configured precision on the CPU; GPUs keep fp32 (their engine has backend fp16)."""
@@ -244,8 +235,12 @@ class JobRunner:
     def _networks(self, spec: JobSpec) -> tuple[list[Loaded], RestorationModel | None, int]:
         """The job's stages, the chroma partner (deblock) and the activation budget of a tile."""
         device = QUEUE_DEVICES[spec.queue]
-        stages = [self.models.get(task, spec.scale_of(task), spec.variant, device) for task in spec.tasks]
-        chroma = self.models.chroma(spec.tasks, spec.variant, device)
+        # exactly the networks the API resolved and costed (a job queued before it did: resolved here)
+        planned = spec.stages or [StageSpec.of(e, p) for e, p in catalog.pipeline(
+            spec.tasks, spec.scale, spec.variant, self.settings.weights_dir)]
+        stages = [self.models.get(s.model, s.sha256, device) for s in planned]
+        chroma = next((self.models.get(s.chroma_model, s.chroma_sha256, device).model for s in planned
+                       if s.chroma_model and s.chroma_sha256), None)
         budget = self.settings.gpu_tile_memory_mb if device == "cuda" else self.settings.tile_memory_mb
         return stages, chroma, budget << 20
 

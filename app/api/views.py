@@ -10,13 +10,15 @@ from pydantic import ConfigDict, Field
 
 from app.api.examples import JOB_EXAMPLE
 from app.jobs import job_url, monitor_headers
-from workers.contract import JobRecord, JobSpec, JobStatus, StageRecord
+from workers.contract import JobRecord, JobSpec, JobStatus, StageRecord, StageSpec
 
 
 class PublicSpec(JobSpec):
-    """A job's options as the API shows them: without the owner (only its owner sees the job)."""
+    """A job's options as the API shows them: without the owner (only its owner sees the job), and
+    without the resolved networks (the record's model and stages name them once the job ran)."""
 
     owner: str | None = Field(default=None, exclude=True)
+    stages: list[StageSpec] = Field(default_factory=list, exclude=True)
 
 
 class JobView(JobRecord):
