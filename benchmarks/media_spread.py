@@ -12,15 +12,16 @@ ratio of the medians.
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from benchmarks.load import cluster, wait_for
+from benchmarks.harness import bbcu, wait_until
+from benchmarks.load import cluster
 from models.catalog import WEIGHTS_DIR
 from tests import media_files
 
@@ -58,28 +59,27 @@ def main(argv: list[str] | None = None) -> int:
             cluster(WEIGHTS_DIR, Path(tmp) / "logs", env={"BBCU_CHUNK_FRAMES": str(args.chunk)}) as c:
         status, seconds, detail = _refusal(c.url)
         print(f"1200 frames of 640x480 at x4: {status} in {seconds:.2f} s ({detail})", flush=True)
-        argv_of = [sys.executable, "-m", "cli.main", "worker", "--queues", "cpu", "--pool", "solo",
-                   "--log-level", "warning"]
-        workers = [c._spawn("worker", [*argv_of, "--hostname", f"w{i}@%h"], c.env) for i in (1, 2)]
+        argv_of = bbcu("worker", "--queues", "cpu", "--pool", "solo", "--log-level", "warning")
+        workers = [c._spawn(f"worker-{i}", [*argv_of, "--hostname", f"w{i}@%h"], c.env) for i in (1, 2)]
 
         def ready(n: int) -> bool:
             return int(httpx.get(c.url + "/readyz", timeout=2).json().get("workers", {}).get("cpu", 0)) == n
 
-        wait_for(lambda: ready(2), 180, "two workers")
+        wait_until(lambda: ready(2), 180, workers[0], "two workers")
         _run(c.url, media_files.video(n=2 * args.chunk + 1, w=32, h=24, fps=12))  # models loaded in both
-        second = workers[1]
+        second = workers[1].popen
         for r in range(args.rounds):
             for n in (2, 1) if r % 2 else (1, 2):
                 if n == 1 and second.poll() is None:
-                    second.send_signal(19)  # SIGSTOP: the second worker takes nothing (its beat lapses)
-                    wait_for(lambda: ready(1), 60, "one worker")
+                    second.send_signal(signal.SIGSTOP)  # the second worker takes nothing (its beat lapses)
+                    wait_until(lambda: ready(1), 60, None, "one worker")
                 elif n == 2 and second.poll() is None:
-                    second.send_signal(18)  # SIGCONT
-                    wait_for(lambda: ready(2), 60, "two workers")
+                    second.send_signal(signal.SIGCONT)
+                    wait_until(lambda: ready(2), 60, None, "two workers")
                 wall, by_worker = _run(c.url, clip)
                 times[n].append(wall)
                 print(f"round {r + 1}, {n} worker(s): {wall:.1f} s, frames by worker {by_worker}", flush=True)
-        second.send_signal(18)
+        second.send_signal(signal.SIGCONT)
     one, two = statistics.median(times[1]), statistics.median(times[2])
     print(f"{args.frames}-frame 160x120 sr x2, chunks of {args.chunk}: one worker {one:.1f} s, two workers "
           f"{two:.1f} s (medians of {args.rounds}); two / one = {two / one:.2f}")

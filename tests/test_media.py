@@ -258,3 +258,13 @@ def test_containers_and_audio(tiny_weights: Path, source: str, fmt: str, audio: 
     # WebM keeps times in milliseconds: 1/6 s is 167 ms, so an MP4 written from it runs at 6.002 fps
     assert got["fps"] == pytest.approx(6.0, abs=0.01)
     assert got["duration"] == pytest.approx(src["duration"], abs=0.1)
+
+
+def test_cli_url_restores_an_animation_on_the_service(embedded_service: Service, tmp_path: Path) -> None:
+    src = tmp_path / "a.gif"
+    src.write_bytes(media_files.animation("GIF", n=4, durations=[30, 60, 90, 120]))
+    r = _bbcu("restore", str(src), "-o", str(tmp_path / "out.gif"), "--task", "denoise", "--url",
+              embedded_service.url, "--quiet")
+    assert r.returncode == 0, r.stderr
+    got = _animation((tmp_path / "out.gif").read_bytes())
+    assert len(got.frames) == 4 and got.durations == [30, 60, 90, 120]

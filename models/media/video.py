@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from contextlib import suppress
 from dataclasses import dataclass
 from fractions import Fraction
 from types import TracebackType
@@ -201,5 +202,6 @@ class Writer:
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if kind is not None:  # finish() closed it otherwise
-            self._out.close()
+        if kind is not None:  # finish() closed it otherwise; the error that got here is the one to see
+            with suppress(*_AV_ERRORS):
+                self._out.close()
