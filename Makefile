@@ -53,8 +53,9 @@ test-quick: install
 
 # `make bench` runs every section of benchmarks/run.py; `make bench peers` (or kernels, service, gpu,
 # tiles: any of them) only those named after it, which are then arguments, not targets of their own
+# THP_MEM_ALLOC_ENABLE as `bbcu` sets it for the service's processes (cli/main.py)
 bench: install redis
-	$(BIN)/python -m benchmarks.run $(BENCH_SECTIONS)
+	THP_MEM_ALLOC_ENABLE=1 $(BIN)/python -m benchmarks.run $(BENCH_SECTIONS)
 
 ifeq ($(firstword $(MAKECMDGOALS)),bench)
 BENCH_SECTIONS := $(wordlist 2,$(words $(MAKECMDGOALS)),$(MAKECMDGOALS))

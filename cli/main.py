@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -32,6 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Before torch loads (its allocator reads this once): transparent huge pages for large tensors.
+    # The networks allocate output-size tensors on every call; first touching them cost 18% of a
+    # BBCU-M x4 call with 4 KB pages (docs/kernels.md). Workers started by this CLI inherit it.
+    os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
     args = build_parser().parse_args(argv)
     return int(args.handler(args) or 0)
 

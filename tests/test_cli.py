@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -309,3 +310,14 @@ def test_auto_denoise_that_changes_nothing_says_so(tmp_path: Path,
     assert r.returncode == 0, r.stderr
     assert "strength 0.00 (unchanged: the noise is below the level auto denoise acts on)" in r.stderr
     assert np.array_equal(np.asarray(PILImage.open(tmp_path / "out.png")), np.asarray(PILImage.open(clean)))
+
+
+def test_bbcu_turns_on_huge_pages_for_torch_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch's allocator reads THP_MEM_ALLOC_ENABLE when it loads: `bbcu` sets it first (workers and
+    the engine inherit it) and leaves a value the user gave alone."""
+    monkeypatch.delenv("THP_MEM_ALLOC_ENABLE", raising=False)
+    assert main(["models"]) == 0
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "1"
+    monkeypatch.setenv("THP_MEM_ALLOC_ENABLE", "0")
+    assert main(["models"]) == 0
+    assert os.environ["THP_MEM_ALLOC_ENABLE"] == "0"
