@@ -541,6 +541,73 @@ static void zero_border(uint64_t *act, int N, int H, int W, int K) {
  * only for rows that were claimed; a helper that starts late finds no row left and just releases
  * the job (reference counted), so a descheduled helper never stalls the call. */
 
+/* The helpers are a pool of threads started on first use and kept: a call queues one task per
+ * helper it wants (each holding a reference to its job) and the pool's threads take them. A task
+ * taken late finds its job done and only drops its reference. After fork() (Celery's prefork
+ * workers) the child has none of the parent's threads: it starts its own pool. */
+
+typedef struct {
+    void *(*run)(void *);
+    void *arg;
+} pool_task;
+
+#define POOL_MAX 64   /* threads */
+#define POOL_QUEUE 256
+
+static pthread_mutex_t pool_mu = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t pool_cv = PTHREAD_COND_INITIALIZER;
+static pool_task pool_q[POOL_QUEUE];
+static int pool_head, pool_len, pool_threads;
+
+static void *pool_main(void *unused) {
+    (void)unused;
+    pthread_mutex_lock(&pool_mu);
+    for (;;) {
+        while (pool_len == 0) pthread_cond_wait(&pool_cv, &pool_mu);
+        const pool_task t = pool_q[pool_head];
+        pool_head = (pool_head + 1) % POOL_QUEUE;
+        pool_len--;
+        pthread_mutex_unlock(&pool_mu);
+        t.run(t.arg);
+        pthread_mutex_lock(&pool_mu);
+    }
+    return NULL;
+}
+
+static void pool_after_fork(void) {
+    pthread_mutex_init(&pool_mu, NULL);
+    pthread_cond_init(&pool_cv, NULL);
+    pool_head = pool_len = pool_threads = 0;
+}
+
+/* queue run(arg) `copies` times; returns how many were queued (the caller keeps the references of
+ * the others). Threads are added up to `copies` (and POOL_MAX). */
+static void pool_register_fork(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
+static int pool_submit(void *(*run)(void *), void *arg, int copies) {
+    static pthread_once_t once = PTHREAD_ONCE_INIT;
+    pthread_once(&once, pool_register_fork);
+    int queued = 0;
+    pthread_mutex_lock(&pool_mu);
+    while (pool_threads < copies && pool_threads < POOL_MAX) {
+        pthread_attr_t attr;
+        pthread_t th;
+        pthread_attr_init(&attr);
+        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+        const int ok = pthread_create(&th, &attr, pool_main, NULL) == 0;
+        pthread_attr_destroy(&attr);
+        if (!ok) break;
+        pool_threads++;
+    }
+    for (; queued < copies && pool_len < POOL_QUEUE && pool_threads > 0; queued++) {
+        pool_q[(pool_head + pool_len) % POOL_QUEUE] = (pool_task){run, arg};
+        pool_len++;
+    }
+    pthread_cond_broadcast(&pool_cv);
+    pthread_mutex_unlock(&pool_mu);
+    return queued;
+}
+
 typedef void (*rowwork_fn)(const void *ctx, int row);
 
 typedef struct {
@@ -594,15 +661,9 @@ static void parallel_rows(rowwork_fn fn, const void *ctx, int rows, int nthreads
     atomic_init(&j->refs, 1);
     pthread_mutex_init(&j->mu, NULL);
     pthread_cond_init(&j->cv, NULL);
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    for (int t = 1; t < nthreads; t++) {
-        pthread_t th;
-        atomic_fetch_add(&j->refs, 1);
-        if (pthread_create(&th, &attr, job_thread, j) != 0) atomic_fetch_sub(&j->refs, 1);
-    }
-    pthread_attr_destroy(&attr);
+    atomic_fetch_add(&j->refs, nthreads - 1);
+    const int queued = pool_submit(job_thread, j, nthreads - 1);
+    if (queued < nthreads - 1) atomic_fetch_sub(&j->refs, nthreads - 1 - queued);
     job_work(j);
     pthread_mutex_lock(&j->mu);
     while (atomic_load(&j->done) < rows) pthread_cond_wait(&j->cv, &j->mu);
@@ -1011,15 +1072,9 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
         }
     }
 #endif
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    for (int t = 1; t < nthreads; t++) {
-        pthread_t th;
-        atomic_fetch_add(&c->refs, 1);
-        if (pthread_create(&th, &attr, chain_thread, c) != 0) atomic_fetch_sub(&c->refs, 1);
-    }
-    pthread_attr_destroy(&attr);
+    atomic_fetch_add(&c->refs, nthreads - 1);
+    const int queued = pool_submit(chain_thread, c, nthreads - 1);
+    if (queued < nthreads - 1) atomic_fetch_sub(&c->refs, nthreads - 1 - queued);
     chain_work(c);
     pthread_mutex_lock(&c->mu);
     while (c->remaining > 0) pthread_cond_wait(&c->cv, &c->mu);

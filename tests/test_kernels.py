@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 
 import pytest
 import torch
@@ -399,3 +400,35 @@ def test_shuffle_lrelu_is_bitwise_pixel_shuffle_then_leaky_relu(c: int, r: int) 
             assert torch.equal(torch.signbit(out), torch.signbit(ref))
     finally:
         kernels.set_isa(before)
+
+
+def _counts_in_child(queue, act, wp, expected) -> None:  # type: ignore[no-untyped-def]
+    import numpy as np
+
+    # only the kernel: torch's own OpenMP pool is not usable in a child forked after it started
+    counts = np.empty_like(expected)
+    before = len(os.listdir("/proc/self/task"))
+    kernels._ext.unit(act, wp, cin=64, cout=64, counts=counts, threads=2)
+    queue.put((bool((counts == expected).all()), len(os.listdir("/proc/self/task")) - before))
+
+
+def test_kernel_threads_work_after_fork() -> None:
+    """The helper threads are a pool kept by the process; a forked child (Celery's prefork workers)
+    has none of them and starts its own, instead of queueing work no thread takes."""
+    import multiprocessing as mp
+
+    from models.kernels.bitpacked import as_array, binary_counts, pack_activations, pack_weights
+
+    g = torch.Generator().manual_seed(3)
+    x, w = torch.randn(1, 64, 20, 30, generator=g), torch.sign(torch.randn(64, 64, 3, 3, generator=g))
+    expected = binary_counts(x, torch.zeros(64), w)  # the parent's pool runs
+    act, (wp, _) = pack_activations(x, torch.zeros(64)), pack_weights(w)
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_counts_in_child, args=(
+        queue, as_array(act), as_array(wp), expected.permute(0, 2, 3, 1).contiguous().numpy()))
+    child.start()
+    equal, new_threads = queue.get(timeout=60)
+    assert equal and new_threads >= 1  # the child started a helper thread of its own
+    child.join(timeout=60)
+    assert child.exitcode == 0
