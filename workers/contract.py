@@ -171,9 +171,10 @@ class JobRecord(BaseModel):
         return MEDIA_TYPES[self.spec.format]
 
     def for_clients(self) -> dict[str, Any]:
-        """The record as clients see it (``GET /jobs/{id}``, webhooks): no owner id, and the worker's
-        name without the host it runs on (``worker-cpu@host`` shows as ``worker-cpu``)."""
-        shown = self.model_dump(mode="json", exclude={"spec": {"owner"}})
+        """The record as clients see it (``GET /jobs/{id}``, webhooks): no owner id, no resolved networks
+        (the record's model and stages name them once it ran), and the worker's name without the host
+        it runs on (``worker-cpu@host`` shows as ``worker-cpu``)."""
+        shown = self.model_dump(mode="json", exclude={"spec": {"owner", "stages"}})
         shown["worker"] = _unhosted(self.worker) if self.worker else None
         if self.frames_by_worker is not None:
             counts: dict[str, int] = {}
