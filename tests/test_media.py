@@ -268,3 +268,20 @@ def test_cli_url_restores_an_animation_on_the_service(embedded_service: Service,
     assert r.returncode == 0, r.stderr
     got = _animation((tmp_path / "out.gif").read_bytes())
     assert len(got.frames) == 4 and got.durations == [30, 60, 90, 120]
+
+
+@pytest.mark.parametrize("out", ["gif", "png"])
+def test_disposal_kept_and_carried_between_formats(tiny_weights: Path, out: str) -> None:
+    """A GIF's disposals (restore to background, to previous, none) come back the same, as a GIF or as
+    the APNG equivalents."""
+    ims = [Image.fromarray(f) for f in media_files.frames(4, 32, 24)]
+    buf = io.BytesIO()
+    ims[0].save(buf, format="GIF", save_all=True, append_images=ims[1:], duration=[50, 60, 70, 80], loop=2,
+                disposal=[2, 2, 3, 1])
+    facts = media.probe(buf.getvalue(), max_pixels=1 << 20, max_frames=100)
+    restored = restore(FrameRestorer([load_model(tiny_weights, "denoise", None)]), buf.getvalue(), facts, out,
+                       max_frames=100)
+    got = _animation(restored)
+    assert Image.open(io.BytesIO(restored)).format == out.upper()
+    assert got.disposal == ["background", "background", "previous", "none"]
+    assert got.durations == [50, 60, 70, 80] and got.loop == 2
