@@ -84,6 +84,7 @@ class WebhookSender:
         self._cond = threading.Condition()
         self._lanes: dict[str, list[tuple[float, int, Delivery]]] = {}  # per lane, a heap by due time
         self._busy: Counter[str] = Counter()  # per lane, deliveries in flight
+        self._sending: set[str] = set()  # jobs with a delivery in flight
         self._order = itertools.count()
         self._progress: dict[str, Delivery] = {}  # per job, a progress event not sent yet
         self._threads: list[threading.Thread] = []
@@ -144,15 +145,20 @@ class WebhookSender:
             while True:
                 if self._closed and not self._lanes:
                     return None
+                # a job's next event waits while another of its events is in flight: a lane sends up
+                # to lane_limit at once, and a job's receiver must still get start before completed
                 ready = [heap for lane, heap in self._lanes.items() if self._busy[lane] < self._lane_limit]
-                first = min((heap[0] for heap in ready), default=None, key=lambda item: item[:2])
+                first = min((item for heap in ready for item in heap if item[2].job_id not in self._sending),
+                            default=None, key=lambda item: item[:2])
                 wait = None if first is None else first[0] - time.monotonic()
                 if first is not None and wait is not None and wait <= 0:
                     delivery = first[2]
                     heap = self._lanes[delivery.lane]
-                    heapq.heappop(heap)
+                    heap.remove(first)
+                    heapq.heapify(heap)
                     if not heap:
                         del self._lanes[delivery.lane]
+                    self._sending.add(delivery.job_id)
                     if self._progress.get(delivery.job_id) is delivery:
                         del self._progress[delivery.job_id]
                     self._busy[delivery.lane] += 1
@@ -181,6 +187,7 @@ class WebhookSender:
             self._busy[delivery.lane] -= 1
             if not self._busy[delivery.lane]:
                 del self._busy[delivery.lane]
+            self._sending.discard(delivery.job_id)
             if error is not None and retry and delivery.attempt < self._attempts and not self._closed:
                 delay = self._backoff_s * 2 ** (delivery.attempt - 1)
                 delivery.attempt += 1
