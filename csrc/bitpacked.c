@@ -1452,8 +1452,9 @@ fail:
 /* ------------------------------------------------------------------------------------------ */
 /* Thin float convolutions: 3x3, zero padding, at most 16 output channels (the networks' last
  * convolution, 64 -> 3), NHWC. oneDNN computes such a layer as if it had 16 outputs; this computes
- * the outputs it has. Both engines run their thin convolutions here (models.deploy.ThinConv2d), so
- * they stay bitwise equal; the sums differ from torch's in rounding only (order of additions).
+ * the outputs it has. Every CPU inference path runs its thin convolutions here
+ * (models.blocks.ThinConv2d), so they stay bitwise equal; the sums differ from torch's in rounding
+ * only (order of additions).
  *
  * Order, for every output: 16 lane sums, lane j adding x[c] * w[c] (one fused multiply-add each)
  * for c = j, j + 16, ... over the taps inside the image in row-major order; then the lanes pairwise
