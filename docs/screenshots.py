@@ -8,18 +8,16 @@ the denoising benchmark), and writes docs/images/page-before.png and page-after.
 from __future__ import annotations
 
 import io
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 from PIL import Image, ImageDraw
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+from benchmarks.harness import ROOT, bbcu, free_port, healthy, spawn, wait_until  # noqa: E402
+
 OUT = ROOT / "docs" / "images"
 
 
@@ -57,12 +55,10 @@ def main() -> int:
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import Select, WebDriverWait
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen([sys.executable, "-m", "cli.main", "serve", "--port", str(port),
-                               "--log-level", "warning"], cwd=ROOT)
+    logdir = Path(tempfile.mkdtemp(prefix="bbcu-screenshots-"))
+    server = spawn("serve", bbcu("serve", "--port", str(port), "--log-level", "warning"), {}, logdir)
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1000,820",
@@ -70,13 +66,7 @@ def main() -> int:
         options.add_argument(arg)
     driver = webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
     try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
+        wait_until(healthy(url, "/readyz"), 60, server, "the service to be ready")
         OUT.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
             noisy = picture(Path(tmp) / "noisy-house.png")
@@ -92,8 +82,7 @@ def main() -> int:
             shoot(driver, OUT / "page-after.png")
     finally:
         driver.quit()
-        server.terminate()
-        server.wait(10)
+        server.stop()
     return 0
 
 
