@@ -39,12 +39,26 @@ def spread(tiny_weights: Path, redis_port: int, logdir: Path) -> Iterator[Servic
     try:
         for name in ("w1", "w2"):
             svc.procs.append(start_worker(f"spread-{name}", env, logdir, "--pool", "solo"))
-        with svc.client() as c:
+        with svc.client(timeout=240) as c:
             wait_until(lambda: _ready(c) == 2, 90, api, "two workers ready")
+            _warm(c)
         yield svc
     finally:
         for p in reversed(svc.procs):
             p.stop()
+
+
+def _warm(c) -> None:  # type: ignore[no-untyped-def]
+    """Clips until both workers have restored a chunk: each has loaded the x2 network, so in the tests
+    a chunk message is taken at once, not after a model load the parent outruns."""
+    data = media_files.animation("PNG", n=16, w=64, h=48)
+    for _ in range(10):
+        r = c.post("/restore", params={"task": "sr", "scale": "2"},
+                   files={"image": ("w.png", data, "image/png")})
+        assert r.status_code == 200, r.text
+        if len(c.get(f"/jobs/{r.headers['x-job-id']}").json()["frames_by_worker"]) == 2:
+            return
+    raise AssertionError("ten clips and the second worker never took a chunk")
 
 
 def _ready(c) -> int:  # type: ignore[no-untyped-def]
