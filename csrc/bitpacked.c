@@ -1234,6 +1234,30 @@ static void *hold(held_t *h, PyObject *obj, const char *name, kind_t kind, int w
 
 static int words(int channels) { return (channels + 63) / 64; }
 
+/* hold() for the NHWC float32 input `x` of an entry point: every axis at least 1 and C at most
+ * max_c, sizes into dims (N, H, W, C); NULL with ValueError otherwise */
+static const float *hold_nhwc(held_t *h, PyObject *obj, int max_c, int dims[4]) {
+    const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
+    if (obj == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "x: expected an array, got None");
+        return NULL;
+    }
+    const float *x = hold(h, obj, "x", F32, 0, 4, any4);
+    if (!x) return NULL;
+    const Py_ssize_t *shape = h->v[h->n - 1].shape;
+    int ok = 1;
+    for (int i = 0; i < 4; i++) {
+        ok = ok && shape[i] >= 1 && shape[i] <= (i == 3 ? max_c : 1 << 30);
+        dims[i] = (int)shape[i];
+    }
+    if (!ok) {
+        PyErr_Format(PyExc_ValueError, "x: sizes N=%zd H=%zd W=%zd C=%zd out of range (C at most %d)", shape[0],
+                     shape[1], shape[2], shape[3], max_c);
+        return NULL;
+    }
+    return x;
+}
+
 static PyObject *py_set_isa(PyObject *self, PyObject *args) {
     const char *name;
     (void)self;
@@ -1573,15 +1597,10 @@ static PyObject *py_thin_conv(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$Oi:thin_conv", names, &xo, &wo, &oo, &bo, &nthreads))
         return NULL;
-    const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
-    const float *x = hold(&h, xo, "x", F32, 0, 4, any4);
+    int d[4];
+    const float *x = hold_nhwc(&h, xo, MAX_OUT, d);
     if (!x) goto fail;
-    const int N = (int)h.v[0].shape[0], H = (int)h.v[0].shape[1], W = (int)h.v[0].shape[2];
-    const int cin = (int)h.v[0].shape[3];
-    if (N < 1 || H < 1 || W < 1 || cin < 1 || cin > MAX_OUT) {
-        PyErr_Format(PyExc_ValueError, "x: sizes N=%d H=%d W=%d C=%d out of range", N, H, W, cin);
-        goto fail;
-    }
+    const int N = d[0], H = d[1], W = d[2], cin = d[3];
     const Py_ssize_t wshape[4] = {ANY, cin, 3, 3};
     const float *w = hold(&h, wo, "weight", F32, 0, 4, wshape);
     if (!w) goto fail;
@@ -1701,13 +1720,12 @@ static PyObject *py_shuffle_lrelu(PyObject *self, PyObject *args, PyObject *kw) 
         PyErr_Format(PyExc_ValueError, "upscale: expected 1..8, got %d", r);
         return NULL;
     }
-    const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
-    const float *x = hold(&h, xo, "x", F32, 0, 4, any4);
+    int d[4];
+    const float *x = hold_nhwc(&h, xo, 1 << 20, d);
     if (!x) goto fail;
-    const int N = (int)h.v[0].shape[0], H = (int)h.v[0].shape[1], W = (int)h.v[0].shape[2];
-    const int CR = (int)h.v[0].shape[3];
-    if (N < 1 || H < 1 || W < 1 || CR < 1 || CR % (r * r)) {
-        PyErr_Format(PyExc_ValueError, "x: sizes N=%d H=%d W=%d C=%d do not shuffle by %d", N, H, W, CR, r);
+    const int N = d[0], H = d[1], W = d[2], CR = d[3];
+    if (CR % (r * r)) {
+        PyErr_Format(PyExc_ValueError, "x: %d channels do not shuffle by %d", CR, r);
         goto fail;
     }
     const Py_ssize_t oshape[4] = {N, (Py_ssize_t)H * r, (Py_ssize_t)W * r, CR / (r * r)};
@@ -1744,15 +1762,10 @@ static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$OOOi:chain", names, &xo, &oo, &uo, &ao, &nso, &nao,
                                      &nthreads))
         return NULL;
-    const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
-    const float *x = hold(&h, xo, "x", F32, 0, 4, any4);
+    int d[4];
+    const float *x = hold_nhwc(&h, xo, MAX_OUT, d);
     if (!x) goto fail;
-    const int N = (int)h.v[0].shape[0], H = (int)h.v[0].shape[1], W = (int)h.v[0].shape[2];
-    const int C = (int)h.v[0].shape[3], K = words(C > 0 ? C : 1), ng = (C + GROUP - 1) / GROUP;
-    if (N < 1 || H < 1 || W < 1 || C < 1 || C > MAX_OUT) {
-        PyErr_Format(PyExc_ValueError, "x: sizes N=%d H=%d W=%d C=%d out of range", N, H, W, C);
-        goto fail;
-    }
+    const int N = d[0], H = d[1], W = d[2], C = d[3], K = words(C), ng = (C + GROUP - 1) / GROUP;
     const Py_ssize_t xshape[4] = {N, H, W, C}, ashape[4] = {N, H + 2, W + 2, 2 * K};
     float *out = hold(&h, oo, "out", F32, 1, 4, xshape);
     if (!out) goto fail;

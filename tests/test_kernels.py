@@ -432,3 +432,20 @@ def test_kernel_threads_work_after_fork() -> None:
     assert equal and new_threads >= 1  # the child started a helper thread of its own
     child.join(timeout=60)
     assert child.exitcode == 0
+
+
+@pytest.mark.parametrize("entry", ["thin_conv", "shuffle_lrelu", "chain"])
+def test_the_float_glue_entries_check_their_input(entry: str) -> None:
+    import numpy as np
+
+    kw = {"thin_conv": {"weight": np.zeros((3, 64, 3, 3), np.float32),
+                        "out": np.zeros((1, 2, 2, 3), np.float32)},
+          "shuffle_lrelu": {"out": np.zeros((1, 4, 4, 16), np.float32), "upscale": 2, "slope": 0.1},
+          "chain": {"out": np.zeros((1, 2, 2, 64), np.float32), "units": []}}[entry]
+    fn = getattr(kernels._ext, entry)
+    with pytest.raises(ValueError, match="x: sizes N=1 H=0 W=2 C=64 out of range"):
+        fn(np.zeros((1, 0, 2, 64), np.float32), **kw)
+    with pytest.raises(ValueError, match="x: expected an array, got None"):
+        fn(None, **kw)
+    with pytest.raises(ValueError, match="x: expected float32, got float64"):
+        fn(np.zeros((1, 2, 2, 64)), **kw)
