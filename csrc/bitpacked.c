@@ -1518,6 +1518,15 @@ static void thin_row_scalar(const thin_job *j, int n, int y) {
 }
 
 #if BP_X86
+/* thin_reduce in registers: the same pairs in the same order (j + 8, j + 4, j + 2, j + 1) */
+T_AVX512 static inline float thin_reduce_avx512(__m512 a) {
+    const __m256 t8 = _mm256_add_ps(_mm512_castps512_ps256(a),
+                                    _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    const __m128 t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps(t8, 1));
+    const __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+    return _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)));
+}
+
 /* P interior pixels x .. x+P-1 of row y (every tap inside the image) for OUT outputs: P * OUT
  * independent lane sums in registers; each pixel's sums in exactly the order of the 1-pixel path */
 T_AVX512 static inline AI void thin_px_avx512(const thin_job *j, int n, int y, int x, const int P, const int OUT) {
@@ -1545,9 +1554,7 @@ T_AVX512 static inline AI void thin_px_avx512(const thin_job *j, int n, int y, i
     for (int p = 0; p < P; p++) {
         float *dst = j->out + (((size_t)n * j->H + y) * W + x + p) * OUT;
         for (int o = 0; o < OUT; o++) {
-            float lane[16];
-            _mm512_storeu_ps(lane, acc[p][o]);
-            const float v = thin_reduce(lane);
+            const float v = thin_reduce_avx512(acc[p][o]);
             dst[o] = j->bias ? v + j->bias[o] : v;
         }
     }
