@@ -73,6 +73,8 @@ typedef struct {
     uint64_t *nact;          /* [N][H*r+2][W*r+2][Kn][2] */
     int32_t *counts;         /* raw counts [N][H][W][cout] instead of the epilogue, or NULL */
     const int8_t *wamx;      /* AMX core only: weights as int8 tiles [9][K][ng][16][64] (see amx_weights) */
+    int leaky;               /* 1: a leaky ReLU after the residual, v > 0 ? v : v * act_slope (torch's) */
+    float act_slope;
     /* chains (N == 1): padded row p of the input bits at act_rows[p] and of the output bits at
      * nact_rows[p] (ring buffers), instead of the whole-image act and nact; NULL otherwise */
     const uint64_t *const *act_rows;
@@ -305,6 +307,9 @@ T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x,
                         t = _mm256_blendv_ps(neg, t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
                         t = _mm256_add_ps(t, _mm256_loadu_ps(po + c));
                         if (res) t = _mm256_add_ps(t, _mm256_loadu_ps(res + c));
+                        if (a->leaky)
+                            t = _mm256_blendv_ps(_mm256_mul_ps(t, _mm256_set1_ps(a->act_slope)), t,
+                                                 _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
                         _mm256_storeu_ps(out + c, t);
                         if (na) {
                             const __m256 q = _mm256_add_ps(t, _mm256_loadu_ps(a->nshift + c));
@@ -372,6 +377,9 @@ T_AVX512 static inline void epilogue_avx512(const unit_args *a, int n, int y, in
                     t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ), neg, t);
                     t = _mm512_add_ps(t, _mm512_loadu_ps(po + c));
                     if (res) t = _mm512_add_ps(t, _mm512_loadu_ps(res + c));
+                    if (a->leaky)
+                        t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ),
+                                                 _mm512_mul_ps(t, _mm512_set1_ps(a->act_slope)), t);
                     _mm512_storeu_ps(out + c, t);
                     if (na) {
                         const __m512 q = _mm512_add_ps(t, _mm512_loadu_ps(a->nshift + c));
@@ -405,6 +413,8 @@ static inline void finish_pixel(const unit_args *a, int n, int y, int x, int i, 
             for (int c = 0; c < C; c++) v[c] = v[c] + res[c];
         }
     }
+    if (a->leaky)
+        for (int c = 0; c < C; c++) v[c] = v[c] > 0.0f ? v[c] : v[c] * a->act_slope;
     if (a->out_nchw) {
         float *out = a->out + (size_t)n * C * Ho * Wo + oy * Wo + ox;
         for (int c = 0; c < C; c++) out[c * Ho * Wo] = v[c];
@@ -1377,16 +1387,22 @@ fail:
 static PyObject *py_unit(PyObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"act", "weights", "cin", "cout", "upscale", "alpha", "pre", "slope", "post",
                             "residual", "residual_nchw", "out", "out_nchw", "next_shift", "next_act",
-                            "counts", "threads", NULL};
+                            "counts", "threads", "leaky_slope", NULL};
     PyObject *ao, *wo, *alo = NULL, *pro = NULL, *slo = NULL, *poo = NULL, *reso = NULL, *outo = NULL;
-    PyObject *nso = NULL, *nao = NULL, *cno = NULL;
+    PyObject *nso = NULL, *nao = NULL, *cno = NULL, *lso = NULL;
     int cin = 0, cout = 0, r = 1, resid_nchw = 0, out_nchw = 0, nthreads = 1;
     held_t h = {.n = 0};
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$iiiOOOOOpOpOOOi:unit", names, &ao, &wo, &cin, &cout, &r,
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$iiiOOOOOpOpOOOiO:unit", names, &ao, &wo, &cin, &cout, &r,
                                      &alo, &pro, &slo, &poo, &reso, &resid_nchw, &outo, &out_nchw, &nso,
-                                     &nao, &cno, &nthreads))
+                                     &nao, &cno, &nthreads, &lso))
         return NULL;
+    float leaky = 0.0f;
+    const int has_leaky = lso && lso != Py_None;
+    if (has_leaky) {
+        leaky = (float)PyFloat_AsDouble(lso);
+        if (PyErr_Occurred()) return NULL;
+    }
     if (cin == 0 || cout == 0) {
         PyErr_SetString(PyExc_TypeError, "unit: cin and cout are required keyword arguments");
         return NULL;
@@ -1418,6 +1434,8 @@ static PyObject *py_unit(PyObject *self, PyObject *args, PyObject *kw) {
     a.r = r;
     a.C = C;
     a.cin = cin;
+    a.leaky = has_leaky;
+    a.act_slope = leaky;
     a.act = act;
     a.wp = wp;
     a.resid_nchw = resid_nchw;

@@ -182,6 +182,20 @@ class ChainRunner(Protocol):
     def run_chain(self, units: Sequence[nn.Module], x: Tensor) -> Tensor | None: ...
 
 
+@runtime_checkable
+class LeakyFused(Protocol):
+    """A unit whose backend applies a following leaky ReLU in its own epilogue (the CPU kernels)."""
+
+    def forward_leaky(self, x: Tensor, slope: float) -> Tensor: ...
+
+
+def unit_lrelu(unit: nn.Module, x: Tensor, lrelu: nn.LeakyReLU) -> Tensor:
+    """``lrelu(unit(x))``; a kernel unit does the activation in its epilogue, bitwise the same."""
+    if isinstance(unit, LeakyFused):
+        return unit.forward_leaky(x, float(lrelu.negative_slope))
+    return lrelu(unit(x))
+
+
 def run_units(units: Sequence[nn.Module], x: Tensor) -> Tensor:
     """``x`` through ``units`` in order, each taking the previous one's output.
 

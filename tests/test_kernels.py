@@ -449,3 +449,29 @@ def test_the_float_glue_entries_check_their_input(entry: str) -> None:
         fn(None, **kw)
     with pytest.raises(ValueError, match="x: expected float32, got float64"):
         fn(np.zeros((1, 2, 2, 64)), **kw)
+
+
+@pytest.mark.parametrize("c,r,nchw", [(64, 1, False), (64, 1, True), (12, 1, False), (16, 2, False)])
+def test_leaky_relu_in_the_epilogue_is_bitwise_the_torch_op(c: int, r: int, nchw: bool) -> None:
+    """unit_lrelu(unit, x) on a bit-packed unit equals leaky_relu(unit(x)) on every core."""
+    from models.blocks import BinaryConv2d, BinaryUpConv2d, unit_lrelu
+
+    torch.manual_seed(c + r)
+    train = BinaryConv2d(c, c) if r == 1 else BinaryUpConv2d(c, r)
+    with torch.no_grad():
+        for p in train.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    unit = BitUnit(deploy.DeployUnit(train))
+    x = torch.randn(1, c, 9, 13)
+    x = x if nchw else x.contiguous(memory_format=torch.channels_last)
+    lrelu = torch.nn.LeakyReLU(0.1)
+    before = kernels.isa()
+    try:
+        for core in ISAS:
+            kernels.set_isa(core)
+            with torch.inference_mode():
+                ref = F.leaky_relu(unit(x), 0.1)
+                got = unit_lrelu(unit, x, lrelu)
+            assert (ref < 0).any() and torch.equal(got, ref)
+    finally:
+        kernels.set_isa(before)

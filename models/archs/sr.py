@@ -23,6 +23,7 @@ from models.blocks import (
     repeat_channels,
     run_units,
     shuffle_lrelu,
+    unit_lrelu,
 )
 from models.config import NetworkConfig
 from models.errors import UnsupportedCheckpointError
@@ -73,7 +74,7 @@ class BBCUSR(nn.Module):
         for i, r in enumerate(self.steps, start=1):
             up = getattr(self, f"upconv{i}")
             out = up(out) if "up" in self.config.binary else shuffle_lrelu(up(out), r, self.lrelu)
-        out = self.lrelu(self.conv_hr(out))
+        out = unit_lrelu(self.conv_hr, out, self.lrelu)
         base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
         if "tail" in self.config.binary:
             out = self.conv_last(out, residual=base)

@@ -133,11 +133,19 @@ class BitUnit(KernelUnit):
         return f"{self.cin} -> {self.cout}, upscale={self.upscale}, isa={_ext.isa()[0]}"
 
     def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        return self._run(x, residual, None)
+
+    def forward_leaky(self, x: Tensor, slope: float) -> Tensor:
+        """leaky_relu(self(x), slope) with the activation in the epilogue (the same multiply as torch's,
+        after the residual): one pass over the output instead of two."""
+        return self._run(x, None, slope)
+
+    def _run(self, x: Tensor, residual: Tensor | None, leaky: float | None) -> Tensor:
         x = self._accept(x)
         xl, x_nchw = _layout(x)
         act, owned, entry_nchw = self._pack(x, xl, x_nchw)
         call = self._allocate(xl, x_nchw, residual, owned, entry_nchw)
-        self._launch(act, call)
+        self._launch(act, call, leaky)
         out = call.out if call.add_after is None else call.out.add_(call.add_after)
         if call.next_act is not None and self.link_out is not None:
             self.link_out.tensor, self.link_out.act, self.link_out.nchw = out, call.next_act, entry_nchw
@@ -234,8 +242,8 @@ class BitUnit(KernelUnit):
             next_act = torch.empty((n, h * r + 2, w * r + 2, 2 * words(c)), dtype=torch.int64)
         return _Call(out, out_nchw, resid, resid_nchw, add_after, next_act)
 
-    def _launch(self, act: Tensor, call: _Call) -> None:
-        """Run the kernel: conv, epilogue, and the next unit's packing when there is a next unit."""
+    def _launch(self, act: Tensor, call: _Call, leaky: float | None = None) -> None:
+        """Run the kernel: conv, epilogue (and a leaky ReLU), the next unit's packing if any."""
         const = self._constants()
         _ext.unit(
             as_array(act), const["weights"], cin=self.cin, cout=self.cout, upscale=self.upscale,
@@ -245,7 +253,7 @@ class BitUnit(KernelUnit):
             out_nchw=bool(call.out_nchw),
             next_shift=const["next_shift"] if call.next_act is not None else None,
             next_act=None if call.next_act is None else as_array(call.next_act),
-            threads=torch.get_num_threads())
+            threads=torch.get_num_threads(), leaky_slope=leaky)
 
     def _constants(self) -> dict[str, np.ndarray | None]:
         """Array views of the unit's constant tensors, made again only when a tensor was replaced
