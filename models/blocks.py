@@ -211,6 +211,18 @@ def run_units(units: Sequence[nn.Module], x: Tensor) -> Tensor:
     return x
 
 
+def _cpu_kernels_take(x: Tensor, *params: Tensor) -> bool:
+    """Whether a float-glue step may run in the CPU kernels: inference (no gradient wanted) on a CPU
+    float32 tensor, with the extension built."""
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+        return False
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return False
+    from models import kernels
+
+    return kernels.available()
+
+
 class ThinConv2d(nn.Conv2d):
     """A float 3x3 'same' convolution to a few channels (a network's last layer, 64 -> 3).
 
@@ -225,12 +237,7 @@ class ThinConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 3, 1, 1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if (torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad)) or \
-                x.device.type != "cpu" or x.dtype != torch.float32 or self.out_channels > 16:
-            return super().forward(x)
-        from models import kernels
-
-        if not kernels.available():
+        if not _cpu_kernels_take(x, self.weight) or self.out_channels > 16:
             return super().forward(x)
         from models.kernels.bitpacked import thin_conv
 
@@ -244,12 +251,7 @@ def shuffle_lrelu(x: Tensor, upscale: int, lrelu: nn.LeakyReLU) -> Tensor:
     ``shuffle_lrelu`` (csrc/bitpacked.c) instead of a copy and another pass: a permutation and the same
     multiply as ``F.leaky_relu``, so bitwise the same result.
     """
-    if (torch.is_grad_enabled() and x.requires_grad) or x.device.type != "cpu" or \
-            x.dtype != torch.float32 or not x.is_contiguous(memory_format=torch.channels_last):
-        return lrelu(F.pixel_shuffle(x, upscale))
-    from models import kernels
-
-    if not kernels.available():
+    if not _cpu_kernels_take(x) or not x.is_contiguous(memory_format=torch.channels_last):
         return lrelu(F.pixel_shuffle(x, upscale))
     from models.kernels.bitpacked import shuffle_lrelu as fused
 

@@ -121,8 +121,6 @@ class BitUnit(KernelUnit):
         self.register_buffer("wpacked", packed.reshape(-1))
         self._constants_key: tuple[int | None, ...] = ()
         self._constant_arrays: dict[str, np.ndarray | None] = {}
-        self._shift_key = 0
-        self._shift_array: np.ndarray | None = None
 
     @property
     def next_shift(self) -> Tensor | None:
@@ -188,10 +186,7 @@ class BitUnit(KernelUnit):
     def _chain_params(self) -> tuple[np.ndarray | None, ...]:
         """(weights, alpha, pre, slope, post, shift) as the chain kernel takes them."""
         const = self._constants()
-        if self._shift_key != self.shift.data_ptr():
-            self._shift_key, self._shift_array = self.shift.data_ptr(), as_array(self.shift)
-        return (const["weights"], const["alpha"], const["pre"], const["slope"], const["post"],
-                self._shift_array)
+        return tuple(const[k] for k in ("weights", "alpha", "pre", "slope", "post", "shift"))
 
     def _accept(self, x: Tensor) -> Tensor:
         if x.ndim != 4 or x.shape[1] != self.cin:
@@ -258,13 +253,15 @@ class BitUnit(KernelUnit):
     def _constants(self) -> dict[str, np.ndarray | None]:
         """Array views of the unit's constant tensors, made again only when a tensor was replaced
         (``Module.to`` may swap buffers): each view costs microseconds, a network makes many calls."""
-        tensors = (self.wpacked, self.alpha, self.pre, self.slope, self.post, self.next_shift)
+        tensors = (self.wpacked, self.alpha, self.pre, self.slope, self.post, self.shift,
+                   self.next_shift)
         key = tuple(None if t is None else t.data_ptr() for t in tensors)
         if key != self._constants_key:
             self._constants_key = key
             self._constant_arrays = {
                 "weights": as_array(self.wpacked.view(self._wshape)), "alpha": as_array(self.alpha),
                 "pre": as_array(self.pre), "slope": as_array(self.slope), "post": as_array(self.post),
+                "shift": as_array(self.shift),
                 "next_shift": None if self.next_shift is None else as_array(self.next_shift)}
         return self._constant_arrays
 
