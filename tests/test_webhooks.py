@@ -239,3 +239,32 @@ def test_cors_off_by_default() -> None:
         assert r.status_code == 200 and "access-control-allow-origin" not in r.headers
         pre = c.options("/restore", headers={"Origin": CORS_ORIGIN, "Access-Control-Request-Method": "POST"})
         assert "access-control-allow-origin" not in pre.headers
+
+
+def test_a_jobs_events_are_sent_one_at_a_time_in_order(receiver: Receiver) -> None:
+    """A lane sends two deliveries at once; two events of one job must still not race: while the
+    receiver holds "start", "completed" waits (it was sent beside it, and could arrive first)."""
+    from workers.contract import JobRecord, JobSpec, JobStatus, new_job_id, now
+    from workers.settings import Settings
+    from workers.webhooks import WebhookSender
+
+    receiver.release.clear()
+    job_id = new_job_id()
+    spec = JobSpec(id=job_id, task="denoise", callback_url=receiver.url,
+                   callback_events=["start", "completed"])
+    running = JobRecord(id=job_id, status=JobStatus.running, task="denoise", queue="cpu", created_at=now(),
+                        started_at=now(), spec=spec)
+    ended = running.model_copy(update={"status": JobStatus.succeeded, "finished_at": now()})
+    sender = WebhookSender(Settings(webhook_secret=WEBHOOK_SECRET, webhook_hosts="127.0.0.1",
+                                    webhook_lane_concurrency=2))
+    try:
+        sender.notify(running)
+        sender.notify(ended)
+        with receiver.arrived:
+            assert receiver.arrived.wait_for(lambda: receiver.held == 1, 30)
+            assert not receiver.arrived.wait_for(lambda: receiver.held > 1, 1.0)  # completed waits
+        receiver.release.set()
+        assert [d.headers["x-bbcu-event"] for d in receiver.wait_for(2)] == ["start", "completed"]
+    finally:
+        receiver.release.set()
+        sender.close()
