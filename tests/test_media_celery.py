@@ -134,12 +134,15 @@ def test_killed_chunk_worker_and_cancel(spread: Service) -> None:
         assert sum(job["frames_by_worker"].values()) == 48
         assert all("@" not in w for w in job["frames_by_worker"])
 
-        # one worker left: bring a second back, then cancel a clip while both work on it
+        # one worker left: bring a second back, then cancel a clip while both work on it. The clip is
+        # long: the restarted worker still loads its network while the warm one runs chunks, and a
+        # 48-frame clip could be done before it took one (timed out in one of three fresh-clone CI runs)
         _restart(spread, proc, c)
+        long_clip = media_files.video(n=240, w=96, h=72, fps=12)
         job_id = c.post("/restore", params={"task": "sr", "scale": "2", "async": "true"},
-                        files={"image": ("clip.mp4", clip, "video/mp4")}).json()["id"]
+                        files={"image": ("clip.mp4", long_clip, "video/mp4")}).json()["id"]
         wait_until(lambda: len(set(_leases(spread, job_id).values())) == 2, 120, None,
-                   "both workers on chunks")
+                   "both workers on chunks", 0.02)
         assert c.delete(f"/jobs/{job_id}").status_code in (200, 202)
         wait_until(lambda: c.get(f"/jobs/{job_id}").json()["status"] == "cancelled", 30, None, "cancelled")
         r = redis.Redis.from_url(spread.redis_url or "")
