@@ -395,6 +395,124 @@ T_AVX512 static inline void epilogue_avx512(const unit_args *a, int n, int y, in
         }
     }
 }
+
+/* The AVX-512 epilogue with the row's pointers worked out once (epi_row_init), for NHWC output and
+ * residual, C % 16 == 0 and r <= EPI_MAX_R: per pixel only the arithmetic, the loads and the stores.
+ * Same operations in the same order as epilogue_avx512 (masked multiplies select exactly what its
+ * blends select). */
+#define EPI_MAX_R 4
+typedef struct {
+    const float *al, *pr, *sl, *po, *sh; /* [cout], [C] */
+    const float *res;                    /* residual row y of image n, or NULL */
+    float *out[EPI_MAX_R];               /* output rows y*r + i of image n */
+    uint64_t *na[EPI_MAX_R];             /* the next unit's bits of output rows y*r + i (pixel 0), or NULL */
+    int C, r, Kn, leaky;
+    float act_slope;
+} epi_row;
+
+/* 0 when the fast epilogue does not apply (the caller then takes epilogue_avx512) */
+static int epi_row_init(const unit_args *a, int n, int y, epi_row *e) {
+    const int r = a->r, C = a->C;
+    if (a->counts || a->resid_nchw || a->out_nchw || C % 16 || r > EPI_MAX_R) return 0;
+    const size_t Ho = (size_t)a->H * r, Wo = (size_t)a->W * r;
+    e->al = a->alpha;
+    e->pr = a->pre;
+    e->sl = a->slope;
+    e->po = a->post;
+    e->sh = a->nshift;
+    e->res = a->resid ? a->resid + ((size_t)n * a->H + y) * a->W * C : NULL;
+    for (int i = 0; i < r; i++) {
+        const size_t oy = (size_t)y * r + i;
+        e->out[i] = a->out + ((size_t)n * Ho + oy) * Wo * C;
+        e->na[i] = a->nshift ? nact_at(a, n, oy, 0) : NULL;
+    }
+    e->C = C;
+    e->r = r;
+    e->Kn = (C + 63) / 64;
+    e->leaky = a->leaky;
+    e->act_slope = a->act_slope;
+    return 1;
+}
+
+T_AVX512 static inline AI void epi_px(const epi_row *e, int x, const int32_t *cnt) {
+    const int C = e->C, r = e->r, Kn = e->Kn;
+    const __m512 zero = _mm512_setzero_ps(), act = _mm512_set1_ps(e->act_slope);
+    const float *res = e->res ? e->res + (size_t)x * C : NULL;
+    for (int i = 0; i < r; i++) {
+        for (int j = 0; j < r; j++) {
+            const int s = i * r + j;
+            const int32_t *cs = cnt + s * C;
+            const float *al = e->al + s * C, *pr = e->pr + s * C, *sl = e->sl + s * C, *po = e->po + s * C;
+            const size_t ox = (size_t)x * r + j;
+            float *out = e->out[i] + ox * C;
+            uint64_t *na = e->na[i] ? e->na[i] + ox * 2 * Kn : NULL;
+            for (int k = 0; k < Kn; k++) {
+                const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
+                uint64_t sw = 0, nw = 0;
+                for (int c = c0; c < c1; c += 16) {
+                    __m512 t = _mm512_cvtepi32_ps(_mm512_loadu_si512(cs + c));
+                    t = _mm512_mul_ps(t, _mm512_loadu_ps(al + c));
+                    t = _mm512_add_ps(t, _mm512_loadu_ps(pr + c));
+                    t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_NGT_UQ), t, _mm512_loadu_ps(sl + c));
+                    t = _mm512_add_ps(t, _mm512_loadu_ps(po + c));
+                    if (res) t = _mm512_add_ps(t, _mm512_loadu_ps(res + c));
+                    if (e->leaky) t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_NGT_UQ), t, act);
+                    _mm512_storeu_ps(out + c, t);
+                    if (na) {
+                        const __m512 q = _mm512_add_ps(t, _mm512_loadu_ps(e->sh + c));
+                        sw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ) << (c - c0);
+                        nw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_NEQ_UQ) << (c - c0);
+                    }
+                }
+                if (na) {
+                    na[2 * k] = sw;
+                    na[2 * k + 1] = nw;
+                }
+            }
+        }
+    }
+}
+
+/* the constants of a 64-channel epilogue (r == 1), held in registers across a row */
+typedef struct {
+    __m512 al[4], pr[4], sl[4], po[4], sh[4];
+} epi64_k;
+
+T_AVX512 static inline AI void epi64_load(const epi_row *e, epi64_k *k) {
+    for (int i = 0; i < 4; i++) {
+        k->al[i] = _mm512_loadu_ps(e->al + 16 * i);
+        k->pr[i] = _mm512_loadu_ps(e->pr + 16 * i);
+        k->sl[i] = _mm512_loadu_ps(e->sl + 16 * i);
+        k->po[i] = _mm512_loadu_ps(e->po + 16 * i);
+        k->sh[i] = e->sh ? _mm512_loadu_ps(e->sh + 16 * i) : _mm512_setzero_ps();
+    }
+}
+
+/* epi_px for C == 64 and r == 1 with the constants in k */
+T_AVX512 static inline AI void epi64_px(const epi_row *e, const epi64_k *k, int x, const int32_t *cnt) {
+    const __m512 zero = _mm512_setzero_ps();
+    const float *res = e->res ? e->res + (size_t)x * 64 : NULL;
+    float *out = e->out[0] + (size_t)x * 64;
+    uint64_t sw = 0, nw = 0;
+    for (int i = 0; i < 4; i++) {
+        __m512 t = _mm512_cvtepi32_ps(_mm512_loadu_si512(cnt + 16 * i));
+        t = _mm512_mul_ps(t, k->al[i]);
+        t = _mm512_add_ps(t, k->pr[i]);
+        t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_NGT_UQ), t, k->sl[i]);
+        t = _mm512_add_ps(t, k->po[i]);
+        if (res) t = _mm512_add_ps(t, _mm512_loadu_ps(res + 16 * i));
+        if (e->leaky)
+            t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_NGT_UQ), t, _mm512_set1_ps(e->act_slope));
+        _mm512_storeu_ps(out + 16 * i, t);
+        const __m512 q = _mm512_add_ps(t, k->sh[i]);
+        sw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ) << (16 * i);
+        nw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_NEQ_UQ) << (16 * i);
+    }
+    if (e->na[0]) {
+        e->na[0][2 * (size_t)x] = sw;
+        e->na[0][2 * (size_t)x + 1] = nw;
+    }
+}
 #endif /* BP_X86 */
 
 /* The float part of the epilogue, shared by every ISA: v[] already holds prelu(c*alpha + pre) + post
@@ -724,23 +842,29 @@ static int amx_permitted(void) {
 }
 
 /* weights [ng][9][K][16] of sign bits -> int8 [9][K][ng][16 rows][64]: row q, byte 4*o + j holds the
- * sign of weight (output g*16 + o, input channel 64*k + 4*q + j); unused channels and outputs are 0 */
-static int8_t *amx_weights(const unit_args *a) {
+ * sign of weight (output g*16 + o, input channel 64*k + 4*q + j); unused channels and outputs are 0.
+ * A row's 64 bytes come from one mask: nibble o of it is bits 4q..4q+3 of output o's word. */
+T_AMX static int8_t *amx_weights(const unit_args *a) {
     const int K = a->K, ng = a->ng;
     int8_t *w = (int8_t *)aligned_alloc(64, (size_t)9 * K * ng * 1024);
     if (!w) return NULL;
+    const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
     for (int t = 0; t < 9; t++)
         for (int k = 0; k < K; k++)
             for (int g = 0; g < ng; g++) {
                 int8_t *tile = w + (((size_t)t * K + k) * ng + g) * 1024;
                 const uint64_t *bits = a->wp + (((size_t)g * 9 + t) * K + k) * GROUP;
-                for (int q = 0; q < 16; q++)
-                    for (int o = 0; o < 16; o++)
-                        for (int j = 0; j < 4; j++) {
-                            const int ic = 64 * k + 4 * q + j, oc = g * GROUP + o;
-                            tile[q * 64 + 4 * o + j] = (int8_t)(ic >= a->cin || oc >= a->cout ? 0
-                                                               : (bits[o] >> (4 * q + j)) & 1 ? -1 : 1);
-                        }
+                for (int q = 0; q < 16; q++) {
+                    uint64_t neg = 0, valid = 0, in = 0;
+                    for (int j = 0; j < 4; j++)
+                        if (64 * k + 4 * q + j < a->cin) in |= 1u << j;
+                    for (int o = 0; o < 16; o++) {
+                        neg |= ((bits[o] >> (4 * q)) & 0xF) << (4 * o);
+                        if (g * GROUP + o < a->cout) valid |= in << (4 * o);
+                    }
+                    _mm512_store_si512((__m512i *)(tile + 64 * q),
+                                       _mm512_maskz_mov_epi8(valid, _mm512_mask_blend_epi8(neg, plus, minus)));
+                }
             }
     return w;
 }
@@ -754,49 +878,12 @@ T_AMX static void amx_expand_row(const uint64_t *src, int pixels, int K, int8_t 
     }
 }
 
-/* counts of 32 pixels (rows[3] are the expanded input rows y-1..y+1, starting at this block's first
- * pixel) for every output, into cnt[32][16 * ng] (outputs padded to whole tiles) */
-T_AMX static inline void amx_block(const unit_args *a, int8_t *const rows[3], size_t px_bytes, int32_t *cnt) {
-    const int K = a->K, ng = a->ng;
-    const size_t cstride = (size_t)ng * GROUP * 4;
-    for (int g = 0; g < ng; g += 2) {
-        const int two = g + 1 < ng;
-        _tile_zero(0);
-        _tile_zero(1);
-        _tile_zero(2);
-        _tile_zero(3);
-        for (int t = 0; t < 9; t++) {
-            const int8_t *in = rows[t / 3] + (size_t)(t % 3) * px_bytes;
-            for (int k = 0; k < K; k++) {
-                const int8_t *wt = a->wamx + (((size_t)t * K + k) * ng + g) * 1024;
-                _tile_loadd(4, in + 64 * k, (long)px_bytes);
-                _tile_loadd(5, in + 16 * px_bytes + 64 * k, (long)px_bytes);
-                _tile_loadd(6, wt, 64);
-                _tile_dpbssd(0, 4, 6);
-                _tile_dpbssd(2, 5, 6);
-                if (two) {
-                    _tile_loadd(7, wt + 1024, 64);
-                    _tile_dpbssd(1, 4, 7);
-                    _tile_dpbssd(3, 5, 7);
-                }
-            }
-        }
-        _tile_stored(0, cnt + g * GROUP, (long)cstride);
-        _tile_stored(2, cnt + (size_t)16 * ng * GROUP + g * GROUP, (long)cstride);
-        if (two) {
-            _tile_stored(1, cnt + (g + 1) * GROUP, (long)cstride);
-            _tile_stored(3, cnt + (size_t)16 * ng * GROUP + (g + 1) * GROUP, (long)cstride);
-        }
-    }
-}
-
 typedef struct {
     const unit_args *a;
     int rows_per_chunk, chunks_per_image;
 } amx_job;
 
-/* a run of consecutive output rows of one image */
-/* a thread's AMX working memory: three expanded input rows and the counts of one block */
+/* a thread's AMX working memory: three expanded input rows and the counts of two blocks */
 typedef struct {
     int8_t *buf;
     int32_t *cnt;
@@ -810,7 +897,7 @@ T_AMX static int amx_begin(const unit_args *a, amx_scratch *sc) {
     sc->px_bytes = (size_t)64 * a->K;
     /* room for the last block's taps to read 2 pixels past its end: zero bytes, results discarded */
     sc->row_bytes = sc->px_bytes * ((size_t)sc->blocks * AMX_PX + 2);
-    sc->buf = (int8_t *)aligned_alloc(64, 3 * sc->row_bytes + (size_t)AMX_PX * a->ng * GROUP * 4);
+    sc->buf = (int8_t *)aligned_alloc(64, 3 * sc->row_bytes + (size_t)2 * AMX_PX * a->ng * GROUP * 4);
     if (!sc->buf) return 0;
     memset(sc->buf, 0, 3 * sc->row_bytes);
     sc->cnt = (int32_t *)(sc->buf + 3 * sc->row_bytes);
@@ -837,22 +924,89 @@ T_AMX static inline void amx_load_row(const unit_args *a, const amx_scratch *sc,
     amx_expand_row(act_row(a, n, p), a->W + 2, a->K, sc->buf + (size_t)(p % 3) * sc->row_bytes);
 }
 
-/* output row y of image n from the expanded rows y, y+1, y+2 (padded) in the scratch */
-T_AMX static void amx_row(const unit_args *a, const amx_scratch *sc, int n, int y) {
+/* the epilogue (or the raw counts) of output pixel x of row y from its counts c */
+T_AMX static inline AI void amx_finish(const unit_args *a, const epi_row *e, const epi64_k *k64, int fast, int n,
+                                       int y, int x, const int32_t *c) {
+    if (fast == 2)
+        epi64_px(e, k64, x, c);
+    else if (fast)
+        epi_px(e, x, c);
+    else if (a->counts)
+        memcpy(a->counts + (((size_t)n * a->H + y) * a->W + x) * a->cout, c, sizeof(int32_t) * (size_t)a->cout);
+    else
+        epilogue_avx512(a, n, y, x, c);
+}
+
+/* Output row y of image n from the expanded rows y, y+1, y+2 (padded) in the scratch. Blocks of 32
+ * pixels: for 32 outputs at a time, four 16x16 int32 tiles accumulate 9 taps x K words of (two A
+ * tiles: 16 pixels x 64 channels) x (two B tiles: 64 channels x 16 outputs). The tile unit works
+ * on its own while the vector units are free, so the epilogue of the previous block is spread
+ * between this block's tile products, a few pixels after each tap: its loads and stores (the
+ * residual and the output, often from L3) then wait while the tiles compute. */
+T_AMX static inline AI void amx_row_impl(const unit_args *a, const amx_scratch *sc, int n, int y, const epi_row *ep,
+                                         const int fast) {
+    const int K = a->K, ng = a->ng, W = a->W;
+    const size_t pxb = sc->px_bytes, per_px = (size_t)ng * GROUP, cstride = per_px * 4;
+    const epi_row e = *ep;
+    epi64_k k64;
+    if (fast == 2) epi64_load(&e, &k64);
+    const int8_t *rows[3];
+    for (int d = 0; d < 3; d++) rows[d] = sc->buf + (size_t)((y + d) % 3) * sc->row_bytes;
+    const int steps = (ng + 1) / 2 * 9 * K;
+    int px0 = 0, px1 = 0, next = 0; /* pixels of the block whose epilogue is pending */
+    const int32_t *pend = NULL;
     for (int b = 0; b < sc->blocks; b++) {
-        int8_t *rows[3];
-        for (int d = 0; d < 3; d++)
-            rows[d] = sc->buf + (size_t)((y + d) % 3) * sc->row_bytes + (size_t)b * AMX_PX * sc->px_bytes;
-        amx_block(a, rows, sc->px_bytes, sc->cnt);
-        const int x0 = b * AMX_PX, x1 = x0 + AMX_PX < a->W ? x0 + AMX_PX : a->W;
-        for (int x = x0; x < x1; x++) {
-            const int32_t *c = sc->cnt + (size_t)(x - x0) * a->ng * GROUP;
-            if (a->counts)
-                memcpy(a->counts + (((size_t)n * a->H + y) * a->W + x) * a->cout, c, sizeof(int32_t) * (size_t)a->cout);
-            else
-                epilogue_avx512(a, n, y, x, c);
+        int32_t *cnt = sc->cnt + (size_t)(b & 1) * AMX_PX * per_px;
+        const int each = (px1 - px0 + steps - 1) / steps;
+        for (int g = 0; g < ng; g += 2) {
+            const int two = g + 1 < ng;
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int t = 0; t < 9; t++) {
+                const int8_t *in = rows[t / 3] + ((size_t)b * AMX_PX + t % 3) * pxb;
+                for (int k = 0; k < K; k++) {
+                    const int8_t *wt = a->wamx + (((size_t)t * K + k) * ng + g) * 1024;
+                    _tile_loadd(4, in + 64 * k, (long)pxb);
+                    _tile_loadd(5, in + 16 * pxb + 64 * k, (long)pxb);
+                    _tile_loadd(6, wt, 64);
+                    _tile_dpbssd(0, 4, 6);
+                    _tile_dpbssd(2, 5, 6);
+                    if (two) {
+                        _tile_loadd(7, wt + 1024, 64);
+                        _tile_dpbssd(1, 4, 7);
+                        _tile_dpbssd(3, 5, 7);
+                    }
+                    for (int q = 0; q < each && next < px1; q++, next++)
+                        amx_finish(a, &e, &k64, fast, n, y, next, pend + (size_t)(next - px0) * per_px);
+                }
+            }
+            _tile_stored(0, cnt + g * GROUP, (long)cstride);
+            _tile_stored(2, cnt + 16 * per_px + g * GROUP, (long)cstride);
+            if (two) {
+                _tile_stored(1, cnt + (g + 1) * GROUP, (long)cstride);
+                _tile_stored(3, cnt + 16 * per_px + (g + 1) * GROUP, (long)cstride);
+            }
         }
+        for (; next < px1; next++) amx_finish(a, &e, &k64, fast, n, y, next, pend + (size_t)(next - px0) * per_px);
+        px0 = next = b * AMX_PX;
+        px1 = px0 + AMX_PX < W ? px0 + AMX_PX : W;
+        pend = cnt;
     }
+    for (; next < px1; next++) amx_finish(a, &e, &k64, fast, n, y, next, pend + (size_t)(next - px0) * per_px);
+}
+
+/* the row with its epilogue specialised: 64 channels (constants in registers), NHWC, or general */
+T_AMX static void amx_row(const unit_args *a, const amx_scratch *sc, int n, int y) {
+    epi_row e;
+    const int fast = epi_row_init(a, n, y, &e);
+    if (fast && a->C == 64 && a->r == 1)
+        amx_row_impl(a, sc, n, y, &e, 2);
+    else if (fast)
+        amx_row_impl(a, sc, n, y, &e, 1);
+    else
+        amx_row_impl(a, sc, n, y, &e, 0);
 }
 
 /* a run of consecutive output rows of one image: each input row is expanded once */
