@@ -79,6 +79,10 @@ typedef struct {
      * nact_rows[p] (ring buffers), instead of the whole-image act and nact; NULL otherwise */
     const uint64_t *const *act_rows;
     uint64_t *const *nact_rows;
+    /* AMX chains of 64-channel units: the input or output rows as int8 signs (64 bytes a pixel,
+     * padded like the bit rows, see amx_row) instead of bits; NULL otherwise */
+    const int8_t *const *act8_rows;
+    int8_t *const *nact8_rows;
 } unit_args;
 
 /* padded input row p (0: the zero border above) of image n */
@@ -406,6 +410,7 @@ typedef struct {
     const float *res;                    /* residual row y of image n, or NULL */
     float *out[EPI_MAX_R];               /* output rows y*r + i of image n */
     uint64_t *na[EPI_MAX_R];             /* the next unit's bits of output rows y*r + i (pixel 0), or NULL */
+    int8_t *na8;                         /* or its int8 signs (row y, pixel 0; 64 channels, r == 1) */
     int C, r, Kn, leaky;
     float act_slope;
 } epi_row;
@@ -424,8 +429,9 @@ static int epi_row_init(const unit_args *a, int n, int y, epi_row *e) {
     for (int i = 0; i < r; i++) {
         const size_t oy = (size_t)y * r + i;
         e->out[i] = a->out + ((size_t)n * Ho + oy) * Wo * C;
-        e->na[i] = a->nshift ? nact_at(a, n, oy, 0) : NULL;
+        e->na[i] = a->nshift && !a->nact8_rows ? nact_at(a, n, oy, 0) : NULL;
     }
+    e->na8 = a->nshift && a->nact8_rows ? a->nact8_rows[y + 1] + 64 : NULL;
     e->C = C;
     e->r = r;
     e->Kn = (C + 63) / 64;
@@ -508,7 +514,10 @@ T_AVX512 static inline AI void epi64_px(const epi_row *e, const epi64_k *k, int 
         sw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ) << (16 * i);
         nw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_NEQ_UQ) << (16 * i);
     }
-    if (e->na[0]) {
+    if (e->na8) {
+        const __m512i v = _mm512_mask_blend_epi8((__mmask64)sw, _mm512_set1_epi8(1), _mm512_set1_epi8(-1));
+        _mm512_store_si512((__m512i *)(e->na8 + (size_t)64 * x), _mm512_maskz_mov_epi8((__mmask64)nw, v));
+    } else if (e->na[0]) {
         e->na[0][2 * (size_t)x] = sw;
         e->na[0][2 * (size_t)x + 1] = nw;
     }
@@ -892,15 +901,26 @@ typedef struct {
 } amx_scratch;
 
 /* allocate the scratch for rows of W pixels and configure this thread's tiles; 0 if out of memory */
-T_AMX static int amx_begin(const unit_args *a, amx_scratch *sc) {
+/* bytes of an expanded row of W pixels of K words: room for the last block's taps to read 2 pixels
+ * past its end (zero bytes, results discarded) */
+static size_t amx_row_bytes(int W, int K) {
+    return (size_t)64 * K * ((size_t)((W + AMX_PX - 1) / AMX_PX) * AMX_PX + 2);
+}
+
+/* allocate the scratch for rows of W pixels; 0 if out of memory */
+static int amx_alloc(const unit_args *a, amx_scratch *sc) {
     sc->blocks = (a->W + AMX_PX - 1) / AMX_PX;
     sc->px_bytes = (size_t)64 * a->K;
-    /* room for the last block's taps to read 2 pixels past its end: zero bytes, results discarded */
-    sc->row_bytes = sc->px_bytes * ((size_t)sc->blocks * AMX_PX + 2);
+    sc->row_bytes = amx_row_bytes(a->W, a->K);
     sc->buf = (int8_t *)aligned_alloc(64, 3 * sc->row_bytes + (size_t)2 * AMX_PX * a->ng * GROUP * 4);
     if (!sc->buf) return 0;
     memset(sc->buf, 0, 3 * sc->row_bytes);
     sc->cnt = (int32_t *)(sc->buf + 3 * sc->row_bytes);
+    return 1;
+}
+
+/* this thread's tiles: eight of 16 rows x 64 bytes */
+T_AMX static void amx_configure(void) {
     amx_config cfg;
     memset(&cfg, 0, sizeof cfg);
     cfg.palette = 1;
@@ -911,8 +931,26 @@ T_AMX static int amx_begin(const unit_args *a, amx_scratch *sc) {
     /* not _tile_loadconfig: GCC 12's version tells the compiler it reads 8 bytes, so the stores to the
      * rest of the configuration may be dropped as dead */
     __asm__ volatile("ldtilecfg %0" : : "m"(cfg));
+}
+
+T_AMX static int amx_begin(const unit_args *a, amx_scratch *sc) {
+    if (!amx_alloc(a, sc)) return 0;
+    amx_configure();
     return 1;
 }
+
+/* sign(v + shift) of W pixels of 64 channels as int8 (-1, 0, +1), 64 bytes a pixel */
+T_AMX static void amx_pack_row8(const float *v, const float *shift, int W, int8_t *dst) {
+    const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
+    for (int x = 0; x < W; x++) {
+        uint64_t w[2];
+        pack_px_avx512(v + (size_t)64 * x, shift, 64, w);
+        _mm512_store_si512((__m512i *)(dst + (size_t)64 * x),
+                           _mm512_maskz_mov_epi8((__mmask64)w[1], _mm512_mask_blend_epi8((__mmask64)w[0], plus, minus)));
+    }
+}
+
+T_AMX static void amx_release(void) { _tile_release(); }
 
 T_AMX static void amx_end(amx_scratch *sc) {
     _tile_release();
@@ -951,7 +989,8 @@ T_AMX static inline AI void amx_row_impl(const unit_args *a, const amx_scratch *
     epi64_k k64;
     if (fast == 2) epi64_load(&e, &k64);
     const int8_t *rows[3];
-    for (int d = 0; d < 3; d++) rows[d] = sc->buf + (size_t)((y + d) % 3) * sc->row_bytes;
+    for (int d = 0; d < 3; d++)
+        rows[d] = a->act8_rows ? a->act8_rows[y + d] : sc->buf + (size_t)((y + d) % 3) * sc->row_bytes;
     const int steps = (ng + 1) / 2 * 9 * K;
     int px0 = 0, px1 = 0, next = 0; /* pixels of the block whose epilogue is pending */
     const int32_t *pend = NULL;
@@ -1069,6 +1108,13 @@ typedef struct {
     pthread_cond_t cv;
     atomic_int refs;
     void *mem;                    /* rings and row tables, freed with the state */
+    int int8;                     /* the rings hold int8 signs (AMX, 64 channels), else bits */
+    void *mem8;                   /* the int8 rings and their row tables */
+#if BP_AMX
+    amx_scratch *scratch;         /* one per thread (AMX) */
+    atomic_int slots;             /* scratch handed out */
+    int nscratch;
+#endif
 } chain_state;
 
 static void chain_release(chain_state *c) {
@@ -1076,6 +1122,11 @@ static void chain_release(chain_state *c) {
         pthread_mutex_destroy(&c->mu);
         pthread_cond_destroy(&c->cv);
         free(c->mem);
+        free(c->mem8);
+#if BP_AMX
+        for (int i = 0; i < c->nscratch; i++) free(c->scratch[i].buf);
+        free(c->scratch);
+#endif
         free(c);
     }
 }
@@ -1090,16 +1141,22 @@ static int chain_ready(const chain_state *c, int s, int y) {
 /* pack sign(x + shift) of row y into the ring of stage 0 */
 static void chain_pack_row(const chain_state *c, int y) {
     const unit_args *a = &c->ua[0];
-    uint64_t *o = a->nact_rows[y + 1] + 2 * c->K;
     const float *src = c->x + (size_t)y * c->W * c->C;
+#if BP_AMX
+    if (c->int8) {
+        amx_pack_row8(src, c->shift0, c->W, a->nact8_rows[y + 1] + 64);
+        return;
+    }
+#endif
+    uint64_t *o = a->nact_rows[y + 1] + 2 * c->K;
     for (int xx = 0; xx < c->W; xx++) pack_px(src + (size_t)xx * c->C, c->shift0, c->C, o + (size_t)xx * 2 * c->K);
 }
 
 typedef struct {
     row_fn row;
-    int amx; /* this worker has its tile scratch (else it runs the popcount core) */
+    int amx; /* this worker runs the AMX core (with its scratch), else the popcount core */
 #if BP_AMX
-    amx_scratch sc;
+    amx_scratch *sc;
 #endif
     int32_t cnt[MAX_OUT + GROUP];
 } chain_worker_mem;
@@ -1112,8 +1169,9 @@ static void chain_task(chain_state *c, chain_worker_mem *m, int s, int y) {
     const unit_args *a = &c->ua[s];
 #if BP_AMX
     if (m->amx) {
-        for (int p = y; p < y + 3; p++) amx_load_row(a, &m->sc, 0, p);
-        amx_row(a, &m->sc, 0, y);
+        if (!a->act8_rows)
+            for (int p = y; p < y + 3; p++) amx_load_row(a, m->sc, 0, p);
+        amx_row(a, m->sc, 0, y);
         return;
     }
 #endif
@@ -1125,8 +1183,11 @@ static void chain_work(chain_state *c) {
     m.row = pick_row();
     m.amx = 0;
 #if BP_AMX
-    /* the scratch is sized by the last stage, a unit (the units of a chain share their geometry) */
-    if (c->isa == ISA_AMX) m.amx = amx_begin(&c->ua[c->S - 1], &m.sc);
+    if (c->isa == ISA_AMX) {
+        m.sc = &c->scratch[atomic_fetch_add(&c->slots, 1)];
+        amx_configure();
+        m.amx = 1;
+    }
 #endif
     pthread_mutex_lock(&c->mu);
     while (c->remaining > 0) {
@@ -1150,7 +1211,7 @@ static void chain_work(chain_state *c) {
     }
     pthread_mutex_unlock(&c->mu);
 #if BP_AMX
-    if (m.amx) amx_end(&m.sc);
+    if (m.amx) amx_release();
 #endif
 }
 
@@ -1160,6 +1221,37 @@ static void *chain_thread(void *p) {
     chain_release(c);
     return NULL;
 }
+
+#if BP_AMX
+/* AMX with 64 channels: the stages pass int8 signs to each other (the layout amx_row reads, so a
+ * row is never expanded again), all but the caller's act and next_act, which stay bits. Nothing
+ * changes when there is no memory for it. */
+static void chain_rings8(chain_state *c) {
+    const int S = c->S, H = c->H, R = c->R;
+    const size_t rb = amx_row_bytes(c->W, 1);
+    const size_t ring_bytes = ((size_t)(S - 1) * R + 1) * rb; /* the rings and one zero row */
+    const size_t tables = (size_t)S * 2 * (H + 2) * sizeof(void *);
+    int8_t *mem = (int8_t *)aligned_alloc(64, ring_bytes + tables);
+    if (!mem) return;
+    memset(mem, 0, ring_bytes);
+    const int8_t *zero = mem + (size_t)(S - 1) * R * rb;
+    const int8_t **in_rows = (const int8_t **)(mem + ring_bytes);
+    int8_t **out_rows = (int8_t **)(in_rows + (size_t)S * (H + 2));
+    for (int s = 0; s < S; s++) {
+        const int8_t **in = in_rows + (size_t)s * (H + 2);
+        int8_t **out = out_rows + (size_t)s * (H + 2);
+        for (int p = 0; p < H + 2; p++) {
+            const int inner = p >= 1 && p <= H;
+            in[p] = s > 0 ? (inner ? mem + ((size_t)(s - 1) * R + p % R) * rb : zero) : NULL;
+            out[p] = s + 1 < S && inner ? mem + ((size_t)s * R + p % R) * rb : NULL;
+        }
+        c->ua[s].act8_rows = s > 0 ? in : NULL;
+        c->ua[s].nact8_rows = s + 1 < S ? out : NULL;
+    }
+    c->mem8 = mem;
+    c->int8 = 1;
+}
+#endif
 
 /* run the stages over one image; units[] hold everything but the row tables, which are made here.
  * Returns 0 when out of memory (nothing was computed). */
@@ -1225,14 +1317,19 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
 #if BP_AMX
     int8_t *wamx[256];
     if (c->isa == ISA_AMX) {
-        for (int s = pack; s < S; s++) {
-            wamx[s] = amx_weights(&c->ua[s]);
-            if (!wamx[s]) {
-                for (int q = pack; q < s; q++) free(wamx[q]);
-                c->isa = ISA_AVX512; /* no memory for the weight tiles: the popcount core */
-                break;
-            }
-            c->ua[s].wamx = wamx[s];
+        int ok = 1, made = pack;
+        for (; ok && made < S; made++) {
+            ok = (wamx[made] = amx_weights(&c->ua[made])) != NULL;
+            c->ua[made].wamx = wamx[made];
+        }
+        if (!ok) made--;
+        /* every thread's scratch now, so that a thread cannot find itself without one later */
+        ok = ok && (c->scratch = (amx_scratch *)calloc((size_t)nthreads, sizeof(amx_scratch))) != NULL;
+        for (; ok && c->nscratch < nthreads; c->nscratch++) ok = amx_alloc(&c->ua[S - 1], &c->scratch[c->nscratch]);
+        if (ok && C == 64 && K == 1) chain_rings8(c);
+        if (!ok) { /* out of memory for the tiles' operands: the popcount core */
+            for (int q = pack; q < made; q++) free(wamx[q]);
+            c->isa = ISA_AVX512;
         }
     }
 #endif
