@@ -179,7 +179,7 @@ class BinaryBlock(nn.Module):
 class ChainRunner(Protocol):
     """A unit whose backend can run it and the units after it as one call (the CPU kernels)."""
 
-    def run_chain(self, units: Sequence[nn.Module], x: Tensor) -> Tensor | None: ...
+    def run_chain(self, units: Sequence[nn.Module], x: Tensor, *, consume: bool = False) -> Tensor | None: ...
 
 
 @runtime_checkable
@@ -196,14 +196,16 @@ def unit_lrelu(unit: nn.Module, x: Tensor, lrelu: nn.LeakyReLU) -> Tensor:
     return lrelu(unit(x))
 
 
-def run_units(units: Sequence[nn.Module], x: Tensor) -> Tensor:
+def run_units(units: Sequence[nn.Module], x: Tensor, *, consume: bool = False) -> Tensor:
     """``x`` through ``units`` in order, each taking the previous one's output.
 
     A kernel backend may compute the whole run in one call (rows of every unit in a wavefront,
     ``models.kernels``); its result is bitwise the same as calling the units one by one.
+    ``consume``: x is the caller's temporary, which the run may overwrite with its result (no
+    output of the image's size to allocate and fault in).
     """
     if units and isinstance(units[0], ChainRunner):
-        out = units[0].run_chain(units, x)
+        out = units[0].run_chain(units, x, consume=consume)
         if out is not None:
             return out
     for unit in units:

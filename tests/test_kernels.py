@@ -324,6 +324,9 @@ def test_chain_equals_units_one_by_one(isa: str, n: int, h: int, w: int, c: int,
     out = torch.empty_like(x)
     kernels._ext.chain(as_array(x), as_array(out), arrays, threads=threads)
     assert torch.equal(out, cur)
+    packed_in_place = x.clone()  # the first unit packs its own input rows, then overwrites them
+    kernels._ext.chain(as_array(packed_in_place), as_array(packed_in_place), arrays, threads=threads)
+    assert torch.equal(packed_in_place, cur)
     inplace, bits = x.clone(), torch.empty_like(act)
     kernels._ext.chain(as_array(inplace), as_array(inplace), arrays, act=as_array(first_act),
                next_shift=as_array(nshift), next_act=as_array(bits), threads=threads)

@@ -70,7 +70,8 @@ class BBCUSR(nn.Module):
             feat = self.lrelu(self.conv_first(repeat_channels(x, self.config.nf)))
         else:
             feat = self.lrelu(self.conv_first(x))
-        out = run_units([unit for block in self.body for unit in block.body], feat)  # type: ignore[union-attr]
+        out = run_units([unit for block in self.body for unit in block.body], feat,  # type: ignore[union-attr]
+                        consume=True)
         for i, r in enumerate(self.steps, start=1):
             up = getattr(self, f"upconv{i}")
             out = up(out) if "up" in self.config.binary else shuffle_lrelu(up(out), r, self.lrelu)

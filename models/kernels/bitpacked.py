@@ -149,7 +149,7 @@ class BitUnit(KernelUnit):
             self.link_out.tensor, self.link_out.act, self.link_out.nchw = out, call.next_act, entry_nchw
         return out
 
-    def run_chain(self, units: Sequence[nn.Module], x: Tensor) -> Tensor | None:
+    def run_chain(self, units: Sequence[nn.Module], x: Tensor, *, consume: bool = False) -> Tensor | None:
         """``units`` (this one first) applied to ``x`` in one kernel call, or None when they are not
         a linked run of C -> C units (the caller then calls them one by one).
 
@@ -167,8 +167,9 @@ class BitUnit(KernelUnit):
         if x_nchw:  # the kernel works in NHWC; the result goes back to NCHW, as the units would give
             entry_nchw, xl = 1, x.contiguous(memory_format=torch.channels_last)
         n, c, h, w = (int(s) for s in xl.shape)
-        # in place when x is the linked predecessor's own output (nothing else holds it)
-        out = xl if act is not None and not x_nchw else torch.empty_like(xl)
+        # in place when x is the linked predecessor's own output (nothing else holds it), the
+        # caller's temporary, or the NHWC copy made just above
+        out = xl if act is not None or consume or x_nchw else torch.empty_like(xl)
         next_act = None
         if last.link_out is not None:
             next_act = torch.empty((n, h + 2, w + 2, 2 * words(c)), dtype=torch.int64)
