@@ -83,6 +83,10 @@ typedef struct {
      * padded like the bit rows, see amx_row) instead of bits; NULL otherwise */
     const int8_t *const *act8_rows;
     int8_t *const *nact8_rows;
+    /* pipes (N == 1, NHWC): output row oy at out_rows[oy], residual row y at resid_rows[y] (rings),
+     * instead of the whole-image out and resid; NULL otherwise */
+    float *const *out_rows;
+    const float *const *resid_rows;
 } unit_args;
 
 /* padded input row p (0: the zero border above) of image n */
@@ -425,10 +429,10 @@ static int epi_row_init(const unit_args *a, int n, int y, epi_row *e) {
     e->sl = a->slope;
     e->po = a->post;
     e->sh = a->nshift;
-    e->res = a->resid ? a->resid + ((size_t)n * a->H + y) * a->W * C : NULL;
+    e->res = a->resid_rows ? a->resid_rows[y] : a->resid ? a->resid + ((size_t)n * a->H + y) * a->W * C : NULL;
     for (int i = 0; i < r; i++) {
         const size_t oy = (size_t)y * r + i;
-        e->out[i] = a->out + ((size_t)n * Ho + oy) * Wo * C;
+        e->out[i] = a->out_rows ? a->out_rows[oy] : a->out + ((size_t)n * Ho + oy) * Wo * C;
         e->na[i] = a->nshift && !a->nact8_rows ? nact_at(a, n, oy, 0) : NULL;
     }
     e->na8 = a->nshift && a->nact8_rows ? a->nact8_rows[y + 1] + 64 : NULL;
@@ -647,7 +651,23 @@ static inline void pack_px(const float *v, const float *shift, int C, uint64_t *
 DEFINE_ROW(row_scalar, , core_scalar, epilogue_scalar)
 #if BP_X86
 DEFINE_ROW(row_avx2, T_AVX2, core_avx2, epilogue_avx2)
-DEFINE_ROW(row_avx512, T_AVX512, core_avx512, epilogue_avx512)
+DEFINE_ROW(row_avx512_any, T_AVX512, core_avx512, epilogue_avx512)
+/* the AVX-512 row: as DEFINE_ROW, with the row's epilogue pointers worked out once where it can */
+T_AVX512 static void row_avx512(const unit_args *a, int n, int y, int32_t *cnt) {
+    epi_row e;
+    if (!epi_row_init(a, n, y, &e)) {
+        row_avx512_any(a, n, y, cnt);
+        return;
+    }
+    const size_t pw = (size_t)2 * a->K;
+    const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2);
+    for (int x = 0; x < a->W; x++) {
+        const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
+        const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
+        core_avx512(a, taps, cnt);
+        epi_px(&e, x, cnt);
+    }
+}
 #endif
 
 typedef void (*row_fn)(const unit_args *, int, int, int32_t *);
@@ -994,7 +1014,8 @@ T_AMX static inline AI void amx_row_impl(const unit_args *a, const amx_scratch *
     const int steps = (ng + 1) / 2 * 9 * K;
     int px0 = 0, px1 = 0, next = 0; /* pixels of the block whose epilogue is pending */
     const int32_t *pend = NULL;
-    for (int b = 0; b < sc->blocks; b++) {
+    const int blocks = (W + AMX_PX - 1) / AMX_PX; /* the scratch may be wider (pipes) */
+    for (int b = 0; b < blocks; b++) {
         int32_t *cnt = sc->cnt + (size_t)(b & 1) * AMX_PX * per_px;
         const int each = (px1 - px0 + steps - 1) / steps;
         for (int g = 0; g < ng; g += 2) {
@@ -1758,7 +1779,24 @@ typedef struct {
     const float *x, *wt, *bias; /* wt: [9][cout][cpad], zero past cin */
     float *out;
     int H, W, cin, cout, cpad;
+    const float *const *x_rows; /* pipes (N == 1): input row y at x_rows[y] (a ring), else NULL */
 } thin_job;
+
+/* input pixel (yy, xx) of image n */
+static inline const float *thin_at(const thin_job *j, int n, int yy, int xx) {
+    if (j->x_rows) return j->x_rows[yy] + (size_t)xx * j->cin;
+    return j->x + (((size_t)n * j->H + yy) * j->W + xx) * j->cin;
+}
+
+/* weight [cout][cin][3][3] -> [9][cout][cpad], zero past cin; NULL if out of memory */
+static float *thin_prepare(const float *w, int cin, int cout, int cpad) {
+    float *wt = (float *)calloc((size_t)9 * cout * cpad, sizeof(float));
+    if (!wt) return NULL;
+    for (int o = 0; o < cout; o++)
+        for (int c = 0; c < cin; c++)
+            for (int t = 0; t < 9; t++) wt[((size_t)t * cout + o) * cpad + c] = w[((size_t)o * cin + c) * 9 + t];
+    return wt;
+}
 
 static inline float thin_reduce(const float lane[16]) {
     float a[8];
@@ -1776,7 +1814,7 @@ static void thin_row_scalar(const thin_job *j, int n, int y) {
             for (int t = 0; t < 9; t++) {
                 const int yy = y + t / 3 - 1, xx = x + t % 3 - 1;
                 if (yy < 0 || yy >= j->H || xx < 0 || xx >= W) continue;
-                const float *px = j->x + (((size_t)n * j->H + yy) * W + xx) * cin;
+                const float *px = thin_at(j, n, yy, xx);
                 const float *w = j->wt + ((size_t)t * j->cout + o) * cpad;
                 for (int c = 0; c < cpad; c++) lane[c % 16] = fmaf(c < cin ? px[c] : 0.0f, w[c], lane[c % 16]);
             }
@@ -1807,7 +1845,7 @@ T_AVX512 static inline AI void thin_px_avx512(const thin_job *j, int n, int y, i
         const int yy = y + t / 3 - 1, xx = x + t % 3 - 1;
         const int inside = yy >= 0 && yy < j->H && xx >= 0 && xx + P - 1 < W;
         if (!inside) continue; /* P == 1 at the border: a tap outside is skipped */
-        const float *px = j->x + (((size_t)n * j->H + yy) * W + xx) * cin;
+        const float *px = thin_at(j, n, yy, xx);
         for (int c = 0; c < cpad; c += 16) {
             const int left = cin - c;
             const __mmask16 m = left >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << left) - 1);
@@ -1891,15 +1929,12 @@ static PyObject *py_thin_conv(PyObject *self, PyObject *args, PyObject *kw) {
     const float *bias = NULL;
     if (bo && bo != Py_None && !(bias = hold(&h, bo, "bias", F32, 0, 1, bshape))) goto fail;
     const int cpad = (cin + 15) / 16 * 16;
-    float *wt = (float *)calloc((size_t)9 * cout * cpad, sizeof(float));
+    float *wt = thin_prepare(w, cin, cout, cpad);
     if (!wt) {
         PyErr_NoMemory();
         goto fail;
     }
-    for (int o = 0; o < cout; o++)
-        for (int c = 0; c < cin; c++)
-            for (int t = 0; t < 9; t++) wt[((size_t)t * cout + o) * cpad + c] = w[((size_t)o * cin + c) * 9 + t];
-    const thin_job job = {x, wt, bias, out, H, W, cin, cout, cpad};
+    const thin_job job = {x, wt, bias, out, H, W, cin, cout, cpad, NULL};
     Py_BEGIN_ALLOW_THREADS
     parallel_rows(thin_row, &job, N * H, nthreads);
     Py_END_ALLOW_THREADS
@@ -2138,6 +2173,376 @@ fail:
     return NULL;
 }
 
+/* ------------------------------------------------------------------------------------------ */
+/* Pipes: upsampling units, then 1x units, then a thin convolution (BBCU-M's upconv1, upconv2,
+ * conv_hr and conv_last) as one wavefront over rows, like chains, except that a stage may
+ * upsample (one input row gives r output rows) and the floats pass through rings as well: no
+ * intermediate of the output's size (64 channels at 4x the input's width and height) is ever
+ * written to memory, allocated or faulted in. A unit stage takes its input row y (bits of rows
+ * y-1..y+1 and the float residual of row y) once its producer has finished those rows, and writes
+ * its r output rows into ring slots its consumer no longer reads. Every row is computed by the same
+ * row functions as the units and the thin convolution called one by one: the same bits. */
+
+typedef struct {
+    int thin;        /* 0: a unit (u), 1: the thin convolution (t), always the last stage */
+    int Hin, r;      /* rows of its input; output rows = r * Hin */
+    unit_args u;
+    thin_job t;
+} pipe_stage;
+
+typedef struct {
+    int S, isa, R;
+    pipe_stage *st;
+    int *next, *done;        /* per stage: next input row to hand out; input rows 0..done-1 finished */
+    unsigned char *rowdone;  /* per stage, rows at rowoff[s] */
+    size_t *rowoff;
+    int remaining;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    atomic_int refs;
+    void *mem; /* rings, tables, states */
+#if BP_AMX
+    amx_scratch *scratch;
+    atomic_int slots;
+    int nscratch;
+#endif
+} pipe_state;
+
+static void pipe_release(pipe_state *c) {
+    if (atomic_fetch_sub(&c->refs, 1) == 1) {
+        pthread_mutex_destroy(&c->mu);
+        pthread_cond_destroy(&c->cv);
+#if BP_AMX
+        for (int i = 0; i < c->nscratch; i++) free(c->scratch[i].buf);
+        free(c->scratch);
+        for (int s = 0; s < c->S; s++) free((void *)c->st[s].u.wamx);
+#endif
+        free(c->mem);
+        free(c);
+    }
+}
+
+/* input row y of stage s: its producer has rows y-1..y+1, and its r output rows overwrite ring
+ * slots that the consumer has finished reading */
+static int pipe_ready(const pipe_state *c, int s, int y) {
+    const pipe_stage *st = &c->st[s];
+    const int need = y + 2 < st->Hin ? y + 2 : st->Hin;
+    if (s > 0 && c->done[s - 1] * c->st[s - 1].r < need) return 0;
+    if (s + 1 < c->S && c->done[s + 1] < st->r * y + st->r - 1 - c->R + 2) return 0;
+    return 1;
+}
+
+static void pipe_task(pipe_state *c, int amx, void *sc, int32_t *cnt, int s, int y) {
+    const pipe_stage *st = &c->st[s];
+    if (st->thin) {
+#if BP_X86
+        thin_row_avx512(&st->t, 0, y);
+#endif
+        return;
+    }
+#if BP_AMX
+    if (amx) {
+        for (int p = y; p < y + 3; p++) amx_load_row(&st->u, (amx_scratch *)sc, 0, p);
+        amx_row(&st->u, (amx_scratch *)sc, 0, y);
+        return;
+    }
+#else
+    (void)amx;
+    (void)sc;
+#endif
+#if BP_X86
+    row_avx512(&st->u, 0, y, cnt);
+#endif
+}
+
+static void pipe_work(pipe_state *c) {
+    int32_t cnt[MAX_OUT + GROUP];
+    int amx = 0;
+    void *sc = NULL;
+#if BP_AMX
+    if (c->isa == ISA_AMX) {
+        sc = &c->scratch[atomic_fetch_add(&c->slots, 1)];
+        amx_configure();
+        amx = 1;
+    }
+#endif
+    pthread_mutex_lock(&c->mu);
+    while (c->remaining > 0) {
+        int s = c->S - 1, y = -1;
+        for (; s >= 0; s--)
+            if (c->next[s] < c->st[s].Hin && pipe_ready(c, s, c->next[s])) {
+                y = c->next[s]++;
+                break;
+            }
+        if (y < 0) {
+            pthread_cond_wait(&c->cv, &c->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&c->mu);
+        pipe_task(c, amx, sc, cnt, s, y);
+        pthread_mutex_lock(&c->mu);
+        c->rowdone[c->rowoff[s] + y] = 1;
+        while (c->done[s] < c->st[s].Hin && c->rowdone[c->rowoff[s] + c->done[s]]) c->done[s]++;
+        c->remaining--;
+        pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+#if BP_AMX
+    if (amx) amx_release();
+#endif
+}
+
+static void *pipe_thread(void *p) {
+    pipe_state *c = (pipe_state *)p;
+    pipe_work(c);
+    pipe_release(c);
+    return NULL;
+}
+
+/* Run the stages (one image): st[0..S-2] units with their whole-image input (act, resid) set in
+ * st[0].u and everything but the rows in the others, st[S-1] the thin convolution with its out.
+ * Makes the rings and row tables. 0 when out of memory (nothing computed). */
+static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
+    if (nthreads < 1) nthreads = 1;
+    const int R = 2 * nthreads + 8;
+    pipe_state *c = (pipe_state *)calloc(1, sizeof(pipe_state));
+    if (!c) return 0;
+    /* sizes: per stage but the last, a float ring and (if a unit follows) a bit ring + zero row */
+    size_t bytes = (size_t)S * (sizeof(pipe_stage) + 2 * sizeof(int) + sizeof(size_t)), rows_total = 0;
+    for (int s = 0; s < S; s++) {
+        const pipe_stage *st = &stages[s];
+        rows_total += (size_t)st->Hin;
+        if (s + 1 < S) {
+            const size_t Ho = (size_t)st->Hin * st->r, Wo = (size_t)st->u.W * st->r, C = (size_t)st->u.C;
+            const size_t K = (C + 63) / 64;
+            bytes += (size_t)R * Wo * C * sizeof(float) + Ho * sizeof(float *);
+            if (!stages[s + 1].thin) bytes += ((size_t)R + 1) * (Wo + 2) * 2 * K * 8 + (Ho + 2) * sizeof(void *);
+        }
+    }
+    bytes += rows_total + 64 * (size_t)S * 4;
+    c->mem = calloc(1, bytes);
+    if (!c->mem) {
+        free(c);
+        return 0;
+    }
+    char *m = (char *)c->mem;
+#define PIPE_TAKE(ptr, type, count) do { ptr = (type *)m; m += ((size_t)(count) * sizeof(type) + 63) / 64 * 64; } while (0)
+    PIPE_TAKE(c->st, pipe_stage, S);
+    PIPE_TAKE(c->next, int, S);
+    PIPE_TAKE(c->done, int, S);
+    PIPE_TAKE(c->rowoff, size_t, S);
+    PIPE_TAKE(c->rowdone, unsigned char, rows_total);
+    memcpy(c->st, stages, (size_t)S * sizeof(pipe_stage));
+    size_t off = 0;
+    for (int s = 0; s < S; s++) {
+        c->rowoff[s] = off;
+        off += (size_t)stages[s].Hin;
+    }
+    for (int s = 0; s + 1 < S; s++) {
+        pipe_stage *st = &c->st[s], *nx = &c->st[s + 1];
+        const int Ho = st->Hin * st->r, Wo = st->u.W * st->r, C = st->u.C, K = (C + 63) / 64;
+        float *ring;
+        float **frows;
+        PIPE_TAKE(ring, float, (size_t)R * Wo * C);
+        PIPE_TAKE(frows, float *, Ho);
+        for (int o = 0; o < Ho; o++) frows[o] = ring + (size_t)(o % R) * Wo * C;
+        st->u.out_rows = frows;
+        if (nx->thin) {
+            nx->t.x_rows = (const float *const *)frows;
+            st->u.nshift = NULL;
+        } else {
+            const size_t rs = (size_t)(Wo + 2) * 2 * K;
+            uint64_t *bits, **brows;
+            PIPE_TAKE(bits, uint64_t, ((size_t)R + 1) * rs);
+            PIPE_TAKE(brows, uint64_t *, Ho + 2);
+            const uint64_t *zero = bits + (size_t)R * rs;
+            for (int p = 0; p < Ho + 2; p++)
+                brows[p] = p >= 1 && p <= Ho ? bits + (size_t)(p % R) * rs : (uint64_t *)zero;
+            st->u.nact_rows = brows;
+            nx->u.act_rows = (const uint64_t *const *)brows;
+            nx->u.resid_rows = (const float *const *)frows;
+        }
+    }
+#undef PIPE_TAKE
+    c->S = S;
+    c->R = R;
+    c->isa = g_isa;
+    for (int s = 0; s < S; s++) c->remaining += stages[s].Hin;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    atomic_init(&c->refs, 1);
+#if BP_AMX
+    if (c->isa == ISA_AMX) {
+        int ok = 1;
+        unit_args widest = c->st[0].u; /* the scratch fits every unit stage's rows and counts */
+        for (int s = 0; ok && s + 1 < S; s++) {
+            ok = (c->st[s].u.wamx = amx_weights(&c->st[s].u)) != NULL;
+            if (c->st[s].u.W > widest.W) widest.W = c->st[s].u.W;
+            if (c->st[s].u.ng > widest.ng) widest.ng = c->st[s].u.ng;
+        }
+        ok = ok && (c->scratch = (amx_scratch *)calloc((size_t)nthreads, sizeof(amx_scratch))) != NULL;
+        for (; ok && c->nscratch < nthreads; c->nscratch++) ok = amx_alloc(&widest, &c->scratch[c->nscratch]);
+        if (!ok) c->isa = ISA_AVX512; /* the popcount core; pipe_release frees what was made */
+    }
+#endif
+    atomic_fetch_add(&c->refs, nthreads - 1);
+    const int queued = pool_submit(pipe_thread, c, nthreads - 1);
+    if (queued < nthreads - 1) atomic_fetch_sub(&c->refs, nthreads - 1 - queued);
+    pipe_work(c);
+    pthread_mutex_lock(&c->mu);
+    while (c->remaining > 0) pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    pipe_release(c);
+    return 1;
+}
+
+/* pipe(x, act, out, units, weight, *, bias=None, threads=1)
+ * x: float32 [1][H][W][C] (NHWC), the first unit's input; act: int64 [1][H+2][W+2][2*ceil(C/64)], its
+ * bits; units: (weights, alpha, pre, slope, post, shift, upscale, leaky_slope or None) for C -> C
+ * units (upscale r: C*r*r outputs, sub-pixel major), each taking the previous one's output;
+ * weight: float32 [cout][C][3][3] (cout <= 16) and bias: float32 [cout] of the thin convolution
+ * that follows; out: float32 [1][H*R][W*R][cout] with R the product of the upscales. Needs the
+ * AVX-512 or AMX core and C a multiple of 16. */
+static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"x", "act", "out", "units", "weight", "bias", "threads", NULL};
+    PyObject *xo, *ao, *oo, *uo, *wo, *bo = NULL, *seq = NULL;
+    int nthreads = 1;
+    held_t h = {.n = 0};
+    Py_buffer *ub = NULL;
+    int nub = 0;
+    pipe_stage *st = NULL;
+    float *wt = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|$Oi:pipe", names, &xo, &ao, &oo, &uo, &wo, &bo, &nthreads))
+        return NULL;
+    if (g_isa < ISA_AVX512) {
+        PyErr_Format(PyExc_ValueError, "pipe: needs the avx512 or amx core, not %s", ISA_NAMES[g_isa]);
+        return NULL;
+    }
+    int d[4];
+    const float *x = hold_nhwc(&h, xo, MAX_OUT, d);
+    if (!x) goto fail;
+    const int H = d[1], W = d[2], C = d[3], K = words(C), ng = (C + GROUP - 1) / GROUP;
+    if (d[0] != 1 || C % 16) {
+        PyErr_Format(PyExc_ValueError, "x: expected one image of a multiple of 16 channels, got N=%d C=%d", d[0], C);
+        goto fail;
+    }
+    const Py_ssize_t ashape[4] = {1, H + 2, W + 2, 2 * K}, vshape[1] = {C};
+    const uint64_t *act = hold(&h, ao, "act", I64, 0, 4, ashape);
+    if (!act) goto fail;
+    seq = PySequence_Fast(uo, "units: expected a sequence of (weights, alpha, pre, slope, post, shift, upscale, leaky)");
+    if (!seq) goto fail;
+    const Py_ssize_t U = PySequence_Fast_GET_SIZE(seq);
+    if (U < 1 || U > MAX_CHAIN) {
+        PyErr_Format(PyExc_ValueError, "units: expected 1..%d units, got %zd", MAX_CHAIN, U);
+        goto fail;
+    }
+    ub = (Py_buffer *)calloc((size_t)U * 6, sizeof(Py_buffer));
+    st = (pipe_stage *)calloc((size_t)U + 1, sizeof(pipe_stage));
+    if (!ub || !st) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    int Hc = H, Wc = W;
+    for (Py_ssize_t u = 0; u < U; u++) {
+        PyObject *t = PySequence_Fast_GET_ITEM(seq, u);
+        if (!PyTuple_Check(t) || PyTuple_GET_SIZE(t) != 8) {
+            PyErr_Format(PyExc_ValueError, "units[%zd]: expected (weights, alpha, pre, slope, post, shift, upscale, leaky)", u);
+            goto fail;
+        }
+        const long r = PyLong_AsLong(PyTuple_GET_ITEM(t, 6));
+        if (r < 1 || r > EPI_MAX_R) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "units[%zd].upscale: expected 1..%d", u, EPI_MAX_R);
+            goto fail;
+        }
+        double leaky = 0.0;
+        PyObject *lo = PyTuple_GET_ITEM(t, 7);
+        if (lo != Py_None && (leaky = PyFloat_AsDouble(lo)) == -1.0 && PyErr_Occurred()) goto fail;
+        const int cout = C * (int)(r * r), gn = (cout + GROUP - 1) / GROUP;
+        const Py_ssize_t wshape[4] = {gn, 9, K, GROUP}, oshape[1] = {cout};
+        static const char *fields[6] = {"weights", "alpha", "pre", "slope", "post", "shift"};
+        const void *ptr[6];
+        for (int f = 0; f < 6; f++) {
+            char name[48];
+            snprintf(name, sizeof name, "units[%zd].%s", u, fields[f]);
+            if (take(PyTuple_GET_ITEM(t, f), name, f == 0 ? I64 : F32, 0, f == 0 ? 4 : 1,
+                     f == 0 ? wshape : f == 5 ? vshape : oshape, &ub[nub]) < 0)
+                goto fail;
+            ptr[f] = ub[nub++].buf;
+        }
+        unit_args *a = &st[u].u;
+        st[u].Hin = Hc;
+        st[u].r = (int)r;
+        a->N = 1;
+        a->H = Hc;
+        a->W = Wc;
+        a->K = K;
+        a->ng = gn;
+        a->cout = cout;
+        a->r = (int)r;
+        a->C = C;
+        a->cin = C;
+        a->wp = (const uint64_t *)ptr[0];
+        a->alpha = (const float *)ptr[1];
+        a->pre = (const float *)ptr[2];
+        a->slope = (const float *)ptr[3];
+        a->post = (const float *)ptr[4];
+        a->leaky = lo != Py_None;
+        a->act_slope = (float)leaky;
+        if (u > 0) st[u - 1].u.nshift = (const float *)ptr[5]; /* the consumer's shift */
+        Hc *= (int)r;
+        Wc *= (int)r;
+    }
+    (void)ng;
+    const Py_ssize_t twshape[4] = {ANY, C, 3, 3};
+    const float *w = hold(&h, wo, "weight", F32, 0, 4, twshape);
+    if (!w) goto fail;
+    const int cout = (int)h.v[h.n - 1].shape[0];
+    if (cout < 1 || cout > 16) {
+        PyErr_Format(PyExc_ValueError, "weight: %d output channels, expected 1..16", cout);
+        goto fail;
+    }
+    const Py_ssize_t oshape[4] = {1, Hc, Wc, cout}, bshape[1] = {cout};
+    float *out = hold(&h, oo, "out", F32, 1, 4, oshape);
+    if (!out) goto fail;
+    const float *bias = NULL;
+    if (bo && bo != Py_None && !(bias = hold(&h, bo, "bias", F32, 0, 1, bshape))) goto fail;
+    const int cpad = (C + 15) / 16 * 16;
+    if (!(wt = thin_prepare(w, C, cout, cpad))) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    st[0].u.act = act;
+    st[0].u.resid = x;
+    st[U].thin = 1;
+    st[U].Hin = Hc;
+    st[U].r = 1;
+    st[U].t = (thin_job){NULL, wt, bias, out, Hc, Wc, C, cout, cpad, NULL};
+    int ok;
+    Py_BEGIN_ALLOW_THREADS
+    ok = run_pipe(st, (int)U + 1, nthreads);
+    Py_END_ALLOW_THREADS
+    if (!ok) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    free(wt);
+    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
+    free(ub);
+    free(st);
+    Py_DECREF(seq);
+    release_all(&h);
+    Py_RETURN_NONE;
+fail:
+    free(wt);
+    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
+    free(ub);
+    free(st);
+    Py_XDECREF(seq);
+    release_all(&h);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2', 'avx512' or 'amx'."},
     {"isa", py_isa, METH_NOARGS, "(selected ISA, best ISA this CPU supports)."},
@@ -2153,6 +2558,8 @@ static PyMethodDef methods[] = {
      "pixel_shuffle then leaky ReLU, NHWC, in one pass."},
     {"chain", (PyCFunction)(void (*)(void))py_chain, METH_VARARGS | METH_KEYWORDS,
      "Consecutive C -> C units with residuals, as one wavefront over the rows."},
+    {"pipe", (PyCFunction)(void (*)(void))py_pipe, METH_VARARGS | METH_KEYWORDS,
+     "Upsampling and 1x units, then a thin convolution, as one wavefront over the rows."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -183,6 +183,14 @@ class ChainRunner(Protocol):
 
 
 @runtime_checkable
+class PipeRunner(Protocol):
+    """A unit whose backend can run it, the units after it and a thin last convolution as one call."""
+
+    def run_pipe(self, units: Sequence[nn.Module], slope: float, last: nn.Conv2d,
+                 x: Tensor) -> Tensor | None: ...
+
+
+@runtime_checkable
 class LeakyFused(Protocol):
     """A unit whose backend applies a following leaky ReLU in its own epilogue (the CPU kernels)."""
 
@@ -211,6 +219,22 @@ def run_units(units: Sequence[nn.Module], x: Tensor, *, consume: bool = False) -
     for unit in units:
         x = unit(x)
     return x
+
+
+def run_upsampler(units: Sequence[nn.Module], lrelu: nn.LeakyReLU, last: nn.Conv2d, x: Tensor) -> Tensor:
+    """``last(lrelu(units[-1](... units[0](x))))``: binary upsampling units, a 1x unit with the
+    activation (BBCU-M's conv_hr) and the float last convolution.
+
+    A kernel backend may run it all as one call (``pipe`` in csrc/bitpacked.c: rows in a wavefront,
+    nothing of the output's size but the result written); bitwise the same as step by step.
+    """
+    if units and isinstance(units[0], PipeRunner):
+        out = units[0].run_pipe(units, float(lrelu.negative_slope), last, x)
+        if out is not None:
+            return out
+    for unit in units[:-1]:
+        x = unit(x)
+    return last(unit_lrelu(units[-1], x, lrelu))
 
 
 def _cpu_kernels_take(x: Tensor, *params: Tensor) -> bool:

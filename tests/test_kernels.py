@@ -478,3 +478,81 @@ def test_leaky_relu_in_the_epilogue_is_bitwise_the_torch_op(c: int, r: int, nchw
             assert (ref < 0).any() and torch.equal(got, ref)
     finally:
         kernels.set_isa(before)
+
+
+def _random_up_unit(c: int, r: int, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """(weights, alpha, pre, slope, post, shift) of a C -> C*r*r unit, outputs sub-pixel major."""
+    from models.kernels.bitpacked import pack_weights
+
+    cout = c * r * r
+    wp, zeros = pack_weights(torch.sign(torch.randn(cout, c, 3, 3, generator=g)))
+    assert zeros == 0
+    return (wp, torch.rand(cout, generator=g) * 0.02, torch.randn(cout, generator=g) * 0.1,
+            torch.rand(cout, generator=g) * 0.3, torch.randn(cout, generator=g) * 0.1,
+            torch.randn(c, generator=g) * 0.1)
+
+
+@pytest.mark.parametrize("c,h,w,ups,threads,bias", [
+    (64, 9, 11, (2, 2, 1), 2, True), (64, 7, 5, (3, 1), 3, False), (32, 6, 9, (2, 1, 1), 1, True),
+    (16, 5, 40, (1,), 2, True), (64, 1, 3, (2, 1), 2, True)])
+def test_pipe_equals_units_then_thin_conv(isa: str, c: int, h: int, w: int, ups: tuple[int, ...],
+                                         threads: int, bias: bool) -> None:
+    """The upsampler's wavefront gives bitwise what the units (the last with its leaky ReLU) and the
+    thin convolution give one by one; a core without the pipe refuses it."""
+    from models.kernels.bitpacked import as_array, pack_activations, thin_conv
+
+    g = torch.Generator().manual_seed(c * h + w)
+    units = [_random_up_unit(c, r, g) for r in ups]
+    x = torch.randn(1, h, w, c, generator=g)
+    x[x.abs() < 0.05] = 0.0
+    weight = torch.randn(3, c, 3, 3, generator=g)
+    b = torch.randn(3, generator=g) if bias else None
+    act0 = pack_activations(x.permute(0, 3, 1, 2), units[0][5])
+    cur, act, hh, ww = x, act0, h, w
+    for i, (wp, al, pre, sl, po, _) in enumerate(units):
+        r, last = ups[i], i + 1 == len(units)
+        out = torch.empty(1, hh * r, ww * r, c)
+        nxt = None if last else torch.empty(1, hh * r + 2, ww * r + 2, 2 * ((c + 63) // 64),
+                                            dtype=torch.int64)
+        kernels._ext.unit(as_array(act), as_array(wp), cin=c, cout=c * r * r, upscale=r, alpha=as_array(al),
+                          pre=as_array(pre), slope=as_array(sl), post=as_array(po), residual=as_array(cur),
+                          out=as_array(out), next_shift=None if last else as_array(units[i + 1][5]),
+                          next_act=None if nxt is None else as_array(nxt), threads=threads,
+                          leaky_slope=0.1 if last else None)
+        cur, act, hh, ww = out, nxt, hh * r, ww * r
+    ref = thin_conv(cur.permute(0, 3, 1, 2), weight, b)
+    params = [(*(as_array(t) for t in u), r, 0.1 if i + 1 == len(units) else None)
+              for i, (u, r) in enumerate(zip(units, ups, strict=True))]
+    got = torch.empty(1, hh, ww, 3)
+
+    def call() -> None:
+        kernels._ext.pipe(as_array(x), as_array(act0), as_array(got), params, as_array(weight),
+                          bias=None if b is None else as_array(b), threads=threads)
+
+    if isa not in ("avx512", "amx"):
+        with pytest.raises(ValueError, match="pipe: needs the avx512 or amx core"):
+            call()
+        return
+    call()
+    assert torch.equal(got, ref.permute(0, 2, 3, 1))
+
+
+def test_pipe_refuses_bad_arguments() -> None:
+    from models.kernels.bitpacked import as_array
+
+    if kernels.isa() not in ("avx512", "amx"):
+        pytest.skip("the pipe needs the avx512 or amx core")
+    g = torch.Generator().manual_seed(0)
+    u = tuple(as_array(t) for t in _random_up_unit(64, 2, g))
+    x, act = torch.randn(1, 4, 5, 64), torch.zeros(1, 6, 7, 2, dtype=torch.int64)
+    out, wt = torch.empty(1, 8, 10, 3), torch.randn(3, 64, 3, 3)
+    with pytest.raises(ValueError, match=r"units\[0\]: expected \(weights"):
+        kernels._ext.pipe(as_array(x), as_array(act), as_array(out), [u], as_array(wt))
+    with pytest.raises(ValueError, match=r"units\[0\].upscale: expected 1..4"):
+        kernels._ext.pipe(as_array(x), as_array(act), as_array(out), [(*u, 5, None)], as_array(wt))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        kernels._ext.pipe(as_array(x), as_array(act), as_array(torch.empty(1, 4, 5, 3)), [(*u, 2, None)],
+                          as_array(wt))
+    with pytest.raises(ValueError, match="x: expected one image"):
+        kernels._ext.pipe(as_array(torch.randn(2, 4, 5, 64)), as_array(act), as_array(out), [(*u, 2, None)],
+                          as_array(wt))

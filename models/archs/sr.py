@@ -22,6 +22,7 @@ from models.blocks import (
     ThinConv2d,
     repeat_channels,
     run_units,
+    run_upsampler,
     shuffle_lrelu,
     unit_lrelu,
 )
@@ -72,11 +73,15 @@ class BBCUSR(nn.Module):
             feat = self.lrelu(self.conv_first(x))
         out = run_units([unit for block in self.body for unit in block.body], feat,  # type: ignore[union-attr]
                         consume=True)
-        for i, r in enumerate(self.steps, start=1):
-            up = getattr(self, f"upconv{i}")
+        base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        ups = [getattr(self, f"upconv{i}") for i in range(1, len(self.steps) + 1)]
+        if "up" in self.config.binary and "tail" not in self.config.binary:
+            # BBCU-M: binary upsampling and conv_hr, float conv_last (one kernel call on the CPU)
+            assert isinstance(self.conv_last, nn.Conv2d)
+            return (run_upsampler([*ups, self.conv_hr], self.lrelu, self.conv_last, out) + base) / self.k
+        for up, r in zip(ups, self.steps, strict=True):
             out = up(out) if "up" in self.config.binary else shuffle_lrelu(up(out), r, self.lrelu)
         out = unit_lrelu(self.conv_hr, out, self.lrelu)
-        base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
         if "tail" in self.config.binary:
             out = self.conv_last(out, residual=base)
         else:

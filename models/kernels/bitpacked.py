@@ -184,6 +184,45 @@ class BitUnit(KernelUnit):
             last.link_out.tensor, last.link_out.act, last.link_out.nchw = out, next_act, entry_nchw
         return out
 
+    def run_pipe(self, units: Sequence[nn.Module], slope: float, last: nn.Conv2d, x: Tensor) -> Tensor | None:
+        """``last(leaky_relu(units[-1](... units[0](x)), slope))`` in one kernel call (``pipe``), or
+        None where the kernel cannot (the caller then goes step by step, with the same result).
+
+        ``units``: C -> C bit-packed units (upsampling or not); ``last`` a ThinConv2d."""
+        from models.blocks import ThinConv2d, _cpu_kernels_take
+
+        c = self.cin
+        if (not isinstance(last, ThinConv2d) or last.in_channels != c or last.out_channels > 16
+                or c % 16 or _ext.isa()[0] not in ("avx512", "amx") or x.ndim != 4 or x.shape[0] != 1
+                or not _cpu_kernels_take(x, last.weight)
+                or not all(isinstance(u, BitUnit) and u.cin == c and u.channels == c for u in units)):
+            return None
+        x = self._accept(x)
+        act = self.link_in.take(x) if self.link_in is not None else None
+        xl, x_nchw = _layout(x)
+        if x_nchw:
+            xl = x.contiguous(memory_format=torch.channels_last)
+        if act is None:
+            _, _, h, w = (int(s) for s in xl.shape)
+            act = torch.empty((1, h + 2, w + 2, 2 * words(c)), dtype=torch.int64)
+            _ext.pack_act(as_array(xl, nchw=False), as_array(self.shift), as_array(act),
+                          threads=torch.get_num_threads())
+        scale = 1
+        params = []
+        for i, u in enumerate(units):
+            assert isinstance(u, BitUnit)
+            const = u._constants()
+            params.append((*(const[k] for k in ("weights", "alpha", "pre", "slope", "post", "shift")),
+                           u.upscale, slope if i == len(units) - 1 else None))
+            scale *= u.upscale
+        _, _, h, w = (int(s) for s in xl.shape)
+        out = torch.empty((1, last.out_channels, h * scale, w * scale), memory_format=torch.channels_last)
+        _ext.pipe(as_array(xl, nchw=False), as_array(act), as_array(out, nchw=False), params,
+                  as_array(last.weight.detach().contiguous()),
+                  bias=None if last.bias is None else as_array(last.bias.detach()),
+                  threads=torch.get_num_threads())
+        return out
+
     def _chain_params(self) -> tuple[np.ndarray | None, ...]:
         """(weights, alpha, pre, slope, post, shift) as the chain kernel takes them."""
         const = self._constants()
