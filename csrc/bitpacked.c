@@ -1093,8 +1093,9 @@ static int run_unit_amx(const unit_args *a, int nthreads) {
     int8_t *w = amx_weights(a);
     if (!w) return 0;
     b.wamx = w;
-    /* runs of rows long enough to expand each input row about once, enough of them to balance */
-    int per = a->H / (8 * (nthreads > 0 ? nthreads : 1));
+    /* runs of rows long enough to expand each input row about once (a run also sets up its scratch),
+     * enough of them to balance the threads; one thread takes an image at once */
+    int per = nthreads > 1 ? a->H / (4 * nthreads) : a->H;
     if (per < 1) per = 1;
     const amx_job job = {&b, per, (a->H + per - 1) / per};
     parallel_rows(amx_chunk, &job, a->N * job.chunks_per_image, nthreads);
@@ -2578,8 +2579,7 @@ PyMODINIT_FUNC PyInit__bitpacked(void) {
 #if BP_AMX
     if (g_best == ISA_AVX512 && amx_permitted()) g_best = ISA_AMX;
 #endif
-    /* AMX is exact but measured slower than the AVX-512 popcount core on the CPUs tried (docs/kernels.md):
-     * it runs only when asked for (set_isa / BBCU_KERNEL_ISA=amx) */
-    g_isa = g_best == ISA_AMX ? ISA_AVX512 : g_best;
+    /* the fastest core this CPU and OS allow: AMX where Linux grants the tiles (docs/kernels.md) */
+    g_isa = g_best;
     return PyModule_Create(&module);
 }

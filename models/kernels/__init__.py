@@ -5,9 +5,9 @@ The C extension ``models.kernels._bitpacked`` is built from ``csrc/bitpacked.c``
 the float path (``model.info.backend == 'float'``) and ``unavailable_reason()`` says why.
 
 ``BBCU_KERNEL_ISA`` (one of ``ISAS``: ``scalar``, ``avx2``, ``avx512`` or ``amx``) forces a conv core; by
-default the fastest one the CPU supports is chosen at import: AVX-512 where the CPU has VPOPCNTDQ, then
-AVX2. The AMX core (exact int8 tile products, where the CPU and the OS allow AMX) is opt-in: on the CPUs
-measured it was not faster than the AVX-512 popcount core (docs/kernels.md).
+default the fastest one the CPU supports is chosen at import: AMX (exact int8 tile products of the signs)
+where the CPU has it and Linux grants the tiles, else AVX-512 where the CPU has VPOPCNTDQ, then AVX2
+(docs/kernels.md).
 """
 
 from __future__ import annotations
