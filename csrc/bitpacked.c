@@ -1121,6 +1121,8 @@ static int run_unit_amx(const unit_args *a, int nthreads) {
 
 typedef struct {
     int S, pack, H, W, C, K, R, isa;
+    int Su;                       /* stages that are the pack or units; S - Su: the thin tail (0 or 1) */
+    const void *tail;             /* a thin_job reading the last unit's output (out), or NULL */
     unit_args *ua;                /* per stage (the pack stage's geometry only) */
     const float *x, *shift0;      /* the pack stage's source and shift */
     int *next, *done;             /* per stage: next row to hand out, rows 0..done-1 finished */
@@ -1156,7 +1158,8 @@ static void chain_release(chain_state *c) {
 static int chain_ready(const chain_state *c, int s, int y) {
     const int need = y + 2 < c->H ? y + 2 : c->H;
     if (s > 0 && c->done[s - 1] < need) return 0;
-    if (s + 1 < c->S && c->done[s + 1] < y - c->R + 2) return 0;
+    /* a ring between s and s + 1 (the tail reads out, which nothing writes after the last unit) */
+    if (s + 1 < c->Su && c->done[s + 1] < y - c->R + 2) return 0;
     return 1;
 }
 
@@ -1183,9 +1186,15 @@ typedef struct {
     int32_t cnt[MAX_OUT + GROUP];
 } chain_worker_mem;
 
+static void thin_row(const void *ctx, int ry);
+
 static void chain_task(chain_state *c, chain_worker_mem *m, int s, int y) {
     if (s == 0 && c->pack) {
         chain_pack_row(c, y);
+        return;
+    }
+    if (s >= c->Su) {
+        thin_row(c->tail, y);
         return;
     }
     const unit_args *a = &c->ua[s];
@@ -1249,7 +1258,7 @@ static void *chain_thread(void *p) {
  * row is never expanded again), all but the caller's act and next_act, which stay bits. Nothing
  * changes when there is no memory for it. */
 static void chain_rings8(chain_state *c) {
-    const int S = c->S, H = c->H, R = c->R;
+    const int S = c->Su, H = c->H, R = c->R;
     const size_t rb = amx_row_bytes(c->W, 1);
     const size_t ring_bytes = ((size_t)(S - 1) * R + 1) * rb; /* the rings and one zero row */
     const size_t tables = (size_t)S * 2 * (H + 2) * sizeof(void *);
@@ -1278,8 +1287,9 @@ static void chain_rings8(chain_state *c) {
 /* run the stages over one image; units[] hold everything but the row tables, which are made here.
  * Returns 0 when out of memory (nothing was computed). */
 static int run_chain(const unit_args *units, int U, int pack, const float *x, const float *shift0,
-                     const uint64_t *act, uint64_t *next_act, int nthreads) {
+                     const uint64_t *act, uint64_t *next_act, const void *tail, int nthreads) {
     const int H = units[0].H, W = units[0].W, C = units[0].C, K = units[0].K, S = U + pack;
+    const int St = S + (tail != NULL); /* with the thin tail, which reads out */
     if (nthreads < 1) nthreads = 1;
     const int R = 2 * nthreads + 8;
     const size_t rs = (size_t)(W + 2) * 2 * K; /* words in a padded row */
@@ -1288,8 +1298,8 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
     /* rings (one per stage but the last), one zero row, row tables, stage states, counters */
     const size_t ring_words = (size_t)(S - 1) * R * rs + rs;
     const size_t tables = (size_t)S * 2 * (H + 2) * sizeof(void *);
-    const size_t bytes = ring_words * 8 + tables + (size_t)S * sizeof(unit_args) + (size_t)S * 2 * sizeof(int)
-                         + (size_t)S * H;
+    const size_t bytes = ring_words * 8 + tables + (size_t)St * sizeof(unit_args) + (size_t)St * 2 * sizeof(int)
+                         + (size_t)St * H;
     c->mem = calloc(1, bytes);
     if (!c->mem) {
         free(c);
@@ -1299,9 +1309,9 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
     const uint64_t **in_rows = (const uint64_t **)(rings + ring_words);
     uint64_t **out_rows = (uint64_t **)(in_rows + (size_t)S * (H + 2));
     c->ua = (unit_args *)(out_rows + (size_t)S * (H + 2));
-    c->next = (int *)(c->ua + S);
-    c->done = c->next + S;
-    c->rowdone = (unsigned char *)(c->done + S);
+    c->next = (int *)(c->ua + St);
+    c->done = c->next + St;
+    c->rowdone = (unsigned char *)(c->done + St);
     for (int s = 0; s < S; s++) {
         c->ua[s] = units[s - pack < 0 ? 0 : s - pack];
         const uint64_t **in = in_rows + (size_t)s * (H + 2);
@@ -1321,7 +1331,9 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
         c->ua[s].nact_rows = s + 1 < S || next_act ? out : NULL;
         if (s + 1 == S && !next_act) c->ua[s].nshift = NULL;
     }
-    c->S = S;
+    c->S = St;
+    c->Su = S;
+    c->tail = tail;
     c->pack = pack;
     c->H = H;
     c->W = W;
@@ -1331,7 +1343,7 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
     c->isa = g_isa;
     c->x = x;
     c->shift0 = shift0;
-    c->remaining = S * H;
+    c->remaining = St * H;
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     atomic_init(&c->refs, 1);
@@ -2054,25 +2066,31 @@ fail:
     return NULL;
 }
 
-/* chain(x, out, units, *, act=None, next_shift=None, next_act=None, threads=1)
+/* chain(x, out, units, *, act=None, next_shift=None, next_act=None, tail_weight=None, tail_bias=None,
+ *       tail_out=None, threads=1)
  * Consecutive C -> C units that each add their input: out = unit_{U-1}(... unit_0(x)), computed as a
  * wavefront (see run_chain); bitwise equal to calling unit() U times.
  * x, out: float32 [N][H][W][C] (NHWC; out may be x); units: a sequence of (weights, alpha, pre, slope,
  * post, shift) with weights int64 [ceil(C/16)][9][ceil(C/64)][16] and the rest float32 [C];
  * act: int64 [N][H+2][W+2][2*ceil(C/64)], the first unit's input bits when already packed (else
- * sign(x + shift_0) is packed here); next_shift/next_act: the bits of the output for a linked unit. */
+ * sign(x + shift_0) is packed here); next_shift/next_act: the bits of the output for a linked unit;
+ * tail_weight float32 [cout][C][3][3] (cout <= 16), tail_bias [cout], tail_out float32 [N][H][W][cout]:
+ * thin_conv of the result as a last stage of the wavefront (rows read while still in cache). */
 #define MAX_CHAIN 255
 static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"x", "out", "units", "act", "next_shift", "next_act", "threads", NULL};
-    PyObject *xo, *oo, *uo, *ao = NULL, *nso = NULL, *nao = NULL, *seq = NULL;
+    static char *names[] = {"x", "out", "units", "act", "next_shift", "next_act", "tail_weight", "tail_bias",
+                            "tail_out", "threads", NULL};
+    PyObject *xo, *oo, *uo, *ao = NULL, *nso = NULL, *nao = NULL, *two = NULL, *tbo = NULL, *too = NULL;
+    PyObject *seq = NULL;
     int nthreads = 1;
     held_t h = {.n = 0};
     Py_buffer *ub = NULL;
     int nub = 0;
     unit_args *units = NULL;
+    float *twt = NULL;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$OOOi:chain", names, &xo, &oo, &uo, &ao, &nso, &nao,
-                                     &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$OOOOOOi:chain", names, &xo, &oo, &uo, &ao, &nso, &nao,
+                                     &two, &tbo, &too, &nthreads))
         return NULL;
     int d[4];
     const float *x = hold_nhwc(&h, xo, MAX_OUT, d);
@@ -2093,6 +2111,32 @@ static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
     if (nso && nso != Py_None) {
         if (!(nshift = hold(&h, nso, "next_shift", F32, 0, 1, vshape))) goto fail;
         if (!(nact = hold(&h, nao, "next_act", I64, 1, 4, ashape))) goto fail;
+    }
+    /* the thin tail: a 3x3 convolution of the last unit's output to at most 16 channels */
+    const int has_tail = two && two != Py_None;
+    if (has_tail != (too && too != Py_None)) {
+        PyErr_SetString(PyExc_ValueError, "tail_weight and tail_out: give both or neither");
+        goto fail;
+    }
+    int tcout = 0;
+    const float *tbias = NULL;
+    float *tout = NULL;
+    if (has_tail) {
+        const Py_ssize_t twshape[4] = {ANY, C, 3, 3};
+        const float *tw = hold(&h, two, "tail_weight", F32, 0, 4, twshape);
+        if (!tw) goto fail;
+        tcout = (int)h.v[h.n - 1].shape[0];
+        if (tcout < 1 || tcout > 16) {
+            PyErr_Format(PyExc_ValueError, "tail_weight: %d output channels, expected 1..16", tcout);
+            goto fail;
+        }
+        const Py_ssize_t toshape[4] = {N, H, W, tcout}, tbshape[1] = {tcout};
+        if (!(tout = hold(&h, too, "tail_out", F32, 1, 4, toshape))) goto fail;
+        if (tbo && tbo != Py_None && !(tbias = hold(&h, tbo, "tail_bias", F32, 0, 1, tbshape))) goto fail;
+        if (!(twt = thin_prepare(tw, C, tcout, (C + 15) / 16 * 16))) {
+            PyErr_NoMemory();
+            goto fail;
+        }
     }
     seq = PySequence_Fast(uo, "units: expected a sequence of (weights, alpha, pre, slope, post, shift)");
     if (!seq) goto fail;
@@ -2151,14 +2195,17 @@ static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
             units[u].out = out + n * img;
             units[u].nshift = u + 1 < U ? shifts[u + 1] : nshift;
         }
+        const thin_job tail = {out + n * img, twt, tbias, tout ? tout + (size_t)n * H * W * tcout : NULL, H, W, C,
+                               tcout, (C + 15) / 16 * 16, NULL};
         ok = run_chain(units, (int)U, act == NULL, x + n * img, shifts[0], act ? act + n * aimg : NULL,
-                       nact ? nact + n * aimg : NULL, nthreads);
+                       nact ? nact + n * aimg : NULL, has_tail ? &tail : NULL, nthreads);
     }
     Py_END_ALLOW_THREADS
     if (!ok) {
         PyErr_NoMemory();
         goto fail;
     }
+    free(twt);
     for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
     free(ub);
     free(units);
@@ -2166,6 +2213,7 @@ static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
     release_all(&h);
     Py_RETURN_NONE;
 fail:
+    free(twt);
     for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
     free(ub);
     free(units);

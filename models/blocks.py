@@ -179,7 +179,8 @@ class BinaryBlock(nn.Module):
 class ChainRunner(Protocol):
     """A unit whose backend can run it and the units after it as one call (the CPU kernels)."""
 
-    def run_chain(self, units: Sequence[nn.Module], x: Tensor, *, consume: bool = False) -> Tensor | None: ...
+    def run_chain(self, units: Sequence[nn.Module], x: Tensor, *, consume: bool = False,
+                  last: nn.Conv2d | None = None) -> Tensor | None: ...
 
 
 @runtime_checkable
@@ -204,21 +205,23 @@ def unit_lrelu(unit: nn.Module, x: Tensor, lrelu: nn.LeakyReLU) -> Tensor:
     return lrelu(unit(x))
 
 
-def run_units(units: Sequence[nn.Module], x: Tensor, *, consume: bool = False) -> Tensor:
-    """``x`` through ``units`` in order, each taking the previous one's output.
+def run_units(units: Sequence[nn.Module], x: Tensor, *, consume: bool = False,
+              last: nn.Conv2d | None = None) -> Tensor:
+    """``x`` through ``units`` in order, each taking the previous one's output, then through the
+    float convolution ``last`` if given (a DnCNN's tail).
 
-    A kernel backend may compute the whole run in one call (rows of every unit in a wavefront,
-    ``models.kernels``); its result is bitwise the same as calling the units one by one.
-    ``consume``: x is the caller's temporary, which the run may overwrite with its result (no
-    output of the image's size to allocate and fault in).
+    A kernel backend may compute the whole run in one call (rows of every unit, and of a thin
+    ``last``, in a wavefront, ``models.kernels``); its result is bitwise the same as calling them
+    one by one. ``consume``: x is the caller's temporary, which the run may overwrite (no output of
+    the image's size to allocate and fault in).
     """
     if units and isinstance(units[0], ChainRunner):
-        out = units[0].run_chain(units, x, consume=consume)
+        out = units[0].run_chain(units, x, consume=consume, last=last)
         if out is not None:
             return out
     for unit in units:
         x = unit(x)
-    return x
+    return x if last is None else last(x)
 
 
 def run_upsampler(units: Sequence[nn.Module], lrelu: nn.LeakyReLU, last: nn.Conv2d, x: Tensor) -> Tensor:

@@ -332,6 +332,15 @@ def test_chain_equals_units_one_by_one(isa: str, n: int, h: int, w: int, c: int,
                next_shift=as_array(nshift), next_act=as_array(bits), threads=threads)
     assert torch.equal(inplace, cur)
     assert torch.equal(bits, act)
+    if n == 1 and c % 16 == 0:  # a thin tail as the last stage: thin_conv of the result, bitwise
+        from models.kernels.bitpacked import thin_conv
+
+        weight, bias = torch.randn(3, c, 3, 3, generator=g), torch.randn(3, generator=g)
+        tailed, tail = x.clone(), torch.empty(n, h, w, 3)
+        kernels._ext.chain(as_array(tailed), as_array(tailed), arrays, tail_weight=as_array(weight),
+                           tail_bias=as_array(bias), tail_out=as_array(tail), threads=threads)
+        assert torch.equal(tailed, cur)
+        assert torch.equal(tail, thin_conv(cur.permute(0, 3, 1, 2), weight, bias).permute(0, 2, 3, 1))
 
 
 def test_chain_refuses_bad_arguments() -> None:

@@ -36,8 +36,12 @@ class BBCUDnCNN(nn.Module):
         head, relu, *units, tail = self.model
         binary = self.config.binary
         feat = relu(head(repeat_channels(x, self.config.nf)) if "head" in binary else head(x))
-        feat = run_units(units, feat, consume=True)
-        noise = tail(feat, residual=feat.new_zeros(())) if "tail" in binary else tail(feat)
+        if "tail" in binary:
+            feat = run_units(units, feat, consume=True)
+            noise = tail(feat, residual=feat.new_zeros(()))
+        else:
+            assert isinstance(tail, nn.Conv2d)
+            noise = run_units(units, feat, consume=True, last=tail)
         return (x - noise) / self.k
 
 

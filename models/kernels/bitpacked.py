@@ -149,17 +149,22 @@ class BitUnit(KernelUnit):
             self.link_out.tensor, self.link_out.act, self.link_out.nchw = out, call.next_act, entry_nchw
         return out
 
-    def run_chain(self, units: Sequence[nn.Module], x: Tensor, *, consume: bool = False) -> Tensor | None:
-        """``units`` (this one first) applied to ``x`` in one kernel call, or None when they are not
-        a linked run of C -> C units (the caller then calls them one by one).
+    def run_chain(self, units: Sequence[nn.Module], x: Tensor, *, consume: bool = False,
+                  last: nn.Conv2d | None = None) -> Tensor | None:
+        """``units`` (this one first) applied to ``x`` in one kernel call, then ``last`` (in the same
+        call where it is a ThinConv2d the kernel takes), or None when they are not a linked run of
+        C -> C units (the caller then calls them one by one).
 
         The kernel computes the rows of all units in a wavefront (``chain`` in csrc/bitpacked.c)
-        with the same row functions as ``forward``, so the result is bitwise the same.
+        with the same row functions as ``forward`` (and ``thin_conv``), so the result is bitwise
+        the same.
         """
+        from models.blocks import ThinConv2d, _cpu_kernels_take
+
         if len(units) < 2 or not _is_chain(units):
             return None
         first: BitUnit = units[0]  # type: ignore[assignment]
-        last: BitUnit = units[-1]  # type: ignore[assignment]
+        end: BitUnit = units[-1]  # type: ignore[assignment]
         x = first._accept(x)
         act = first.link_in.take(x) if first.link_in is not None else None
         entry_nchw = first.link_in.nchw if act is not None and first.link_in is not None else 0
@@ -171,18 +176,28 @@ class BitUnit(KernelUnit):
         # caller's temporary, or the NHWC copy made just above
         out = xl if act is not None or consume or x_nchw else torch.empty_like(xl)
         next_act = None
-        if last.link_out is not None:
+        if end.link_out is not None:
             next_act = torch.empty((n, h + 2, w + 2, 2 * words(c)), dtype=torch.int64)
+        tail = tail_w = tail_b = None
+        if (isinstance(last, ThinConv2d) and last.in_channels == c and last.out_channels <= 16
+                and _cpu_kernels_take(xl, last.weight)):
+            tail = torch.empty((n, last.out_channels, h, w), memory_format=torch.channels_last)
+            tail_w = as_array(last.weight.detach().contiguous())
+            tail_b = None if last.bias is None else as_array(last.bias.detach())
         params = [u._chain_params() for u in units]  # type: ignore[operator]
         _ext.chain(as_array(xl, nchw=False), as_array(out, nchw=False), params,
                    act=None if act is None else as_array(act),
-                   next_shift=None if next_act is None else last._constants()["next_shift"],
-                   next_act=None if next_act is None else as_array(next_act), threads=torch.get_num_threads())
-        if entry_nchw and last.link_out is None:
+                   next_shift=None if next_act is None else end._constants()["next_shift"],
+                   next_act=None if next_act is None else as_array(next_act),
+                   tail_weight=tail_w, tail_bias=tail_b,
+                   tail_out=None if tail is None else as_array(tail, nchw=False), threads=torch.get_num_threads())
+        if tail is not None:
+            return tail
+        if entry_nchw and end.link_out is None:
             out = out.contiguous()
-        if next_act is not None and last.link_out is not None:
-            last.link_out.tensor, last.link_out.act, last.link_out.nchw = out, next_act, entry_nchw
-        return out
+        if next_act is not None and end.link_out is not None:
+            end.link_out.tensor, end.link_out.act, end.link_out.nchw = out, next_act, entry_nchw
+        return out if last is None else last(out)
 
     def run_pipe(self, units: Sequence[nn.Module], slope: float, last: nn.Conv2d, x: Tensor) -> Tensor | None:
         """``last(leaky_relu(units[-1](... units[0](x)), slope))`` in one kernel call (``pipe``), or
