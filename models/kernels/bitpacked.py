@@ -190,7 +190,8 @@ class BitUnit(KernelUnit):
                    next_shift=None if next_act is None else end._constants()["next_shift"],
                    next_act=None if next_act is None else as_array(next_act),
                    tail_weight=tail_w, tail_bias=tail_b,
-                   tail_out=None if tail is None else as_array(tail, nchw=False), threads=torch.get_num_threads())
+                   tail_out=None if tail is None else as_array(tail, nchw=False),
+                   threads=torch.get_num_threads())
         if tail is not None:
             return tail
         if entry_nchw and end.link_out is None:
