@@ -353,60 +353,9 @@ T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x,
     }
 }
 
-/* The epilogue 16 channels at a time (AVX-512), for NHWC output and residual; the same float
- * operations as the scalar version, one rounding each. Other layouts take the AVX2 epilogue. */
-T_AVX512 static inline void epilogue_avx512(const unit_args *a, int n, int y, int x, const int32_t *cnt) {
-    const int r = a->r, C = a->C;
-    if (a->resid_nchw || a->out_nchw || C % 16) {
-        epilogue_avx2(a, n, y, x, cnt);
-        return;
-    }
-    const __m512 zero = _mm512_setzero_ps();
-    const int Kn = (C + 63) / 64;
-    const size_t Ho = (size_t)a->H * r, Wo = (size_t)a->W * r;
-    const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
-    for (int i = 0; i < r; i++) {
-        for (int j = 0; j < r; j++) {
-            const int s = i * r + j;
-            const int32_t *cs = cnt + s * C;
-            const float *al = a->alpha + s * C, *pr = a->pre + s * C, *sl = a->slope + s * C,
-                        *po = a->post + s * C;
-            const size_t oy = (size_t)y * r + i, ox = (size_t)x * r + j;
-            float *out = a->out + (((size_t)n * Ho + oy) * Wo + ox) * C;
-            uint64_t *na = a->nshift ? nact_at(a, n, oy, ox) : NULL;
-            for (int k = 0; k < Kn; k++) {
-                const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
-                uint64_t sw = 0, nw = 0;
-                for (int c = c0; c < c1; c += 16) {
-                    __m512 t = _mm512_cvtepi32_ps(_mm512_loadu_si512(cs + c));
-                    t = _mm512_mul_ps(t, _mm512_loadu_ps(al + c));
-                    t = _mm512_add_ps(t, _mm512_loadu_ps(pr + c));
-                    const __m512 neg = _mm512_mul_ps(t, _mm512_loadu_ps(sl + c));
-                    t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ), neg, t);
-                    t = _mm512_add_ps(t, _mm512_loadu_ps(po + c));
-                    if (res) t = _mm512_add_ps(t, _mm512_loadu_ps(res + c));
-                    if (a->leaky)
-                        t = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(t, zero, _CMP_GT_OQ),
-                                                 _mm512_mul_ps(t, _mm512_set1_ps(a->act_slope)), t);
-                    _mm512_storeu_ps(out + c, t);
-                    if (na) {
-                        const __m512 q = _mm512_add_ps(t, _mm512_loadu_ps(a->nshift + c));
-                        sw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ) << (c - c0);
-                        nw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_NEQ_UQ) << (c - c0);
-                    }
-                }
-                if (na) {
-                    na[2 * k] = sw;
-                    na[2 * k + 1] = nw;
-                }
-            }
-        }
-    }
-}
-
 /* The AVX-512 epilogue with the row's pointers worked out once (epi_row_init), for NHWC output and
  * residual, C % 16 == 0 and r <= EPI_MAX_R: per pixel only the arithmetic, the loads and the stores.
- * Same operations in the same order as epilogue_avx512 (masked multiplies select exactly what its
+ * Same operations in the same order as epilogue_avx2 (masked multiplies select exactly what its
  * blends select). */
 #define EPI_MAX_R 4
 typedef struct {
@@ -419,7 +368,7 @@ typedef struct {
     float act_slope;
 } epi_row;
 
-/* 0 when the fast epilogue does not apply (the caller then takes epilogue_avx512) */
+/* 0 when the fast epilogue does not apply (the caller then takes epilogue_avx2) */
 static int epi_row_init(const unit_args *a, int n, int y, epi_row *e) {
     const int r = a->r, C = a->C;
     if (a->counts || a->resid_nchw || a->out_nchw || C % 16 || r > EPI_MAX_R) return 0;
@@ -651,7 +600,8 @@ static inline void pack_px(const float *v, const float *shift, int C, uint64_t *
 DEFINE_ROW(row_scalar, , core_scalar, epilogue_scalar)
 #if BP_X86
 DEFINE_ROW(row_avx2, T_AVX2, core_avx2, epilogue_avx2)
-DEFINE_ROW(row_avx512_any, T_AVX512, core_avx512, epilogue_avx512)
+/* the layouts epi_px does not take (NCHW, channels not a multiple of 16): the AVX2 epilogue */
+DEFINE_ROW(row_avx512_any, T_AVX512, core_avx512, epilogue_avx2)
 /* the AVX-512 row: as DEFINE_ROW, with the row's epilogue pointers worked out once where it can */
 T_AVX512 static void row_avx512(const unit_args *a, int n, int y, int32_t *cnt) {
     epi_row e;
@@ -992,7 +942,7 @@ T_AMX static inline AI void amx_finish(const unit_args *a, const epi_row *e, con
     else if (a->counts)
         memcpy(a->counts + (((size_t)n * a->H + y) * a->W + x) * a->cout, c, sizeof(int32_t) * (size_t)a->cout);
     else
-        epilogue_avx512(a, n, y, x, c);
+        epilogue_avx2(a, n, y, x, c);
 }
 
 /* Output row y of image n from the expanded rows y, y+1, y+2 (padded) in the scratch. Blocks of 32
