@@ -2016,6 +2016,48 @@ fail:
     return NULL;
 }
 
+/* Unit u of a chain or pipe from its tuple (weights, alpha, pre, slope, post, shift, ...): a C -> C*r*r
+ * unit on an H x W image (N == 1), its arrays taken into ub[*nub...]; *shift gets its shift. -1 with an
+ * exception if an array does not fit. */
+static int take_unit(PyObject *t, Py_ssize_t u, int H, int W, int C, int r, Py_buffer *ub, int *nub,
+                     unit_args *a, const float **shift) {
+    static const char *fields[6] = {"weights", "alpha", "pre", "slope", "post", "shift"};
+    const int K = words(C), cout = C * r * r, ng = (cout + GROUP - 1) / GROUP;
+    const Py_ssize_t wshape[4] = {ng, 9, K, GROUP}, oshape[1] = {cout}, vshape[1] = {C};
+    const void *ptr[6];
+    for (int f = 0; f < 6; f++) {
+        char name[48];
+        snprintf(name, sizeof name, "units[%zd].%s", u, fields[f]);
+        if (take(PyTuple_GET_ITEM(t, f), name, f == 0 ? I64 : F32, 0, f == 0 ? 4 : 1,
+                 f == 0 ? wshape : f == 5 ? vshape : oshape, &ub[*nub]) < 0)
+            return -1;
+        ptr[f] = ub[(*nub)++].buf;
+    }
+    a->N = 1;
+    a->H = H;
+    a->W = W;
+    a->K = K;
+    a->ng = ng;
+    a->cout = cout;
+    a->r = r;
+    a->C = C;
+    a->cin = C;
+    a->wp = (const uint64_t *)ptr[0];
+    a->alpha = (const float *)ptr[1];
+    a->pre = (const float *)ptr[2];
+    a->slope = (const float *)ptr[3];
+    a->post = (const float *)ptr[4];
+    *shift = (const float *)ptr[5];
+    return 0;
+}
+
+/* release what take_unit took and the sequence of tuples */
+static void release_units(Py_buffer *ub, int nub, PyObject *seq) {
+    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
+    free(ub);
+    Py_XDECREF(seq);
+}
+
 /* chain(x, out, units, *, act=None, next_shift=None, next_act=None, tail_weight=None, tail_bias=None,
  *       tail_out=None, threads=1)
  * Consecutive C -> C units that each add their input: out = unit_{U-1}(... unit_0(x)), computed as a
@@ -2045,7 +2087,7 @@ static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
     int d[4];
     const float *x = hold_nhwc(&h, xo, MAX_OUT, d);
     if (!x) goto fail;
-    const int N = d[0], H = d[1], W = d[2], C = d[3], K = words(C), ng = (C + GROUP - 1) / GROUP;
+    const int N = d[0], H = d[1], W = d[2], C = d[3], K = words(C);
     const Py_ssize_t xshape[4] = {N, H, W, C}, ashape[4] = {N, H + 2, W + 2, 2 * K};
     float *out = hold(&h, oo, "out", F32, 1, 4, xshape);
     if (!out) goto fail;
@@ -2101,7 +2143,6 @@ static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
         PyErr_NoMemory();
         goto fail;
     }
-    const Py_ssize_t wshape[4] = {ng, 9, K, GROUP};
     const float *shifts[MAX_CHAIN];
     for (Py_ssize_t u = 0; u < U; u++) {
         PyObject *t = PySequence_Fast_GET_ITEM(seq, u);
@@ -2109,32 +2150,7 @@ static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
             PyErr_Format(PyExc_ValueError, "units[%zd]: expected a tuple (weights, alpha, pre, slope, post, shift)", u);
             goto fail;
         }
-        static const char *fields[6] = {"weights", "alpha", "pre", "slope", "post", "shift"};
-        const void *ptr[6];
-        for (int f = 0; f < 6; f++) {
-            char name[48];
-            snprintf(name, sizeof name, "units[%zd].%s", u, fields[f]);
-            if (take(PyTuple_GET_ITEM(t, f), name, f == 0 ? I64 : F32, 0, f == 0 ? 4 : 1, f == 0 ? wshape : vshape,
-                     &ub[nub]) < 0)
-                goto fail;
-            ptr[f] = ub[nub++].buf;
-        }
-        unit_args *a = &units[u];
-        a->N = 1;
-        a->H = H;
-        a->W = W;
-        a->K = K;
-        a->ng = ng;
-        a->cout = C;
-        a->r = 1;
-        a->C = C;
-        a->cin = C;
-        a->wp = (const uint64_t *)ptr[0];
-        a->alpha = (const float *)ptr[1];
-        a->pre = (const float *)ptr[2];
-        a->slope = (const float *)ptr[3];
-        a->post = (const float *)ptr[4];
-        shifts[u] = (const float *)ptr[5];
+        if (take_unit(t, u, H, W, C, 1, ub, &nub, &units[u], &shifts[u]) < 0) goto fail;
     }
     int ok = 1;
     Py_BEGIN_ALLOW_THREADS
@@ -2156,18 +2172,14 @@ static PyObject *py_chain(PyObject *self, PyObject *args, PyObject *kw) {
         goto fail;
     }
     free(twt);
-    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
-    free(ub);
     free(units);
-    Py_DECREF(seq);
+    release_units(ub, nub, seq);
     release_all(&h);
     Py_RETURN_NONE;
 fail:
     free(twt);
-    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
-    free(ub);
     free(units);
-    Py_XDECREF(seq);
+    release_units(ub, nub, seq);
     release_all(&h);
     return NULL;
 }
@@ -2421,12 +2433,12 @@ static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
     int d[4];
     const float *x = hold_nhwc(&h, xo, MAX_OUT, d);
     if (!x) goto fail;
-    const int H = d[1], W = d[2], C = d[3], K = words(C), ng = (C + GROUP - 1) / GROUP;
+    const int H = d[1], W = d[2], C = d[3], K = words(C);
     if (d[0] != 1 || C % 16) {
         PyErr_Format(PyExc_ValueError, "x: expected one image of a multiple of 16 channels, got N=%d C=%d", d[0], C);
         goto fail;
     }
-    const Py_ssize_t ashape[4] = {1, H + 2, W + 2, 2 * K}, vshape[1] = {C};
+    const Py_ssize_t ashape[4] = {1, H + 2, W + 2, 2 * K};
     const uint64_t *act = hold(&h, ao, "act", I64, 0, 4, ashape);
     if (!act) goto fail;
     seq = PySequence_Fast(uo, "units: expected a sequence of (weights, alpha, pre, slope, post, shift, upscale, leaky)");
@@ -2457,42 +2469,17 @@ static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
         double leaky = 0.0;
         PyObject *lo = PyTuple_GET_ITEM(t, 7);
         if (lo != Py_None && (leaky = PyFloat_AsDouble(lo)) == -1.0 && PyErr_Occurred()) goto fail;
-        const int cout = C * (int)(r * r), gn = (cout + GROUP - 1) / GROUP;
-        const Py_ssize_t wshape[4] = {gn, 9, K, GROUP}, oshape[1] = {cout};
-        static const char *fields[6] = {"weights", "alpha", "pre", "slope", "post", "shift"};
-        const void *ptr[6];
-        for (int f = 0; f < 6; f++) {
-            char name[48];
-            snprintf(name, sizeof name, "units[%zd].%s", u, fields[f]);
-            if (take(PyTuple_GET_ITEM(t, f), name, f == 0 ? I64 : F32, 0, f == 0 ? 4 : 1,
-                     f == 0 ? wshape : f == 5 ? vshape : oshape, &ub[nub]) < 0)
-                goto fail;
-            ptr[f] = ub[nub++].buf;
-        }
         unit_args *a = &st[u].u;
+        const float *shift;
+        if (take_unit(t, u, Hc, Wc, C, (int)r, ub, &nub, a, &shift) < 0) goto fail;
         st[u].Hin = Hc;
         st[u].r = (int)r;
-        a->N = 1;
-        a->H = Hc;
-        a->W = Wc;
-        a->K = K;
-        a->ng = gn;
-        a->cout = cout;
-        a->r = (int)r;
-        a->C = C;
-        a->cin = C;
-        a->wp = (const uint64_t *)ptr[0];
-        a->alpha = (const float *)ptr[1];
-        a->pre = (const float *)ptr[2];
-        a->slope = (const float *)ptr[3];
-        a->post = (const float *)ptr[4];
         a->leaky = lo != Py_None;
         a->act_slope = (float)leaky;
-        if (u > 0) st[u - 1].u.nshift = (const float *)ptr[5]; /* the consumer's shift */
+        if (u > 0) st[u - 1].u.nshift = shift; /* the consumer's shift */
         Hc *= (int)r;
         Wc *= (int)r;
     }
-    (void)ng;
     const Py_ssize_t twshape[4] = {ANY, C, 3, 3};
     const float *w = hold(&h, wo, "weight", F32, 0, 4, twshape);
     if (!w) goto fail;
@@ -2526,18 +2513,14 @@ static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
         goto fail;
     }
     free(wt);
-    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
-    free(ub);
     free(st);
-    Py_DECREF(seq);
+    release_units(ub, nub, seq);
     release_all(&h);
     Py_RETURN_NONE;
 fail:
     free(wt);
-    for (int i = 0; i < nub; i++) PyBuffer_Release(&ub[i]);
-    free(ub);
     free(st);
-    Py_XDECREF(seq);
+    release_units(ub, nub, seq);
     release_all(&h);
     return NULL;
 }
