@@ -50,6 +50,7 @@
 #endif
 
 #define GROUP 16   /* outputs per weight group */
+#define MAX_STAGES 258 /* of a wavefront: 255 units (MAX_CHAIN), the packing and a tail */
 #define MAX_OUT 4096
 
 enum { ISA_SCALAR = 0, ISA_AVX2 = 1, ISA_AVX512 = 2, ISA_AMX = 3, N_ISA = 4 };
@@ -1055,6 +1056,130 @@ static int run_unit_amx(const unit_args *a, int nthreads) {
 #endif /* BP_AMX */
 
 /* ------------------------------------------------------------------------------------------ */
+/* Wavefronts (chains and pipes): stages of row tasks; task y of stage s runs once the owner's
+ * ready(s, y) allows it. Threads take the ready task of the deepest stage first, which keeps the
+ * stages close together and their rows in cache. */
+
+typedef struct {
+    int S;
+    int *rows, *next, *done; /* per stage: tasks, the next to hand out, tasks 0..done-1 finished */
+    size_t *off;             /* per stage: where its tasks' flags start in finished[] */
+    unsigned char *finished;
+    int remaining;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int isa; /* the conv core of every unit stage */
+#if BP_AMX
+    amx_scratch *scratch; /* AMX: one per thread, made before the threads start */
+    atomic_int slots;     /* scratch handed out */
+    int nscratch;
+#endif
+} wave;
+
+/* what a thread works with: the popcount row function, or the AMX core and its scratch */
+typedef struct {
+    row_fn row;
+    int amx;
+#if BP_AMX
+    amx_scratch *sc;
+#endif
+    int32_t cnt[MAX_OUT + GROUP];
+} wave_worker;
+
+typedef int (*wave_ready_fn)(const void *owner, int s, int y);
+typedef void (*wave_task_fn)(void *owner, wave_worker *worker, int s, int y);
+
+/* S stages of rows[s] tasks; 0 if out of memory */
+static int wave_init(wave *w, int S, const int *rows) {
+    size_t total = 0;
+    for (int s = 0; s < S; s++) total += (size_t)rows[s];
+    char *m = (char *)calloc(1, (size_t)S * (3 * sizeof(int) + sizeof(size_t)) + total);
+    if (!m) return 0;
+    w->off = (size_t *)m;
+    w->rows = (int *)(w->off + S);
+    w->next = w->rows + S;
+    w->done = w->next + S;
+    w->finished = (unsigned char *)(w->done + S);
+    w->S = S;
+    w->remaining = 0;
+    for (int s = 0; s < S; s++) {
+        w->rows[s] = rows[s];
+        w->off[s] = (size_t)w->remaining;
+        w->remaining += rows[s];
+    }
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->isa = g_isa;
+    return 1;
+}
+
+static void wave_destroy(wave *w) {
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+#if BP_AMX
+    for (int i = 0; i < w->nscratch; i++) free(w->scratch[i].buf);
+    free(w->scratch);
+#endif
+    free(w->off);
+}
+
+#if BP_AMX
+/* the AMX scratch of nthreads threads, each fitting the rows and counts of `widest`; 0 if out of
+ * memory (what was made is freed by wave_destroy) */
+static int wave_scratch(wave *w, const unit_args *widest, int nthreads) {
+    if (!(w->scratch = (amx_scratch *)calloc((size_t)nthreads, sizeof(amx_scratch)))) return 0;
+    for (; w->nscratch < nthreads; w->nscratch++)
+        if (!amx_alloc(widest, &w->scratch[w->nscratch])) return 0;
+    return 1;
+}
+#endif
+
+/* this thread's share: take and run ready tasks until none is left */
+static void wave_work(wave *w, wave_ready_fn ready, wave_task_fn task, void *owner) {
+    wave_worker m;
+    m.row = pick_row();
+    m.amx = 0;
+#if BP_AMX
+    if (w->isa == ISA_AMX) {
+        m.sc = &w->scratch[atomic_fetch_add(&w->slots, 1)];
+        amx_configure();
+        m.amx = 1;
+    }
+#endif
+    pthread_mutex_lock(&w->mu);
+    while (w->remaining > 0) {
+        int s = w->S - 1, y = -1;
+        for (; s >= 0; s--)
+            if (w->next[s] < w->rows[s] && ready(owner, s, w->next[s])) {
+                y = w->next[s]++;
+                break;
+            }
+        if (y < 0) {
+            pthread_cond_wait(&w->cv, &w->mu);
+            continue;
+        }
+        pthread_mutex_unlock(&w->mu);
+        task(owner, &m, s, y);
+        pthread_mutex_lock(&w->mu);
+        w->finished[w->off[s] + y] = 1;
+        while (w->done[s] < w->rows[s] && w->finished[w->off[s] + w->done[s]]) w->done[s]++;
+        w->remaining--;
+        pthread_cond_broadcast(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+#if BP_AMX
+    if (m.amx) amx_release();
+#endif
+}
+
+/* wait until every task has finished (the caller's own loop may end before the others' tasks) */
+static void wave_wait(wave *w) {
+    pthread_mutex_lock(&w->mu);
+    while (w->remaining > 0) pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* ------------------------------------------------------------------------------------------ */
 /* Chains: consecutive 1x units (C -> C, each adding its input) run as one call, row by row in a
  * wavefront, so that a row's floats are still in cache when the next unit reads them instead of
  * streaming the whole image through memory once per unit.
@@ -1070,46 +1195,33 @@ static int run_unit_amx(const unit_args *a, int nthreads) {
  * units called one by one. */
 
 typedef struct {
-    int S, pack, H, W, C, K, R, isa;
+    int S, pack, H, W, C, K, R;
     int Su;                       /* stages that are the pack or units; S - Su: the thin tail (0 or 1) */
     const void *tail;             /* a thin_job reading the last unit's output (out), or NULL */
     unit_args *ua;                /* per stage (the pack stage's geometry only) */
     const float *x, *shift0;      /* the pack stage's source and shift */
-    int *next, *done;             /* per stage: next row to hand out, rows 0..done-1 finished */
-    unsigned char *rowdone;       /* [S][H] */
-    int remaining;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+    wave w;                       /* a task: one row of one stage */
     atomic_int refs;
     void *mem;                    /* rings and row tables, freed with the state */
     int int8;                     /* the rings hold int8 signs (AMX, 64 channels), else bits */
     void *mem8;                   /* the int8 rings and their row tables */
-#if BP_AMX
-    amx_scratch *scratch;         /* one per thread (AMX) */
-    atomic_int slots;             /* scratch handed out */
-    int nscratch;
-#endif
 } chain_state;
 
 static void chain_release(chain_state *c) {
     if (atomic_fetch_sub(&c->refs, 1) == 1) {
-        pthread_mutex_destroy(&c->mu);
-        pthread_cond_destroy(&c->cv);
+        wave_destroy(&c->w);
         free(c->mem);
         free(c->mem8);
-#if BP_AMX
-        for (int i = 0; i < c->nscratch; i++) free(c->scratch[i].buf);
-        free(c->scratch);
-#endif
         free(c);
     }
 }
 
-static int chain_ready(const chain_state *c, int s, int y) {
+static int chain_ready(const void *owner, int s, int y) {
+    const chain_state *c = (const chain_state *)owner;
     const int need = y + 2 < c->H ? y + 2 : c->H;
-    if (s > 0 && c->done[s - 1] < need) return 0;
+    if (s > 0 && c->w.done[s - 1] < need) return 0;
     /* a ring between s and s + 1 (the tail reads out, which nothing writes after the last unit) */
-    if (s + 1 < c->Su && c->done[s + 1] < y - c->R + 2) return 0;
+    if (s + 1 < c->Su && c->w.done[s + 1] < y - c->R + 2) return 0;
     return 1;
 }
 
@@ -1127,18 +1239,10 @@ static void chain_pack_row(const chain_state *c, int y) {
     for (int xx = 0; xx < c->W; xx++) pack_px(src + (size_t)xx * c->C, c->shift0, c->C, o + (size_t)xx * 2 * c->K);
 }
 
-typedef struct {
-    row_fn row;
-    int amx; /* this worker runs the AMX core (with its scratch), else the popcount core */
-#if BP_AMX
-    amx_scratch *sc;
-#endif
-    int32_t cnt[MAX_OUT + GROUP];
-} chain_worker_mem;
-
 static void thin_row(const void *ctx, int ry);
 
-static void chain_task(chain_state *c, chain_worker_mem *m, int s, int y) {
+static void chain_task(void *owner, wave_worker *m, int s, int y) {
+    chain_state *c = (chain_state *)owner;
     if (s == 0 && c->pack) {
         chain_pack_row(c, y);
         return;
@@ -1159,46 +1263,9 @@ static void chain_task(chain_state *c, chain_worker_mem *m, int s, int y) {
     m->row(a, 0, y, m->cnt);
 }
 
-static void chain_work(chain_state *c) {
-    chain_worker_mem m;
-    m.row = pick_row();
-    m.amx = 0;
-#if BP_AMX
-    if (c->isa == ISA_AMX) {
-        m.sc = &c->scratch[atomic_fetch_add(&c->slots, 1)];
-        amx_configure();
-        m.amx = 1;
-    }
-#endif
-    pthread_mutex_lock(&c->mu);
-    while (c->remaining > 0) {
-        int s = c->S - 1, y = -1;
-        for (; s >= 0; s--)
-            if (c->next[s] < c->H && chain_ready(c, s, c->next[s])) {
-                y = c->next[s]++;
-                break;
-            }
-        if (y < 0) {
-            pthread_cond_wait(&c->cv, &c->mu);
-            continue;
-        }
-        pthread_mutex_unlock(&c->mu);
-        chain_task(c, &m, s, y);
-        pthread_mutex_lock(&c->mu);
-        c->rowdone[(size_t)s * c->H + y] = 1;
-        while (c->done[s] < c->H && c->rowdone[(size_t)s * c->H + c->done[s]]) c->done[s]++;
-        c->remaining--;
-        pthread_cond_broadcast(&c->cv);
-    }
-    pthread_mutex_unlock(&c->mu);
-#if BP_AMX
-    if (m.amx) amx_release();
-#endif
-}
-
 static void *chain_thread(void *p) {
     chain_state *c = (chain_state *)p;
-    chain_work(c);
+    wave_work(&c->w, chain_ready, chain_task, c);
     chain_release(c);
     return NULL;
 }
@@ -1248,10 +1315,12 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
     /* rings (one per stage but the last), one zero row, row tables, stage states, counters */
     const size_t ring_words = (size_t)(S - 1) * R * rs + rs;
     const size_t tables = (size_t)S * 2 * (H + 2) * sizeof(void *);
-    const size_t bytes = ring_words * 8 + tables + (size_t)St * sizeof(unit_args) + (size_t)St * 2 * sizeof(int)
-                         + (size_t)St * H;
-    c->mem = calloc(1, bytes);
-    if (!c->mem) {
+    const size_t bytes = ring_words * 8 + tables + (size_t)St * sizeof(unit_args);
+    int rows[MAX_STAGES];
+    for (int s = 0; s < St; s++) rows[s] = H;
+    c->mem = St <= MAX_STAGES ? calloc(1, bytes) : NULL;
+    if (!c->mem || !wave_init(&c->w, St, rows)) {
+        free(c->mem);
         free(c);
         return 0;
     }
@@ -1259,9 +1328,6 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
     const uint64_t **in_rows = (const uint64_t **)(rings + ring_words);
     uint64_t **out_rows = (uint64_t **)(in_rows + (size_t)S * (H + 2));
     c->ua = (unit_args *)(out_rows + (size_t)S * (H + 2));
-    c->next = (int *)(c->ua + St);
-    c->done = c->next + St;
-    c->rowdone = (unsigned char *)(c->done + St);
     for (int s = 0; s < S; s++) {
         c->ua[s] = units[s - pack < 0 ? 0 : s - pack];
         const uint64_t **in = in_rows + (size_t)s * (H + 2);
@@ -1290,17 +1356,13 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
     c->C = C;
     c->K = K;
     c->R = R;
-    c->isa = g_isa;
     c->x = x;
     c->shift0 = shift0;
-    c->remaining = St * H;
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
     atomic_init(&c->refs, 1);
     if (next_act) zero_border(next_act, 1, H, W, K);
 #if BP_AMX
     int8_t *wamx[256];
-    if (c->isa == ISA_AMX) {
+    if (c->w.isa == ISA_AMX) {
         int ok = 1, made = pack;
         for (; ok && made < S; made++) {
             ok = (wamx[made] = amx_weights(&c->ua[made])) != NULL;
@@ -1308,24 +1370,21 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
         }
         if (!ok) made--;
         /* every thread's scratch now, so that a thread cannot find itself without one later */
-        ok = ok && (c->scratch = (amx_scratch *)calloc((size_t)nthreads, sizeof(amx_scratch))) != NULL;
-        for (; ok && c->nscratch < nthreads; c->nscratch++) ok = amx_alloc(&c->ua[S - 1], &c->scratch[c->nscratch]);
+        ok = ok && wave_scratch(&c->w, &c->ua[S - 1], nthreads);
         if (ok && C == 64 && K == 1) chain_rings8(c);
         if (!ok) { /* out of memory for the tiles' operands: the popcount core */
             for (int q = pack; q < made; q++) free(wamx[q]);
-            c->isa = ISA_AVX512;
+            c->w.isa = ISA_AVX512;
         }
     }
 #endif
     atomic_fetch_add(&c->refs, nthreads - 1);
     const int queued = pool_submit(chain_thread, c, nthreads - 1);
     if (queued < nthreads - 1) atomic_fetch_sub(&c->refs, nthreads - 1 - queued);
-    chain_work(c);
-    pthread_mutex_lock(&c->mu);
-    while (c->remaining > 0) pthread_cond_wait(&c->cv, &c->mu);
-    pthread_mutex_unlock(&c->mu);
+    wave_work(&c->w, chain_ready, chain_task, c);
+    wave_wait(&c->w);
 #if BP_AMX
-    if (c->isa == ISA_AMX)
+    if (c->w.isa == ISA_AMX)
         for (int s = pack; s < S; s++) free(wamx[s]);
 #endif
     chain_release(c);
@@ -2202,30 +2261,17 @@ typedef struct {
 } pipe_stage;
 
 typedef struct {
-    int S, isa, R;
+    int S, R;
     pipe_stage *st;
-    int *next, *done;        /* per stage: next input row to hand out; input rows 0..done-1 finished */
-    unsigned char *rowdone;  /* per stage, rows at rowoff[s] */
-    size_t *rowoff;
-    int remaining;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
+    wave w; /* a task: one input row of one stage */
     atomic_int refs;
     void *mem; /* rings, tables, states */
-#if BP_AMX
-    amx_scratch *scratch;
-    atomic_int slots;
-    int nscratch;
-#endif
 } pipe_state;
 
 static void pipe_release(pipe_state *c) {
     if (atomic_fetch_sub(&c->refs, 1) == 1) {
-        pthread_mutex_destroy(&c->mu);
-        pthread_cond_destroy(&c->cv);
+        wave_destroy(&c->w);
 #if BP_AMX
-        for (int i = 0; i < c->nscratch; i++) free(c->scratch[i].buf);
-        free(c->scratch);
         for (int s = 0; s < c->S; s++) free((void *)c->st[s].u.wamx);
 #endif
         free(c->mem);
@@ -2235,15 +2281,17 @@ static void pipe_release(pipe_state *c) {
 
 /* input row y of stage s: its producer has rows y-1..y+1, and its r output rows overwrite ring
  * slots that the consumer has finished reading */
-static int pipe_ready(const pipe_state *c, int s, int y) {
+static int pipe_ready(const void *owner, int s, int y) {
+    const pipe_state *c = (const pipe_state *)owner;
     const pipe_stage *st = &c->st[s];
     const int need = y + 2 < st->Hin ? y + 2 : st->Hin;
-    if (s > 0 && c->done[s - 1] * c->st[s - 1].r < need) return 0;
-    if (s + 1 < c->S && c->done[s + 1] < st->r * y + st->r - 1 - c->R + 2) return 0;
+    if (s > 0 && c->w.done[s - 1] * c->st[s - 1].r < need) return 0;
+    if (s + 1 < c->S && c->w.done[s + 1] < st->r * y + st->r - 1 - c->R + 2) return 0;
     return 1;
 }
 
-static void pipe_task(pipe_state *c, int amx, void *sc, int32_t *cnt, int s, int y) {
+static void pipe_task(void *owner, wave_worker *m, int s, int y) {
+    const pipe_state *c = (const pipe_state *)owner;
     const pipe_stage *st = &c->st[s];
     if (st->thin) {
 #if BP_X86
@@ -2252,60 +2300,18 @@ static void pipe_task(pipe_state *c, int amx, void *sc, int32_t *cnt, int s, int
         return;
     }
 #if BP_AMX
-    if (amx) {
-        for (int p = y; p < y + 3; p++) amx_load_row(&st->u, (amx_scratch *)sc, 0, p);
-        amx_row(&st->u, (amx_scratch *)sc, 0, y);
+    if (m->amx) {
+        for (int p = y; p < y + 3; p++) amx_load_row(&st->u, m->sc, 0, p);
+        amx_row(&st->u, m->sc, 0, y);
         return;
     }
-#else
-    (void)amx;
-    (void)sc;
 #endif
-#if BP_X86
-    row_avx512(&st->u, 0, y, cnt);
-#endif
-}
-
-static void pipe_work(pipe_state *c) {
-    int32_t cnt[MAX_OUT + GROUP];
-    int amx = 0;
-    void *sc = NULL;
-#if BP_AMX
-    if (c->isa == ISA_AMX) {
-        sc = &c->scratch[atomic_fetch_add(&c->slots, 1)];
-        amx_configure();
-        amx = 1;
-    }
-#endif
-    pthread_mutex_lock(&c->mu);
-    while (c->remaining > 0) {
-        int s = c->S - 1, y = -1;
-        for (; s >= 0; s--)
-            if (c->next[s] < c->st[s].Hin && pipe_ready(c, s, c->next[s])) {
-                y = c->next[s]++;
-                break;
-            }
-        if (y < 0) {
-            pthread_cond_wait(&c->cv, &c->mu);
-            continue;
-        }
-        pthread_mutex_unlock(&c->mu);
-        pipe_task(c, amx, sc, cnt, s, y);
-        pthread_mutex_lock(&c->mu);
-        c->rowdone[c->rowoff[s] + y] = 1;
-        while (c->done[s] < c->st[s].Hin && c->rowdone[c->rowoff[s] + c->done[s]]) c->done[s]++;
-        c->remaining--;
-        pthread_cond_broadcast(&c->cv);
-    }
-    pthread_mutex_unlock(&c->mu);
-#if BP_AMX
-    if (amx) amx_release();
-#endif
+    m->row(&st->u, 0, y, m->cnt);
 }
 
 static void *pipe_thread(void *p) {
     pipe_state *c = (pipe_state *)p;
-    pipe_work(c);
+    wave_work(&c->w, pipe_ready, pipe_task, c);
     pipe_release(c);
     return NULL;
 }
@@ -2319,10 +2325,11 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
     pipe_state *c = (pipe_state *)calloc(1, sizeof(pipe_state));
     if (!c) return 0;
     /* sizes: per stage but the last, a float ring and (if a unit follows) a bit ring + zero row */
-    size_t bytes = (size_t)S * (sizeof(pipe_stage) + 2 * sizeof(int) + sizeof(size_t)), rows_total = 0;
+    size_t bytes = (size_t)S * sizeof(pipe_stage) + 64 * (size_t)S * 4;
+    int rows[MAX_STAGES];
     for (int s = 0; s < S; s++) {
         const pipe_stage *st = &stages[s];
-        rows_total += (size_t)st->Hin;
+        rows[s] = st->Hin;
         if (s + 1 < S) {
             const size_t Ho = (size_t)st->Hin * st->r, Wo = (size_t)st->u.W * st->r, C = (size_t)st->u.C;
             const size_t K = (C + 63) / 64;
@@ -2330,25 +2337,16 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
             if (!stages[s + 1].thin) bytes += ((size_t)R + 1) * (Wo + 2) * 2 * K * 8 + (Ho + 2) * sizeof(void *);
         }
     }
-    bytes += rows_total + 64 * (size_t)S * 4;
-    c->mem = calloc(1, bytes);
-    if (!c->mem) {
+    c->mem = S <= MAX_STAGES ? calloc(1, bytes) : NULL;
+    if (!c->mem || !wave_init(&c->w, S, rows)) {
+        free(c->mem);
         free(c);
         return 0;
     }
     char *m = (char *)c->mem;
 #define PIPE_TAKE(ptr, type, count) do { ptr = (type *)m; m += ((size_t)(count) * sizeof(type) + 63) / 64 * 64; } while (0)
     PIPE_TAKE(c->st, pipe_stage, S);
-    PIPE_TAKE(c->next, int, S);
-    PIPE_TAKE(c->done, int, S);
-    PIPE_TAKE(c->rowoff, size_t, S);
-    PIPE_TAKE(c->rowdone, unsigned char, rows_total);
     memcpy(c->st, stages, (size_t)S * sizeof(pipe_stage));
-    size_t off = 0;
-    for (int s = 0; s < S; s++) {
-        c->rowoff[s] = off;
-        off += (size_t)stages[s].Hin;
-    }
     for (int s = 0; s + 1 < S; s++) {
         pipe_stage *st = &c->st[s], *nx = &c->st[s + 1];
         const int Ho = st->Hin * st->r, Wo = st->u.W * st->r, C = st->u.C, K = (C + 63) / 64;
@@ -2377,13 +2375,9 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
 #undef PIPE_TAKE
     c->S = S;
     c->R = R;
-    c->isa = g_isa;
-    for (int s = 0; s < S; s++) c->remaining += stages[s].Hin;
-    pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
     atomic_init(&c->refs, 1);
 #if BP_AMX
-    if (c->isa == ISA_AMX) {
+    if (c->w.isa == ISA_AMX) {
         int ok = 1;
         unit_args widest = c->st[0].u; /* the scratch fits every unit stage's rows and counts */
         for (int s = 0; ok && s + 1 < S; s++) {
@@ -2391,18 +2385,15 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
             if (c->st[s].u.W > widest.W) widest.W = c->st[s].u.W;
             if (c->st[s].u.ng > widest.ng) widest.ng = c->st[s].u.ng;
         }
-        ok = ok && (c->scratch = (amx_scratch *)calloc((size_t)nthreads, sizeof(amx_scratch))) != NULL;
-        for (; ok && c->nscratch < nthreads; c->nscratch++) ok = amx_alloc(&widest, &c->scratch[c->nscratch]);
-        if (!ok) c->isa = ISA_AVX512; /* the popcount core; pipe_release frees what was made */
+        ok = ok && wave_scratch(&c->w, &widest, nthreads);
+        if (!ok) c->w.isa = ISA_AVX512; /* the popcount core; pipe_release frees what was made */
     }
 #endif
     atomic_fetch_add(&c->refs, nthreads - 1);
     const int queued = pool_submit(pipe_thread, c, nthreads - 1);
     if (queued < nthreads - 1) atomic_fetch_sub(&c->refs, nthreads - 1 - queued);
-    pipe_work(c);
-    pthread_mutex_lock(&c->mu);
-    while (c->remaining > 0) pthread_cond_wait(&c->cv, &c->mu);
-    pthread_mutex_unlock(&c->mu);
+    wave_work(&c->w, pipe_ready, pipe_task, c);
+    wave_wait(&c->w);
     pipe_release(c);
     return 1;
 }
