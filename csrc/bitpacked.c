@@ -2294,9 +2294,7 @@ static void pipe_task(void *owner, wave_worker *m, int s, int y) {
     const pipe_state *c = (const pipe_state *)owner;
     const pipe_stage *st = &c->st[s];
     if (st->thin) {
-#if BP_X86
-        thin_row_avx512(&st->t, 0, y);
-#endif
+        thin_row(&st->t, y);
         return;
     }
 #if BP_AMX
