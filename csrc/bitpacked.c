@@ -364,7 +364,7 @@ typedef struct {
     const float *res;                    /* residual row y of image n, or NULL */
     float *out[EPI_MAX_R];               /* output rows y*r + i of image n */
     uint64_t *na[EPI_MAX_R];             /* the next unit's bits of output rows y*r + i (pixel 0), or NULL */
-    int8_t *na8;                         /* or its int8 signs (row y, pixel 0; 64 channels, r == 1) */
+    int8_t *na8[EPI_MAX_R];              /* or their int8 signs (pixel 0; 64 channels), or NULL */
     int C, r, Kn, leaky;
     float act_slope;
 } epi_row;
@@ -384,14 +384,20 @@ static int epi_row_init(const unit_args *a, int n, int y, epi_row *e) {
         const size_t oy = (size_t)y * r + i;
         e->out[i] = a->out_rows ? a->out_rows[oy] : a->out + ((size_t)n * Ho + oy) * Wo * C;
         e->na[i] = a->nshift && !a->nact8_rows ? nact_at(a, n, oy, 0) : NULL;
+        e->na8[i] = a->nshift && a->nact8_rows ? a->nact8_rows[oy + 1] + 64 : NULL;
     }
-    e->na8 = a->nshift && a->nact8_rows ? a->nact8_rows[y + 1] + 64 : NULL;
     e->C = C;
     e->r = r;
     e->Kn = (C + 63) / 64;
     e->leaky = a->leaky;
     e->act_slope = a->act_slope;
     return 1;
+}
+
+/* the int8 signs of 64 channels (the AMX layout) from their sign and nonzero bits */
+T_AVX512 static inline AI void epi_store8(int8_t *dst, uint64_t sw, uint64_t nw) {
+    const __m512i v = _mm512_mask_blend_epi8((__mmask64)sw, _mm512_set1_epi8(1), _mm512_set1_epi8(-1));
+    _mm512_store_si512((__m512i *)dst, _mm512_maskz_mov_epi8((__mmask64)nw, v));
 }
 
 T_AVX512 static inline AI void epi_px(const epi_row *e, int x, const int32_t *cnt) {
@@ -406,6 +412,8 @@ T_AVX512 static inline AI void epi_px(const epi_row *e, int x, const int32_t *cn
             const size_t ox = (size_t)x * r + j;
             float *out = e->out[i] + ox * C;
             uint64_t *na = e->na[i] ? e->na[i] + ox * 2 * Kn : NULL;
+            uint64_t bits[2];
+            if (e->na8[i]) na = bits; /* one word pair (64 channels), written as int8 below */
             for (int k = 0; k < Kn; k++) {
                 const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
                 uint64_t sw = 0, nw = 0;
@@ -429,6 +437,7 @@ T_AVX512 static inline AI void epi_px(const epi_row *e, int x, const int32_t *cn
                     na[2 * k + 1] = nw;
                 }
             }
+            if (e->na8[i]) epi_store8(e->na8[i] + 64 * ox, bits[0], bits[1]);
         }
     }
 }
@@ -468,9 +477,8 @@ T_AVX512 static inline AI void epi64_px(const epi_row *e, const epi64_k *k, int 
         sw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ) << (16 * i);
         nw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_NEQ_UQ) << (16 * i);
     }
-    if (e->na8) {
-        const __m512i v = _mm512_mask_blend_epi8((__mmask64)sw, _mm512_set1_epi8(1), _mm512_set1_epi8(-1));
-        _mm512_store_si512((__m512i *)(e->na8 + (size_t)64 * x), _mm512_maskz_mov_epi8((__mmask64)nw, v));
+    if (e->na8[0]) {
+        epi_store8(e->na8[0] + (size_t)64 * x, sw, nw);
     } else if (e->na[0]) {
         e->na[0][2 * (size_t)x] = sw;
         e->na[0][2 * (size_t)x + 1] = nw;
@@ -912,12 +920,10 @@ T_AMX static int amx_begin(const unit_args *a, amx_scratch *sc) {
 
 /* sign(v + shift) of W pixels of 64 channels as int8 (-1, 0, +1), 64 bytes a pixel */
 T_AMX static void amx_pack_row8(const float *v, const float *shift, int W, int8_t *dst) {
-    const __m512i plus = _mm512_set1_epi8(1), minus = _mm512_set1_epi8(-1);
     for (int x = 0; x < W; x++) {
         uint64_t w[2];
         pack_px_avx512(v + (size_t)64 * x, shift, 64, w);
-        _mm512_store_si512((__m512i *)(dst + (size_t)64 * x),
-                           _mm512_maskz_mov_epi8((__mmask64)w[1], _mm512_mask_blend_epi8((__mmask64)w[0], plus, minus)));
+        epi_store8(dst + (size_t)64 * x, w[0], w[1]);
     }
 }
 
@@ -2265,7 +2271,8 @@ typedef struct {
     pipe_stage *st;
     wave w; /* a task: one input row of one stage */
     atomic_int refs;
-    void *mem; /* rings, tables, states */
+    void *mem;  /* rings, tables, states */
+    void *mem8; /* AMX, 64 channels: int8 rings between units, and their tables */
 } pipe_state;
 
 static void pipe_release(pipe_state *c) {
@@ -2275,6 +2282,7 @@ static void pipe_release(pipe_state *c) {
         for (int s = 0; s < c->S; s++) free((void *)c->st[s].u.wamx);
 #endif
         free(c->mem);
+        free(c->mem8);
         free(c);
     }
 }
@@ -2299,7 +2307,8 @@ static void pipe_task(void *owner, wave_worker *m, int s, int y) {
     }
 #if BP_AMX
     if (m->amx) {
-        for (int p = y; p < y + 3; p++) amx_load_row(&st->u, m->sc, 0, p);
+        if (!st->u.act8_rows)
+            for (int p = y; p < y + 3; p++) amx_load_row(&st->u, m->sc, 0, p);
         amx_row(&st->u, m->sc, 0, y);
         return;
     }
@@ -2313,6 +2322,36 @@ static void *pipe_thread(void *p) {
     pipe_release(c);
     return NULL;
 }
+
+#if BP_AMX
+/* AMX with 64 channels: units hand the next unit int8 signs (the layout amx_row reads) instead of
+ * bits, so no row is expanded again; nothing changes when there is no memory for it */
+static void pipe_rings8(pipe_state *c) {
+    if (c->st[0].u.C != 64) return;
+    size_t bytes = 0;
+    for (int s = 0; s + 1 < c->S; s++)
+        if (!c->st[s + 1].thin) {
+            const size_t Ho = (size_t)c->st[s].Hin * c->st[s].r;
+            bytes += ((size_t)c->R + 1) * amx_row_bytes(c->st[s].u.W * c->st[s].r, 1)
+                     + ((Ho + 2) * sizeof(void *) + 63) / 64 * 64; /* each ring 64-byte aligned */
+        }
+    char *m = bytes ? (char *)aligned_alloc(64, bytes) : NULL;
+    if (!m) return;
+    memset(m, 0, bytes);
+    c->mem8 = m;
+    for (int s = 0; s + 1 < c->S; s++) {
+        if (c->st[s + 1].thin) continue;
+        const int Ho = c->st[s].Hin * c->st[s].r;
+        const size_t rb = amx_row_bytes(c->st[s].u.W * c->st[s].r, 1);
+        int8_t *ring = (int8_t *)m, **rows = (int8_t **)(m + ((size_t)c->R + 1) * rb);
+        m += ((size_t)c->R + 1) * rb + (((size_t)Ho + 2) * sizeof(void *) + 63) / 64 * 64;
+        int8_t *zero = ring + (size_t)c->R * rb;
+        for (int p = 0; p < Ho + 2; p++) rows[p] = p >= 1 && p <= Ho ? ring + (size_t)(p % c->R) * rb : zero;
+        c->st[s].u.nact8_rows = rows;
+        c->st[s + 1].u.act8_rows = (const int8_t *const *)rows;
+    }
+}
+#endif
 
 /* Run the stages (one image): st[0..S-2] units with their whole-image input (act, resid) set in
  * st[0].u and everything but the rows in the others, st[S-1] the thin convolution with its out.
@@ -2384,6 +2423,7 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
             if (c->st[s].u.ng > widest.ng) widest.ng = c->st[s].u.ng;
         }
         ok = ok && wave_scratch(&c->w, &widest, nthreads);
+        if (ok) pipe_rings8(c);
         if (!ok) c->w.isa = ISA_AVX512; /* the popcount core; pipe_release frees what was made */
     }
 #endif
