@@ -11,9 +11,11 @@ from __future__ import annotations
 import math
 import re
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from models import bands
 from models.archs.architecture import Architecture
 from models.blocks import (
     BinaryBlock,
@@ -79,6 +81,11 @@ class BBCUSR(nn.Module):
             # BBCU-M: binary upsampling and conv_hr, float conv_last (one kernel call on the CPU)
             assert isinstance(self.conv_last, nn.Conv2d)
             return (run_upsampler([*ups, self.conv_hr], self.lrelu, self.conv_last, out) + base) / self.k
+        stages = self._float_stages(base)
+        if stages is not None and bands.can_run(stages, out):
+            # the float upsampler and tail in bands of rows, bitwise the same as below (models.bands)
+            result = torch.empty((1, self.config.out_nc, *base.shape[2:]), memory_format=torch.channels_last)
+            return bands.run(stages, out, result)
         for up, r in zip(ups, self.steps, strict=True):
             out = up(out) if "up" in self.config.binary else shuffle_lrelu(up(out), r, self.lrelu)
         out = unit_lrelu(self.conv_hr, out, self.lrelu)
@@ -87,6 +94,29 @@ class BBCUSR(nn.Module):
         else:
             out = self.conv_last(out) + base
         return out / self.k
+
+    def _float_stages(self, base: Tensor) -> list[bands.Stage] | None:
+        """The float upsampler, conv_hr and conv_last as banded stages, when all of them are float and
+        no gradient is wanted from them (training runs them whole); else None."""
+        if self.config.binary & {"up", "tail"} or base.shape[0] != 1:
+            return None
+        wants_grad = base.requires_grad or any(p.requires_grad for p in self.parameters())
+        if torch.is_grad_enabled() and wants_grad:
+            return None
+        nf, lrelu, k = self.config.nf, self.lrelu, self.k
+        stages = []
+        for i, r in enumerate(self.steps, start=1):
+            def shuffle(y: Tensor, dest: Tensor, row: int, r: int = r) -> None:
+                shuffle_lrelu(y, r, lrelu, out=dest)
+
+            stages.append(bands.Stage(bands.RowConv(getattr(self, f"upconv{i}")), shuffle, nf, r))
+        stages.append(bands.Stage(bands.RowConv(self.conv_hr), bands.leaky(float(lrelu.negative_slope)), nf))
+
+        def tail(y: Tensor, dest: Tensor, row: int) -> None:  # (conv_last(out) + base) / k, as below
+            torch.add(y, base[:, :, row:row + dest.shape[2]], out=dest).div_(k)
+
+        stages.append(bands.Stage(bands.RowConv(self.conv_last), tail, self.config.out_nc))
+        return stages
 
 
 def build(config: NetworkConfig) -> BBCUSR:
