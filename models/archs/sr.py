@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -103,17 +104,15 @@ class BBCUSR(nn.Module):
         wants_grad = base.requires_grad or any(p.requires_grad for p in self.parameters())
         if torch.is_grad_enabled() and wants_grad:
             return None
-        nf, lrelu, k = self.config.nf, self.lrelu, self.k
-        stages = []
-        for i, r in enumerate(self.steps, start=1):
-            def shuffle(y: Tensor, dest: Tensor, row: int, r: int = r) -> None:
-                shuffle_lrelu(y, r, lrelu, out=dest)
-
-            stages.append(bands.Stage(bands.RowConv(getattr(self, f"upconv{i}")), shuffle, nf, r))
-        stages.append(bands.Stage(bands.RowConv(self.conv_hr), bands.leaky(float(lrelu.negative_slope)), nf))
+        nf, slope, k = self.config.nf, float(self.lrelu.negative_slope), self.k
+        stages = [bands.Stage(bands.RowConv(getattr(self, f"upconv{i}")), bands.shuffle_leaky(r, slope),
+                              nf, r) for i, r in enumerate(self.steps, start=1)]
+        stages.append(bands.Stage(bands.RowConv(self.conv_hr), bands.shuffle_leaky(1, slope), nf))
 
         def tail(y: Tensor, dest: Tensor, row: int) -> None:  # (conv_last(out) + base) / k, as below
-            torch.add(y, base[:, :, row:row + dest.shape[2]], out=dest).div_(k)
+            out = bands.nhwc(dest)
+            np.add(bands.nhwc(y), bands.nhwc(base[:, :, row:row + dest.shape[2]]), out=out)
+            np.divide(out, k, out=out)
 
         stages.append(bands.Stage(bands.RowConv(self.conv_last), tail, self.config.out_nc))
         return stages
