@@ -117,13 +117,12 @@ def _bands(height: int, rows: int) -> list[int]:
 class _Window:
     """A stage's input rows [lo, hi) in a buffer kept from band to band (the halo moved to its top)."""
 
-    def __init__(self, channels: int, height: int, width: int) -> None:
-        self.shape = (1, channels, height, width)
-        self.buf: Tensor | None = None
+    def __init__(self, channels: int, width: int) -> None:
+        self.buf = torch.empty((1, channels, 0, width), memory_format=torch.channels_last)
         self.lo = self.hi = 0
 
     def rows(self, a: int, b: int) -> Tensor:
-        assert self.buf is not None and self.lo <= a <= b <= self.hi
+        assert self.lo <= a <= b <= self.hi
         return self.buf[:, :, a - self.lo:b - self.lo]
 
     def append(self, keep_from: int, count: int) -> Tensor:
@@ -131,13 +130,12 @@ class _Window:
         kept = self.hi - keep_from
         need = kept + count
         old = self.buf
-        if old is None or old.shape[2] < need:
-            self.buf = torch.empty(self.shape[:2] + (need, self.shape[3]), memory_format=torch.channels_last)
+        if old.shape[2] < need:
+            n, c, _, w = old.shape
+            self.buf = torch.empty((n, c, need, w), memory_format=torch.channels_last)
         if kept and (self.buf is not old or keep_from > self.lo):
             # the halo rows to the top (numpy copies overlapping rows correctly)
-            assert old is not None
-            halo = old[:, :, keep_from - self.lo:self.hi - self.lo]
-            np.copyto(nhwc(self.buf[:, :, :kept]), nhwc(halo))
+            np.copyto(nhwc(self.buf[:, :, :kept]), nhwc(old[:, :, keep_from - self.lo:self.hi - self.lo]))
         self.lo, self.hi = keep_from, keep_from + need
         return self.buf[:, :, kept:need]
 
@@ -158,7 +156,7 @@ def run(stages: Sequence[Stage], x: Tensor, out: Tensor) -> Tensor:
         heights.append(heights[-1] * stage.upscale)
         widths.append(widths[-1] * stage.upscale)
     # the first stage reads x itself; each later one a window its predecessor fills
-    windows = [_Window(s.channels, h, w) for s, h, w in zip(stages, heights[1:], widths[1:], strict=False)]
+    windows = [_Window(s.channels, w) for s, w in zip(stages, widths[1:], strict=False)]
     done = [0] * len(stages)  # per stage: its next convolution row
     for band_end in _bands(heights[0], _band_rows(stages, x)):
         for i, stage in enumerate(stages):
