@@ -98,17 +98,23 @@ def test_training_runs_the_layers_whole(monkeypatch: pytest.MonkeyPatch) -> None
     assert calls  # the same network under no_grad: banded
 
 
-@pytest.mark.parametrize("n,layout", [(2, torch.channels_last), (1, torch.contiguous_format)])
-def test_batches_and_nchw_inputs_run_whole(n: int, layout: torch.memory_format,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    net = random_net(sr_config(2, "l", nf=64, depth=1), seed=2).eval()
+NHWC, NCHW = torch.channels_last, torch.contiguous_format
+
+
+@pytest.mark.parametrize("n,layout,bf16", [(2, NHWC, False), (1, NCHW, False), (1, NHWC, True)])
+def test_batches_nchw_and_bf16_run_whole(n: int, layout: torch.memory_format, bf16: bool,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch, an NCHW network, bf16 autocast (not checked to be exact in bands): the layers whole."""
+    net = random_net(sr_config(2, "l", nf=64, depth=1), seed=2).eval().to(memory_format=layout)
     monkeypatch.setattr(bands, "ROWS", 8)
     calls = _record_windows(monkeypatch)
     with torch.no_grad():
-        net(torch.rand(n, 3, 40, 64).contiguous(memory_format=layout))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            net(torch.rand(n, 3, 40, 64).contiguous(memory_format=layout))
         assert not calls
-        net(torch.rand(1, 3, 40, 64).contiguous(memory_format=torch.channels_last))
-    assert calls  # the same network on one NHWC image: banded
+        net.to(memory_format=torch.channels_last)(torch.rand(1, 3, 40, 64).contiguous(
+            memory_format=torch.channels_last))
+    assert calls  # the same network on one NHWC image in fp32: banded
 
 
 def test_run_equals_the_stages_one_after_another(monkeypatch: pytest.MonkeyPatch) -> None:
