@@ -66,7 +66,8 @@ class RowConv:
 
 # post(conv rows, destination, first row): the stage's row-wise step (a pixel shuffle, an activation,
 # a residual) from its convolution's rows into the destination, the rows of its output from that row
-Post = Callable[[Tensor, Tensor, int], None]
+# (what it returns is ignored)
+Post = Callable[[Tensor, Tensor, int], object]
 
 
 @dataclass(frozen=True)
@@ -178,15 +179,3 @@ def run(stages: Sequence[Stage], x: Tensor, out: Tensor) -> Tensor:
             stage.post(y, dest, first)
             done[i] = end
     return out
-
-
-def shuffle_leaky(upscale: int, slope: float) -> Post:
-    """The post step ``leaky_relu(pixel_shuffle(rows, upscale), slope)`` into its destination (upscale 1:
-    the activation alone): torch's two operations, bitwise ``models.blocks.shuffle_lrelu`` (whose
-    one-pass kernel the unbanded network runs). Between a band's convolutions torch's OpenMP thread is
-    spinning for work: the kernel's own helper thread would compete with it for the second core
-    (measured with other processes on the machine: the stage 990 ms with these, 1287 ms with the kernel)."""
-    def post(y: Tensor, dest: Tensor, row: int) -> None:
-        torch.ops.aten.leaky_relu.out(F.pixel_shuffle(y, upscale) if upscale > 1 else y, slope, out=dest)
-
-    return post

@@ -273,17 +273,21 @@ class ThinConv2d(nn.Conv2d):
         return thin_conv(x, self.weight, self.bias)
 
 
-def shuffle_lrelu(x: Tensor, upscale: int, lrelu: nn.LeakyReLU, out: Tensor | None = None) -> Tensor:
-    """``lrelu(pixel_shuffle(x, upscale))``, the float upsampler's step, written into ``out`` if given
-    (a channels_last tensor of the result's shape: the banded upsampler's window, models.bands).
+def shuffle_lrelu(x: Tensor, upscale: int, lrelu: nn.LeakyReLU, out: Tensor | None = None,
+                  threads: int | None = None) -> Tensor:
+    """``lrelu(pixel_shuffle(x, upscale))``, the float upsampler's step (by 1: the activation alone),
+    written into ``out`` if given (a channels_last tensor of the result's shape: a band's window in
+    ``models.bands``).
 
-    For inference on the CPU (a channels_last float32 tensor, the kernel extension built) one pass of
-    ``shuffle_lrelu`` (csrc/bitpacked.c) instead of a copy and another pass: a permutation and the same
-    multiply as ``F.leaky_relu``, so bitwise the same result.
+    For inference on the CPU (a channels_last float32 tensor, the kernel extension built, upscale 2 or
+    more) one pass of ``shuffle_lrelu`` (csrc/bitpacked.c, on ``threads`` threads, torch's by default)
+    instead of a copy and another pass: a permutation and the same multiply as ``F.leaky_relu``, so
+    bitwise the same result.
     """
-    if not _cpu_kernels_take(x) or not x.is_contiguous(memory_format=torch.channels_last):
-        y = lrelu(F.pixel_shuffle(x, upscale))
-        return y if out is None else out.copy_(y)
+    slope = float(lrelu.negative_slope)
+    if upscale == 1 or not _cpu_kernels_take(x) or not x.is_contiguous(memory_format=torch.channels_last):
+        y = x if upscale == 1 else F.pixel_shuffle(x, upscale)
+        return F.leaky_relu(y, slope) if out is None else torch.ops.aten.leaky_relu.out(y, slope, out=out)
     from models.kernels.bitpacked import shuffle_lrelu as fused
 
-    return fused(x, upscale, float(lrelu.negative_slope), out=out)
+    return fused(x, upscale, slope, out=out, threads=threads)

@@ -129,9 +129,12 @@ def test_run_equals_the_stages_one_after_another(monkeypatch: pytest.MonkeyPatch
     x = torch.randn(1, 16, 61, 200, generator=g).contiguous(memory_format=torch.channels_last)
     ref = lrelu(convs[2](lrelu(convs[1](shuffle_lrelu(convs[0](x), 2, lrelu)))))
 
-    stages = [bands.Stage(bands.RowConv(convs[0]), bands.shuffle_leaky(2, 0.2), 16, 2),
-              bands.Stage(bands.RowConv(convs[1]), bands.shuffle_leaky(1, 0.2), 16),
-              bands.Stage(bands.RowConv(convs[2]), bands.shuffle_leaky(1, 0.2), 16)]
+    def post(r: int) -> bands.Post:
+        return lambda y, dest, row: shuffle_lrelu(y, r, lrelu, out=dest)
+
+    stages = [bands.Stage(bands.RowConv(convs[0]), post(2), 16, 2),
+              bands.Stage(bands.RowConv(convs[1]), post(1), 16),
+              bands.Stage(bands.RowConv(convs[2]), post(1), 16)]
     for rows in (1, 2, 3, 7):
         monkeypatch.setattr(bands, "ROWS", rows)
         calls = _record_windows(monkeypatch)
@@ -142,17 +145,17 @@ def test_run_equals_the_stages_one_after_another(monkeypatch: pytest.MonkeyPatch
         assert len(calls) > 2 * len(stages)
 
 
-@pytest.mark.parametrize("r", [1, 2, 3])
-def test_shuffle_leaky_into_a_window_is_the_networks_step(r: int) -> None:
-    """Into rows of a larger NHWC buffer, as the bands write: bitwise the unbanded network's step
-    (the kernel's one pass where it is built), and for r = 1 the in-place activation."""
+@pytest.mark.parametrize("r,threads", [(1, None), (2, None), (2, 1), (3, None)])
+def test_shuffle_lrelu_into_a_window_is_the_networks_step(r: int, threads: int | None) -> None:
+    """Into rows of a larger NHWC buffer, as the bands write: bitwise the unbanded network's step,
+    on any number of threads; by 1 the in-place activation."""
     y = torch.randn(1, 16 * r * r, 5, 7)
     y[0, :3, 0, 0] = torch.tensor([0.0, -0.0, float("nan")])
     y = y.contiguous(memory_format=torch.channels_last)
     buf = torch.zeros(1, 16, 5 * r + 3, 7 * r).contiguous(memory_format=torch.channels_last)
-    bands.shuffle_leaky(r, 0.1)(y, buf[:, :, 2:2 + 5 * r], 0)
-    out = buf[:, :, 2:2 + 5 * r]
     lrelu = nn.LeakyReLU(0.1, inplace=True)
+    shuffle_lrelu(y, r, lrelu, out=buf[:, :, 2:2 + 5 * r], threads=threads)
+    out = buf[:, :, 2:2 + 5 * r]
     ref = lrelu(y.clone()) if r == 1 else shuffle_lrelu(y, r, lrelu)
     assert torch.equal(out.nan_to_num(3.0), ref.nan_to_num(3.0)) and torch.equal(out.signbit(), ref.signbit())
     assert not buf[:, :, :2].any() and not buf[:, :, -1].any()

@@ -104,10 +104,16 @@ class BBCUSR(nn.Module):
         wants_grad = base.requires_grad or any(p.requires_grad for p in self.parameters())
         if torch.is_grad_enabled() and wants_grad:
             return None
-        nf, slope, k = self.config.nf, float(self.lrelu.negative_slope), self.k
-        stages = [bands.Stage(bands.RowConv(getattr(self, f"upconv{i}")), bands.shuffle_leaky(r, slope),
-                              nf, r) for i, r in enumerate(self.steps, start=1)]
-        stages.append(bands.Stage(bands.RowConv(self.conv_hr), bands.shuffle_leaky(1, slope), nf))
+        nf, lrelu, k = self.config.nf, self.lrelu, self.k
+
+        def shuffle(r: int) -> bands.Post:
+            # the kernel on the calling thread only: between a band's convolutions torch's OpenMP thread
+            # spins on the other core, and a helper thread would compete with it
+            return lambda y, dest, row: shuffle_lrelu(y, r, lrelu, out=dest, threads=1)
+
+        stages = [bands.Stage(bands.RowConv(getattr(self, f"upconv{i}")), shuffle(r), nf, r)
+                  for i, r in enumerate(self.steps, start=1)]
+        stages.append(bands.Stage(bands.RowConv(self.conv_hr), shuffle(1), nf))  # by 1: the activation
 
         def tail(y: Tensor, dest: Tensor, row: int) -> None:  # (conv_last(out) + base) / k, as below
             out = bands.nhwc(dest)

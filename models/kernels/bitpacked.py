@@ -92,15 +92,16 @@ def thin_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     return out
 
 
-def shuffle_lrelu(x: Tensor, upscale: int, slope: float, out: Tensor | None = None) -> Tensor:
+def shuffle_lrelu(x: Tensor, upscale: int, slope: float, out: Tensor | None = None,
+                  threads: int | None = None) -> Tensor:
     """leaky_relu(pixel_shuffle(x, upscale), slope) of a channels_last tensor in one pass, into ``out``
-    (channels_last; a new tensor if None)."""
+    (channels_last; a new tensor if None), on ``threads`` threads (torch's if None)."""
     n, c, h, w = (int(s) for s in x.shape)
     if out is None:
         out = torch.empty((n, c // (upscale * upscale), h * upscale, w * upscale),
                           memory_format=torch.channels_last)
     _ext.shuffle_lrelu(as_array(x, nchw=False), as_array(out, nchw=False), upscale=upscale, slope=slope,
-                       threads=torch.get_num_threads())
+                       threads=threads or torch.get_num_threads())
     return out
 
 
