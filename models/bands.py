@@ -39,6 +39,7 @@ BAND_BYTES = 8 << 20
 # a fixed band height (rows of the first stage's input) instead: for tests and measurements
 ROWS: int | None = None
 
+
 class RowConv:
     """A 3x3 'same' convolution computed on a window of its input rows.
 

@@ -82,7 +82,7 @@ class BBCUSR(nn.Module):
             # BBCU-M: binary upsampling and conv_hr, float conv_last (one kernel call on the CPU)
             assert isinstance(self.conv_last, nn.Conv2d)
             return (run_upsampler([*ups, self.conv_hr], self.lrelu, self.conv_last, out) + base) / self.k
-        stages = self._float_stages(base)
+        stages = self._float_stages(ups, base)
         if stages is not None and bands.can_run(stages, out):
             # the float upsampler and tail in bands of rows, bitwise the same as below (models.bands)
             result = torch.empty((1, self.config.out_nc, *base.shape[2:]), memory_format=torch.channels_last)
@@ -96,7 +96,7 @@ class BBCUSR(nn.Module):
             out = self.conv_last(out) + base
         return out / self.k
 
-    def _float_stages(self, base: Tensor) -> list[bands.Stage] | None:
+    def _float_stages(self, ups: list[nn.Module], base: Tensor) -> list[bands.Stage] | None:
         """The float upsampler, conv_hr and conv_last as banded stages, when all of them are float and
         no gradient is wanted from them (training runs them whole); else None."""
         if self.config.binary & {"up", "tail"} or base.shape[0] != 1:
@@ -111,8 +111,8 @@ class BBCUSR(nn.Module):
             # spins on the other core, and a helper thread would compete with it
             return lambda y, dest, row: shuffle_lrelu(y, r, lrelu, out=dest, threads=1)
 
-        stages = [bands.Stage(bands.RowConv(getattr(self, f"upconv{i}")), shuffle(r), nf, r)
-                  for i, r in enumerate(self.steps, start=1)]
+        stages = [bands.Stage(bands.RowConv(up), shuffle(r), nf, r)
+                  for up, r in zip(ups, self.steps, strict=True)]
         stages.append(bands.Stage(bands.RowConv(self.conv_hr), shuffle(1), nf))  # by 1: the activation
 
         def tail(y: Tensor, dest: Tensor, row: int) -> None:  # (conv_last(out) + base) / k, as below
