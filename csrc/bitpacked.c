@@ -1178,6 +1178,20 @@ static void wave_work(wave *w, wave_ready_fn ready, wave_task_fn task, void *own
 #endif
 }
 
+/* output row y of unit a (N == 1) on this worker's core: AMX from int8 rows, or from bit rows it
+ * expands first, else the popcount row */
+static void wave_unit_row(wave_worker *m, const unit_args *a, int y) {
+#if BP_AMX
+    if (m->amx) {
+        if (!a->act8_rows)
+            for (int p = y; p < y + 3; p++) amx_load_row(a, m->sc, 0, p);
+        amx_row(a, m->sc, 0, y);
+        return;
+    }
+#endif
+    m->row(a, 0, y, m->cnt);
+}
+
 /* wait until every task has finished (the caller's own loop may end before the others' tasks) */
 static void wave_wait(wave *w) {
     pthread_mutex_lock(&w->mu);
@@ -1257,16 +1271,7 @@ static void chain_task(void *owner, wave_worker *m, int s, int y) {
         thin_row(c->tail, y);
         return;
     }
-    const unit_args *a = &c->ua[s];
-#if BP_AMX
-    if (m->amx) {
-        if (!a->act8_rows)
-            for (int p = y; p < y + 3; p++) amx_load_row(a, m->sc, 0, p);
-        amx_row(a, m->sc, 0, y);
-        return;
-    }
-#endif
-    m->row(a, 0, y, m->cnt);
+    wave_unit_row(m, &c->ua[s], y);
 }
 
 static void *chain_thread(void *p) {
@@ -2305,15 +2310,7 @@ static void pipe_task(void *owner, wave_worker *m, int s, int y) {
         thin_row(&st->t, y);
         return;
     }
-#if BP_AMX
-    if (m->amx) {
-        if (!st->u.act8_rows)
-            for (int p = y; p < y + 3; p++) amx_load_row(&st->u, m->sc, 0, p);
-        amx_row(&st->u, m->sc, 0, y);
-        return;
-    }
-#endif
-    m->row(&st->u, 0, y, m->cnt);
+    wave_unit_row(m, &st->u, y);
 }
 
 static void *pipe_thread(void *p) {
