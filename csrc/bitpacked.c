@@ -1318,6 +1318,7 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
                      const uint64_t *act, uint64_t *next_act, const void *tail, int nthreads) {
     const int H = units[0].H, W = units[0].W, C = units[0].C, K = units[0].K, S = U + pack;
     const int St = S + (tail != NULL); /* with the thin tail, which reads out */
+    if (St > MAX_STAGES) return 0;
     if (nthreads < 1) nthreads = 1;
     const int R = 2 * nthreads + 8;
     const size_t rs = (size_t)(W + 2) * 2 * K; /* words in a padded row */
@@ -1329,7 +1330,7 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
     const size_t bytes = ring_words * 8 + tables + (size_t)St * sizeof(unit_args);
     int rows[MAX_STAGES];
     for (int s = 0; s < St; s++) rows[s] = H;
-    c->mem = St <= MAX_STAGES ? calloc(1, bytes) : NULL;
+    c->mem = calloc(1, bytes);
     if (!c->mem || !wave_init(&c->w, St, rows)) {
         free(c->mem);
         free(c);
@@ -2354,6 +2355,7 @@ static void pipe_rings8(pipe_state *c) {
  * st[0].u and everything but the rows in the others, st[S-1] the thin convolution with its out.
  * Makes the rings and row tables. 0 when out of memory (nothing computed). */
 static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
+    if (S > MAX_STAGES) return 0;
     if (nthreads < 1) nthreads = 1;
     const int R = 2 * nthreads + 8;
     pipe_state *c = (pipe_state *)calloc(1, sizeof(pipe_state));
@@ -2371,7 +2373,7 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
             if (!stages[s + 1].thin) bytes += ((size_t)R + 1) * (Wo + 2) * 2 * K * 8 + (Ho + 2) * sizeof(void *);
         }
     }
-    c->mem = S <= MAX_STAGES ? calloc(1, bytes) : NULL;
+    c->mem = calloc(1, bytes);
     if (!c->mem || !wave_init(&c->w, S, rows)) {
         free(c->mem);
         free(c);
