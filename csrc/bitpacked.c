@@ -1199,6 +1199,24 @@ static void wave_wait(wave *w) {
     pthread_mutex_unlock(&w->mu);
 }
 
+/* Run the wavefront on nthreads threads: the caller and nthreads - 1 pool threads running
+ * thread(owner), each holding a reference in *refs that thread drops; returns when every task is
+ * done (the owner's last reference stays the caller's). */
+static void wave_run(wave *w, wave_ready_fn ready, wave_task_fn task, void *owner, atomic_int *refs,
+                     void *(*thread)(void *), int nthreads) {
+    atomic_fetch_add(refs, nthreads - 1);
+    const int queued = pool_submit(thread, owner, nthreads - 1);
+    if (queued < nthreads - 1) atomic_fetch_sub(refs, nthreads - 1 - queued);
+    wave_work(w, ready, task, owner);
+    wave_wait(w);
+}
+
+/* the row table of a ring of R rows of rb bytes for an image of H rows, by padded row index
+ * (0 and H + 1 are the zero row, the border) */
+static void ring_table(void **rows, int H, char *ring, size_t rb, int R, void *zero) {
+    for (int p = 0; p < H + 2; p++) rows[p] = p >= 1 && p <= H ? ring + (size_t)(p % R) * rb : zero;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Chains: consecutive 1x units (C -> C, each adding its input) run as one call, row by row in a
  * wavefront, so that a row's floats are still in cache when the next unit reads them instead of
@@ -1289,23 +1307,15 @@ static void chain_rings8(chain_state *c) {
     const int S = c->Su, H = c->H, R = c->R;
     const size_t rb = amx_row_bytes(c->W, 1);
     const size_t ring_bytes = ((size_t)(S - 1) * R + 1) * rb; /* the rings and one zero row */
-    const size_t tables = (size_t)S * 2 * (H + 2) * sizeof(void *);
-    int8_t *mem = (int8_t *)aligned_alloc(64, ring_bytes + tables);
+    char *mem = (char *)aligned_alloc(64, ring_bytes + (size_t)(S - 1) * (H + 2) * sizeof(void *));
     if (!mem) return;
     memset(mem, 0, ring_bytes);
-    const int8_t *zero = mem + (size_t)(S - 1) * R * rb;
-    const int8_t **in_rows = (const int8_t **)(mem + ring_bytes);
-    int8_t **out_rows = (int8_t **)(in_rows + (size_t)S * (H + 2));
-    for (int s = 0; s < S; s++) {
-        const int8_t **in = in_rows + (size_t)s * (H + 2);
-        int8_t **out = out_rows + (size_t)s * (H + 2);
-        for (int p = 0; p < H + 2; p++) {
-            const int inner = p >= 1 && p <= H;
-            in[p] = s > 0 ? (inner ? mem + ((size_t)(s - 1) * R + p % R) * rb : zero) : NULL;
-            out[p] = s + 1 < S && inner ? mem + ((size_t)s * R + p % R) * rb : NULL;
-        }
-        c->ua[s].act8_rows = s > 0 ? in : NULL;
-        c->ua[s].nact8_rows = s + 1 < S ? out : NULL;
+    int8_t **tables = (int8_t **)(mem + ring_bytes);
+    for (int s = 0; s + 1 < S; s++) { /* ring s: stage s writes it, stage s + 1 reads it */
+        int8_t **rows = tables + (size_t)s * (H + 2);
+        ring_table((void **)rows, H, mem + (size_t)s * R * rb, rb, R, mem + (size_t)(S - 1) * R * rb);
+        c->ua[s].nact8_rows = rows;
+        c->ua[s + 1].act8_rows = (const int8_t *const *)rows;
     }
     c->mem8 = mem;
     c->int8 = 1;
@@ -1390,11 +1400,7 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
         }
     }
 #endif
-    atomic_fetch_add(&c->refs, nthreads - 1);
-    const int queued = pool_submit(chain_thread, c, nthreads - 1);
-    if (queued < nthreads - 1) atomic_fetch_sub(&c->refs, nthreads - 1 - queued);
-    wave_work(&c->w, chain_ready, chain_task, c);
-    wave_wait(&c->w);
+    wave_run(&c->w, chain_ready, chain_task, c, &c->refs, chain_thread, nthreads);
 #if BP_AMX
     if (c->w.isa == ISA_AMX)
         for (int s = pack; s < S; s++) free(wamx[s]);
@@ -2343,8 +2349,7 @@ static void pipe_rings8(pipe_state *c) {
         const size_t rb = amx_row_bytes(c->st[s].u.W * c->st[s].r, 1);
         int8_t *ring = (int8_t *)m, **rows = (int8_t **)(m + ((size_t)c->R + 1) * rb);
         m += ((size_t)c->R + 1) * rb + (((size_t)Ho + 2) * sizeof(void *) + 63) / 64 * 64;
-        int8_t *zero = ring + (size_t)c->R * rb;
-        for (int p = 0; p < Ho + 2; p++) rows[p] = p >= 1 && p <= Ho ? ring + (size_t)(p % c->R) * rb : zero;
+        ring_table((void **)rows, Ho, (char *)ring, rb, c->R, ring + (size_t)c->R * rb);
         c->st[s].u.nact8_rows = rows;
         c->st[s + 1].u.act8_rows = (const int8_t *const *)rows;
     }
@@ -2400,9 +2405,7 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
             uint64_t *bits, **brows;
             PIPE_TAKE(bits, uint64_t, ((size_t)R + 1) * rs);
             PIPE_TAKE(brows, uint64_t *, Ho + 2);
-            const uint64_t *zero = bits + (size_t)R * rs;
-            for (int p = 0; p < Ho + 2; p++)
-                brows[p] = p >= 1 && p <= Ho ? bits + (size_t)(p % R) * rs : (uint64_t *)zero;
+            ring_table((void **)brows, Ho, (char *)bits, rs * sizeof(uint64_t), R, bits + (size_t)R * rs);
             st->u.nact_rows = brows;
             nx->u.act_rows = (const uint64_t *const *)brows;
             nx->u.resid_rows = (const float *const *)frows;
@@ -2426,11 +2429,7 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
         if (!ok) c->w.isa = ISA_AVX512; /* the popcount core; pipe_release frees what was made */
     }
 #endif
-    atomic_fetch_add(&c->refs, nthreads - 1);
-    const int queued = pool_submit(pipe_thread, c, nthreads - 1);
-    if (queued < nthreads - 1) atomic_fetch_sub(&c->refs, nthreads - 1 - queued);
-    wave_work(&c->w, pipe_ready, pipe_task, c);
-    wave_wait(&c->w);
+    wave_run(&c->w, pipe_ready, pipe_task, c, &c->refs, pipe_thread, nthreads);
     pipe_release(c);
     return 1;
 }

@@ -538,7 +538,7 @@ def test_pipe_equals_units_then_thin_conv(isa: str, c: int, h: int, w: int, ups:
         kernels._ext.pipe(as_array(x), as_array(act0), as_array(got), params, as_array(weight),
                           bias=None if b is None else as_array(b), threads=threads)
 
-    if isa not in ("avx512", "amx"):
+    if isa not in kernels.PIPE_ISAS:
         with pytest.raises(ValueError, match="pipe: needs the avx512 or amx core"):
             call()
         return
@@ -549,7 +549,7 @@ def test_pipe_equals_units_then_thin_conv(isa: str, c: int, h: int, w: int, ups:
 def test_pipe_refuses_bad_arguments() -> None:
     from models.kernels.bitpacked import as_array
 
-    if kernels.isa() not in ("avx512", "amx"):
+    if kernels.isa() not in kernels.PIPE_ISAS:
         pytest.skip("the pipe needs the avx512 or amx core")
     g = torch.Generator().manual_seed(0)
     u = tuple(as_array(t) for t in _random_up_unit(64, 2, g))

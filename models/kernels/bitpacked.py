@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from models.deploy import DeployUnit
+from models.kernels import PIPE_ISAS
 from models.kernels import _bitpacked as _ext  # type: ignore[attr-defined]
 from models.kernels.chain import KernelUnit, chain_names, link_chain, replace_units
 
@@ -212,7 +213,7 @@ class BitUnit(KernelUnit):
 
         c = self.cin
         if (not isinstance(last, ThinConv2d) or last.in_channels != c or last.out_channels > 16
-                or c % 16 or _ext.isa()[0] not in ("avx512", "amx") or x.ndim != 4 or x.shape[0] != 1
+                or c % 16 or _ext.isa()[0] not in PIPE_ISAS or x.ndim != 4 or x.shape[0] != 1
                 or not _cpu_kernels_take(x, last.weight)
                 or not all(isinstance(u, BitUnit) and u.cin == c and u.channels == c for u in units)):
             return None
