@@ -222,53 +222,73 @@ T_AVX2 static inline void core_avx2(const unit_args *a, const uint64_t *const ta
         core_avx2_k(a, taps, cnt, K, 1, P);
 }
 
-/* G groups of 16 outputs for one pixel: 2*G accumulators of 8 lanes; inlined with constant G (and K). */
+/* G groups of 16 outputs for one pixel: 2*G accumulators of 8 lanes; inlined with constant G, K and
+ * MASK. MASK == 0 where every nonzero bit of the window is set (the interior of a sign map): a plain
+ * XOR with the weights, whose load folds into it. With the mask, nz stays in a register: a broadcast
+ * folded into the ternary op would split it into two micro-ops and load nz once per product. */
 #define AI __attribute__((always_inline))
 T_AVX512 static inline AI void pass_avx512(const uint64_t *const taps[9], const uint64_t *w0, size_t gstride,
-                                           const int K, const int G, int P, int32_t *cnt) {
+                                           const int K, const int G, const int MASK, __m512i P, int32_t *cnt) {
     __m512i acc[8];
     for (int q = 0; q < 2 * G; q++) acc[q] = _mm512_setzero_si512();
     for (int t = 0; t < 9; t++) {
         for (int k = 0; k < K; k++) {
             const __m512i xs = _mm512_set1_epi64((long long)taps[t][2 * k]);
-            const __m512i nz = _mm512_set1_epi64((long long)taps[t][2 * k + 1]);
+            __m512i nz = _mm512_setzero_si512();
+            if (MASK) {
+                nz = _mm512_set1_epi64((long long)taps[t][2 * k + 1]);
+                __asm__("" : "+v"(nz));
+            }
             const uint64_t *w = w0 + ((size_t)t * K + k) * GROUP;
             for (int g = 0; g < G; g++) {
-                /* imm 0x28: nz & (w ^ xs) with (a, b, c) = (w, xs, nz) */
                 for (int h = 0; h < 2; h++) {
-                    const __m512i d = _mm512_ternarylogic_epi64(_mm512_loadu_si512(w + g * gstride + 8 * h), xs,
-                                                                nz, 0x28);
+                    const __m512i wv = _mm512_loadu_si512(w + g * gstride + 8 * h);
+                    /* imm 0x28: nz & (w ^ xs) with (a, b, c) = (w, xs, nz) */
+                    const __m512i d = MASK ? _mm512_ternarylogic_epi64(wv, xs, nz, 0x28) : _mm512_xor_si512(wv, xs);
                     acc[2 * g + h] = _mm512_add_epi64(acc[2 * g + h], _mm512_popcnt_epi64(d));
                 }
             }
         }
     }
-    const __m256i pv = _mm256_set1_epi32(P);
-    for (int q = 0; q < 2 * G; q++)
-        _mm256_storeu_si256((__m256i *)(cnt + 8 * q),
-                            _mm256_sub_epi32(pv, _mm256_slli_epi32(_mm512_cvtepi64_epi32(acc[q]), 1)));
+    /* the low 32 bits of each 64-bit lane hold a count: one permute gathers 16 of them in order */
+    const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    for (int g = 0; g < G; g++) {
+        const __m512i c = _mm512_permutex2var_epi32(acc[2 * g], even, acc[2 * g + 1]);
+        _mm512_storeu_si512(cnt + 16 * g, _mm512_sub_epi32(P, _mm512_slli_epi32(c, 1)));
+    }
 }
 
 T_AVX512 static inline AI void core_avx512_k(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt,
-                                             const int K) {
+                                             const int K, const int MASK, int P) {
+    const __m512i pv = _mm512_set1_epi32(P);
+    const size_t gstride = (size_t)9 * K * GROUP;
+    int g = 0;
+    for (; g + 4 <= a->ng; g += 4) pass_avx512(taps, a->wp + g * gstride, gstride, K, 4, MASK, pv, cnt + g * GROUP);
+    if (g + 2 <= a->ng) {
+        pass_avx512(taps, a->wp + g * gstride, gstride, K, 2, MASK, pv, cnt + g * GROUP);
+        g += 2;
+    }
+    if (g < a->ng) pass_avx512(taps, a->wp + g * gstride, gstride, K, 1, MASK, pv, cnt + g * GROUP);
+}
+
+T_AVX512 static inline AI void core_avx512(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
+    const int K = a->K;
+    if (K == 1) {
+        const uint64_t all = taps[0][1] & taps[1][1] & taps[2][1] & taps[3][1] & taps[4][1] & taps[5][1] &
+                             taps[6][1] & taps[7][1] & taps[8][1];
+        if (all == ~(uint64_t)0) {
+            core_avx512_k(a, taps, cnt, 1, 0, 9 * 64);
+            return;
+        }
+        int P = 0;
+        for (int t = 0; t < 9; t++) P += (int)_mm_popcnt_u64(taps[t][1]);
+        core_avx512_k(a, taps, cnt, 1, 1, P);
+        return;
+    }
     int P = 0;
     for (int t = 0; t < 9; t++)
         for (int k = 0; k < K; k++) P += (int)_mm_popcnt_u64(taps[t][2 * k + 1]);
-    const size_t gstride = (size_t)9 * K * GROUP;
-    int g = 0;
-    for (; g + 4 <= a->ng; g += 4) pass_avx512(taps, a->wp + g * gstride, gstride, K, 4, P, cnt + g * GROUP);
-    if (g + 2 <= a->ng) {
-        pass_avx512(taps, a->wp + g * gstride, gstride, K, 2, P, cnt + g * GROUP);
-        g += 2;
-    }
-    if (g < a->ng) pass_avx512(taps, a->wp + g * gstride, gstride, K, 1, P, cnt + g * GROUP);
-}
-
-T_AVX512 static inline void core_avx512(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
-    if (a->K == 1)
-        core_avx512_k(a, taps, cnt, 1);
-    else
-        core_avx512_k(a, taps, cnt, a->K);
+    core_avx512_k(a, taps, cnt, K, 1, P);
 }
 
 /* Pack sign/nonzero bits of v[c] + shift[c] for c in [c0, c1), 8 at a time; returns the next c. */
@@ -620,6 +640,17 @@ T_AVX512 static void row_avx512(const unit_args *a, int n, int y, int32_t *cnt) 
     }
     const size_t pw = (size_t)2 * a->K;
     const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2);
+    if (e.C == 64 && e.r == 1) {
+        epi64_k k;
+        epi64_load(&e, &k);
+        for (int x = 0; x < a->W; x++) {
+            const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
+            const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
+            core_avx512(a, taps, cnt);
+            epi64_px(&e, &k, x, cnt);
+        }
+        return;
+    }
     for (int x = 0; x < a->W; x++) {
         const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
         const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
@@ -1599,6 +1630,33 @@ static PyObject *py_set_isa(PyObject *self, PyObject *args) {
     return NULL;
 }
 
+/* The clock this thread runs at now, in Hz: a chain of dependent integer adds (one cycle each on
+ * every x86 core; register operands, as newer cores fold immediate adds) timed in thread CPU time, so that cycle counts in the benchmarks
+ * use the turbo clock actually reached rather than the nominal one /proc/cpuinfo reports; 0 where
+ * it cannot be measured. */
+static PyObject *py_clock_hz(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+#if BP_X86
+    const long rounds = 20000000;
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        struct timespec t0, t1;
+        uint64_t v = 0, step = (uint64_t)rep + 1; /* a register operand: no core folds it at rename */
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+        for (long i = 0; i < rounds; i++)
+            __asm__ volatile("add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\t"
+                             "add %1, %0\n\tadd %1, %0\n\tadd %1, %0\n\tadd %1, %0" : "+r"(v) : "r"(step));
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+        const double dt = (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+        if (dt > 0 && 8.0 * rounds / dt > best) best = 8.0 * rounds / dt;
+    }
+    return PyFloat_FromDouble(best);
+#else
+    return PyFloat_FromDouble(0.0);
+#endif
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -2555,6 +2613,7 @@ fail:
 static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2', 'avx512' or 'amx'."},
     {"isa", py_isa, METH_NOARGS, "(selected ISA, best ISA this CPU supports)."},
+    {"clock_hz", py_clock_hz, METH_NOARGS, "This thread's clock now in Hz, from a timed chain of adds (0: unknown)."},
     {"pack_weights", (PyCFunction)(void (*)(void))py_pack_weights, METH_VARARGS | METH_KEYWORDS,
      "Pack the sign bits of a float32 (Cout, Cin, 3, 3) weight array; returns the number of zeros."},
     {"pack_act", (PyCFunction)(void (*)(void))py_pack_act, METH_VARARGS | METH_KEYWORDS,
