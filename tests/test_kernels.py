@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 
 import pytest
 import torch
@@ -565,3 +566,13 @@ def test_pipe_refuses_bad_arguments() -> None:
     with pytest.raises(ValueError, match="x: expected one image"):
         kernels._ext.pipe(as_array(torch.randn(2, 4, 5, 64)), as_array(act), as_array(out), [(*u, 2, None)],
                           as_array(wt))
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="the clock probe is x86 assembly")
+def test_clock_probe_reads_a_real_clock() -> None:
+    """The cycle tables divide by this: a core folding the adds (as Golden Cove folds immediates)
+    would report several times the real clock."""
+    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
+
+    hz = ext.clock_hz()
+    assert 0.8e9 < hz < 6.5e9
