@@ -246,7 +246,8 @@ def run() -> str:
         "",
         f"{cpu_model()}, {THREADS} threads, torch {torch.__version__}, conv cores: {', '.join(isas)} "
         f"(best on this CPU: {best}). Median of {repeats} interleaved runs (layer: {max(repeats, 5)}). "
-        f"Cycles at {clock / 1e9:.2f} GHz (the running clock, timed) x {THREADS} cores; float peak = {THREADS} cores x "
+        f"Cycles at {clock / 1e9:.2f} GHz (the running clock, timed) x {THREADS} cores; "
+        f"float peak = {THREADS} cores x "
         f"{FLOP_PER_CYCLE_CORE} FLOP/cycle x {clock / 1e9:.2f} GHz = "
         f"{THREADS * FLOP_PER_CYCLE_CORE * clock / 1e9:.0f} GFLOP/s; binary MACs count as 2 FLOP.",
         "",
