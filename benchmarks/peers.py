@@ -6,8 +6,9 @@ defaults (``BENCH_REPEATS`` sets the repeats there).
 
 - Ours run exactly as the service runs them: the shipped weights through ``load_for_task`` and
   ``pipeline.run_stages`` with the service's defaults (backend ``auto``, the default tile budget,
-  auto strength for denoise: its input carries sigma 25 noise so the whole network runs, and a color
-  photo's deblock takes its chroma from the color deblocker).
+  auto strength for denoise: its input carries sigma 25 noise so the whole network runs; the deblock
+  input is the photo saved as a 4:2:0 JPEG and decoded like an upload, and its chroma comes from
+  the color deblocker at the resolution the file's quality picks, models.chroma).
 - The peers (``benchmarks.peer_nets``) have random weights (the time does not depend on them) and
   run both in torch (channels_last, which is faster for every peer here) and in onnxruntime (the
   same network exported to ONNX); the faster of the two counts.
@@ -38,7 +39,8 @@ from benchmarks.peer_nets import IMDN, DnCNN, EDSRBaseline, FFDNet
 from benchmarks.tiles import photo
 from benchmarks.timing import Timing, cpu_model, interleaved
 from cli.catalog import db
-from models import catalog
+from models import catalog, imageio
+from models.degrade import jpeg_bytes, to_uint8
 from models.engine import load_chroma_partner, load_for_task
 from models.imageio import Image
 from models.pipeline import run_stages
@@ -74,6 +76,7 @@ class Ours:
     variant: str | None
     eval_key: str  # the catalogue eval record holding its measured PSNR
     quality_label: str
+    jpeg_quality: int | None = None  # the input is the photo as a 4:2:0 JPEG of this quality
 
 
 @dataclass(frozen=True)
@@ -105,8 +108,10 @@ OURS = {
     "BBCU-M": Ours("BBCU-M x4", "sr", 4, "m", "CSet5/x4", "CSet5 x4"),
     "BBCU-L": Ours("BBCU-L x4", "sr", 4, "l", "CSet5/x4", "CSet5 x4"),
     "denoise": Ours("bbcu-denoise", "denoise", None, None, "CBSD68/sigma25", "CBSD68 s25"),
-    "deblock": Ours("bbcu-deblock, color photo (+ chroma net)", "deblock", None, None, "BSD68/q10",
-                    "BSD68 q10 (Y)"),
+    "deblock": Ours("bbcu-deblock, color JPEG q10 (+ chroma net at 1/4)", "deblock", None, None,
+                    "BSD68/q10", "BSD68 q10 (Y)", jpeg_quality=10),
+    "deblock-q30": Ours("bbcu-deblock, color JPEG q30 (+ chroma net at 1/2)", "deblock", None, None,
+                        "BSD68/q10", "BSD68 q10 (Y)", jpeg_quality=30),
 }
 
 ROWS = (
@@ -116,6 +121,7 @@ ROWS = (
     Row("denoise-dncnn", "denoise", "denoise", "DnCNN"),
     Row("deblock", "deblock", "deblock", "FFDNet",
         "speed only: no float peer is named for JPEG deblocking; FFDNet does the same-size color work"),
+    Row("deblock-q30", "deblock", "deblock-q30", "FFDNet"),
 )
 
 
@@ -163,6 +169,8 @@ def _input(ours: Ours, size: Size) -> Image:
     if ours.task == "denoise":
         rng = np.random.default_rng(2)
         pixels = np.clip(pixels + rng.normal(0, DENOISE_SIGMA, pixels.shape), 0, 1).astype(np.float32)
+    if ours.jpeg_quality is not None:  # decoded as the service decodes an upload
+        return imageio.decode(jpeg_bytes(to_uint8(pixels), ours.jpeg_quality), max_pixels=1 << 40)
     return Image(pixels=pixels)
 
 

@@ -126,8 +126,8 @@ def add_gaussian_noise(img: NDArray[np.floating], sigma: float, seed: int | None
     return a + noise
 
 
-def jpeg(img: NDArray[np.uint8], quality: int) -> NDArray[np.uint8]:
-    """Encode and decode an 8-bit gray (H, W) or RGB (H, W, 3) image as JPEG with Pillow.
+def jpeg_bytes(img: NDArray[np.uint8], quality: int) -> bytes:
+    """An 8-bit gray (H, W) or RGB (H, W, 3) image as a JPEG file written by Pillow (color: 4:2:0).
 
     ``quality`` 0..100; libjpeg clamps 0 to 1, so 0 and 1 are the same encoding.
     """
@@ -138,9 +138,14 @@ def jpeg(img: NDArray[np.uint8], quality: int) -> NDArray[np.uint8]:
         raise ValueError(f"jpeg expects uint8, got {a.dtype}")
     buf = io.BytesIO()
     Image.fromarray(a).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im.convert("L" if a.ndim == 2 else "RGB"), dtype=np.uint8)
+    return buf.getvalue()
+
+
+def jpeg(img: NDArray[np.uint8], quality: int) -> NDArray[np.uint8]:
+    """Encode and decode an 8-bit gray (H, W) or RGB (H, W, 3) image as JPEG with Pillow (jpeg_bytes)."""
+    data = jpeg_bytes(img, quality)
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L" if np.asarray(img).ndim == 2 else "RGB"), dtype=np.uint8)
 
 
 _YCC = np.array([[65.481, 128.553, 24.966],

@@ -28,7 +28,8 @@ import torch
 from numpy.typing import NDArray
 from PIL import Image
 
-from models.degrade import bicubic_lr, imresize, jpeg, rgb_to_luma, to_float, to_uint8
+from models import jpeg_info
+from models.degrade import bicubic_lr, imresize, jpeg, jpeg_bytes, rgb_to_luma, to_float, to_uint8
 from models.engine import RestorationModel
 from models.metrics import psnr, ssim, y_psnr, y_ssim
 
@@ -187,8 +188,10 @@ def eval_deblock(model: RestorationModel, files: Sequence[Path], quality: int, t
         img = read_image(f)
         if color:
             gt = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
+            data = jpeg_bytes(gt, quality)
             lq = jpeg(gt, quality)
-            decoded = Decoded(pixels=to_float(lq).astype(np.float32))
+            # the file's quality and chroma subsampling, as the service's decoder reads them
+            decoded = Decoded(pixels=to_float(lq).astype(np.float32), jpeg=jpeg_info.of_bytes(data))
             out = to_uint8(restore_image(model, decoded, tile=tile, chroma=chroma).pixels)
         else:
             gt = img if img.ndim == 2 else to_uint8(rgb_to_luma(to_float(img)))

@@ -17,8 +17,9 @@ import numpy as np
 from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
-from models import depth16, input_formats
+from models import depth16, input_formats, jpeg_info
 from models.errors import ImageDecodeError, ImageTooLargeError
+from models.jpeg_info import JpegInfo
 from models.vocab import STILL_FORMATS, format_of
 
 _PIL_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG", "tiff": "TIFF", "gif": "GIF"}
@@ -43,6 +44,7 @@ class Image:
     source_mode: str = "RGB"
     icc_profile: bytes | None = None
     exif: bytes | None = None  # orientation already applied to the pixels and reset to 1
+    jpeg: JpegInfo | None = None  # a JPEG's quality and chroma subsampling (these pixels decoded)
 
     @property
     def height(self) -> int:
@@ -62,7 +64,8 @@ class Image:
         return base + ("A" if self.alpha is not None else "")
 
     def with_pixels(self, pixels: np.ndarray, alpha: np.ndarray | None) -> Image:
-        return replace(self, pixels=pixels, alpha=alpha)
+        """New pixels with this image's metadata; no longer the JPEG's decoded pixels."""
+        return replace(self, pixels=pixels, alpha=alpha, jpeg=None)
 
 
 @functools.cache
@@ -169,6 +172,7 @@ def decode(data: bytes, *, max_pixels: int) -> Image:
         src_format, src_mode = im.format, im.mode
         icc = im.info.get("icc_profile")
         orientation = im.getexif().get(_ORIENTATION, 1)
+        jpeg = jpeg_info.read(im, transposed=orientation in (5, 6, 7, 8))
         im = ImageOps.exif_transpose(im) or im
         exif = _normalised_exif(im)
         deep = depth16.deep_png_header(data) if src_format == "PNG" else None
@@ -179,7 +183,8 @@ def decode(data: bytes, *, max_pixels: int) -> Image:
     except _DECODE_ERRORS as e:
         raise ImageDecodeError(f"corrupt or truncated image ({type(e).__name__}: {e})") from e
     return Image(pixels=pixels, alpha=alpha, bit_depth=depth, source_format=src_format,
-                 source_mode=src_mode, icc_profile=icc if isinstance(icc, bytes) else None, exif=exif)
+                 source_mode=src_mode, icc_profile=icc if isinstance(icc, bytes) else None, exif=exif,
+                 jpeg=jpeg)
 
 
 def _normalised_exif(upright: PILImage.Image) -> bytes | None:

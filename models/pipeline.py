@@ -3,7 +3,8 @@
 - A gray image through an RGB network runs as three equal channels and comes back as their mean.
 - A color image through the gray (Y) JPEG deblocker: the network restores the full-range BT.601
   luma (the plane JPEG itself stores); the chroma planes come from the color deblocker when one is
-  given (``chroma``: it also removes the chroma blocks), else as the decoder upsampled them.
+  given (``chroma``: it also removes the chroma blocks; at the resolution the JPEG stored them,
+  models.chroma), else as the decoder upsampled them.
 - Alpha is resized (bicubic) for super-resolution and kept unchanged otherwise.
 - ``strength`` blends the result with the input (same-size tasks only); ``auto`` picks it from
   the input's estimated noise (models.noise), and a strength of 0 skips the network.
@@ -22,6 +23,8 @@ import torch
 from PIL import Image as PILImage
 
 from models import noise
+from models.chroma import restore_chroma
+from models.chroma import scale_for as chroma_scale
 from models.engine import DEFAULT_TILE_BYTES, RestorationModel
 from models.imageio import Image, rgb_to_ycbcr, ycbcr_to_rgb
 from models.stages import AUTO, STRENGTH_TASK, Strength
@@ -86,7 +89,11 @@ def _network(model: RestorationModel, img: Image, tile: int | None, progress: Pr
         luma_progress, chroma_progress = _halves(progress)
         y = _run(model, ycc[..., :1], tile, luma_progress, memory_bytes)
         del ycc
-        cbcr = rgb_to_ycbcr(_run(chroma, px, tile, chroma_progress, memory_bytes))[..., 1:]
+
+        def color_network(planes: np.ndarray) -> np.ndarray:
+            return _run(chroma, planes, tile, chroma_progress, memory_bytes)
+
+        cbcr = restore_chroma(color_network, px, y, chroma_scale(img.jpeg))
         return ycbcr_to_rgb(np.concatenate([y, cbcr], axis=2))
     y = _run(model, ycc[..., :1], tile, progress, memory_bytes)
     if s > 1:

@@ -1,0 +1,94 @@
+"""The chroma of a color JPEG photo's deblock, restored at the resolution the JPEG stored it.
+
+A color photo's deblock restores the luma with the gray network and takes Cb and Cr from the color
+network (models.pipeline). Most JPEGs keep their chroma at half resolution (4:2:0), so the color
+network has no more chroma detail to find at full resolution than at half: run on a 2x2-averaged
+copy of the photo, as the encoder averaged its chroma, it restores that chroma as well or better
+for a quarter of the work. Heavily compressed photos (low quality) keep even less chroma: there it
+runs at a quarter of the resolution and a guided filter (He and Sun's fast guided filter, the
+restored luma as the guide) brings the chroma back to full size along the luma's edges.
+docs/networks.md has the measurements behind the thresholds (held-out photos, not the test set).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.imageio import rgb_to_ycbcr
+from models.jpeg_info import JpegInfo
+
+FULL, HALF, QUARTER = 1, 2, 4
+QUARTER_MAX_QUALITY = 12  # at or below: the quarter-resolution path (4:2:0 and 4:2:2 files)
+HALF_MAX_QUALITY = 40     # at or below: half resolution; above: the full-resolution network
+GUIDE_RADIUS = 1          # the guided filter's window at quarter resolution (3x3)
+GUIDE_EPS = 1e-4          # its regulariser, for planes in 0..1
+
+Planes = Callable[[np.ndarray], np.ndarray]  # the color network: H x W x 3 -> H x W x 3, in 0..1
+
+
+def scale_for(jpeg: JpegInfo | None) -> int:
+    """The resolution divisor for the color network on this photo: FULL unless it is a JPEG whose
+    chroma was subsampled (4:2:0 or 4:2:2) at a quality up to HALF_MAX_QUALITY."""
+    if jpeg is None or jpeg.chroma_step == (1, 1) or jpeg.quality > HALF_MAX_QUALITY:
+        return FULL
+    return QUARTER if jpeg.quality <= QUARTER_MAX_QUALITY else HALF
+
+
+def _tensor(planes: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
+
+
+def _planes(x: torch.Tensor) -> np.ndarray:
+    return np.ascontiguousarray(x[0].permute(1, 2, 0).numpy())
+
+
+def box_down(x: torch.Tensor, s: int) -> torch.Tensor:
+    """s x s averages, the last row and column repeated up to a multiple of s."""
+    h, w = x.shape[-2:]
+    return F.avg_pool2d(F.pad(x, (0, -w % s, 0, -h % s), mode="replicate"), s)
+
+
+def _up(x: torch.Tensor, s: int, h: int, w: int) -> torch.Tensor:
+    return F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)[..., :h, :w]
+
+
+def _box(x: torch.Tensor, r: int) -> torch.Tensor:
+    """Means over (2r+1)^2 windows, over the part inside the image at the borders."""
+    k = 2 * r + 1
+    x = F.avg_pool2d(x, (1, k), stride=1, padding=(0, r), count_include_pad=False)
+    return F.avg_pool2d(x, (k, 1), stride=1, padding=(r, 0), count_include_pad=False)
+
+
+def guided_upsample(guide: torch.Tensor, low: torch.Tensor, s: int, r: int = GUIDE_RADIUS,
+                    eps: float = GUIDE_EPS) -> torch.Tensor:
+    """``low`` (N x C x h x w) brought to the size of ``guide`` (N x 1 x H x W, h = ceil(H / s)):
+    each channel as a local linear function of the guide, fitted at the low resolution against the
+    guide's s x s averages; the functions' coefficients are upsampled and applied to the guide."""
+    h, w = guide.shape[-2:]
+    g = box_down(guide, s)
+    mg, mp = _box(g, r), _box(low, r)
+    a = (_box(g * low, r) - mg * mp) / (_box(g * g, r) - mg * mg + eps)
+    b = mp - a * mg
+    return _up(_box(a, r), s, h, w) * guide + _up(_box(b, r), s, h, w)
+
+
+def restore_chroma(network: Planes, rgb: np.ndarray, luma: np.ndarray, scale: int) -> np.ndarray:
+    """Cb and Cr (H x W x 2) of ``rgb`` (H x W x 3) as the color network restores them at
+    1/``scale`` resolution; ``luma`` (H x W x 1, the restored luma) guides the quarter path."""
+    if scale == FULL:
+        return rgb_to_ycbcr(network(rgb))[..., 1:]
+    if scale not in (HALF, QUARTER):
+        raise ValueError(f"chroma scale must be {FULL}, {HALF} or {QUARTER}, got {scale}")
+    h, w = rgb.shape[:2]
+    with torch.no_grad():
+        small = _planes(box_down(_tensor(rgb), scale))
+        cbcr = _tensor(rgb_to_ycbcr(network(small))[..., 1:])
+        if scale == HALF:
+            full = _up(cbcr, HALF, h, w)
+        else:
+            full = guided_upsample(_tensor(luma.astype(np.float32, copy=False)), cbcr, QUARTER)
+    return _planes(full)
