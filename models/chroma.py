@@ -6,8 +6,9 @@ network has no more chroma detail to find at full resolution than at half: run o
 copy of the photo, as the encoder averaged its chroma, it restores that chroma as well or better
 for a quarter of the work. Heavily compressed photos (low quality) keep even less chroma: there it
 runs at a quarter of the resolution and a guided filter (He and Sun's fast guided filter, the
-restored luma as the guide) brings the chroma back to full size along the luma's edges.
-docs/networks.md has the measurements behind the thresholds (held-out photos, not the test set).
+restored luma as the guide) brings the chroma back to full size along the luma's edges. Above a
+quality of 30 the full-resolution network restores the chroma best. docs/networks.md has the
+measurements behind the thresholds (80 held-out photos, not the test set, and CBSD68).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ from models.imageio import rgb_to_ycbcr
 from models.jpeg_info import JpegInfo
 
 FULL, HALF, QUARTER = 1, 2, 4
-QUARTER_MAX_QUALITY = 12  # at or below: the quarter-resolution path (4:2:0 and 4:2:2 files)
-HALF_MAX_QUALITY = 40     # at or below: half resolution; above: the full-resolution network
+QUARTER_MAX_QUALITY = 10  # at or below: the quarter-resolution path
+HALF_MAX_QUALITY = 30     # at or below: half resolution; above: the full-resolution network
 GUIDE_RADIUS = 1          # the guided filter's window at quarter resolution (3x3)
 GUIDE_EPS = 1e-4          # its regulariser, for planes in 0..1
 
@@ -31,9 +32,11 @@ Planes = Callable[[np.ndarray], np.ndarray]  # the color network: H x W x 3 -> H
 
 
 def scale_for(jpeg: JpegInfo | None) -> int:
-    """The resolution divisor for the color network on this photo: FULL unless it is a JPEG whose
-    chroma was subsampled (4:2:0 or 4:2:2) at a quality up to HALF_MAX_QUALITY."""
-    if jpeg is None or jpeg.chroma_step == (1, 1) or jpeg.quality > HALF_MAX_QUALITY:
+    """The resolution divisor for the color network on this photo: by the JPEG's quality (4:4:4
+    files too: at these qualities their chroma keeps no more detail than the network restores at
+    half resolution); FULL without a JPEG behind the pixels (another format, or pixels already
+    restored)."""
+    if jpeg is None or jpeg.quality > HALF_MAX_QUALITY:
         return FULL
     return QUARTER if jpeg.quality <= QUARTER_MAX_QUALITY else HALF
 

@@ -14,7 +14,7 @@ from models.config import deblock_config
 from models.degrade import jpeg_bytes
 from models.engine import from_network
 from models.jpeg_info import JpegInfo
-from models.pipeline import restore_image
+from models.pipeline import restore_image, run_stages
 from tests.factories import random_net
 
 
@@ -65,8 +65,8 @@ def test_the_resolution_follows_the_files_compression() -> None:
     assert chroma.scale_for(JpegInfo(q, (2, 2))) == chroma.QUARTER
     assert chroma.scale_for(JpegInfo(q + 1, (2, 2))) == chroma.HALF
     assert chroma.scale_for(JpegInfo(h, (1, 2))) == chroma.HALF
+    assert chroma.scale_for(JpegInfo(h, (1, 1))) == chroma.HALF
     assert chroma.scale_for(JpegInfo(h + 1, (2, 2))) == chroma.FULL
-    assert chroma.scale_for(JpegInfo(5, (1, 1))) == chroma.FULL  # 4:4:4 kept its chroma
 
 
 def _identity(planes: np.ndarray) -> np.ndarray:
@@ -131,6 +131,13 @@ def test_a_decoded_jpeg_takes_its_chroma_path_through_the_pipeline() -> None:
     np.testing.assert_allclose(got, want, atol=1e-6)
     full = restore_image(gray, imageio.Image(pixels=img.pixels), chroma=color).pixels
     assert np.abs(full - got).max() > 1e-3  # no file behind it: the full-resolution network
+    # a light compression takes the full-resolution network, as a file without a JPEG behind it
+    light = imageio.decode(_jpeg(RGB, 90), max_pixels=1 << 20)
+    plain = imageio.Image(pixels=light.pixels)
+    np.testing.assert_array_equal(restore_image(gray, light, chroma=color).pixels,
+                                  restore_image(gray, plain, chroma=color).pixels)
+    _, [report] = run_stages([gray], light, chroma=color)
+    assert report.chroma_model == color.info.name
 
 
 def test_shipped_networks_restore_a_q10_photo_better_than_the_decoder() -> None:
