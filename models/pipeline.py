@@ -26,7 +26,7 @@ from models import noise
 from models.chroma import restore_chroma
 from models.chroma import scale_for as chroma_scale
 from models.engine import DEFAULT_TILE_BYTES, RestorationModel
-from models.imageio import Image, rgb_to_ycbcr, ycbcr_to_rgb
+from models.imageio import Image, luma, rgb_to_ycbcr, ycbcr_to_rgb
 from models.stages import AUTO, STRENGTH_TASK, Strength
 from models.tiling import count_tiles
 
@@ -83,24 +83,22 @@ def _network(model: RestorationModel, img: Image, tile: int | None, progress: Pr
         return _run(model, px, tile, progress, memory_bytes)
     if net_c == 3:  # gray image, color network
         return _run(model, np.repeat(px, 3, axis=2), tile, progress, memory_bytes).mean(axis=2, keepdims=True)
-    ycc = rgb_to_ycbcr(px)  # color image, luma network
-    s = model.scale
+    s = model.scale  # color image, luma network
     if chroma is not None:  # restore_image passes one only where takes_chroma holds
         luma_progress, chroma_progress = _halves(progress)
-        y = _run(model, ycc[..., :1], tile, luma_progress, memory_bytes)
-        del ycc
+        y = _run(model, luma(px), tile, luma_progress, memory_bytes)
 
         def color_network(planes: np.ndarray) -> np.ndarray:
             return _run(chroma, planes, tile, chroma_progress, memory_bytes)
 
-        cbcr = restore_chroma(color_network, px, y, chroma_scale(img.jpeg))
-        return ycbcr_to_rgb(np.concatenate([y, cbcr], axis=2))
+        return ycbcr_to_rgb(y, restore_chroma(color_network, px, y, chroma_scale(img.jpeg)))
+    ycc = rgb_to_ycbcr(px)
     y = _run(model, ycc[..., :1], tile, progress, memory_bytes)
     if s > 1:
         cbcr = np.stack([_resize_alpha(ycc[..., i], s) for i in (1, 2)], axis=-1)
     else:
         cbcr = ycc[..., 1:]
-    return ycbcr_to_rgb(np.concatenate([y, cbcr], axis=2))
+    return ycbcr_to_rgb(y, cbcr)
 
 
 def takes_chroma(model: RestorationModel, chroma: RestorationModel | None, img: Image) -> bool:

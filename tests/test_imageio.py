@@ -173,3 +173,16 @@ def test_quality_sets_the_jpeg_size() -> None:
     sizes = [len(imageio.encode(img, "jpeg", quality=q)) for q in (30, 60, 95)]
     assert sizes == sorted(sizes) and sizes[0] < sizes[2] / 2
     assert len(imageio.encode(img, "jpeg")) == sizes[2]  # 95 is the default
+
+
+def test_color_conversions_split_and_whole_agree_bitwise() -> None:
+    rng = np.random.default_rng(5)
+    px = rng.random((31, 47, 3), dtype=np.float32)
+    ycc = imageio.rgb_to_ycbcr(px)
+    np.testing.assert_array_equal(imageio.luma(px), ycc[..., :1])
+    back = imageio.ycbcr_to_rgb(ycc)
+    np.testing.assert_array_equal(imageio.ycbcr_to_rgb(ycc[..., :1], ycc[..., 1:].copy()), back)
+    np.testing.assert_allclose(back, px, atol=2e-6)  # full range: the inverse of the forward
+    wide = (rng.random((5, 6, 3)) * 1.6 - 0.3).astype(np.float32)
+    out = imageio.ycbcr_to_rgb(wide)
+    assert out.dtype == np.float32 and out.min() == 0.0 and out.max() == 1.0  # clipped
