@@ -7,7 +7,7 @@ copy of the photo, as the encoder averaged its chroma, it restores that chroma a
 for a quarter of the work. Heavily compressed photos (low quality) keep even less chroma: there it
 runs at a quarter of the resolution and a guided filter (He and Sun's fast guided filter, the
 restored luma as the guide) brings the chroma back to full size along the luma's edges. Above a
-quality of 30 the full-resolution network restores the chroma best. docs/networks.md has the
+quality of 30 (4:2:0; 25 for 4:2:2, 22 for 4:4:4) the full-resolution network restores the chroma best. docs/networks.md has the
 measurements behind the thresholds (80 held-out photos, not the test set, and CBSD68).
 """
 
@@ -23,8 +23,9 @@ from models.imageio import rgb_to_ycbcr
 from models.jpeg_info import JpegInfo
 
 FULL, HALF, QUARTER = 1, 2, 4
-QUARTER_MAX_QUALITY = 10  # at or below: the quarter-resolution path
-HALF_MAX_QUALITY = 30     # at or below: half resolution; above: the full-resolution network
+# by luma pixels per chroma sample (4:2:0, 4:2:2, 4:4:4): the highest quality that takes the
+# quarter-resolution path, and the highest that takes half resolution (above: full resolution)
+MAX_QUALITY = {4: (10, 30), 2: (8, 25), 1: (7, 22)}
 GUIDE_RADIUS = 1          # the guided filter's window at quarter resolution (3x3)
 GUIDE_EPS = 1e-4          # its regulariser, for planes in 0..1
 
@@ -32,13 +33,17 @@ Planes = Callable[[np.ndarray], np.ndarray]  # the color network: H x W x 3 -> H
 
 
 def scale_for(jpeg: JpegInfo | None) -> int:
-    """The resolution divisor for the color network on this photo: by the JPEG's quality (4:4:4
-    files too: at these qualities their chroma keeps no more detail than the network restores at
-    half resolution); FULL without a JPEG behind the pixels (another format, or pixels already
-    restored)."""
-    if jpeg is None or jpeg.quality > HALF_MAX_QUALITY:
+    """The resolution divisor for the color network on this photo: by the JPEG's quality and chroma
+    subsampling (a 4:4:4 file's chroma too keeps no more detail than the network restores at half
+    resolution below quality 22); FULL without a JPEG behind the pixels (another format, or
+    pixels already restored)."""
+    if jpeg is None:
         return FULL
-    return QUARTER if jpeg.quality <= QUARTER_MAX_QUALITY else HALF
+    rows, cols = jpeg.chroma_step
+    quarter, half = MAX_QUALITY.get(rows * cols, MAX_QUALITY[4])
+    if jpeg.quality <= quarter:
+        return QUARTER
+    return HALF if jpeg.quality <= half else FULL
 
 
 def _tensor(planes: np.ndarray) -> torch.Tensor:

@@ -59,14 +59,16 @@ def test_a_camera_table_reads_as_the_nearest_ijg_quality() -> None:
         jpeg_info.estimate_quality([1] * 63)
 
 
-def test_the_resolution_follows_the_files_compression() -> None:
-    q, h = chroma.QUARTER_MAX_QUALITY, chroma.HALF_MAX_QUALITY
+@pytest.mark.parametrize("step,quarter,half", [((2, 2), 10, 30), ((1, 2), 8, 25), ((2, 1), 8, 25),
+                                               ((1, 1), 7, 22)])
+def test_the_resolution_follows_the_files_compression(step: tuple[int, int], quarter: int, half: int) -> None:
     assert chroma.scale_for(None) == chroma.FULL
-    assert chroma.scale_for(JpegInfo(q, (2, 2))) == chroma.QUARTER
-    assert chroma.scale_for(JpegInfo(q + 1, (2, 2))) == chroma.HALF
-    assert chroma.scale_for(JpegInfo(h, (1, 2))) == chroma.HALF
-    assert chroma.scale_for(JpegInfo(h, (1, 1))) == chroma.HALF
-    assert chroma.scale_for(JpegInfo(h + 1, (2, 2))) == chroma.FULL
+    assert chroma.scale_for(JpegInfo(1, step)) == chroma.QUARTER
+    assert chroma.scale_for(JpegInfo(quarter, step)) == chroma.QUARTER
+    assert chroma.scale_for(JpegInfo(quarter + 1, step)) == chroma.HALF
+    assert chroma.scale_for(JpegInfo(half, step)) == chroma.HALF
+    assert chroma.scale_for(JpegInfo(half + 1, step)) == chroma.FULL
+    assert chroma.scale_for(JpegInfo(100, step)) == chroma.FULL
 
 
 def _identity(planes: np.ndarray) -> np.ndarray:
