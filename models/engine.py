@@ -179,7 +179,10 @@ class RestorationModel:
     @property
     def bytes_per_pixel(self) -> float:
         """Peak activation bytes per input pixel of one forward pass (the measured model above)."""
-        at_input, at_output = archs.for_config(self.config).activation_tensors
+        arch = archs.for_config(self.config)
+        kernels = self.backend == "bitpacked" and self.precision == "fp32"
+        at_input, at_output = (arch.kernel_activation_tensors if kernels and arch.kernel_activation_tensors
+                               else arch.activation_tensors)
         return 4.0 * self.config.nf * (at_input + at_output * self.scale ** 2)
 
     def tile_for(self, height: int, width: int, memory_bytes: int = DEFAULT_TILE_BYTES) -> int:

@@ -15,6 +15,7 @@ from models.engine import from_network
 from models.errors import CheckpointMismatchError, CheckpointReadError, UnsupportedCheckpointError
 from models.hashing import sha256_file
 from tests.factories import random_net, save_official, save_ours, small_configs
+from tests.helpers import missing
 
 CONFIGS = small_configs()
 
@@ -222,3 +223,20 @@ def test_bf16_is_opt_in_close_to_fp32_and_refused_where_it_cannot_run() -> None:
     assert b.dtype == torch.float32 and b.shape == a.shape
     assert 0 < (a - b).abs().max().item() < 0.1  # bf16 rounding (8-bit mantissa) in the float layers
     assert torch.equal(exact(x), a)  # the fp32 model is untouched by the other's autocast
+
+
+def test_the_cpu_kernels_tile_by_their_own_memory_model() -> None:
+    """The bit-packed chain works in place: a 1080p photo fits the default budget as one tile, which
+    the float backend's five feature maps would not."""
+    from models import kernels
+    from models.engine import load_for_task
+
+    if not kernels.available():
+        missing(kernels.unavailable_reason())
+    kernels_model = load_for_task("deblock", backend="bitpacked")
+    float_model = load_for_task("deblock", backend="float")
+    assert kernels_model.bytes_per_pixel == pytest.approx(4 * 64 * 2.2)
+    assert float_model.bytes_per_pixel == pytest.approx(4 * 64 * 5.5)
+    assert kernels_model.tile_for(1080, 1920) >= 1920 > float_model.tile_for(1080, 1920)
+    assert load_for_task("deblock", backend="bitpacked", precision="bf16").bytes_per_pixel == \
+        float_model.bytes_per_pixel

@@ -21,7 +21,8 @@ class Architecture:
     unmodified output feeds them; ``official_wrapper`` is the key the authors' checkpoint files
     wrap the state dict in (None: a plain state dict); ``activation_tensors`` is the peak memory
     of one forward pass, in float32 tensors of nf channels per input pixel and per output pixel
-    (measured; it sets the tile size for a memory budget).
+    (measured; it sets the tile size for a memory budget); ``kernel_activation_tensors`` the same
+    where the CPU kernels run the network in fp32 (the bit-packed backend), if it differs.
     """
 
     name: str
@@ -33,3 +34,4 @@ class Architecture:
     unchained: frozenset[str]
     activation_tensors: tuple[float, float]
     official_wrapper: str | None = None
+    kernel_activation_tensors: tuple[float, float] | None = None

@@ -85,7 +85,8 @@ def detect(sd: dict[str, Tensor]) -> NetworkConfig | None:
 
 # an in-place ReLU follows the head (model.0): no kernel chain may link it to the body
 # RSS growth of one float-backend forward pass of the shipped networks at 256 px: 5.1 tensors per
-# pixel (bit-packed: 2.2)
+# pixel; bit-packed 2.2 at 256 px, 1.1-1.25 at 1920x1080 (the chain works in place over the head's
+# output; VmHWM above the loaded model, 2026-12-06)
 ARCH = Architecture(name="dncnn", tasks=frozenset({"denoise", "deblock"}), network=BBCUDnCNN, build=build,
                     detect=detect, receptive_radius=receptive_radius, unchained=frozenset({"model.0"}),
-                    activation_tensors=(5.5, 0.0))
+                    activation_tensors=(5.5, 0.0), kernel_activation_tensors=(2.2, 0.0))
