@@ -32,13 +32,17 @@ class Timing:
 def interleaved(fns: dict[str, Callable[[], object]], repeats: int,
                 on_repeat: Callable[[int], None] | None = None) -> dict[str, Timing]:
     """Each function once to warm up, then ``repeats`` rounds that run every function in turn (so
-    that a change in background load hits all of them alike); the medians per function."""
+    that a change in background load hits all of them alike); the medians per function. Each round
+    starts one function later than the one before, so that none always follows the same one (what
+    one leaves behind, caches or threads still winding down, measured 5-10% on whoever came next)."""
     for fn in fns.values():
         fn()
     wall: dict[str, list[float]] = {k: [] for k in fns}
     cpu: dict[str, list[float]] = {k: [] for k in fns}
+    keys = list(fns)
     for i in range(repeats):
-        for k, fn in fns.items():
+        for k in keys[i % len(keys):] + keys[:i % len(keys)]:
+            fn = fns[k]
             c0, t0 = time.process_time(), time.perf_counter()
             fn()
             wall[k].append(time.perf_counter() - t0)

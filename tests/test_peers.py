@@ -103,3 +103,13 @@ def test_the_deblock_inputs_are_jpeg_files_decoded_like_uploads() -> None:
     assert chroma.scale_for(q10.jpeg) == chroma.QUARTER and chroma.scale_for(q30.jpeg) == chroma.HALF
     assert np.abs(q10.pixels - q30.pixels).mean() > 1e-3  # different compressions
     assert peers._input(peers.OURS["denoise"], (64, 48)).jpeg is None
+
+
+def test_interleaved_rounds_rotate_the_order() -> None:
+    from benchmarks.timing import interleaved
+
+    seen: list[str] = []
+    fns = {k: (lambda k=k: seen.append(k)) for k in "abc"}
+    times = interleaved(fns, repeats=3)  # type: ignore[arg-type]
+    assert seen == list("abc") + list("abc") + list("bca") + list("cab")
+    assert set(times) == set("abc") and all(t.wall >= 0 and t.cpu >= 0 for t in times.values())
