@@ -8,8 +8,8 @@ for a quarter of the work. Heavily compressed photos (low quality) keep even les
 runs at a quarter of the resolution and a guided filter (He and Sun's fast guided filter, the
 restored luma as the guide) brings the chroma back to full size along the luma's edges. Above a
 quality of 30 (4:2:0; 25 for 4:2:2, 22 for 4:4:4) the full-resolution network restores the chroma
-best. docs/networks.md has the measurements behind the thresholds (80 held-out photos, not the
-test set, and CBSD68).
+best. docs/engine.md ("Images") has the measurements behind the thresholds (80 held-out photos,
+not the test set, and CBSD68).
 """
 
 from __future__ import annotations
