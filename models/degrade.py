@@ -141,11 +141,15 @@ def jpeg_bytes(img: NDArray[np.uint8], quality: int) -> bytes:
     return buf.getvalue()
 
 
+def decode_jpeg(data: bytes, gray: bool) -> NDArray[np.uint8]:
+    """The 8-bit gray (H, W) or RGB (H, W, 3) pixels of a JPEG file, decoded by Pillow."""
+    with Image.open(io.BytesIO(data)) as im:
+        return np.asarray(im.convert("L" if gray else "RGB"), dtype=np.uint8)
+
+
 def jpeg(img: NDArray[np.uint8], quality: int) -> NDArray[np.uint8]:
     """Encode and decode an 8-bit gray (H, W) or RGB (H, W, 3) image as JPEG with Pillow (jpeg_bytes)."""
-    data = jpeg_bytes(img, quality)
-    with Image.open(io.BytesIO(data)) as im:
-        return np.asarray(im.convert("L" if np.asarray(img).ndim == 2 else "RGB"), dtype=np.uint8)
+    return decode_jpeg(jpeg_bytes(img, quality), gray=np.asarray(img).ndim == 2)
 
 
 _YCC = np.array([[65.481, 128.553, 24.966],

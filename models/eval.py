@@ -29,7 +29,16 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from models import jpeg_info
-from models.degrade import bicubic_lr, imresize, jpeg, jpeg_bytes, rgb_to_luma, to_float, to_uint8
+from models.degrade import (
+    bicubic_lr,
+    decode_jpeg,
+    imresize,
+    jpeg,
+    jpeg_bytes,
+    rgb_to_luma,
+    to_float,
+    to_uint8,
+)
 from models.engine import RestorationModel
 from models.metrics import psnr, ssim, y_psnr, y_ssim
 
@@ -189,7 +198,7 @@ def eval_deblock(model: RestorationModel, files: Sequence[Path], quality: int, t
         if color:
             gt = img if img.ndim == 3 else np.repeat(img[..., None], 3, axis=2)
             data = jpeg_bytes(gt, quality)
-            lq = jpeg(gt, quality)
+            lq = decode_jpeg(data, gray=False)
             # the file's quality and chroma subsampling, as the service's decoder reads them
             decoded = Decoded(pixels=to_float(lq).astype(np.float32), jpeg=jpeg_info.of_bytes(data))
             out = to_uint8(restore_image(model, decoded, tile=tile, chroma=chroma).pixels)
