@@ -142,8 +142,10 @@ static inline void pack_bits_scalar(const float *v, const float *shift, int n, u
 /* ------------------------------------------------------------------------------------------ */
 #if BP_X86
 
-#define T_AVX2 __attribute__((target("avx2,popcnt")))
-#define T_AVX512 __attribute__((target("avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
+/* fma for the thin convolution (every AVX2 CPU has it; dispatch checks); -ffp-contract=off keeps the
+ * compiler from fusing anything else */
+#define T_AVX2 __attribute__((target("avx2,popcnt,fma")))
+#define T_AVX512 __attribute__((target("avx2,popcnt,fma,avx512f,avx512bw,avx512vl,avx512vpopcntdq")))
 
 T_AVX2 static inline __m256i popcnt8_avx2(__m256i v) {
     const __m256i lut = _mm256_setr_epi8(0, 1, 1, 2, 1, 2, 2, 3, 1, 2, 2, 3, 2, 3, 3, 4,
@@ -228,7 +230,8 @@ T_AVX2 static inline void core_avx2(const unit_args *a, const uint64_t *const ta
  * folded into the ternary op would split it into two micro-ops and load nz once per product. */
 #define AI __attribute__((always_inline))
 T_AVX512 static inline AI void pass_avx512(const uint64_t *const taps[9], const uint64_t *w0, size_t gstride,
-                                           const int K, const int G, const int MASK, __m512i P, int32_t *cnt) {
+                                           const int K, const int G, const int MASK, __m512i P, int32_t *cnt,
+                                           __m512i *out) {
     __m512i acc[8];
     for (int q = 0; q < 2 * G; q++) acc[q] = _mm512_setzero_si512();
     for (int t = 0; t < 9; t++) {
@@ -254,7 +257,9 @@ T_AVX512 static inline AI void pass_avx512(const uint64_t *const taps[9], const 
     const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
     for (int g = 0; g < G; g++) {
         const __m512i c = _mm512_permutex2var_epi32(acc[2 * g], even, acc[2 * g + 1]);
-        _mm512_storeu_si512(cnt + 16 * g, _mm512_sub_epi32(P, _mm512_slli_epi32(c, 1)));
+        const __m512i v = _mm512_sub_epi32(P, _mm512_slli_epi32(c, 1));
+        if (out) out[g] = v;
+        else _mm512_storeu_si512(cnt + 16 * g, v);
     }
 }
 
@@ -263,12 +268,12 @@ T_AVX512 static inline AI void core_avx512_k(const unit_args *a, const uint64_t 
     const __m512i pv = _mm512_set1_epi32(P);
     const size_t gstride = (size_t)9 * K * GROUP;
     int g = 0;
-    for (; g + 4 <= a->ng; g += 4) pass_avx512(taps, a->wp + g * gstride, gstride, K, 4, MASK, pv, cnt + g * GROUP);
+    for (; g + 4 <= a->ng; g += 4) pass_avx512(taps, a->wp + g * gstride, gstride, K, 4, MASK, pv, cnt + g * GROUP, NULL);
     if (g + 2 <= a->ng) {
-        pass_avx512(taps, a->wp + g * gstride, gstride, K, 2, MASK, pv, cnt + g * GROUP);
+        pass_avx512(taps, a->wp + g * gstride, gstride, K, 2, MASK, pv, cnt + g * GROUP, NULL);
         g += 2;
     }
-    if (g < a->ng) pass_avx512(taps, a->wp + g * gstride, gstride, K, 1, MASK, pv, cnt + g * GROUP);
+    if (g < a->ng) pass_avx512(taps, a->wp + g * gstride, gstride, K, 1, MASK, pv, cnt + g * GROUP, NULL);
 }
 
 T_AVX512 static inline AI void core_avx512(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
@@ -289,6 +294,20 @@ T_AVX512 static inline AI void core_avx512(const unit_args *a, const uint64_t *c
     for (int t = 0; t < 9; t++)
         for (int k = 0; k < K; k++) P += (int)_mm_popcnt_u64(taps[t][2 * k + 1]);
     core_avx512_k(a, taps, cnt, K, 1, P);
+}
+
+/* core_avx512 for 64 outputs and 64 inputs (ng == 4, K == 1): the counts stay in registers */
+T_AVX512 static inline AI void core64_avx512(const unit_args *a, const uint64_t *const taps[9], __m512i c[4]) {
+    const size_t gstride = (size_t)9 * GROUP;
+    const uint64_t all = taps[0][1] & taps[1][1] & taps[2][1] & taps[3][1] & taps[4][1] & taps[5][1] &
+                         taps[6][1] & taps[7][1] & taps[8][1];
+    if (all == ~(uint64_t)0) {
+        pass_avx512(taps, a->wp, gstride, 1, 4, 0, _mm512_set1_epi32(9 * 64), NULL, c);
+        return;
+    }
+    int P = 0;
+    for (int t = 0; t < 9; t++) P += (int)_mm_popcnt_u64(taps[t][1]);
+    pass_avx512(taps, a->wp, gstride, 1, 4, 1, _mm512_set1_epi32(P), NULL, c);
 }
 
 /* Pack sign/nonzero bits of v[c] + shift[c] for c in [c0, c1), 8 at a time; returns the next c. */
@@ -393,6 +412,10 @@ typedef struct {
 static int epi_row_init(const unit_args *a, int n, int y, epi_row *e) {
     const int r = a->r, C = a->C;
     if (a->counts || a->resid_nchw || a->out_nchw || C % 16 || r > EPI_MAX_R) return 0;
+    /* the next unit's bits compare against -shift (below), exact only for a finite shift */
+    if (a->nshift)
+        for (int c = 0; c < C; c++)
+            if (!isfinite(a->nshift[c])) return 0;
     const size_t Ho = (size_t)a->H * r, Wo = (size_t)a->W * r;
     e->al = a->alpha;
     e->pr = a->pre;
@@ -464,7 +487,7 @@ T_AVX512 static inline AI void epi_px(const epi_row *e, int x, const int32_t *cn
 
 /* the constants of a 64-channel epilogue (r == 1), held in registers across a row */
 typedef struct {
-    __m512 al[4], pr[4], sl[4], po[4], sh[4];
+    __m512 al[4], pr[4], sl[4], po[4], nsh[4]; /* nsh: -shift */
 } epi64_k;
 
 T_AVX512 static inline AI void epi64_load(const epi_row *e, epi64_k *k) {
@@ -473,29 +496,34 @@ T_AVX512 static inline AI void epi64_load(const epi_row *e, epi64_k *k) {
         k->pr[i] = _mm512_loadu_ps(e->pr + 16 * i);
         k->sl[i] = _mm512_loadu_ps(e->sl + 16 * i);
         k->po[i] = _mm512_loadu_ps(e->po + 16 * i);
-        k->sh[i] = e->sh ? _mm512_loadu_ps(e->sh + 16 * i) : _mm512_setzero_ps();
+        k->nsh[i] = e->sh ? _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(e->sh + 16 * i)) : _mm512_setzero_ps();
     }
 }
 
 /* epi_px for C == 64 and r == 1 with the constants in k */
-T_AVX512 static inline AI void epi64_px(const epi_row *e, const epi64_k *k, int x, const int32_t *cnt) {
+T_AVX512 static inline AI void epi64_px(const epi_row *e, const epi64_k *k, int x, const __m512i *cnt) {
     const __m512 zero = _mm512_setzero_ps();
     const float *res = e->res ? e->res + (size_t)x * 64 : NULL;
     float *out = e->out[0] + (size_t)x * 64;
     uint64_t sw = 0, nw = 0;
     for (int i = 0; i < 4; i++) {
-        __m512 t = _mm512_cvtepi32_ps(_mm512_loadu_si512(cnt + 16 * i));
+        __m512 t = _mm512_cvtepi32_ps(cnt[i]);
         t = _mm512_mul_ps(t, k->al[i]);
         t = _mm512_add_ps(t, k->pr[i]);
+#ifndef EXP_NOPRELU
         t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_NGT_UQ), t, k->sl[i]);
+#endif
         t = _mm512_add_ps(t, k->po[i]);
         if (res) t = _mm512_add_ps(t, _mm512_loadu_ps(res + 16 * i));
         if (e->leaky)
             t = _mm512_mask_mul_ps(t, _mm512_cmp_ps_mask(t, zero, _CMP_NGT_UQ), t, _mm512_set1_ps(e->act_slope));
         _mm512_storeu_ps(out + 16 * i, t);
-        const __m512 q = _mm512_add_ps(t, k->sh[i]);
-        sw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_LT_OQ) << (16 * i);
-        nw |= (uint64_t)_mm512_cmp_ps_mask(q, zero, _CMP_NEQ_UQ) << (16 * i);
+        /* t + shift < 0 exactly when t < -shift, and == 0 exactly when t == -shift (a rounded sum
+         * keeps the sign of the exact one and is zero only when that is; NaN compares alike) */
+#ifndef EXP_NOBITS
+        sw |= (uint64_t)_mm512_cmp_ps_mask(t, k->nsh[i], _CMP_LT_OQ) << (16 * i);
+        nw |= (uint64_t)_mm512_cmp_ps_mask(t, k->nsh[i], _CMP_NEQ_UQ) << (16 * i);
+#endif
     }
     if (e->na8[0]) {
         epi_store8(e->na8[0] + (size_t)64 * x, sw, nw);
@@ -640,14 +668,15 @@ T_AVX512 static void row_avx512(const unit_args *a, int n, int y, int32_t *cnt) 
     }
     const size_t pw = (size_t)2 * a->K;
     const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2);
-    if (e.C == 64 && e.r == 1) {
+    if (e.C == 64 && e.r == 1 && a->K == 1 && a->ng == 4) {
         epi64_k k;
         epi64_load(&e, &k);
         for (int x = 0; x < a->W; x++) {
             const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
             const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
-            core_avx512(a, taps, cnt);
-            epi64_px(&e, &k, x, cnt);
+            __m512i c[4];
+            core64_avx512(a, taps, c);
+            epi64_px(&e, &k, x, c);
         }
         return;
     }
@@ -841,7 +870,7 @@ static void unit_row(const void *ctx, int ry) {
  * rows) and works through a run of consecutive output rows, so every row is expanded once. */
 
 #if BP_AMX
-#define T_AMX __attribute__((target("avx2,popcnt,avx512f,avx512bw,avx512vl,avx512vpopcntdq,amx-tile,amx-int8")))
+#define T_AMX __attribute__((target("avx2,popcnt,fma,avx512f,avx512bw,avx512vl,avx512vpopcntdq,amx-tile,amx-int8")))
 #define AMX_PX 32 /* pixels per block: two tiles of 16 rows */
 
 typedef struct {
@@ -973,9 +1002,11 @@ T_AMX static inline void amx_load_row(const unit_args *a, const amx_scratch *sc,
 /* the epilogue (or the raw counts) of output pixel x of row y from its counts c */
 T_AMX static inline AI void amx_finish(const unit_args *a, const epi_row *e, const epi64_k *k64, int fast, int n,
                                        int y, int x, const int32_t *c) {
-    if (fast == 2)
-        epi64_px(e, k64, x, c);
-    else if (fast)
+    if (fast == 2) {
+        const __m512i cv[4] = {_mm512_loadu_si512(c), _mm512_loadu_si512(c + 16), _mm512_loadu_si512(c + 32),
+                               _mm512_loadu_si512(c + 48)};
+        epi64_px(e, k64, x, cv);
+    } else if (fast)
         epi_px(e, x, c);
     else if (a->counts)
         memcpy(a->counts + (((size_t)n * a->H + y) * a->W + x) * a->cout, c, sizeof(int32_t) * (size_t)a->cout);
@@ -1976,6 +2007,82 @@ T_AVX512 static inline AI void thin_row_avx512_k(const thin_job *j, int n, int y
     for (; x < W; x++) thin_px_avx512(j, n, y, x, 1, OUT);
 }
 
+/* thin_reduce of 16 lanes held as two halves (lanes 0-7, 8-15): the same pairs in the same order */
+T_AVX2 static inline float thin_reduce_avx2(__m256 lo, __m256 hi) {
+    const __m256 t8 = _mm256_add_ps(lo, hi);
+    const __m128 t4 = _mm_add_ps(_mm256_castps256_ps128(t8), _mm256_extractf128_ps(t8, 1));
+    const __m128 t2 = _mm_add_ps(t4, _mm_movehl_ps(t4, t4));
+    return _mm_cvtss_f32(_mm_add_ss(t2, _mm_shuffle_ps(t2, t2, 1)));
+}
+
+/* thin_px_avx512 with each 16-lane sum as two 8-lane halves: the same products in the same lanes
+ * and order, so bitwise the same result */
+T_AVX2 static inline AI void thin_px_avx2(const thin_job *j, int n, int y, int x, const int P, const int OUT) {
+    const int W = j->W, cin = j->cin, cpad = j->cpad;
+    __m256 acc[4][4][2];
+    for (int p = 0; p < P; p++)
+        for (int o = 0; o < OUT; o++) acc[p][o][0] = acc[p][o][1] = _mm256_setzero_ps();
+    for (int t = 0; t < 9; t++) {
+        const int yy = y + t / 3 - 1, xx = x + t % 3 - 1;
+        const int inside = yy >= 0 && yy < j->H && xx >= 0 && xx + P - 1 < W;
+        if (!inside) continue;
+        const float *px = thin_at(j, n, yy, xx);
+        for (int c = 0; c < cpad; c += 8) {
+            const int h = (c / 8) & 1, left = cin - c;
+            const float *w = j->wt + (size_t)t * OUT * cpad + c;
+            if (left >= 8) {
+                for (int p = 0; p < P; p++) {
+                    const __m256 v = _mm256_loadu_ps(px + (size_t)p * cin + c);
+                    for (int o = 0; o < OUT; o++)
+                        acc[p][o][h] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + (size_t)o * cpad), acc[p][o][h]);
+                }
+            } else if (left > 0) {
+                const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                for (int p = 0; p < P; p++) {
+                    const __m256 v = _mm256_maskload_ps(px + (size_t)p * cin + c, m);
+                    for (int o = 0; o < OUT; o++)
+                        acc[p][o][h] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + (size_t)o * cpad), acc[p][o][h]);
+                }
+            } else {
+                /* past cin: the 16-lane paths add 0 * w, which leaves an accumulator as it is except
+                 * that -0 becomes +0 */
+                for (int p = 0; p < P; p++)
+                    for (int o = 0; o < OUT; o++)
+                        acc[p][o][h] = _mm256_fmadd_ps(_mm256_setzero_ps(), _mm256_loadu_ps(w + (size_t)o * cpad),
+                                                       acc[p][o][h]);
+            }
+        }
+    }
+    for (int p = 0; p < P; p++) {
+        float *dst = j->out + (((size_t)n * j->H + y) * W + x + p) * OUT;
+        for (int o = 0; o < OUT; o++) {
+            const float v = thin_reduce_avx2(acc[p][o][0], acc[p][o][1]);
+            dst[o] = j->bias ? v + j->bias[o] : v;
+        }
+    }
+}
+
+T_AVX2 static inline AI void thin_row_avx2_k(const thin_job *j, int n, int y, const int OUT) {
+    const int W = j->W;
+    const int P = OUT <= 2 ? 4 : OUT == 3 ? 2 : 1; /* P * OUT * 2 accumulators within 16 registers */
+    int x = 0;
+    thin_px_avx2(j, n, y, 0, 1, OUT);
+    x = 1;
+    if (y > 0 && y < j->H - 1 && P > 1)
+        for (; x + P <= W - 1; x += P) thin_px_avx2(j, n, y, x, P, OUT);
+    for (; x < W; x++) thin_px_avx2(j, n, y, x, 1, OUT);
+}
+
+T_AVX2 static void thin_row_avx2(const thin_job *j, int n, int y) {
+    switch (j->cout) {
+    case 1: thin_row_avx2_k(j, n, y, 1); break;
+    case 2: thin_row_avx2_k(j, n, y, 2); break;
+    case 3: thin_row_avx2_k(j, n, y, 3); break;
+    case 4: thin_row_avx2_k(j, n, y, 4); break;
+    default: thin_row_scalar(j, n, y);
+    }
+}
+
 T_AVX512 static void thin_row_avx512(const thin_job *j, int n, int y) {
     switch (j->cout) {
     case 1: thin_row_avx512_k(j, n, y, 1); break;
@@ -1992,6 +2099,10 @@ static void thin_row(const void *ctx, int ry) {
 #if BP_X86
     if (g_isa >= ISA_AVX512) {
         thin_row_avx512(j, ry / j->H, ry % j->H);
+        return;
+    }
+    if (g_isa >= ISA_AVX2) {
+        thin_row_avx2(j, ry / j->H, ry % j->H);
         return;
     }
 #endif
@@ -2638,7 +2749,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_bitpacked",
 PyMODINIT_FUNC PyInit__bitpacked(void) {
 #if BP_X86
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt")) g_best = ISA_AVX2;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("popcnt") && __builtin_cpu_supports("fma"))
+        g_best = ISA_AVX2;
     if (g_best == ISA_AVX2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vpopcntdq"))
         g_best = ISA_AVX512;
