@@ -297,17 +297,17 @@ T_AVX512 static inline AI void core_avx512(const unit_args *a, const uint64_t *c
 }
 
 /* core_avx512 for 64 outputs and 64 inputs (ng == 4, K == 1): the counts stay in registers */
-T_AVX512 static inline AI void core64_avx512(const unit_args *a, const uint64_t *const taps[9], __m512i c[4]) {
+T_AVX512 static inline AI void core64_avx512(const uint64_t *wp, const uint64_t *const taps[9], __m512i c[4]) {
     const size_t gstride = (size_t)9 * GROUP;
     const uint64_t all = taps[0][1] & taps[1][1] & taps[2][1] & taps[3][1] & taps[4][1] & taps[5][1] &
                          taps[6][1] & taps[7][1] & taps[8][1];
     if (all == ~(uint64_t)0) {
-        pass_avx512(taps, a->wp, gstride, 1, 4, 0, _mm512_set1_epi32(9 * 64), NULL, c);
+        pass_avx512(taps, wp, gstride, 1, 4, 0, _mm512_set1_epi32(9 * 64), NULL, c);
         return;
     }
     int P = 0;
     for (int t = 0; t < 9; t++) P += (int)_mm_popcnt_u64(taps[t][1]);
-    pass_avx512(taps, a->wp, gstride, 1, 4, 1, _mm512_set1_epi32(P), NULL, c);
+    pass_avx512(taps, wp, gstride, 1, 4, 1, _mm512_set1_epi32(P), NULL, c);
 }
 
 /* Pack sign/nonzero bits of v[c] + shift[c] for c in [c0, c1), 8 at a time; returns the next c. */
@@ -490,21 +490,30 @@ typedef struct {
     __m512 al[4], pr[4], sl[4], po[4], nsh[4]; /* nsh: -shift */
 } epi64_k;
 
-T_AVX512 static inline AI void epi64_load(const epi_row *e, epi64_k *k) {
+/* the constants of sub-pixel s (0 when r == 1) */
+T_AVX512 static inline AI void epi64_load(const epi_row *e, epi64_k *k, int s) {
     for (int i = 0; i < 4; i++) {
-        k->al[i] = _mm512_loadu_ps(e->al + 16 * i);
-        k->pr[i] = _mm512_loadu_ps(e->pr + 16 * i);
-        k->sl[i] = _mm512_loadu_ps(e->sl + 16 * i);
-        k->po[i] = _mm512_loadu_ps(e->po + 16 * i);
+        k->al[i] = _mm512_loadu_ps(e->al + 64 * s + 16 * i);
+        k->pr[i] = _mm512_loadu_ps(e->pr + 64 * s + 16 * i);
+        k->sl[i] = _mm512_loadu_ps(e->sl + 64 * s + 16 * i);
+        k->po[i] = _mm512_loadu_ps(e->po + 64 * s + 16 * i);
         k->nsh[i] = e->sh ? _mm512_sub_ps(_mm512_setzero_ps(), _mm512_loadu_ps(e->sh + 16 * i)) : _mm512_setzero_ps();
     }
 }
 
 /* epi_px for C == 64 and r == 1 with the constants in k */
+T_AVX512 static inline AI void epi64_at(const epi_row *e, const epi64_k *k, int i, size_t ox, const float *res,
+                                         const __m512i *cnt);
+
 T_AVX512 static inline AI void epi64_px(const epi_row *e, const epi64_k *k, int x, const __m512i *cnt) {
+    epi64_at(e, k, 0, (size_t)x, e->res ? e->res + (size_t)x * 64 : NULL, cnt);
+}
+
+/* output pixel ox of output row i (of this row's r) from 64 counts: the 64-channel epilogue */
+T_AVX512 static inline AI void epi64_at(const epi_row *e, const epi64_k *k, int i, size_t ox, const float *res,
+                                         const __m512i *cnt) {
     const __m512 zero = _mm512_setzero_ps();
-    const float *res = e->res ? e->res + (size_t)x * 64 : NULL;
-    float *out = e->out[0] + (size_t)x * 64;
+    float *out = e->out[i] + ox * 64;
     uint64_t sw = 0, nw = 0;
     for (int i = 0; i < 4; i++) {
         __m512 t = _mm512_cvtepi32_ps(cnt[i]);
@@ -525,11 +534,11 @@ T_AVX512 static inline AI void epi64_px(const epi_row *e, const epi64_k *k, int 
         nw |= (uint64_t)_mm512_cmp_ps_mask(t, k->nsh[i], _CMP_NEQ_UQ) << (16 * i);
 #endif
     }
-    if (e->na8[0]) {
-        epi_store8(e->na8[0] + (size_t)64 * x, sw, nw);
-    } else if (e->na[0]) {
-        e->na[0][2 * (size_t)x] = sw;
-        e->na[0][2 * (size_t)x + 1] = nw;
+    if (e->na8[i]) {
+        epi_store8(e->na8[i] + 64 * ox, sw, nw);
+    } else if (e->na[i]) {
+        e->na[i][2 * ox] = sw;
+        e->na[i][2 * ox + 1] = nw;
     }
 }
 #endif /* BP_X86 */
@@ -670,13 +679,30 @@ T_AVX512 static void row_avx512(const unit_args *a, int n, int y, int32_t *cnt) 
     const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2);
     if (e.C == 64 && e.r == 1 && a->K == 1 && a->ng == 4) {
         epi64_k k;
-        epi64_load(&e, &k);
+        epi64_load(&e, &k, 0);
         for (int x = 0; x < a->W; x++) {
             const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
             const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
             __m512i c[4];
-            core64_avx512(a, taps, c);
+            core64_avx512(a->wp, taps, c);
             epi64_px(&e, &k, x, c);
+        }
+        return;
+    }
+    if (e.C == 64 && a->K == 1 && a->ng == 4 * e.r * e.r) {
+        /* sub-pixel-major outputs: each block of 64 counts is one output pixel of the r x r */
+        const int rr = e.r * e.r;
+        epi64_k ks[EPI_MAX_R * EPI_MAX_R];
+        for (int s = 0; s < rr; s++) epi64_load(&e, &ks[s], s);
+        for (int x = 0; x < a->W; x++) {
+            const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
+            const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
+            const float *res = e.res ? e.res + (size_t)x * 64 : NULL;
+            for (int s = 0; s < rr; s++) {
+                __m512i c[4];
+                core64_avx512(a->wp + (size_t)s * 4 * 9 * GROUP, taps, c);
+                epi64_at(&e, &ks[s], s / e.r, (size_t)x * e.r + s % e.r, res, c);
+            }
         }
         return;
     }
@@ -1026,7 +1052,7 @@ T_AMX static inline AI void amx_row_impl(const unit_args *a, const amx_scratch *
     const size_t pxb = sc->px_bytes, per_px = (size_t)ng * GROUP, cstride = per_px * 4;
     const epi_row e = *ep;
     epi64_k k64;
-    if (fast == 2) epi64_load(&e, &k64);
+    if (fast == 2) epi64_load(&e, &k64, 0);
     const int8_t *rows[3];
     for (int d = 0; d < 3; d++)
         rows[d] = a->act8_rows ? a->act8_rows[y + d] : sc->buf + (size_t)((y + d) % 3) * sc->row_bytes;
