@@ -177,7 +177,7 @@ T_AVX2 static inline __attribute__((always_inline)) void pass_avx2(const uint64_
                     b[4 * g + h] = _mm256_add_epi8(b[4 * g + h], popcnt8_avx2(d));
                 }
             }
-            if (++pending == 31) { /* 31 * 8 <= 255: bytes cannot overflow */
+            if (9 * K > 31 && ++pending == 31) { /* 31 * 8 <= 255: bytes cannot overflow */
                 for (int q = 0; q < 4 * G; q++) {
                     s[q] = _mm256_add_epi64(s[q], _mm256_sad_epu8(b[q], zero));
                     b[q] = zero;
@@ -203,6 +203,10 @@ T_AVX2 static inline __attribute__((always_inline)) void core_avx2_k(const unit_
                                                                      const int K, const int MASK, int P) {
     const size_t gstride = (size_t)9 * K * GROUP;
     int g = 0;
+    if (K == 1) { /* one group a pass: its 4 accumulators, the table and the taps fit the 16 registers */
+        for (; g < a->ng; g++) pass_avx2(taps, a->wp + g * gstride, gstride, 1, 1, MASK, P, cnt + g * GROUP);
+        return;
+    }
     for (; g + 2 <= a->ng; g += 2) pass_avx2(taps, a->wp + g * gstride, gstride, K, 2, MASK, P, cnt + g * GROUP);
     if (g < a->ng) pass_avx2(taps, a->wp + g * gstride, gstride, K, 1, MASK, P, cnt + g * GROUP);
 }
