@@ -42,7 +42,8 @@ def restore_remote(args: argparse.Namespace, pairs: list[tuple[Path, Path]]) -> 
 
                 stages = "; ".join(
                     describe_stage(s["task"], s["inference_ms"], s.get("sigma"), s.get("strength"),
-                                   s.get("chroma_model")) for s in outcome.job.get("stages", []))
+                                   s.get("chroma_model"), s.get("jpeg_quality"))
+                    for s in outcome.job.get("stages", []))
                 line = f"{src} -> {dst} (job {outcome.job['id']}: {stages})"
                 if bar:
                     tqdm.write(line, file=sys.stderr)  # above the bar

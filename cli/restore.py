@@ -140,8 +140,8 @@ def _check_args(args: argparse.Namespace) -> tuple[tuple[str, ...], object]:
 
 
 def _describe(reports: list) -> str:
-    return "; ".join(describe_stage(r.task, r.inference_ms, r.sigma, r.strength, r.chroma_model)
-                     for r in reports)
+    return "; ".join(describe_stage(r.task, r.inference_ms, r.sigma, r.strength, r.chroma_model,
+                                    r.jpeg_quality) for r in reports)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,7 +7,9 @@
   models.chroma), else as the decoder upsampled them.
 - Alpha is resized (bicubic) for super-resolution and kept unchanged otherwise.
 - ``strength`` blends the result with the input (same-size tasks only); ``auto`` picks it from
-  the input's estimated noise (models.noise), and a strength of 0 skips the network.
+  the input's estimated noise (models.noise), and a strength of 0 skips the network. The deblock
+  stage takes its strength from the quality of the JPEG file its pixels came from
+  (models.deblock_strength): a lightly compressed photo gets little of the network, or none.
 - ``run_stages`` runs a pipeline (e.g. deblock then sr): each stage takes the previous output,
   exactly as running the stages one after the other would.
 """
@@ -22,12 +24,12 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from models import noise
+from models import deblock_strength, noise
 from models.chroma import restore_chroma
 from models.chroma import scale_for as chroma_scale
 from models.engine import DEFAULT_TILE_BYTES, RestorationModel
 from models.imageio import Image, luma, rgb_to_ycbcr, ycbcr_to_rgb
-from models.stages import AUTO, STRENGTH_TASK, Strength
+from models.stages import AUTO, DEBLOCK_TASK, STRENGTH_TASK, Strength
 from models.tiling import count_tiles
 
 Progress = Callable[[int, int], None]
@@ -46,6 +48,7 @@ class StageReport:
     sigma: float | None = None
     strength: float | None = None
     chroma_model: str | None = None  # the color network that restored a color image's chroma
+    jpeg_quality: int | None = None  # deblock: the quality of the JPEG file, which set the strength
 
 
 def _run(model: RestorationModel, planes: np.ndarray, tile: int | None, progress: Progress | None,
@@ -153,6 +156,9 @@ def run_stages(models: Sequence[RestorationModel], img: Image, *, tile: int | No
         denoise = model.config.task == STRENGTH_TASK
         value, sigma = resolve_strength(strength if strength is not None else AUTO, img) \
             if denoise else (1.0, None)
+        quality = img.jpeg.quality if model.config.task == DEBLOCK_TASK and img.jpeg is not None else None
+        if quality is not None:
+            value = deblock_strength.for_quality(quality)
         h, w = img.height, img.width
         side = tile or model.tile_for(h, w, memory_bytes)
 
@@ -170,6 +176,6 @@ def run_stages(models: Sequence[RestorationModel], img: Image, *, tile: int | No
             task=model.config.task, model=model.info.name, inference_ms=ms, tile=side,
             tiles=0 if skipped else count_tiles(h, w, side),
             redundancy=0.0 if skipped else model.redundancy(h, w, side),
-            sigma=sigma, strength=value if denoise else None,
-            chroma_model=partner.info.name if partner is not None else None))
+            sigma=sigma, strength=value if denoise or quality is not None else None,
+            chroma_model=partner.info.name if partner is not None else None, jpeg_quality=quality))
     return img, reports

@@ -19,6 +19,7 @@ from models.vocab import SR_SCALES, TASKS
 AUTO: Literal["auto"] = "auto"
 Strength = float | Literal["auto"]
 STRENGTH_TASK = "denoise"
+DEBLOCK_TASK = "deblock"  # its strength comes from the JPEG file's quality (models.deblock_strength)
 
 
 def _pipelines() -> tuple[str, ...]:

@@ -312,6 +312,22 @@ def test_auto_denoise_that_changes_nothing_says_so(tmp_path: Path,
     assert np.array_equal(np.asarray(PILImage.open(tmp_path / "out.png")), np.asarray(PILImage.open(clean)))
 
 
+def test_deblock_of_a_lightly_compressed_jpeg_says_it_left_it_as_it_was(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.tiles import photo
+    from models.degrade import to_uint8
+
+    src = tmp_path / "light.jpg"
+    PILImage.fromarray(to_uint8(photo(40, 32, seed=3))).save(src, quality=97)
+    weights = _tiny_weights(tmp_path)["deblock"]
+    r = run_main(capsys, "restore", str(src), "-o", str(tmp_path / "out.png"), "--task", "deblock",
+                 "--weights", str(weights))
+    assert r.returncode == 0, r.stderr
+    assert ("JPEG quality 97, strength 0.00 (unchanged: the JPEG is too lightly compressed for the "
+            "deblocker to improve it)") in r.stderr
+    assert np.array_equal(np.asarray(PILImage.open(tmp_path / "out.png")), np.asarray(PILImage.open(src)))
+
+
 def test_bbcu_turns_on_huge_pages_for_torch_unless_the_user_chose(monkeypatch: pytest.MonkeyPatch) -> None:
     """torch's allocator reads THP_MEM_ALLOC_ENABLE when it loads: `bbcu` sets it first (workers and
     the engine inherit it) and leaves a value the user gave alone."""

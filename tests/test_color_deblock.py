@@ -109,3 +109,52 @@ def test_the_http_answer_names_both_networks(tmp_path: Path) -> None:
         gray = c.post("/restore", params={"task": "deblock"},
                       files={"image": ("g.png", make_image(24, 20, seed=5, mode="L"), "image/png")})
         assert gray.status_code == 200 and 'deblock;desc="gray";' in gray.headers["server-timing"]
+
+
+def test_deblock_strength_follows_the_jpeg_quality() -> None:
+    """Full strength up to quality 20 (the network as trained), less above, none from 95 on;
+    never more for a lighter compression."""
+    from models import deblock_strength
+
+    assert deblock_strength.for_quality(None) == 1.0  # not from a JPEG file: as before
+    assert [deblock_strength.for_quality(q) for q in (1, 10, 20, 25, 50, 85, 90, 95, 100)] == \
+        [1.0, 1.0, 1.0, 0.95, 0.8, 0.4, 0.3, 0.0, 0.0]
+    values = [deblock_strength.for_quality(q) for q in range(1, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+
+
+def _jpeg_of_photo(quality: int) -> tuple[np.ndarray, imageio.Image]:
+    from benchmarks.tiles import photo
+    from models.degrade import jpeg_bytes, to_uint8
+
+    gt = to_uint8(photo(96, 64, seed=5))
+    return gt, imageio.decode(jpeg_bytes(gt, quality), max_pixels=1 << 20)
+
+
+def test_a_light_jpeg_gets_part_of_the_deblocker_and_a_very_light_one_none() -> None:
+    """The shipped deblockers, as the service runs them, on a photo saved at several qualities: the
+    reported strength is the table's, the output is that blend of the network's, and it is closer
+    to the original photo than both the JPEG and the network's full output."""
+    from models.degrade import to_uint8
+    from models.metrics import psnr
+
+    model, chroma = load_for_task("deblock"), load_chroma_partner("deblock")
+    for quality, strength in ((10, 1.0), (85, 0.4), (90, 0.3)):
+        gt, img = _jpeg_of_photo(quality)
+        out, [report] = run_stages([model], img, chroma=chroma)
+        assert (report.jpeg_quality, report.strength, report.tiles) == (quality, strength, 1)
+        full = restore_image(model, img, chroma=chroma).pixels
+        np.testing.assert_allclose(out.pixels, img.pixels + np.float32(strength) * (full - img.pixels),
+                                   atol=1e-6)
+        jpeg_db, out_db = psnr(to_uint8(img.pixels), gt), psnr(to_uint8(out.pixels), gt)
+        assert out_db > jpeg_db
+        if strength < 1.0:
+            assert out_db > psnr(to_uint8(full), gt) + 0.3
+    gt, img = _jpeg_of_photo(96)
+    out, [report] = run_stages([model], img, chroma=chroma)
+    assert (report.jpeg_quality, report.strength, report.tiles) == (96, 0.0, 0)
+    np.testing.assert_array_equal(out.pixels, img.pixels)
+    # pixels that came from elsewhere (or were restored since) take the full network
+    plain = imageio.Image(pixels=img.pixels.copy())
+    _, [report] = run_stages([model], plain, chroma=chroma)
+    assert (report.jpeg_quality, report.strength, report.tiles) == (None, None, 1)

@@ -127,7 +127,8 @@ class Timings(BaseModel):
 
 
 class StageRecord(BaseModel):
-    """One stage of a job: model, inference time, tiling and (denoise) noise estimate and strength."""
+    """One stage of a job: model, inference time, tiling, strength (denoise: from the noise estimate;
+    deblock: from the JPEG quality)."""
 
     task: str
     model: str
@@ -139,6 +140,8 @@ class StageRecord(BaseModel):
     strength: float | None = None
     chroma_model: str | None = Field(
         default=None, description="deblock of a color photo: the color network its chroma came from")
+    jpeg_quality: int | None = Field(
+        default=None, description="deblock of a JPEG file: its quality, which set the strength")
 
 
 class JobRecord(BaseModel):

@@ -10,6 +10,7 @@ from pydantic import ConfigDict, Field
 
 from app.api.examples import JOB_EXAMPLE
 from app.jobs import job_url, monitor_headers
+from models.stages import STRENGTH_TASK
 from workers.contract import JobRecord, JobSpec, JobStatus, StageRecord, StageSpec
 
 
@@ -47,7 +48,7 @@ def job_headers(rec: JobRecord) -> dict[str, str]:
     if rec.model:
         headers["X-Model"] = f'{rec.model.get("name")}; sha256={rec.model.get("sha256")}'
     for stage in rec.stages:
-        if stage.strength is not None:
+        if stage.strength is not None and stage.task == STRENGTH_TASK:  # deblock's: in the job's stages
             headers["X-Strength"] = f"{stage.strength:.3f}"
         if stage.sigma is not None:
             headers["X-Noise-Sigma"] = f"{stage.sigma:.2f}"
