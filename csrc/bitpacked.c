@@ -2112,25 +2112,20 @@ T_AVX2 static inline AI void thin_row_avx2_k(const thin_job *j, int n, int y, co
     for (; x < W; x++) thin_px_avx2(j, n, y, x, 1, OUT);
 }
 
-T_AVX2 static void thin_row_avx2(const thin_job *j, int n, int y) {
-    switch (j->cout) {
-    case 1: thin_row_avx2_k(j, n, y, 1); break;
-    case 2: thin_row_avx2_k(j, n, y, 2); break;
-    case 3: thin_row_avx2_k(j, n, y, 3); break;
-    case 4: thin_row_avx2_k(j, n, y, 4); break;
-    default: thin_row_scalar(j, n, y);
+/* one row per core, its row kernel inlined with a constant number of outputs (1..4) */
+#define DEFINE_THIN_ROW(NAME, ATTR, ROW_K)                                                          \
+    ATTR static void NAME(const thin_job *j, int n, int y) {                                       \
+        switch (j->cout) {                                                                         \
+        case 1: ROW_K(j, n, y, 1); break;                                                          \
+        case 2: ROW_K(j, n, y, 2); break;                                                          \
+        case 3: ROW_K(j, n, y, 3); break;                                                          \
+        case 4: ROW_K(j, n, y, 4); break;                                                          \
+        default: thin_row_scalar(j, n, y);                                                         \
+        }                                                                                          \
     }
-}
 
-T_AVX512 static void thin_row_avx512(const thin_job *j, int n, int y) {
-    switch (j->cout) {
-    case 1: thin_row_avx512_k(j, n, y, 1); break;
-    case 2: thin_row_avx512_k(j, n, y, 2); break;
-    case 3: thin_row_avx512_k(j, n, y, 3); break;
-    case 4: thin_row_avx512_k(j, n, y, 4); break;
-    default: thin_row_scalar(j, n, y);
-    }
-}
+DEFINE_THIN_ROW(thin_row_avx2, T_AVX2, thin_row_avx2_k)
+DEFINE_THIN_ROW(thin_row_avx512, T_AVX512, thin_row_avx512_k)
 #endif
 
 static void thin_row(const void *ctx, int ry) {
