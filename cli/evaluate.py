@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quality", type=int, default=10, help="deblock JPEG quality (0..100)")
     p.add_argument("--color", action="store_true",
                    help="deblock: color 4:2:0 JPEGs scored on RGB, restored as the service restores a "
-                        "color photo (the gray network on luma, chroma from the shipped color network)")
+                        "color photo (the gray network on luma, chroma from the shipped color network, "
+                        "the strength from the JPEG's quality)")
     p.add_argument("--seed", type=int, default=0, help="numpy seed of the noise")
     p.add_argument("--tile", type=int, default=512, help="tile size in input pixels (0: whole image)")
     p.add_argument("--limit", type=int, help="only the first N images")

@@ -186,9 +186,10 @@ def eval_deblock(model: RestorationModel, files: Sequence[Path], quality: int, t
                  progress: Progress | None = None, *, color: bool = False,
                  chroma: RestorationModel | None = None) -> list[Row]:
     """Gray networks: the 8-bit luma through JPEG. Color networks (or ``color``): the RGB image through
-    a color JPEG (4:2:0, as Pillow and cameras write it), scored on RGB."""
+    a color JPEG (4:2:0, as Pillow and cameras write it), restored as the service restores the file
+    (the strength it takes from the JPEG's quality included: models.deblock_strength), scored on RGB."""
     from models.imageio import Image as Decoded
-    from models.pipeline import restore_image
+    from models.pipeline import run_stages
 
     _check_task(model, "deblock")
     color = color or model.config.in_nc == 3
@@ -201,7 +202,7 @@ def eval_deblock(model: RestorationModel, files: Sequence[Path], quality: int, t
             lq = decode_jpeg(data, gray=False)
             # the file's quality and chroma subsampling, as the service's decoder reads them
             decoded = Decoded(pixels=to_float(lq).astype(np.float32), jpeg=jpeg_info.of_bytes(data))
-            out = to_uint8(restore_image(model, decoded, tile=tile, chroma=chroma).pixels)
+            out = to_uint8(run_stages([model], decoded, tile=tile, chroma=chroma)[0].pixels)
         else:
             gt = img if img.ndim == 2 else to_uint8(rgb_to_luma(to_float(img)))
             lq = jpeg(gt, quality)

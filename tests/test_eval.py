@@ -120,6 +120,24 @@ def test_deblock_baseline_is_jpeg(tmp_path: Path) -> None:
     assert rep.setting == "q10"
 
 
+def test_color_deblock_eval_restores_as_the_service_does(tmp_path: Path) -> None:
+    """``color``: the service's path, so a lightly compressed JPEG is scored as it is (strength 0 from
+    quality 95 on) and a heavily compressed one through the full network."""
+    from models.config import deblock_config
+    from models.degrade import decode_jpeg, jpeg_bytes
+    from models.metrics import psnr
+
+    folder = _folder(tmp_path, n=1)
+    gt = np.asarray(Image.open(folder / "0.png"))
+    cfg = deblock_config(nf=4, depth=3, channels=3)
+    model = from_network(archs.build(cfg), cfg, backend="float")
+    light = evaluate(model, "deblock", folder, quality=97, color=True)
+    assert light.rows[0].psnr == light.rows[0].baseline_psnr == pytest.approx(
+        psnr(decode_jpeg(jpeg_bytes(gt, 97), gray=False), gt))
+    heavy = evaluate(model, "deblock", folder, quality=10, color=True)
+    assert heavy.rows[0].psnr != heavy.rows[0].baseline_psnr  # the (random) network ran
+
+
 def test_cli_eval_json_record_and_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from cli.main import main
 
