@@ -669,7 +669,56 @@ static inline void pack_px(const float *v, const float *shift, int C, uint64_t *
 
 DEFINE_ROW(row_scalar, , core_scalar, epilogue_scalar)
 #if BP_X86
-DEFINE_ROW(row_avx2, T_AVX2, core_avx2, epilogue_avx2)
+DEFINE_ROW(row_avx2_any, T_AVX2, core_avx2, epilogue_avx2)
+
+/* epilogue_avx2's fast path for C == 64 and r == 1 with the row's pointers worked out once and the
+ * next unit's bits from t < -shift, t != -shift (exact for a finite shift, see epi64_at) */
+T_AVX2 static inline AI void epi64_px_avx2(const epi_row *e, const float *nsh, int x, const int32_t *cnt) {
+    const __m256 zero = _mm256_setzero_ps();
+    const float *res = e->res ? e->res + (size_t)x * 64 : NULL;
+    float *out = e->out[0] + (size_t)x * 64;
+    uint64_t sw = 0, nw = 0;
+    for (int c = 0; c < 64; c += 8) {
+        __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(cnt + c)));
+        t = _mm256_mul_ps(t, _mm256_loadu_ps(e->al + c));
+        t = _mm256_add_ps(t, _mm256_loadu_ps(e->pr + c));
+        const __m256 neg = _mm256_mul_ps(t, _mm256_loadu_ps(e->sl + c));
+        t = _mm256_blendv_ps(neg, t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
+        t = _mm256_add_ps(t, _mm256_loadu_ps(e->po + c));
+        if (res) t = _mm256_add_ps(t, _mm256_loadu_ps(res + c));
+        if (e->leaky)
+            t = _mm256_blendv_ps(_mm256_mul_ps(t, _mm256_set1_ps(e->act_slope)), t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
+        _mm256_storeu_ps(out + c, t);
+        if (nsh) {
+            const __m256 m = _mm256_loadu_ps(nsh + c);
+            sw |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(t, m, _CMP_LT_OQ)) << c;
+            nw |= (uint64_t)(unsigned)_mm256_movemask_ps(_mm256_cmp_ps(t, m, _CMP_NEQ_UQ)) << c;
+        }
+    }
+    if (nsh) {
+        e->na[0][2 * (size_t)x] = sw;
+        e->na[0][2 * (size_t)x + 1] = nw;
+    }
+}
+
+T_AVX2 static void row_avx2(const unit_args *a, int n, int y, int32_t *cnt) {
+    epi_row e;
+    if (a->C != 64 || a->r != 1 || !epi_row_init(a, n, y, &e) || e.na8[0]) {
+        row_avx2_any(a, n, y, cnt);
+        return;
+    }
+    float nsh[64];
+    if (e.na[0])
+        for (int c = 0; c < 64; c++) nsh[c] = -e.sh[c];
+    const size_t pw = (size_t)2 * a->K;
+    const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2);
+    for (int x = 0; x < a->W; x++) {
+        const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
+        const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
+        core_avx2(a, taps, cnt);
+        epi64_px_avx2(&e, e.na[0] ? nsh : NULL, x, cnt);
+    }
+}
 /* the layouts epi_px does not take (NCHW, channels not a multiple of 16): the AVX2 epilogue */
 DEFINE_ROW(row_avx512_any, T_AVX512, core_avx512, epilogue_avx2)
 /* the AVX-512 row: as DEFINE_ROW, with the row's epilogue pointers worked out once where it can */
