@@ -280,18 +280,26 @@ T_AVX512 static inline AI void core_avx512_k(const unit_args *a, const uint64_t 
     if (g < a->ng) pass_avx512(taps, a->wp + g * gstride, gstride, K, 1, MASK, pv, cnt + g * GROUP, NULL);
 }
 
+/* 64 input channels (K == 1): whether every activation of the window is nonzero (no mask needed),
+ * and how many are */
+static inline int window_full(const uint64_t *const taps[9]) {
+    return (taps[0][1] & taps[1][1] & taps[2][1] & taps[3][1] & taps[4][1] & taps[5][1] & taps[6][1] &
+            taps[7][1] & taps[8][1]) == ~(uint64_t)0;
+}
+
+T_AVX512 static inline int window_nonzero(const uint64_t *const taps[9]) {
+    int P = 0;
+    for (int t = 0; t < 9; t++) P += (int)_mm_popcnt_u64(taps[t][1]);
+    return P;
+}
+
 T_AVX512 static inline AI void core_avx512(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
     const int K = a->K;
     if (K == 1) {
-        const uint64_t all = taps[0][1] & taps[1][1] & taps[2][1] & taps[3][1] & taps[4][1] & taps[5][1] &
-                             taps[6][1] & taps[7][1] & taps[8][1];
-        if (all == ~(uint64_t)0) {
+        if (window_full(taps))
             core_avx512_k(a, taps, cnt, 1, 0, 9 * 64);
-            return;
-        }
-        int P = 0;
-        for (int t = 0; t < 9; t++) P += (int)_mm_popcnt_u64(taps[t][1]);
-        core_avx512_k(a, taps, cnt, 1, 1, P);
+        else
+            core_avx512_k(a, taps, cnt, 1, 1, window_nonzero(taps));
         return;
     }
     int P = 0;
@@ -303,15 +311,10 @@ T_AVX512 static inline AI void core_avx512(const unit_args *a, const uint64_t *c
 /* core_avx512 for 64 outputs and 64 inputs (ng == 4, K == 1): the counts stay in registers */
 T_AVX512 static inline AI void core64_avx512(const uint64_t *wp, const uint64_t *const taps[9], __m512i c[4]) {
     const size_t gstride = (size_t)9 * GROUP;
-    const uint64_t all = taps[0][1] & taps[1][1] & taps[2][1] & taps[3][1] & taps[4][1] & taps[5][1] &
-                         taps[6][1] & taps[7][1] & taps[8][1];
-    if (all == ~(uint64_t)0) {
+    if (window_full(taps))
         pass_avx512(taps, wp, gstride, 1, 4, 0, _mm512_set1_epi32(9 * 64), NULL, c);
-        return;
-    }
-    int P = 0;
-    for (int t = 0; t < 9; t++) P += (int)_mm_popcnt_u64(taps[t][1]);
-    pass_avx512(taps, wp, gstride, 1, 4, 1, _mm512_set1_epi32(P), NULL, c);
+    else
+        pass_avx512(taps, wp, gstride, 1, 4, 1, _mm512_set1_epi32(window_nonzero(taps)), NULL, c);
 }
 
 /* Pack sign/nonzero bits of v[c] + shift[c] for c in [c0, c1), 8 at a time; returns the next c. */
@@ -330,6 +333,24 @@ T_AVX2 static inline int pack8_avx2(const float *v, const float *shift, int c0, 
 static inline void finish_pixel(const unit_args *a, int n, int y, int x, int i, int j, float *v, int vec);
 
 /* Epilogue, 8 channels at a time; the same float operations as the scalar version. */
+/* 8 channels of the epilogue: prelu(count * alpha + pre) + post, then + residual (res not NULL) and
+ * the leaky ReLU (leaky): the operations and order every core's epilogue uses */
+T_AVX2 static inline __attribute__((always_inline)) __m256 epi8_avx2(const int32_t *cs, const float *al,
+                                                                    const float *pr, const float *sl,
+                                                                    const float *po, const float *res,
+                                                                    int leaky, float act_slope) {
+    const __m256 zero = _mm256_setzero_ps();
+    __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)cs));
+    t = _mm256_mul_ps(t, _mm256_loadu_ps(al));
+    t = _mm256_add_ps(t, _mm256_loadu_ps(pr));
+    const __m256 neg = _mm256_mul_ps(t, _mm256_loadu_ps(sl));
+    t = _mm256_blendv_ps(neg, t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
+    t = _mm256_add_ps(t, _mm256_loadu_ps(po));
+    if (res) t = _mm256_add_ps(t, _mm256_loadu_ps(res));
+    if (leaky) t = _mm256_blendv_ps(_mm256_mul_ps(t, _mm256_set1_ps(act_slope)), t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
+    return t;
+}
+
 T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x, const int32_t *cnt) {
     const int r = a->r, C = a->C;
     const __m256 zero = _mm256_setzero_ps();
@@ -352,16 +373,8 @@ T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x,
                     const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
                     uint32_t sw[2] = {0, 0}, nw[2] = {0, 0};
                     for (int c = c0; c < c1; c += 8) {
-                        __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(cs + c)));
-                        t = _mm256_mul_ps(t, _mm256_loadu_ps(al + c));
-                        t = _mm256_add_ps(t, _mm256_loadu_ps(pr + c));
-                        const __m256 neg = _mm256_mul_ps(t, _mm256_loadu_ps(sl + c));
-                        t = _mm256_blendv_ps(neg, t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
-                        t = _mm256_add_ps(t, _mm256_loadu_ps(po + c));
-                        if (res) t = _mm256_add_ps(t, _mm256_loadu_ps(res + c));
-                        if (a->leaky)
-                            t = _mm256_blendv_ps(_mm256_mul_ps(t, _mm256_set1_ps(a->act_slope)), t,
-                                                 _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
+                        const __m256 t = epi8_avx2(cs + c, al + c, pr + c, sl + c, po + c, res ? res + c : NULL,
+                                                   a->leaky, a->act_slope);
                         _mm256_storeu_ps(out + c, t);
                         if (na) {
                             const __m256 q = _mm256_add_ps(t, _mm256_loadu_ps(a->nshift + c));
@@ -378,14 +391,8 @@ T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x,
                 continue;
             }
             int c = 0;
-            for (; c + 8 <= C; c += 8) {
-                __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(cs + c)));
-                t = _mm256_mul_ps(t, _mm256_loadu_ps(al + c));
-                t = _mm256_add_ps(t, _mm256_loadu_ps(pr + c));
-                const __m256 neg = _mm256_mul_ps(t, _mm256_loadu_ps(sl + c));
-                t = _mm256_blendv_ps(neg, t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
-                _mm256_storeu_ps(v + c, _mm256_add_ps(t, _mm256_loadu_ps(po + c)));
-            }
+            for (; c + 8 <= C; c += 8)
+                _mm256_storeu_ps(v + c, epi8_avx2(cs + c, al + c, pr + c, sl + c, po + c, NULL, 0, 0.0f));
             for (; c < C; c++) {
                 float t = (float)cs[c] * al[c];
                 t = t + pr[c];
@@ -648,14 +655,20 @@ static inline void pack_px(const float *v, const float *shift, int C, uint64_t *
 /* ------------------------------------------------------------------------------------------ */
 /* one output row of one image: conv core + epilogue (or raw counts) for every pixel */
 
+/* the 9 taps (padded input words) of output pixel x's 3x3 window, from the rows y, y+1, y+2 */
+#define WINDOW_TAPS(taps, r0, r1, r2, x, pw)                                                         \
+    const uint64_t *const taps[9] = {(r0) + (size_t)(x) * (pw), (r0) + ((size_t)(x) + 1) * (pw),      \
+                                     (r0) + ((size_t)(x) + 2) * (pw), (r1) + (size_t)(x) * (pw),       \
+                                     (r1) + ((size_t)(x) + 1) * (pw), (r1) + ((size_t)(x) + 2) * (pw), \
+                                     (r2) + (size_t)(x) * (pw), (r2) + ((size_t)(x) + 1) * (pw),       \
+                                     (r2) + ((size_t)(x) + 2) * (pw)}
+
 #define DEFINE_ROW(NAME, ATTR, CORE, EPI)                                                          \
     ATTR static void NAME(const unit_args *a, int n, int y, int32_t *cnt) {                        \
         const size_t pw = (size_t)2 * a->K;                                                        \
         const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2); \
         for (int x = 0; x < a->W; x++) {                                                           \
-            const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw; \
-            const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw,   \
-                                             p2, p2 + pw, p2 + 2 * pw};                            \
+            WINDOW_TAPS(taps, r0, r1, r2, x, pw);                                                  \
             if (a->counts) {                                                                       \
                 int32_t *dst = a->counts + (((size_t)n * a->H + y) * a->W + x) * a->cout;          \
                 CORE(a, taps, cnt);                                                                \
@@ -674,20 +687,12 @@ DEFINE_ROW(row_avx2_any, T_AVX2, core_avx2, epilogue_avx2)
 /* epilogue_avx2's fast path for C == 64 and r == 1 with the row's pointers worked out once and the
  * next unit's bits from t < -shift, t != -shift (exact for a finite shift, see epi64_at) */
 T_AVX2 static inline AI void epi64_px_avx2(const epi_row *e, const float *nsh, int x, const int32_t *cnt) {
-    const __m256 zero = _mm256_setzero_ps();
     const float *res = e->res ? e->res + (size_t)x * 64 : NULL;
     float *out = e->out[0] + (size_t)x * 64;
     uint64_t sw = 0, nw = 0;
     for (int c = 0; c < 64; c += 8) {
-        __m256 t = _mm256_cvtepi32_ps(_mm256_loadu_si256((const __m256i *)(cnt + c)));
-        t = _mm256_mul_ps(t, _mm256_loadu_ps(e->al + c));
-        t = _mm256_add_ps(t, _mm256_loadu_ps(e->pr + c));
-        const __m256 neg = _mm256_mul_ps(t, _mm256_loadu_ps(e->sl + c));
-        t = _mm256_blendv_ps(neg, t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
-        t = _mm256_add_ps(t, _mm256_loadu_ps(e->po + c));
-        if (res) t = _mm256_add_ps(t, _mm256_loadu_ps(res + c));
-        if (e->leaky)
-            t = _mm256_blendv_ps(_mm256_mul_ps(t, _mm256_set1_ps(e->act_slope)), t, _mm256_cmp_ps(t, zero, _CMP_GT_OQ));
+        const __m256 t = epi8_avx2(cnt + c, e->al + c, e->pr + c, e->sl + c, e->po + c, res ? res + c : NULL,
+                                   e->leaky, e->act_slope);
         _mm256_storeu_ps(out + c, t);
         if (nsh) {
             const __m256 m = _mm256_loadu_ps(nsh + c);
@@ -713,8 +718,7 @@ T_AVX2 static void row_avx2(const unit_args *a, int n, int y, int32_t *cnt) {
     const size_t pw = (size_t)2 * a->K;
     const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2);
     for (int x = 0; x < a->W; x++) {
-        const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
-        const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
+        WINDOW_TAPS(taps, r0, r1, r2, x, pw);
         core_avx2(a, taps, cnt);
         epi64_px_avx2(&e, e.na[0] ? nsh : NULL, x, cnt);
     }
@@ -734,8 +738,7 @@ T_AVX512 static void row_avx512(const unit_args *a, int n, int y, int32_t *cnt) 
         epi64_k k;
         epi64_load(&e, &k, 0);
         for (int x = 0; x < a->W; x++) {
-            const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
-            const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
+            WINDOW_TAPS(taps, r0, r1, r2, x, pw);
             __m512i c[4];
             core64_avx512(a->wp, taps, c);
             epi64_px(&e, &k, x, c);
@@ -748,8 +751,7 @@ T_AVX512 static void row_avx512(const unit_args *a, int n, int y, int32_t *cnt) 
         epi64_k ks[EPI_MAX_R * EPI_MAX_R];
         for (int s = 0; s < rr; s++) epi64_load(&e, &ks[s], s);
         for (int x = 0; x < a->W; x++) {
-            const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
-            const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
+            WINDOW_TAPS(taps, r0, r1, r2, x, pw);
             const float *res = e.res ? e.res + (size_t)x * 64 : NULL;
             for (int s = 0; s < rr; s++) {
                 __m512i c[4];
@@ -760,8 +762,7 @@ T_AVX512 static void row_avx512(const unit_args *a, int n, int y, int32_t *cnt) 
         return;
     }
     for (int x = 0; x < a->W; x++) {
-        const uint64_t *p0 = r0 + (size_t)x * pw, *p1 = r1 + (size_t)x * pw, *p2 = r2 + (size_t)x * pw;
-        const uint64_t *const taps[9] = {p0, p0 + pw, p0 + 2 * pw, p1, p1 + pw, p1 + 2 * pw, p2, p2 + pw, p2 + 2 * pw};
+        WINDOW_TAPS(taps, r0, r1, r2, x, pw);
         core_avx512(a, taps, cnt);
         epi_px(&e, x, cnt);
     }
