@@ -74,6 +74,7 @@ typedef struct {
     uint64_t *nact;          /* [N][H*r+2][W*r+2][Kn][2] */
     int32_t *counts;         /* raw counts [N][H][W][cout] instead of the epilogue, or NULL */
     const int8_t *wamx;      /* AMX core only: weights as int8 tiles [9][K][ng][16][64] (see amx_weights) */
+    const uint8_t *wlut;     /* AVX2 core only: its lookup table and weight nibbles (see lut_weights), or NULL */
     int leaky;               /* 1: a leaky ReLU after the residual, v > 0 ? v : v * act_slope (torch's) */
     float act_slope;
     /* chains (N == 1): padded row p of the input bits at act_rows[p] and of the output bits at
@@ -105,6 +106,47 @@ static inline uint64_t *nact_at(const unit_args *a, int n, size_t oy, size_t ox)
 
 /* ------------------------------------------------------------------------------------------ */
 /* portable core */
+
+/* 64 input channels (K == 1): whether every activation of the window is nonzero (no mask needed) */
+static inline int window_full(const uint64_t *const taps[9]) {
+    return (taps[0][1] & taps[1][1] & taps[2][1] & taps[3][1] & taps[4][1] & taps[5][1] & taps[6][1] &
+            taps[7][1] & taps[8][1]) == ~(uint64_t)0;
+}
+
+/* The AVX2 core's lookup form (lut_px_avx2) for units with 64 input channels whose outputs come in
+ * blocks of 64: a table of 256 entries of 32 bytes, entry v holding popcount((v & 15) ^ j) in byte j
+ * and popcount((v >> 4) ^ j) in byte 16 + j (j < 16); then per block of 64 outputs, for each tap t,
+ * byte b of the input word and quarter q of the block, 32 bytes: the low nibbles of byte b of the
+ * weight words of outputs 16q..16q+15 of tap t, then their high nibbles. */
+#define LUT_TABLE_BYTES (256 * 32)
+#define LUT_BLOCK_BYTES (9 * 8 * 4 * 32)
+
+/* the lookup form of a unit's weights; NULL where it does not apply or memory is short (the nibble
+ * popcount then runs) */
+static uint8_t *lut_weights(const unit_args *a) {
+    if (a->K != 1 || a->ng % 4) return NULL;
+    const int blocks = a->ng / 4;
+    uint8_t *m = (uint8_t *)aligned_alloc(64, LUT_TABLE_BYTES + (size_t)blocks * LUT_BLOCK_BYTES);
+    if (!m) return NULL;
+    for (int v = 0; v < 256; v++)
+        for (int j = 0; j < 16; j++) {
+            m[32 * v + j] = (uint8_t)__builtin_popcount((unsigned)(v & 15) ^ (unsigned)j);
+            m[32 * v + 16 + j] = (uint8_t)__builtin_popcount((unsigned)(v >> 4) ^ (unsigned)j);
+        }
+    uint8_t *d = m + LUT_TABLE_BYTES;
+    for (int s = 0; s < blocks; s++)
+        for (int t = 0; t < 9; t++)
+            for (int b = 0; b < 8; b++)
+                for (int q = 0; q < 4; q++, d += 32) {
+                    const uint64_t *w = a->wp + ((size_t)(4 * s + q) * 9 + t) * GROUP;
+                    for (int i = 0; i < GROUP; i++) {
+                        const unsigned byte = (unsigned)(w[i] >> (8 * b)) & 255u;
+                        d[i] = (uint8_t)(byte & 15u);
+                        d[16 + i] = (uint8_t)(byte >> 4);
+                    }
+                }
+    return m;
+}
 
 static inline int popc64(uint64_t v) { return __builtin_popcountll(v); }
 
@@ -211,7 +253,72 @@ T_AVX2 static inline __attribute__((always_inline)) void core_avx2_k(const unit_
     if (g < a->ng) pass_avx2(taps, a->wp + g * gstride, gstride, K, 1, MASK, P, cnt + g * GROUP);
 }
 
+#define AI __attribute__((always_inline))
+/* Counts of one block of 64 outputs for NP (1 or 2) neighbouring pixels whose windows are full (every
+ * activation nonzero): 576 - 2 * the differing bits of the nine taps. The differing bits of a 4-bit
+ * slice are a table lookup: for byte b of an input word, vpshufb looks the 16 outputs' weight
+ * nibbles up in that byte's table entry (low nibbles in the low lane, high in the high), so one
+ * shuffle and one byte add cover 128 bit products, where the nibble popcount takes eight operations
+ * for 256. Two pixels share each weight load. The byte sums (at most 4 a lookup, 32 a tap) widen to
+ * 16 bits after taps 0-4 and 5-8; the integer sums equal the other cores' counts bit for bit. */
+T_AVX2 static inline AI void lut_px_avx2(const uint8_t *lut, int block, const uint64_t *const *const tp[2],
+                                         const int NP, int32_t *const cnt[2]) {
+    const __m256i zero = _mm256_setzero_si256();
+    const uint8_t *w0 = lut + LUT_TABLE_BYTES + (size_t)block * LUT_BLOCK_BYTES;
+    __m256i lo[2][4], hi[2][4];
+    for (int p = 0; p < NP; p++)
+        for (int q = 0; q < 4; q++) lo[p][q] = hi[p][q] = zero;
+    for (int part = 0; part < 2; part++) {
+        __m256i acc[2][4];
+        for (int p = 0; p < NP; p++)
+            for (int q = 0; q < 4; q++) acc[p][q] = zero;
+        for (int t = part ? 5 : 0; t < (part ? 9 : 5); t++) {
+            const uint8_t *x[2];
+            for (int p = 0; p < NP; p++) x[p] = (const uint8_t *)tp[p][t];
+            const uint8_t *w = w0 + (size_t)t * 8 * 4 * 32;
+#pragma GCC unroll 8
+            for (int b = 0; b < 8; b++) {
+                __m256i tab[2];
+                for (int p = 0; p < NP; p++) tab[p] = _mm256_load_si256((const __m256i *)(lut + 32 * (size_t)x[p][b]));
+#pragma GCC unroll 4
+                for (int q = 0; q < 4; q++) {
+                    __m256i wq = _mm256_load_si256((const __m256i *)(w + (4 * b + q) * 32));
+                    __asm__("" : "+x"(wq)); /* one load for both pixels, not one folded into each shuffle */
+                    for (int p = 0; p < NP; p++) {
+                        acc[p][q] = _mm256_add_epi8(acc[p][q], _mm256_shuffle_epi8(tab[p], wq));
+                        __asm__("" : "+x"(acc[p][q])); /* keeps the adds a chain: reassociated, they spill */
+                    }
+                }
+            }
+        }
+        for (int p = 0; p < NP; p++)
+            for (int q = 0; q < 4; q++) {
+                lo[p][q] = _mm256_add_epi16(lo[p][q], _mm256_unpacklo_epi8(acc[p][q], zero));
+                hi[p][q] = _mm256_add_epi16(hi[p][q], _mm256_unpackhi_epi8(acc[p][q], zero));
+            }
+    }
+    /* a 16-bit lane of lo (hi) holds output i (8 + i) of its quarter, low nibbles in the low 128
+     * bits and high nibbles in the high 128 */
+    const __m256i all = _mm256_set1_epi32(9 * 64);
+    for (int p = 0; p < NP; p++)
+        for (int q = 0; q < 4; q++) {
+            const __m128i l = _mm_add_epi16(_mm256_castsi256_si128(lo[p][q]), _mm256_extracti128_si256(lo[p][q], 1));
+            const __m128i h = _mm_add_epi16(_mm256_castsi256_si128(hi[p][q]), _mm256_extracti128_si256(hi[p][q], 1));
+            int32_t *c = cnt[p] + 16 * q;
+            _mm256_storeu_si256((__m256i *)c, _mm256_sub_epi32(all, _mm256_slli_epi32(_mm256_cvtepu16_epi32(l), 1)));
+            _mm256_storeu_si256((__m256i *)(c + 8), _mm256_sub_epi32(all, _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 1)));
+        }
+}
+
 T_AVX2 static inline void core_avx2(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
+    if (a->wlut && window_full(taps)) { /* wlut: K == 1 */
+        const uint64_t *const *tp[2] = {taps, taps};
+        for (int block = 0; block < a->ng / 4; block++) {
+            int32_t *const c[2] = {cnt + 64 * block, cnt + 64 * block};
+            lut_px_avx2(a->wlut, block, tp, 1, c);
+        }
+        return;
+    }
     const int K = a->K;
     int P = 0;
     uint64_t all = ~(uint64_t)0;
@@ -232,7 +339,6 @@ T_AVX2 static inline void core_avx2(const unit_args *a, const uint64_t *const ta
  * MASK. MASK == 0 where every nonzero bit of the window is set (the interior of a sign map): a plain
  * XOR with the weights, whose load folds into it. With the mask, nz stays in a register: a broadcast
  * folded into the ternary op would split it into two micro-ops and load nz once per product. */
-#define AI __attribute__((always_inline))
 T_AVX512 static inline AI void pass_avx512(const uint64_t *const taps[9], const uint64_t *w0, size_t gstride,
                                            const int K, const int G, const int MASK, __m512i P, int32_t *cnt,
                                            __m512i *out) {
@@ -280,12 +386,7 @@ T_AVX512 static inline AI void core_avx512_k(const unit_args *a, const uint64_t 
     if (g < a->ng) pass_avx512(taps, a->wp + g * gstride, gstride, K, 1, MASK, pv, cnt + g * GROUP, NULL);
 }
 
-/* 64 input channels (K == 1): whether every activation of the window is nonzero (no mask needed),
- * and how many are */
-static inline int window_full(const uint64_t *const taps[9]) {
-    return (taps[0][1] & taps[1][1] & taps[2][1] & taps[3][1] & taps[4][1] & taps[5][1] & taps[6][1] &
-            taps[7][1] & taps[8][1]) == ~(uint64_t)0;
-}
+/* 64 input channels (K == 1): how many activations of the window are nonzero */
 
 T_AVX512 static inline int window_nonzero(const uint64_t *const taps[9]) {
     int P = 0;
@@ -717,10 +818,23 @@ T_AVX2 static void row_avx2(const unit_args *a, int n, int y, int32_t *cnt) {
         for (int c = 0; c < 64; c++) nsh[c] = -e.sh[c];
     const size_t pw = (size_t)2 * a->K;
     const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2);
+    const float *ns = e.na[0] ? nsh : NULL;
     for (int x = 0; x < a->W; x++) {
         WINDOW_TAPS(taps, r0, r1, r2, x, pw);
+        if (a->wlut && a->ng == 4 && x + 1 < a->W) {
+            WINDOW_TAPS(right, r0, r1, r2, x + 1, pw);
+            if (window_full(taps) && window_full(right)) { /* two pixels share the weight loads */
+                const uint64_t *const *tp[2] = {taps, right};
+                int32_t *const c[2] = {cnt, cnt + 64};
+                lut_px_avx2(a->wlut, 0, tp, 2, c);
+                epi64_px_avx2(&e, ns, x, cnt);
+                epi64_px_avx2(&e, ns, x + 1, cnt + 64);
+                x++;
+                continue;
+            }
+        }
         core_avx2(a, taps, cnt);
-        epi64_px_avx2(&e, e.na[0] ? nsh : NULL, x, cnt);
+        epi64_px_avx2(&e, ns, x, cnt);
     }
 }
 /* the layouts epi_px does not take (NCHW, channels not a multiple of 16): the AVX2 epilogue */
@@ -1551,7 +1665,11 @@ static int run_chain(const unit_args *units, int U, int pack, const float *x, co
         }
     }
 #endif
+    uint8_t *lut[MAX_STAGES] = {NULL};
+    if (c->w.isa == ISA_AVX2)
+        for (int s = pack; s < S; s++) c->ua[s].wlut = lut[s] = lut_weights(&c->ua[s]);
     wave_run(&c->w, chain_ready, chain_task, c, &c->refs, chain_thread, nthreads);
+    for (int s = pack; s < S; s++) free(lut[s]);
 #if BP_AMX
     if (c->w.isa == ISA_AMX)
         for (int s = pack; s < S; s++) free(wamx[s]);
@@ -1565,8 +1683,12 @@ static void run_unit(const unit_args *a, int nthreads) {
 #if BP_AMX
     if (g_isa == ISA_AMX && run_unit_amx(a, nthreads)) return;
 #endif
-    const unit_job u = {a, pick_row()};
+    unit_args b = *a;
+    uint8_t *lut = g_isa == ISA_AVX2 ? lut_weights(a) : NULL;
+    b.wlut = lut;
+    const unit_job u = {&b, pick_row()};
     parallel_rows(unit_row, &u, a->N * a->H, nthreads);
+    free(lut);
 }
 
 typedef struct {

@@ -281,6 +281,43 @@ def test_the_extension_checks_its_arrays_itself() -> None:
 
 
 
+
+@pytest.mark.parametrize("w,r", [(1, 1), (2, 1), (7, 1), (24, 1), (9, 2)])
+def test_units_the_same_on_every_core(w: int, r: int) -> None:
+    """A 64-channel unit (r = 2: an upsampling one, 256 counts a pixel) gives bitwise the scalar
+    core's output and next bits on every core, with windows that have a zero here and there: the
+    AVX2 core takes full windows by table lookup, two at a time where both neighbours are full."""
+    from models.kernels.bitpacked import as_array, pack_activations, pack_weights
+
+    c, h, n = 64, 6, 2
+    g = torch.Generator().manual_seed(w * 10 + r)
+    wp, _ = pack_weights(torch.sign(torch.randn(c * r * r, c, 3, 3, generator=g)))
+    al, pre, sl, po = (torch.randn(c * r * r, generator=g) * 0.1 for _ in range(4))
+    x = torch.randn(n, h, w, c, generator=g)
+    x[0, 2, w // 2, 5] = 0.0  # sign(0): the windows around it are not full
+    x[1, 4, :: 3, 17] = 0.0
+    shift, nshift = torch.zeros(c), torch.randn(c, generator=g) * 0.1
+    act = pack_activations(x.permute(0, 3, 1, 2), shift)
+    results = []
+    before = kernels.isa()
+    try:
+        for core in ISAS:
+            kernels.set_isa(core)
+            out = torch.empty(n, h * r, w * r, c)
+            nxt = torch.empty(n, h * r + 2, w * r + 2, 2, dtype=torch.int64)
+            kernels._ext.unit(as_array(act), as_array(wp), cin=c, cout=c * r * r, alpha=as_array(al),
+                              pre=as_array(pre), slope=as_array(sl), post=as_array(po), upscale=r,
+                              residual=as_array(x) if r == 1 else None, out=as_array(out),
+                              next_shift=as_array(nshift), next_act=as_array(nxt), threads=2)
+            results.append((core, out, nxt))
+    finally:
+        kernels.set_isa(before)
+    _, ref_out, ref_bits = results[0]
+    assert ISAS[0] == "scalar" and ref_out.abs().sum() > 0
+    for core, out, nxt in results[1:]:
+        assert torch.equal(out, ref_out), core
+        assert torch.equal(nxt, ref_bits), core
+
 def _random_units(c: int, count: int, seed: int) -> list[tuple[torch.Tensor, ...]]:
     from models.kernels.bitpacked import pack_weights
 
