@@ -77,6 +77,7 @@ class Ours:
     eval_key: str  # the catalogue eval record holding its measured PSNR
     quality_label: str
     jpeg_quality: int | None = None  # the input is the photo as a 4:2:0 JPEG of this quality
+    network: str | None = None  # the catalogue network whose record to quote (default: the task's)
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,8 @@ OURS = {
                     "BSD68/q10", "BSD68 q10 (Y)", jpeg_quality=10),
     "deblock-q30": Ours("bbcu-deblock, color JPEG q30 (+ chroma net at 1/2)", "deblock", None, None,
                         "BSD68/q10", "BSD68 q10 (Y)", jpeg_quality=30),
+    "deblock-q75": Ours("bbcu-deblock-color alone, color JPEG q75", "deblock", None, None,
+                        "CBSD68/q10", "CBSD68 q10 (RGB)", jpeg_quality=75, network="bbcu-deblock-color"),
 }
 
 ROWS = (
@@ -122,6 +125,7 @@ ROWS = (
     Row("deblock", "deblock", "deblock", "FFDNet",
         "speed only: no float peer is named for JPEG deblocking; FFDNet does the same-size color work"),
     Row("deblock-q30", "deblock", "deblock-q30", "FFDNet"),
+    Row("deblock-q75", "deblock", "deblock-q75", "FFDNet"),
 )
 
 
@@ -187,7 +191,7 @@ def ours_runner(ours: Ours, size: Size) -> Callable[[], object]:
 
 def ours_quality(ours: Ours) -> str:
     """The measured PSNR the catalogue records for the network the service picks."""
-    entry = catalog.find(ours.task, ours.scale, ours.variant)
+    entry = catalog.by_name(ours.network) if ours.network else catalog.find(ours.task, ours.scale, ours.variant)
     record = (entry.metadata.get("eval") or {}).get(ours.eval_key) or {}
     psnr = record.get("psnr")
     return f"{ours.quality_label} {db(psnr)}" if isinstance(psnr, (int, float)) else "not measured"

@@ -4,7 +4,8 @@
 - A color image through the gray (Y) JPEG deblocker: the network restores the full-range BT.601
   luma (the plane JPEG itself stores); the chroma planes come from the color deblocker when one is
   given (``chroma``: it also removes the chroma blocks; at the resolution the JPEG stored them,
-  models.chroma), else as the decoder upsampled them.
+  models.chroma), else as the decoder upsampled them. A JPEG above quality 30 is restored by the
+  color deblocker alone (``stage_networks``, models.chroma.color_alone).
 - Alpha is resized (bicubic) for super-resolution and kept unchanged otherwise.
 - ``strength`` blends the result with the input (same-size tasks only); ``auto`` picks it from
   the input's estimated noise (models.noise), and a strength of 0 skips the network. The deblock
@@ -25,7 +26,7 @@ import torch
 from PIL import Image as PILImage
 
 from models import deblock_strength, noise
-from models.chroma import restore_chroma
+from models.chroma import color_alone, restore_chroma
 from models.chroma import scale_for as chroma_scale
 from models.engine import DEFAULT_TILE_BYTES, RestorationModel
 from models.imageio import Image, luma, rgb_to_ycbcr, ycbcr_to_rgb
@@ -110,6 +111,17 @@ def takes_chroma(model: RestorationModel, chroma: RestorationModel | None, img: 
             and chroma.config.in_nc == 3)
 
 
+def stage_networks(model: RestorationModel, chroma: RestorationModel | None,
+                   img: Image) -> tuple[RestorationModel, RestorationModel | None]:
+    """The network that runs ``model``'s stage on ``img``, and the color network beside it for the
+    chroma (or None): a color photo's luma deblock takes its chroma from ``chroma`` (takes_chroma),
+    and a JPEG light enough (models.chroma.color_alone) is restored by ``chroma`` alone."""
+    if not takes_chroma(model, chroma, img):
+        return model, None
+    assert chroma is not None
+    return (chroma, None) if color_alone(img.jpeg) else (model, chroma)
+
+
 def resolve_strength(strength: Strength, img: Image) -> tuple[float, float | None]:
     """The strength to apply and, in auto mode, the estimated noise sigma (0..255) it came from."""
     if strength == AUTO:
@@ -132,8 +144,8 @@ def restore_image(model: RestorationModel, img: Image, *, tile: int | None = Non
         if progress is not None:
             progress(1, 1)
         return img
-    partner = chroma if takes_chroma(model, chroma, img) else None
-    out = noise.blend(img.pixels, _network(model, img, tile, progress, memory_bytes, partner), strength)
+    net, partner = stage_networks(model, chroma, img)
+    out = noise.blend(img.pixels, _network(net, img, tile, progress, memory_bytes, partner), strength)
     alpha = img.alpha
     if alpha is not None and model.scale > 1:
         alpha = _resize_alpha(alpha, model.scale)
@@ -160,22 +172,22 @@ def run_stages(models: Sequence[RestorationModel], img: Image, *, tile: int | No
         if quality is not None:
             value = deblock_strength.for_quality(quality)
         h, w = img.height, img.width
-        side = tile or model.tile_for(h, w, memory_bytes)
+        net, partner = stage_networks(model, chroma, img)
+        side = tile or net.tile_for(h, w, memory_bytes)
 
         def stage_progress(done: int, total: int, i: int = i) -> None:
             if progress is not None:
                 progress(int(1000 * (i + done / max(total, 1)) / n), 1000)
 
-        partner = chroma if takes_chroma(model, chroma, img) else None
         t0 = time.perf_counter()
-        img = restore_image(model, img, tile=side, progress=stage_progress, strength=value,
+        img = restore_image(net, img, tile=side, progress=stage_progress, strength=value,
                             memory_bytes=memory_bytes, chroma=partner)
         ms = (time.perf_counter() - t0) * 1000.0
         skipped = value <= 0.0
         reports.append(StageReport(
-            task=model.config.task, model=model.info.name, inference_ms=ms, tile=side,
+            task=model.config.task, model=net.info.name, inference_ms=ms, tile=side,
             tiles=0 if skipped else count_tiles(h, w, side),
-            redundancy=0.0 if skipped else model.redundancy(h, w, side),
+            redundancy=0.0 if skipped else net.redundancy(h, w, side),
             sigma=sigma, strength=value if denoise or quality is not None else None,
             chroma_model=partner.info.name if partner is not None else None, jpeg_quality=quality))
     return img, reports

@@ -133,13 +133,23 @@ def test_a_decoded_jpeg_takes_its_chroma_path_through_the_pipeline() -> None:
     np.testing.assert_allclose(got, want, atol=1e-6)
     full = restore_image(gray, imageio.Image(pixels=img.pixels), chroma=color).pixels
     assert np.abs(full - got).max() > 1e-3  # no file behind it: the full-resolution network
-    # a light compression takes the full-resolution network, as a file without a JPEG behind it
-    light = imageio.decode(_jpeg(RGB, 90), max_pixels=1 << 20)
-    plain = imageio.Image(pixels=light.pixels)
-    np.testing.assert_array_equal(restore_image(gray, light, chroma=color).pixels,
-                                  restore_image(gray, plain, chroma=color).pixels)
-    _, [report] = run_stages([gray], light, chroma=color)
-    assert report.chroma_model == color.info.name
+    # a 4:4:4 file of quality 23-30 takes the full-resolution chroma, as a file without a JPEG behind it
+    mid = imageio.decode(_jpeg(RGB, 26, subsampling=0), max_pixels=1 << 20)
+    assert chroma.scale_for(mid.jpeg) == chroma.FULL and not chroma.color_alone(mid.jpeg)
+    np.testing.assert_array_equal(restore_image(gray, mid, chroma=color).pixels,
+                                  restore_image(gray, imageio.Image(pixels=mid.pixels), chroma=color).pixels)
+    _, [report] = run_stages([gray], mid, chroma=color)
+    assert (report.model, report.chroma_model) == (gray.info.name, color.info.name)
+    # above quality 30 the color network restores the photo alone, luma included
+    for quality, subsampling in ((31, 2), (90, 2), (40, 0)):
+        light = imageio.decode(_jpeg(RGB, quality, subsampling), max_pixels=1 << 20)
+        assert chroma.color_alone(light.jpeg)
+        alone = restore_image(color, light).pixels
+        np.testing.assert_array_equal(restore_image(gray, light, chroma=color).pixels, alone)
+        assert np.abs(alone - restore_image(gray, imageio.Image(pixels=light.pixels), chroma=color).pixels).max() > 1e-3
+        out, [report] = run_stages([gray], light, chroma=color)
+        assert (report.model, report.chroma_model, report.jpeg_quality) == (color.info.name, None, quality)
+        np.testing.assert_array_equal(out.pixels, run_stages([color], light)[0].pixels)
 
 
 def test_shipped_networks_restore_a_q10_photo_better_than_the_decoder() -> None:

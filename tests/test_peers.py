@@ -98,9 +98,11 @@ def test_the_deblock_inputs_are_jpeg_files_decoded_like_uploads() -> None:
     from models import chroma
     from models.jpeg_info import JpegInfo
 
-    q10, q30 = (peers._input(peers.OURS[k], (64, 48)) for k in ("deblock", "deblock-q30"))
+    q10, q30, q75 = (peers._input(peers.OURS[k], (64, 48)) for k in ("deblock", "deblock-q30", "deblock-q75"))
     assert q10.jpeg == JpegInfo(10, (2, 2)) and q30.jpeg == JpegInfo(30, (2, 2))
+    assert q75.jpeg == JpegInfo(75, (2, 2))
     assert chroma.scale_for(q10.jpeg) == chroma.QUARTER and chroma.scale_for(q30.jpeg) == chroma.HALF
+    assert chroma.color_alone(q75.jpeg) and not chroma.color_alone(q30.jpeg)
     assert np.abs(q10.pixels - q30.pixels).mean() > 1e-3  # different compressions
     assert peers._input(peers.OURS["denoise"], (64, 48)).jpeg is None
 
