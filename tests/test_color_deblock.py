@@ -109,6 +109,13 @@ def test_the_http_answer_names_both_networks(tmp_path: Path) -> None:
         gray = c.post("/restore", params={"task": "deblock"},
                       files={"image": ("g.png", make_image(24, 20, seed=5, mode="L"), "image/png")})
         assert gray.status_code == 200 and 'deblock;desc="gray";' in gray.headers["server-timing"]
+        # a JPEG above quality 30 (Pillow writes 75): the color network alone
+        light = c.post("/restore", params={"task": "deblock"},
+                       files={"image": ("l.jpg", make_image(24, 20, seed=6, fmt="JPEG"), "image/jpeg")})
+        assert light.status_code == 200, light.text
+        assert 'deblock;desc="rgb";' in light.headers["server-timing"]
+        job = c.get(f"/jobs/{light.headers['x-job-id']}").json()
+        assert [(s["model"], s["chroma_model"], s["jpeg_quality"]) for s in job["stages"]] == [("rgb", None, 75)]
 
 
 def test_deblock_strength_follows_the_jpeg_quality() -> None:
