@@ -191,7 +191,8 @@ def ours_runner(ours: Ours, size: Size) -> Callable[[], object]:
 
 def ours_quality(ours: Ours) -> str:
     """The measured PSNR the catalogue records for the network the service picks."""
-    entry = catalog.by_name(ours.network) if ours.network else catalog.find(ours.task, ours.scale, ours.variant)
+    entry = (catalog.by_name(ours.network) if ours.network
+             else catalog.find(ours.task, ours.scale, ours.variant))
     record = (entry.metadata.get("eval") or {}).get(ours.eval_key) or {}
     psnr = record.get("psnr")
     return f"{ours.quality_label} {db(psnr)}" if isinstance(psnr, (int, float)) else "not measured"

@@ -115,7 +115,8 @@ def test_the_http_answer_names_both_networks(tmp_path: Path) -> None:
         assert light.status_code == 200, light.text
         assert 'deblock;desc="rgb";' in light.headers["server-timing"]
         job = c.get(f"/jobs/{light.headers['x-job-id']}").json()
-        assert [(s["model"], s["chroma_model"], s["jpeg_quality"]) for s in job["stages"]] == [("rgb", None, 75)]
+        stages = [(s["model"], s["chroma_model"], s["jpeg_quality"]) for s in job["stages"]]
+        assert stages == [("rgb", None, 75)]
 
 
 def test_deblock_strength_follows_the_jpeg_quality() -> None:
