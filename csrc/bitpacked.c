@@ -785,15 +785,17 @@ DEFINE_ROW(row_scalar, , core_scalar, epilogue_scalar)
 #if BP_X86
 DEFINE_ROW(row_avx2_any, T_AVX2, core_avx2, epilogue_avx2)
 
-/* epilogue_avx2's fast path for C == 64 and r == 1 with the row's pointers worked out once and the
- * next unit's bits from t < -shift, t != -shift (exact for a finite shift, see epi64_at) */
-T_AVX2 static inline AI void epi64_px_avx2(const epi_row *e, const float *nsh, int x, const int32_t *cnt) {
-    const float *res = e->res ? e->res + (size_t)x * 64 : NULL;
-    float *out = e->out[0] + (size_t)x * 64;
+/* epilogue_avx2's fast path for C == 64 with the row's pointers worked out once: sub-pixel s of the
+ * counts (an upsampling unit's are sub-pixel major) to output row i, column ox; the next unit's bits
+ * from t < -shift, t != -shift (exact for a finite shift, see epi64_at) */
+T_AVX2 static inline AI void epi64_px_avx2(const epi_row *e, const float *nsh, int s, int i, size_t ox,
+                                           const float *res, const int32_t *cnt) {
+    const size_t o = (size_t)64 * s;
+    float *out = e->out[i] + ox * 64;
     uint64_t sw = 0, nw = 0;
     for (int c = 0; c < 64; c += 8) {
-        const __m256 t = epi8_avx2(cnt + c, e->al + c, e->pr + c, e->sl + c, e->po + c, res ? res + c : NULL,
-                                   e->leaky, e->act_slope);
+        const __m256 t = epi8_avx2(cnt + c, e->al + o + c, e->pr + o + c, e->sl + o + c, e->po + o + c,
+                                   res ? res + c : NULL, e->leaky, e->act_slope);
         _mm256_storeu_ps(out + c, t);
         if (nsh) {
             const __m256 m = _mm256_loadu_ps(nsh + c);
@@ -802,39 +804,59 @@ T_AVX2 static inline AI void epi64_px_avx2(const epi_row *e, const float *nsh, i
         }
     }
     if (nsh) {
-        e->na[0][2 * (size_t)x] = sw;
-        e->na[0][2 * (size_t)x + 1] = nw;
+        e->na[i][2 * ox] = sw;
+        e->na[i][2 * ox + 1] = nw;
     }
 }
 
+/* the AVX2 row: pixels in pairs where both windows are full and the lookup form applies (its weight
+ * loads shared), the 64-channel epilogue (also per sub-pixel) where the layout allows (epi64_px_avx2) */
 T_AVX2 static void row_avx2(const unit_args *a, int n, int y, int32_t *cnt) {
     epi_row e;
-    if (a->C != 64 || a->r != 1 || !epi_row_init(a, n, y, &e) || e.na8[0]) {
+    const int r = a->r;
+    const int fast = a->C == 64 && a->ng * GROUP == 64 * r * r && epi_row_init(a, n, y, &e) && !e.na8[0];
+    if (!fast && !a->wlut) {
         row_avx2_any(a, n, y, cnt);
         return;
     }
     float nsh[64];
-    if (e.na[0])
+    const float *ns = NULL;
+    if (fast && e.na[0]) {
         for (int c = 0; c < 64; c++) nsh[c] = -e.sh[c];
+        ns = nsh;
+    }
+    const size_t stride = (size_t)a->ng * GROUP; /* counts a pixel */
+    const int pairs = a->wlut && 2 * stride <= MAX_OUT + GROUP;
     const size_t pw = (size_t)2 * a->K;
     const uint64_t *r0 = act_row(a, n, y), *r1 = act_row(a, n, y + 1), *r2 = act_row(a, n, y + 2);
-    const float *ns = e.na[0] ? nsh : NULL;
     for (int x = 0; x < a->W; x++) {
         WINDOW_TAPS(taps, r0, r1, r2, x, pw);
-        if (a->wlut && a->ng == 4 && x + 1 < a->W) {
+        int np = 1;
+        if (pairs && x + 1 < a->W) {
             WINDOW_TAPS(right, r0, r1, r2, x + 1, pw);
-            if (window_full(taps) && window_full(right)) { /* two pixels share the weight loads */
+            if (window_full(taps) && window_full(right)) {
                 const uint64_t *const *tp[2] = {taps, right};
-                int32_t *const c[2] = {cnt, cnt + 64};
-                lut_px_avx2(a->wlut, 0, tp, 2, c);
-                epi64_px_avx2(&e, ns, x, cnt);
-                epi64_px_avx2(&e, ns, x + 1, cnt + 64);
-                x++;
-                continue;
+                for (int block = 0; block < a->ng / 4; block++) {
+                    int32_t *const c[2] = {cnt + 64 * block, cnt + stride + 64 * block};
+                    lut_px_avx2(a->wlut, block, tp, 2, c);
+                }
+                np = 2;
             }
         }
-        core_avx2(a, taps, cnt);
-        epi64_px_avx2(&e, ns, x, cnt);
+        if (np == 1) core_avx2(a, taps, cnt);
+        for (int p = 0; p < np; p++) {
+            const int32_t *c = cnt + p * stride;
+            if (fast) {
+                const float *res = e.res ? e.res + (size_t)(x + p) * 64 : NULL;
+                for (int q = 0; q < r * r; q++)
+                    epi64_px_avx2(&e, ns, q, q / r, (size_t)(x + p) * r + q % r, res, c + 64 * q);
+            } else if (a->counts)
+                memcpy(a->counts + (((size_t)n * a->H + y) * a->W + x + p) * a->cout, c,
+                       sizeof(int32_t) * (size_t)a->cout);
+            else
+                epilogue_avx2(a, n, y, x + p, c);
+        }
+        x += np - 1;
     }
 }
 /* the layouts epi_px does not take (NCHW, channels not a multiple of 16): the AVX2 epilogue */

@@ -307,7 +307,7 @@ def test_units_the_same_on_every_core(w: int, r: int) -> None:
             nxt = torch.empty(n, h * r + 2, w * r + 2, 2, dtype=torch.int64)
             kernels._ext.unit(as_array(act), as_array(wp), cin=c, cout=c * r * r, alpha=as_array(al),
                               pre=as_array(pre), slope=as_array(sl), post=as_array(po), upscale=r,
-                              residual=as_array(x) if r == 1 else None, out=as_array(out),
+                              residual=as_array(x), out=as_array(out),
                               next_shift=as_array(nshift), next_act=as_array(nxt), threads=2)
             results.append((core, out, nxt))
     finally:
