@@ -848,8 +848,12 @@ T_AVX2 static void row_avx2(const unit_args *a, int n, int y, int32_t *cnt) {
             const int32_t *c = cnt + p * stride;
             if (fast) {
                 const float *res = e.res ? e.res + (size_t)(x + p) * 64 : NULL;
-                for (int q = 0; q < r * r; q++)
-                    epi64_px_avx2(&e, ns, q, q / r, (size_t)(x + p) * r + q % r, res, c + 64 * q);
+                if (r == 1)
+                    epi64_px_avx2(&e, ns, 0, 0, (size_t)(x + p), res, c);
+                else
+                    for (int i = 0; i < r; i++)
+                        for (int j = 0; j < r; j++)
+                            epi64_px_avx2(&e, ns, i * r + j, i, (size_t)(x + p) * r + j, res, c + 64 * (i * r + j));
             } else if (a->counts)
                 memcpy(a->counts + (((size_t)n * a->H + y) * a->W + x + p) * a->cout, c,
                        sizeof(int32_t) * (size_t)a->cout);
