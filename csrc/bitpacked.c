@@ -74,7 +74,7 @@ typedef struct {
     uint64_t *nact;          /* [N][H*r+2][W*r+2][Kn][2] */
     int32_t *counts;         /* raw counts [N][H][W][cout] instead of the epilogue, or NULL */
     const int8_t *wamx;      /* AMX core only: weights as int8 tiles [9][K][ng][16][64] (see amx_weights) */
-    const uint8_t *wlut;     /* AVX2 core only: its lookup table and weight nibbles (see lut_weights), or NULL */
+    const uint8_t *wlut;     /* AVX2 core only: the weights as lookup nibbles (see lut_weights), or NULL */
     int leaky;               /* 1: a leaky ReLU after the residual, v > 0 ? v : v * act_slope (torch's) */
     float act_slope;
     /* chains (N == 1): padded row p of the input bits at act_rows[p] and of the output bits at
@@ -113,27 +113,29 @@ static inline int window_full(const uint64_t *const taps[9]) {
             taps[7][1] & taps[8][1]) == ~(uint64_t)0;
 }
 
-/* The AVX2 core's lookup form (lut_px_avx2) for units with 64 input channels whose outputs come in
- * blocks of 64: a table of 256 entries of 32 bytes, entry v holding popcount((v & 15) ^ j) in byte j
- * and popcount((v >> 4) ^ j) in byte 16 + j (j < 16); then per block of 64 outputs, for each tap t,
- * byte b of the input word and quarter q of the block, 32 bytes: the low nibbles of byte b of the
- * weight words of outputs 16q..16q+15 of tap t, then their high nibbles. */
-#define LUT_TABLE_BYTES (256 * 32)
-#define LUT_BLOCK_BYTES (9 * 8 * 4 * 32)
+/* The AVX2 core's lookup table: entry v holds popcount((v & 15) ^ j) in byte j and
+ * popcount((v >> 4) ^ j) in byte 16 + j (j < 16), for each value v of an input byte */
+#define POP4(x) (((x) & 1) + (((x) >> 1) & 1) + (((x) >> 2) & 1) + (((x) >> 3) & 1))
+#define LUT_HALF(n) POP4((n) ^ 0), POP4((n) ^ 1), POP4((n) ^ 2), POP4((n) ^ 3), POP4((n) ^ 4), POP4((n) ^ 5), \
+    POP4((n) ^ 6), POP4((n) ^ 7), POP4((n) ^ 8), POP4((n) ^ 9), POP4((n) ^ 10), POP4((n) ^ 11),             \
+    POP4((n) ^ 12), POP4((n) ^ 13), POP4((n) ^ 14), POP4((n) ^ 15)
+#define LUT_1(v) {LUT_HALF((v) & 15), LUT_HALF((v) >> 4)}
+#define LUT_4(v) LUT_1(v), LUT_1((v) + 1), LUT_1((v) + 2), LUT_1((v) + 3)
+#define LUT_16(v) LUT_4(v), LUT_4((v) + 4), LUT_4((v) + 8), LUT_4((v) + 12)
+#define LUT_64(v) LUT_16(v), LUT_16((v) + 16), LUT_16((v) + 32), LUT_16((v) + 48)
+static const uint8_t LUT_TABLE[256][32] __attribute__((aligned(64))) = {LUT_64(0), LUT_64(64), LUT_64(128),
+                                                                         LUT_64(192)};
 
-/* the lookup form of a unit's weights; NULL where it does not apply or memory is short (the nibble
- * popcount then runs) */
+/* The lookup form of a unit's weights (lut_px_avx2) with 64 input channels and outputs in blocks
+ * of 64: per block, for each tap t, byte b of the input word and quarter q of the block, 32 bytes:
+ * the low nibbles of byte b of the weight words of outputs 16q..16q+15 of tap t, then their high
+ * nibbles. NULL where it does not apply or memory is short (the nibble popcount then runs). */
+#define LUT_BLOCK_BYTES (9 * 8 * 4 * 32)
 static uint8_t *lut_weights(const unit_args *a) {
     if (a->K != 1 || a->ng % 4) return NULL;
     const int blocks = a->ng / 4;
-    uint8_t *m = (uint8_t *)aligned_alloc(64, LUT_TABLE_BYTES + (size_t)blocks * LUT_BLOCK_BYTES);
+    uint8_t *d = (uint8_t *)aligned_alloc(64, (size_t)blocks * LUT_BLOCK_BYTES), *m = d;
     if (!m) return NULL;
-    for (int v = 0; v < 256; v++)
-        for (int j = 0; j < 16; j++) {
-            m[32 * v + j] = (uint8_t)__builtin_popcount((unsigned)(v & 15) ^ (unsigned)j);
-            m[32 * v + 16 + j] = (uint8_t)__builtin_popcount((unsigned)(v >> 4) ^ (unsigned)j);
-        }
-    uint8_t *d = m + LUT_TABLE_BYTES;
     for (int s = 0; s < blocks; s++)
         for (int t = 0; t < 9; t++)
             for (int b = 0; b < 8; b++)
@@ -257,14 +259,14 @@ T_AVX2 static inline __attribute__((always_inline)) void core_avx2_k(const unit_
 /* Counts of one block of 64 outputs for NP (1 or 2) neighbouring pixels whose windows are full (every
  * activation nonzero): 576 - 2 * the differing bits of the nine taps. The differing bits of a 4-bit
  * slice are a table lookup: for byte b of an input word, vpshufb looks the 16 outputs' weight
- * nibbles up in that byte's table entry (low nibbles in the low lane, high in the high), so one
+ * nibbles up in that byte's LUT_TABLE entry (low nibbles in the low lane, high in the high), so one
  * shuffle and one byte add cover 128 bit products, where the nibble popcount takes eight operations
  * for 256. Two pixels share each weight load. The byte sums (at most 4 a lookup, 32 a tap) widen to
  * 16 bits after taps 0-4 and 5-8; the integer sums equal the other cores' counts bit for bit. */
-T_AVX2 static inline AI void lut_px_avx2(const uint8_t *lut, int block, const uint64_t *const *const tp[2],
+T_AVX2 static inline AI void lut_px_avx2(const uint8_t *wlut, int block, const uint64_t *const *const tp[2],
                                          const int NP, int32_t *const cnt[2]) {
     const __m256i zero = _mm256_setzero_si256();
-    const uint8_t *w0 = lut + LUT_TABLE_BYTES + (size_t)block * LUT_BLOCK_BYTES;
+    const uint8_t *w0 = wlut + (size_t)block * LUT_BLOCK_BYTES;
     __m256i lo[2][4], hi[2][4];
     for (int p = 0; p < NP; p++)
         for (int q = 0; q < 4; q++) lo[p][q] = hi[p][q] = zero;
@@ -279,7 +281,7 @@ T_AVX2 static inline AI void lut_px_avx2(const uint8_t *lut, int block, const ui
 #pragma GCC unroll 8
             for (int b = 0; b < 8; b++) {
                 __m256i tab[2];
-                for (int p = 0; p < NP; p++) tab[p] = _mm256_load_si256((const __m256i *)(lut + 32 * (size_t)x[p][b]));
+                for (int p = 0; p < NP; p++) tab[p] = _mm256_load_si256((const __m256i *)LUT_TABLE[x[p][b]]);
 #pragma GCC unroll 4
                 for (int q = 0; q < 4; q++) {
                     __m256i wq = _mm256_load_si256((const __m256i *)(w + (4 * b + q) * 32));
@@ -387,7 +389,6 @@ T_AVX512 static inline AI void core_avx512_k(const unit_args *a, const uint64_t 
 }
 
 /* 64 input channels (K == 1): how many activations of the window are nonzero */
-
 T_AVX512 static inline int window_nonzero(const uint64_t *const taps[9]) {
     int P = 0;
     for (int t = 0; t < 9; t++) P += (int)_mm_popcnt_u64(taps[t][1]);
