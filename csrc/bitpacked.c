@@ -468,8 +468,10 @@ T_AVX2 static inline void epilogue_avx2(const unit_args *a, int n, int y, int x,
                 const int Kn = (C + 63) / 64;
                 const size_t Ho = (size_t)a->H * r, Wo = (size_t)a->W * r;
                 const size_t oy = (size_t)y * r + i, ox = (size_t)x * r + j;
-                const float *res = a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
-                float *out = a->out + (((size_t)n * Ho + oy) * Wo + ox) * C;
+                /* a pipe's stages read and write ring rows (N == 1) */
+                const float *res = a->resid_rows ? a->resid_rows[y] + (size_t)x * C
+                                   : a->resid ? a->resid + (((size_t)n * a->H + y) * a->W + x) * C : NULL;
+                float *out = a->out_rows ? a->out_rows[oy] + ox * C : a->out + (((size_t)n * Ho + oy) * Wo + ox) * C;
                 uint64_t *na = a->nshift ? nact_at(a, n, oy, ox) : NULL;
                 for (int k = 0; k < Kn; k++) {
                     const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
@@ -2255,7 +2257,8 @@ T_AVX2 static inline float thin_reduce_avx2(__m256 lo, __m256 hi) {
 
 /* thin_px_avx512 with each 16-lane sum as two 8-lane halves: the same products in the same lanes
  * and order, so bitwise the same result */
-T_AVX2 static inline AI void thin_px_avx2(const thin_job *j, int n, int y, int x, const int P, const int OUT) {
+T_AVX2 static inline AI void thin_px_avx2(const thin_job *j, int n, int y, int x, const int P, const int OUT,
+                                          const int FULL) {
     const int W = j->W, cin = j->cin, cpad = j->cpad;
     __m256 acc[4][4][2];
     for (int p = 0; p < P; p++)
@@ -2265,29 +2268,34 @@ T_AVX2 static inline AI void thin_px_avx2(const thin_job *j, int n, int y, int x
         const int inside = yy >= 0 && yy < j->H && xx >= 0 && xx + P - 1 < W;
         if (!inside) continue;
         const float *px = thin_at(j, n, yy, xx);
-        for (int c = 0; c < cpad; c += 8) {
-            const int h = (c / 8) & 1, left = cin - c;
-            const float *w = j->wt + (size_t)t * OUT * cpad + c;
-            if (left >= 8) {
-                for (int p = 0; p < P; p++) {
-                    const __m256 v = _mm256_loadu_ps(px + (size_t)p * cin + c);
-                    for (int o = 0; o < OUT; o++)
-                        acc[p][o][h] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + (size_t)o * cpad), acc[p][o][h]);
+        /* 16 channels a step, halves h = 0 and 1 with constant indices: the accumulators stay in
+         * registers (a runtime half index put them on the stack, 4x slower) */
+        for (int c = 0; c < cpad; c += 16) {
+#pragma GCC unroll 2
+            for (int h = 0; h < 2; h++) {
+                const int c8 = c + 8 * h, left = cin - c8;
+                const float *w = j->wt + (size_t)t * OUT * cpad + c8;
+                if (FULL || left >= 8) { /* FULL: cin == cpad, no masks (and no register for them) */
+                    for (int p = 0; p < P; p++) {
+                        const __m256 v = _mm256_loadu_ps(px + (size_t)p * cin + c8);
+                        for (int o = 0; o < OUT; o++)
+                            acc[p][o][h] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + (size_t)o * cpad), acc[p][o][h]);
+                    }
+                } else if (left > 0) {
+                    const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+                    for (int p = 0; p < P; p++) {
+                        const __m256 v = _mm256_maskload_ps(px + (size_t)p * cin + c8, m);
+                        for (int o = 0; o < OUT; o++)
+                            acc[p][o][h] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + (size_t)o * cpad), acc[p][o][h]);
+                    }
+                } else {
+                    /* past cin: the 16-lane paths add 0 * w, which leaves an accumulator as it is
+                     * except that -0 becomes +0 */
+                    for (int p = 0; p < P; p++)
+                        for (int o = 0; o < OUT; o++)
+                            acc[p][o][h] = _mm256_fmadd_ps(_mm256_setzero_ps(), _mm256_loadu_ps(w + (size_t)o * cpad),
+                                                           acc[p][o][h]);
                 }
-            } else if (left > 0) {
-                const __m256i m = _mm256_cmpgt_epi32(_mm256_set1_epi32(left), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-                for (int p = 0; p < P; p++) {
-                    const __m256 v = _mm256_maskload_ps(px + (size_t)p * cin + c, m);
-                    for (int o = 0; o < OUT; o++)
-                        acc[p][o][h] = _mm256_fmadd_ps(v, _mm256_loadu_ps(w + (size_t)o * cpad), acc[p][o][h]);
-                }
-            } else {
-                /* past cin: the 16-lane paths add 0 * w, which leaves an accumulator as it is except
-                 * that -0 becomes +0 */
-                for (int p = 0; p < P; p++)
-                    for (int o = 0; o < OUT; o++)
-                        acc[p][o][h] = _mm256_fmadd_ps(_mm256_setzero_ps(), _mm256_loadu_ps(w + (size_t)o * cpad),
-                                                       acc[p][o][h]);
             }
         }
     }
@@ -2304,11 +2312,15 @@ T_AVX2 static inline AI void thin_row_avx2_k(const thin_job *j, int n, int y, co
     const int W = j->W;
     const int P = OUT <= 2 ? 4 : OUT == 3 ? 2 : 1; /* P * OUT * 2 accumulators within 16 registers */
     int x = 0;
-    thin_px_avx2(j, n, y, 0, 1, OUT);
+    thin_px_avx2(j, n, y, 0, 1, OUT, 0);
     x = 1;
-    if (y > 0 && y < j->H - 1 && P > 1)
-        for (; x + P <= W - 1; x += P) thin_px_avx2(j, n, y, x, P, OUT);
-    for (; x < W; x++) thin_px_avx2(j, n, y, x, 1, OUT);
+    if (y > 0 && y < j->H - 1 && P > 1) {
+        if (j->cin == j->cpad)
+            for (; x + P <= W - 1; x += P) thin_px_avx2(j, n, y, x, P, OUT, 1);
+        else
+            for (; x + P <= W - 1; x += P) thin_px_avx2(j, n, y, x, P, OUT, 0);
+    }
+    for (; x < W; x++) thin_px_avx2(j, n, y, x, 1, OUT, 0);
 }
 
 /* one row per core, its row kernel inlined with a constant number of outputs (1..4) */
@@ -2431,11 +2443,46 @@ T_AVX512 static void shuffle_row2_avx512(const shuffle_job *j, int n, int y) {
 }
 #endif
 
+#if BP_X86
+/* r == 2 and C % 8 == 0 on AVX2: 8 channels of the four sub-pixels from four loads, a 4 x 4
+ * transpose in each 128-bit lane (channels c, c+2, c+4, c+6 | c+1, c+3, c+5, c+7) and one
+ * permute back to channel order; both output rows in one pass. The leaky ReLU is the scalar one's
+ * select (v > 0 ? v : v * slope). */
+T_AVX2 static void shuffle_row2_avx2(const shuffle_job *j, int n, int y) {
+    const int H = j->H, W = j->W, C = j->C;
+    const __m256 zero = _mm256_setzero_ps(), slope = _mm256_set1_ps(j->slope);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    float *row[2];
+    for (int i = 0; i < 2; i++) row[i] = j->out + (((size_t)n * H * 2 + (size_t)y * 2 + i) * W * 2) * C;
+    for (int x = 0; x < W; x++) {
+        const float *src = j->x + (((size_t)n * H + y) * W + x) * (size_t)C * 4;
+        for (int c = 0; c < C; c += 8) {
+            const float *q = src + (size_t)c * 4;
+            const __m256 v0 = _mm256_loadu_ps(q), v1 = _mm256_loadu_ps(q + 8);
+            const __m256 v2 = _mm256_loadu_ps(q + 16), v3 = _mm256_loadu_ps(q + 24);
+            const __m256 t0 = _mm256_unpacklo_ps(v0, v1), t1 = _mm256_unpackhi_ps(v0, v1);
+            const __m256 t2 = _mm256_unpacklo_ps(v2, v3), t3 = _mm256_unpackhi_ps(v2, v3);
+            const __m256 sub[4] = {_mm256_shuffle_ps(t0, t2, 0x44), _mm256_shuffle_ps(t0, t2, 0xee),
+                                   _mm256_shuffle_ps(t1, t3, 0x44), _mm256_shuffle_ps(t1, t3, 0xee)};
+            for (int s = 0; s < 4; s++) { /* sub-pixel s: output row s / 2, column 2x + s % 2 */
+                const __m256 v = _mm256_permutevar8x32_ps(sub[s], order);
+                const __m256 act = _mm256_blendv_ps(_mm256_mul_ps(v, slope), v, _mm256_cmp_ps(v, zero, _CMP_GT_OQ));
+                _mm256_storeu_ps(row[s / 2] + ((size_t)x * 2 + s % 2) * C + c, act);
+            }
+        }
+    }
+}
+#endif
+
 static void shuffle_row(const void *ctx, int ry) {
     const shuffle_job *j = (const shuffle_job *)ctx;
 #if BP_X86
     if (g_isa >= ISA_AVX512 && j->r == 2 && j->C % 16 == 0) {
         shuffle_row2_avx512(j, ry / j->H, ry % j->H);
+        return;
+    }
+    if (g_isa >= ISA_AVX2 && j->r == 2 && j->C % 8 == 0) {
+        shuffle_row2_avx2(j, ry / j->H, ry % j->H);
         return;
     }
 #endif
@@ -2831,7 +2878,11 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
         if (!ok) c->w.isa = ISA_AVX512; /* the popcount core; pipe_release frees what was made */
     }
 #endif
+    uint8_t *lut[MAX_STAGES] = {NULL};
+    if (c->w.isa == ISA_AVX2)
+        for (int s = 0; s + 1 < S; s++) c->st[s].u.wlut = lut[s] = lut_weights(&c->st[s].u);
     wave_run(&c->w, pipe_ready, pipe_task, c, &c->refs, pipe_thread, nthreads);
+    for (int s = 0; s + 1 < S; s++) free(lut[s]);
     pipe_release(c);
     return 1;
 }
@@ -2842,7 +2893,7 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
  * units (upscale r: C*r*r outputs, sub-pixel major), each taking the previous one's output;
  * weight: float32 [cout][C][3][3] (cout <= 16) and bias: float32 [cout] of the thin convolution
  * that follows; out: float32 [1][H*R][W*R][cout] with R the product of the upscales. Needs the
- * AVX-512 or AMX core and C a multiple of 16. */
+ * AVX2, AVX-512 or AMX core and C a multiple of 16. */
 static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
     static char *names[] = {"x", "act", "out", "units", "weight", "bias", "threads", NULL};
     PyObject *xo, *ao, *oo, *uo, *wo, *bo = NULL, *seq = NULL;
@@ -2855,8 +2906,8 @@ static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|$Oi:pipe", names, &xo, &ao, &oo, &uo, &wo, &bo, &nthreads))
         return NULL;
-    if (g_isa < ISA_AVX512) {
-        PyErr_Format(PyExc_ValueError, "pipe: needs the avx512 or amx core, not %s", ISA_NAMES[g_isa]);
+    if (g_isa < ISA_AVX2) {
+        PyErr_Format(PyExc_ValueError, "pipe: needs the avx2, avx512 or amx core, not %s", ISA_NAMES[g_isa]);
         return NULL;
     }
     int d[4];

@@ -577,7 +577,7 @@ def test_pipe_equals_units_then_thin_conv(isa: str, c: int, h: int, w: int, ups:
                           bias=None if b is None else as_array(b), threads=threads)
 
     if isa not in kernels.PIPE_ISAS:
-        with pytest.raises(ValueError, match="pipe: needs the avx512 or amx core"):
+        with pytest.raises(ValueError, match="pipe: needs the avx2, avx512 or amx core"):
             call()
         return
     call()
@@ -588,7 +588,7 @@ def test_pipe_refuses_bad_arguments() -> None:
     from models.kernels.bitpacked import as_array
 
     if kernels.isa() not in kernels.PIPE_ISAS:
-        pytest.skip("the pipe needs the avx512 or amx core")
+        pytest.skip("the pipe needs the avx2, avx512 or amx core")
     g = torch.Generator().manual_seed(0)
     u = tuple(as_array(t) for t in _random_up_unit(64, 2, g))
     x, act = torch.randn(1, 4, 5, 64), torch.zeros(1, 6, 7, 2, dtype=torch.int64)

@@ -34,8 +34,8 @@ if _ext is not None and os.environ.get("BBCU_KERNEL_ISA"):
 
 # the conv cores, each usable where the CPU has every feature of the ones before it
 ISAS = ("scalar", "avx2", "avx512", "amx")
-# the cores that run the upsampler's wavefront (``pipe``); with the others it goes layer by layer
-PIPE_ISAS = ISAS[ISAS.index("avx512"):]
+# the cores that run the upsampler's wavefront (``pipe``); with the scalar one it goes layer by layer
+PIPE_ISAS = ISAS[ISAS.index("avx2"):]
 
 
 def available() -> bool:
