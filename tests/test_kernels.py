@@ -539,17 +539,21 @@ def _random_up_unit(c: int, r: int, g: torch.Generator) -> tuple[torch.Tensor, .
             torch.randn(c, generator=g) * 0.1)
 
 
-@pytest.mark.parametrize("c,h,w,ups,threads,bias", [
-    (64, 9, 11, (2, 2, 1), 2, True), (64, 7, 5, (3, 1), 3, False), (32, 6, 9, (2, 1, 1), 1, True),
-    (16, 5, 40, (1,), 2, True), (64, 1, 3, (2, 1), 2, True)])
+@pytest.mark.parametrize("c,h,w,ups,threads,bias,infinite", [
+    (64, 9, 11, (2, 2, 1), 2, True, False), (64, 7, 5, (3, 1), 3, False, False),
+    (32, 6, 9, (2, 1, 1), 1, True, False), (16, 5, 40, (1,), 2, True, False), (64, 1, 3, (2, 1), 2, True, False),
+    (64, 6, 7, (2, 1), 2, True, True), (32, 5, 6, (2, 1), 2, False, True)])
 def test_pipe_equals_units_then_thin_conv(isa: str, c: int, h: int, w: int, ups: tuple[int, ...],
-                                         threads: int, bias: bool) -> None:
+                                         threads: int, bias: bool, infinite: bool) -> None:
     """The upsampler's wavefront gives bitwise what the units (the last with its leaky ReLU) and the
-    thin convolution give one by one; a core without the pipe refuses it."""
+    thin convolution give one by one, also where a shift is infinite (the rows then take the general
+    epilogue, which must read and write the rings too); a core without the pipe refuses it."""
     from models.kernels.bitpacked import as_array, pack_activations, thin_conv
 
     g = torch.Generator().manual_seed(c * h + w)
     units = [_random_up_unit(c, r, g) for r in ups]
+    if infinite:  # the second unit's shift: its producer's fast epilogue does not apply
+        units[1][5][:2] = torch.tensor([float("inf"), -float("inf")])
     x = torch.randn(1, h, w, c, generator=g)
     x[x.abs() < 0.05] = 0.0
     weight = torch.randn(3, c, 3, 3, generator=g)
