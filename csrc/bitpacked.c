@@ -261,15 +261,14 @@ T_AVX2 static inline __attribute__((always_inline)) void core_avx2_k(const unit_
  * slice are a table lookup: for byte b of an input word, vpshufb looks the 16 outputs' weight
  * nibbles up in that byte's LUT_TABLE entry (low nibbles in the low lane, high in the high), so one
  * shuffle and one byte add cover 128 bit products, where the nibble popcount takes eight operations
- * for 256. Two pixels share each weight load. The byte sums (at most 4 a lookup, 32 a tap) widen to
- * 16 bits after taps 0-4 and 5-8; the integer sums equal the other cores' counts bit for bit. */
+ * for 256. Two pixels share each weight load. The byte sums (at most 4 a lookup, 32 a tap: 160 for
+ * taps 0-4, 128 for 5-8) widen to 16 bits once, at the end; the integer sums equal the other cores'
+ * counts bit for bit. */
 T_AVX2 static inline AI void lut_px_avx2(const uint8_t *wlut, int block, const uint64_t *const *const tp[2],
                                          const int NP, int32_t *const cnt[2]) {
     const __m256i zero = _mm256_setzero_si256();
     const uint8_t *w0 = wlut + (size_t)block * LUT_BLOCK_BYTES;
-    __m256i lo[2][4], hi[2][4];
-    for (int p = 0; p < NP; p++)
-        for (int q = 0; q < 4; q++) lo[p][q] = hi[p][q] = zero;
+    __m256i first[2][4]; /* the byte sums of taps 0-4, widened with those of 5-8 at the end */
     for (int part = 0; part < 2; part++) {
         __m256i acc[2][4];
         for (int p = 0; p < NP; p++)
@@ -293,23 +292,27 @@ T_AVX2 static inline AI void lut_px_avx2(const uint8_t *wlut, int block, const u
                 }
             }
         }
+        if (part == 0) {
+            for (int p = 0; p < NP; p++)
+                for (int q = 0; q < 4; q++) first[p][q] = acc[p][q];
+            continue;
+        }
+        /* a 16-bit lane of lo (hi) holds output i (8 + i) of its quarter, low nibbles in the low 128
+         * bits and high nibbles in the high 128 */
+        const __m256i all = _mm256_set1_epi32(9 * 64);
         for (int p = 0; p < NP; p++)
             for (int q = 0; q < 4; q++) {
-                lo[p][q] = _mm256_add_epi16(lo[p][q], _mm256_unpacklo_epi8(acc[p][q], zero));
-                hi[p][q] = _mm256_add_epi16(hi[p][q], _mm256_unpackhi_epi8(acc[p][q], zero));
+                const __m256i lo = _mm256_add_epi16(_mm256_unpacklo_epi8(first[p][q], zero),
+                                                    _mm256_unpacklo_epi8(acc[p][q], zero));
+                const __m256i hi = _mm256_add_epi16(_mm256_unpackhi_epi8(first[p][q], zero),
+                                                    _mm256_unpackhi_epi8(acc[p][q], zero));
+                const __m128i l = _mm_add_epi16(_mm256_castsi256_si128(lo), _mm256_extracti128_si256(lo, 1));
+                const __m128i h = _mm_add_epi16(_mm256_castsi256_si128(hi), _mm256_extracti128_si256(hi, 1));
+                int32_t *c = cnt[p] + 16 * q;
+                _mm256_storeu_si256((__m256i *)c, _mm256_sub_epi32(all, _mm256_slli_epi32(_mm256_cvtepu16_epi32(l), 1)));
+                _mm256_storeu_si256((__m256i *)(c + 8), _mm256_sub_epi32(all, _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 1)));
             }
     }
-    /* a 16-bit lane of lo (hi) holds output i (8 + i) of its quarter, low nibbles in the low 128
-     * bits and high nibbles in the high 128 */
-    const __m256i all = _mm256_set1_epi32(9 * 64);
-    for (int p = 0; p < NP; p++)
-        for (int q = 0; q < 4; q++) {
-            const __m128i l = _mm_add_epi16(_mm256_castsi256_si128(lo[p][q]), _mm256_extracti128_si256(lo[p][q], 1));
-            const __m128i h = _mm_add_epi16(_mm256_castsi256_si128(hi[p][q]), _mm256_extracti128_si256(hi[p][q], 1));
-            int32_t *c = cnt[p] + 16 * q;
-            _mm256_storeu_si256((__m256i *)c, _mm256_sub_epi32(all, _mm256_slli_epi32(_mm256_cvtepu16_epi32(l), 1)));
-            _mm256_storeu_si256((__m256i *)(c + 8), _mm256_sub_epi32(all, _mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 1)));
-        }
 }
 
 T_AVX2 static inline void core_avx2(const unit_args *a, const uint64_t *const taps[9], int32_t *cnt) {
