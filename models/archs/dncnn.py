@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 
+import torch
 from torch import Tensor, nn
 
 from models.archs.architecture import Architecture
@@ -42,7 +43,11 @@ class BBCUDnCNN(nn.Module):
         else:
             assert isinstance(tail, nn.Conv2d)
             noise = run_units(units, feat, consume=True, last=tail)
-        return (x - noise) / self.k
+        if noise.requires_grad:
+            return (x - noise) / self.k
+        # inference: into the noise estimate's own storage (x - noise is x + (-noise), exactly the
+        # same floats), sparing two image-size tensors and their first-touch page faults
+        return torch.sub(x, noise, out=noise).div_(self.k)
 
 
 def build(config: NetworkConfig) -> BBCUDnCNN:
