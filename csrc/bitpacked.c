@@ -1859,6 +1859,16 @@ static void *hold(held_t *h, PyObject *obj, const char *name, kind_t kind, int w
     return v->buf;
 }
 
+/* hold() for an array a call cannot do without: None is a ValueError naming it */
+static void *hold_required(held_t *h, PyObject *obj, const char *name, kind_t kind, int writable, int ndim,
+                           const Py_ssize_t *shape) {
+    if (obj == Py_None) {
+        PyErr_Format(PyExc_ValueError, "%s: expected an array, got None", name);
+        return NULL;
+    }
+    return hold(h, obj, name, kind, writable, ndim, shape);
+}
+
 static int words(int channels) { return (channels + 63) / 64; }
 
 /* hold() for the NHWC float32 input `x` of an entry point: every axis at least 1 and C at most
@@ -2381,7 +2391,7 @@ static PyObject *py_thin_conv(PyObject *self, PyObject *args, PyObject *kw) {
         goto fail;
     }
     const Py_ssize_t oshape[4] = {N, H, W, cout}, bshape[1] = {cout};
-    float *out = hold(&h, oo, "out", F32, 1, 4, oshape);
+    float *out = hold_required(&h, oo, "out", F32, 1, 4, oshape);
     if (!out) goto fail;
     const float *bias = NULL;
     if (bo && bo != Py_None && !(bias = hold(&h, bo, "bias", F32, 0, 1, bshape))) goto fail;
@@ -2396,6 +2406,232 @@ static PyObject *py_thin_conv(PyObject *self, PyObject *args, PyObject *kw) {
     parallel_rows(thin_row, &job, N * H, nthreads);
     Py_END_ALLOW_THREADS
     free(wt);
+    release_all(&h);
+    Py_RETURN_NONE;
+fail:
+    release_all(&h);
+    return NULL;
+}
+
+/* ------------------------------------------------------------------------------------------ */
+/* The super-resolution networks' output, (y + bilinear(x)) / k, where y is the last convolution's
+ * result and x the network's (scaled) input. The bilinear upsampling by r is torch's generic CPU
+ * kernel for F.interpolate(x, scale_factor=r, mode="bilinear", align_corners=False), the one it
+ * takes for these images (2 or more threads, or more than 3 channels, and output sides summing to
+ * more than 128): along each axis the source position fma(1/r, i + 0.5, -0.5), clamped at 0, its
+ * floor i0 (at most n - 1), l1 = that minus i0 clamped to [0, 1], l0 = 1 - l1, i1 = i0 + 1 inside
+ * the image; a row first, t = fma(x[i0], l0, x[i1] * l1), then the two rows alike; then the add
+ * and the true division of torch's (y + base) / k. Bitwise torch's result in that case (the
+ * compiler contracted torch's a * b + c * d into fma(a, b, c * d); tests/test_kernels.py checks it).
+ * Two passes: base_rows interpolates every input row along its width once (r times fewer rows
+ * than the output has), then base_add combines two of those rows for each output row, adds y and
+ * divides, which a pipe does right after its thin convolution has written the row. */
+
+typedef struct {
+    int i0, i1;
+    float l0, l1;
+} lin_tap;
+
+static lin_tap lin_tap_at(int i, int n, int r) {
+    float src = fmaf((float)(1.0 / r), (float)i + 0.5f, -0.5f);
+    if (src < 0.0f) src = 0.0f;
+    int i0 = (int)src;
+    if (i0 > n - 1) i0 = n - 1;
+    float l1 = src - (float)i0;
+    l1 = l1 < 0.0f ? 0.0f : l1 > 1.0f ? 1.0f : l1;
+    return (lin_tap){i0, i0 + (i0 < n - 1), 1.0f - l1, l1};
+}
+
+typedef struct {
+    const float *x; /* [N][H][W][C] */
+    float *rows;    /* [N][H][W*r][C] */
+    const lin_tap *tw;
+    int H, W, C, r;
+} base_rows_job;
+
+/* the same loop with fma as one instruction where the core has it (fmaf is exact either way) */
+#define DEFINE_BASE_ROW(NAME, ATTR)                                                                \
+    ATTR static void NAME(const base_rows_job *j, int ry) {                                        \
+        const int C = j->C, Wo = j->W * j->r;                                                      \
+        const float *src = j->x + (size_t)ry * j->W * C;                                           \
+        float *dst = j->rows + (size_t)ry * Wo * C;                                                \
+        for (int x = 0; x < Wo; x++) {                                                             \
+            const lin_tap t = j->tw[x];                                                            \
+            const float *a = src + (size_t)t.i0 * C, *b = src + (size_t)t.i1 * C;                  \
+            for (int c = 0; c < C; c++) dst[(size_t)x * C + c] = fmaf(a[c], t.l0, b[c] * t.l1);    \
+        }                                                                                          \
+    }
+
+DEFINE_BASE_ROW(base_row_scalar, )
+#if BP_X86
+DEFINE_BASE_ROW(base_row_fma, T_AVX2)
+#endif
+
+static void base_row(const void *ctx, int ry) {
+    const base_rows_job *j = (const base_rows_job *)ctx;
+#if BP_X86
+    if (g_isa >= ISA_AVX2) {
+        base_row_fma(j, ry);
+        return;
+    }
+#endif
+    base_row_scalar(j, ry);
+}
+
+typedef struct {
+    const float *rows; /* base_rows of one image: [H][n] */
+    int H, r, n;       /* n = W * r * C floats an output row */
+    float k;
+} base_job;
+
+/* output row yo: out[e] = (y[e] + fma(rows[i0][e], l0, rows[i1][e] * l1)) / k (out may be y) */
+static void base_add_scalar(const float *a, const float *b, float l0, float l1, float k, const float *y,
+                            float *out, int n) {
+    for (int e = 0; e < n; e++) out[e] = (y[e] + fmaf(a[e], l0, b[e] * l1)) / k;
+}
+
+#if BP_X86
+T_AVX2 static void base_add_avx2(const float *a, const float *b, float l0, float l1, float k, const float *y,
+                                 float *out, int n) {
+    const __m256 v0 = _mm256_set1_ps(l0), v1 = _mm256_set1_ps(l1), vk = _mm256_set1_ps(k);
+    int e = 0;
+    for (; e + 8 <= n; e += 8) {
+        const __m256 t = _mm256_fmadd_ps(_mm256_loadu_ps(a + e), v0, _mm256_mul_ps(_mm256_loadu_ps(b + e), v1));
+        _mm256_storeu_ps(out + e, _mm256_div_ps(_mm256_add_ps(_mm256_loadu_ps(y + e), t), vk));
+    }
+    for (; e < n; e++) out[e] = (y[e] + fmaf(a[e], l0, b[e] * l1)) / k;
+}
+
+T_AVX512 static void base_add_avx512(const float *a, const float *b, float l0, float l1, float k, const float *y,
+                                     float *out, int n) {
+    const __m512 v0 = _mm512_set1_ps(l0), v1 = _mm512_set1_ps(l1), vk = _mm512_set1_ps(k);
+    for (int e = 0; e < n; e += 16) {
+        const __mmask16 m = n - e >= 16 ? (__mmask16)0xffff : (__mmask16)((1u << (n - e)) - 1);
+        const __m512 t = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + e), v0,
+                                         _mm512_mul_ps(_mm512_maskz_loadu_ps(m, b + e), v1));
+        const __m512 s = _mm512_add_ps(_mm512_maskz_loadu_ps(m, y + e), t);
+        _mm512_mask_storeu_ps(out + e, m, _mm512_div_ps(s, vk));
+    }
+}
+#endif
+
+static void base_add(const base_job *b, int yo, const float *y, float *out) {
+    const lin_tap t = lin_tap_at(yo, b->H, b->r);
+    const float *r0 = b->rows + (size_t)t.i0 * b->n, *r1 = b->rows + (size_t)t.i1 * b->n;
+#if BP_X86
+    if (g_isa >= ISA_AVX512) {
+        base_add_avx512(r0, r1, t.l0, t.l1, b->k, y, out, b->n);
+        return;
+    }
+    if (g_isa >= ISA_AVX2) {
+        base_add_avx2(r0, r1, t.l0, t.l1, b->k, y, out, b->n);
+        return;
+    }
+#endif
+    base_add_scalar(r0, r1, t.l0, t.l1, b->k, y, out, b->n);
+}
+
+/* base_rows(x, out, *, upscale, threads=1)
+ * x: float32 [N][H][W][C] (NHWC); out: float32 [N][H][W*r][C], every row of x interpolated along
+ * its width (the first pass of the bilinear upsampling, above) */
+static PyObject *py_base_rows(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"x", "out", "upscale", "threads", NULL};
+    PyObject *xo, *oo;
+    int r = 0, nthreads = 1;
+    held_t h = {.n = 0};
+    lin_tap *tw = NULL;
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$ii:base_rows", names, &xo, &oo, &r, &nthreads)) return NULL;
+    if (r < 1 || r > 8) {
+        PyErr_Format(PyExc_ValueError, "upscale: expected 1..8, got %d", r);
+        return NULL;
+    }
+    int d[4];
+    const float *x = hold_nhwc(&h, xo, 1 << 20, d);
+    if (!x) goto fail;
+    const int N = d[0], H = d[1], W = d[2], C = d[3];
+    const Py_ssize_t oshape[4] = {N, H, (Py_ssize_t)W * r, C};
+    float *out = hold_required(&h, oo, "out", F32, 1, 4, oshape);
+    if (!out) goto fail;
+    if (!(tw = (lin_tap *)malloc((size_t)W * r * sizeof(lin_tap)))) {
+        PyErr_NoMemory();
+        goto fail;
+    }
+    for (int i = 0; i < W * r; i++) tw[i] = lin_tap_at(i, W, r);
+    const base_rows_job job = {x, out, tw, H, W, C, r};
+    Py_BEGIN_ALLOW_THREADS
+    parallel_rows(base_row, &job, N * H, nthreads);
+    Py_END_ALLOW_THREADS
+    free(tw);
+    release_all(&h);
+    Py_RETURN_NONE;
+fail:
+    free(tw);
+    release_all(&h);
+    return NULL;
+}
+
+typedef struct {
+    base_job b;
+    const float *y;
+    float *out;
+    int rows, row0; /* y and out: `rows` output rows from row0, of each image */
+    size_t img;     /* floats of one image of base_rows */
+} base_add_job;
+
+static void base_add_row(const void *ctx, int ry) {
+    const base_add_job *j = (const base_add_job *)ctx;
+    const int n = ry / j->rows, i = ry % j->rows;
+    base_job b = j->b;
+    b.rows += (size_t)n * j->img;
+    const size_t at = (size_t)ry * j->b.n;
+    base_add(&b, j->row0 + i, j->y + at, j->out + at);
+}
+
+/* add_base(y, rows, out, *, upscale, k, row0=0, threads=1)
+ * rows: float32 [N][H][Wo][C], base_rows of the input; y, out: float32 [N][h][Wo][C], output rows
+ * row0 .. row0+h-1 of the upsampled image (h <= H*r - row0); out = (y + bilinear) / k, and out may
+ * be y */
+static PyObject *py_add_base(PyObject *self, PyObject *args, PyObject *kw) {
+    static char *names[] = {"y", "rows", "out", "upscale", "k", "row0", "threads", NULL};
+    PyObject *yo, *ro, *oo;
+    int r = 0, row0 = 0, nthreads = 1;
+    float k = 1.0f;
+    held_t h = {.n = 0};
+    (void)self;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$ifii:add_base", names, &yo, &ro, &oo, &r, &k, &row0,
+                                     &nthreads))
+        return NULL;
+    if (r < 1 || r > 8) {
+        PyErr_Format(PyExc_ValueError, "upscale: expected 1..8, got %d", r);
+        return NULL;
+    }
+    const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
+    const float *rows = hold_required(&h, ro, "rows", F32, 0, 4, any4);
+    if (!rows) goto fail;
+    const Py_ssize_t *rs = h.v[h.n - 1].shape;
+    const int N = (int)rs[0], H = (int)rs[1];
+    if (N < 1 || H < 1 || rs[2] < 1 || rs[3] < 1 || rs[1] > (1 << 26) || rs[2] * rs[3] > (1 << 30)) {
+        PyErr_SetString(PyExc_ValueError, "rows: sizes out of range");
+        goto fail;
+    }
+    const Py_ssize_t yshape[4] = {N, ANY, rs[2], rs[3]};
+    const float *y = hold_required(&h, yo, "y", F32, 0, 4, yshape);
+    if (!y) goto fail;
+    const int hy = (int)h.v[h.n - 1].shape[1];
+    if (row0 < 0 || hy < 1 || (long long)row0 + hy > (long long)H * r) {
+        PyErr_Format(PyExc_ValueError, "y: rows %d..%d outside the %d rows of the upsampled image", row0,
+                     row0 + hy - 1, H * r);
+        goto fail;
+    }
+    const Py_ssize_t oshape[4] = {N, hy, rs[2], rs[3]};
+    float *out = hold_required(&h, oo, "out", F32, 1, 4, oshape);
+    if (!out) goto fail;
+    const int n = (int)(rs[2] * rs[3]);
+    const base_add_job job = {{rows, H, r, n, k}, y, out, hy, row0, (size_t)H * n};
+    Py_BEGIN_ALLOW_THREADS
+    parallel_rows(base_add_row, &job, N * hy, nthreads);
+    Py_END_ALLOW_THREADS
     release_all(&h);
     Py_RETURN_NONE;
 fail:
@@ -2532,7 +2768,7 @@ static PyObject *py_shuffle_lrelu(PyObject *self, PyObject *args, PyObject *kw) 
         goto fail;
     }
     const Py_ssize_t oshape[4] = {N, (Py_ssize_t)H * r, (Py_ssize_t)W * r, CR / (r * r)};
-    float *out = hold(&h, oo, "out", F32, 1, 4, oshape);
+    float *out = hold_required(&h, oo, "out", F32, 1, 4, oshape);
     if (!out) goto fail;
     const shuffle_job job = {x, out, H, W, CR / (r * r), r, slope};
     Py_BEGIN_ALLOW_THREADS
@@ -2728,6 +2964,7 @@ typedef struct {
     int Hin, r;      /* rows of its input; output rows = r * Hin */
     unit_args u;
     thin_job t;
+    base_job base; /* the thin stage's rows become (row + bilinear) / k where base.rows is set */
 } pipe_stage;
 
 typedef struct {
@@ -2767,6 +3004,10 @@ static void pipe_task(void *owner, wave_worker *m, int s, int y) {
     const pipe_stage *st = &c->st[s];
     if (st->thin) {
         thin_row(&st->t, y);
+        if (st->base.rows) {
+            float *row = st->t.out + (size_t)y * st->t.W * st->t.cout;
+            base_add(&st->base, y, row, row);
+        }
         return;
     }
     wave_unit_row(m, &st->u, y);
@@ -2890,24 +3131,27 @@ static int run_pipe(const pipe_stage *stages, int S, int nthreads) {
     return 1;
 }
 
-/* pipe(x, act, out, units, weight, *, bias=None, threads=1)
+/* pipe(x, act, out, units, weight, *, bias=None, base=None, k=1.0, threads=1)
  * x: float32 [1][H][W][C] (NHWC), the first unit's input; act: int64 [1][H+2][W+2][2*ceil(C/64)], its
  * bits; units: (weights, alpha, pre, slope, post, shift, upscale, leaky_slope or None) for C -> C
  * units (upscale r: C*r*r outputs, sub-pixel major), each taking the previous one's output;
  * weight: float32 [cout][C][3][3] (cout <= 16) and bias: float32 [cout] of the thin convolution
- * that follows; out: float32 [1][H*R][W*R][cout] with R the product of the upscales. Needs the
- * AVX2, AVX-512 or AMX core and C a multiple of 16. */
+ * that follows; out: float32 [1][H*R][W*R][cout] with R the product of the upscales; base: float32
+ * [1][H][W*R][cout], base_rows of an image by R: out becomes (thin convolution + bilinear) / k,
+ * add_base's result. Needs the AVX2, AVX-512 or AMX core and C a multiple of 16. */
 static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"x", "act", "out", "units", "weight", "bias", "threads", NULL};
-    PyObject *xo, *ao, *oo, *uo, *wo, *bo = NULL, *seq = NULL;
+    static char *names[] = {"x", "act", "out", "units", "weight", "bias", "base", "k", "threads", NULL};
+    PyObject *xo, *ao, *oo, *uo, *wo, *bo = NULL, *baseo = NULL, *seq = NULL;
     int nthreads = 1;
+    float k = 1.0f;
     held_t h = {.n = 0};
     Py_buffer *ub = NULL;
     int nub = 0;
     pipe_stage *st = NULL;
     float *wt = NULL;
     (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|$Oi:pipe", names, &xo, &ao, &oo, &uo, &wo, &bo, &nthreads))
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOOO|$OOfi:pipe", names, &xo, &ao, &oo, &uo, &wo, &bo, &baseo, &k,
+                                     &nthreads))
         return NULL;
     if (g_isa < ISA_AVX2) {
         PyErr_Format(PyExc_ValueError, "pipe: needs the avx2, avx512 or amx core, not %s", ISA_NAMES[g_isa]);
@@ -2972,10 +3216,13 @@ static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
         goto fail;
     }
     const Py_ssize_t oshape[4] = {1, Hc, Wc, cout}, bshape[1] = {cout};
-    float *out = hold(&h, oo, "out", F32, 1, 4, oshape);
+    float *out = hold_required(&h, oo, "out", F32, 1, 4, oshape);
     if (!out) goto fail;
     const float *bias = NULL;
     if (bo && bo != Py_None && !(bias = hold(&h, bo, "bias", F32, 0, 1, bshape))) goto fail;
+    const Py_ssize_t baseshape[4] = {1, H, Wc, cout};
+    const float *base = NULL;
+    if (baseo && baseo != Py_None && !(base = hold(&h, baseo, "base", F32, 0, 4, baseshape))) goto fail;
     const int cpad = (C + 15) / 16 * 16;
     if (!(wt = thin_prepare(w, C, cout, cpad))) {
         PyErr_NoMemory();
@@ -2987,6 +3234,7 @@ static PyObject *py_pipe(PyObject *self, PyObject *args, PyObject *kw) {
     st[U].Hin = Hc;
     st[U].r = 1;
     st[U].t = (thin_job){NULL, wt, bias, out, Hc, Wc, C, cout, cpad, NULL};
+    if (base) st[U].base = (base_job){base, H, Hc / H, Wc * cout, k};
     int ok;
     Py_BEGIN_ALLOW_THREADS
     ok = run_pipe(st, (int)U + 1, nthreads);
@@ -3020,6 +3268,10 @@ static PyMethodDef methods[] = {
      "Binary conv + fused epilogue of one unit (or its raw counts)."},
     {"thin_conv", (PyCFunction)(void (*)(void))py_thin_conv, METH_VARARGS | METH_KEYWORDS,
      "3x3 float convolution to at most 16 channels, NHWC."},
+    {"base_rows", (PyCFunction)(void (*)(void))py_base_rows, METH_VARARGS | METH_KEYWORDS,
+     "Bilinear upsampling's first pass: every row interpolated along its width, NHWC."},
+    {"add_base", (PyCFunction)(void (*)(void))py_add_base, METH_VARARGS | METH_KEYWORDS,
+     "(y + bilinear upsampling) / k for rows of an upsampled image, from base_rows."},
     {"shuffle_lrelu", (PyCFunction)(void (*)(void))py_shuffle_lrelu, METH_VARARGS | METH_KEYWORDS,
      "pixel_shuffle then leaky ReLU, NHWC, in one pass."},
     {"chain", (PyCFunction)(void (*)(void))py_chain, METH_VARARGS | METH_KEYWORDS,

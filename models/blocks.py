@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 import torch.nn.grad
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from models.bilinear_base import BilinearBase
 
 
 class _SignSTE(torch.autograd.Function):
@@ -187,8 +190,8 @@ class ChainRunner(Protocol):
 class PipeRunner(Protocol):
     """A unit whose backend can run it, the units after it and a thin last convolution as one call."""
 
-    def run_pipe(self, units: Sequence[nn.Module], slope: float, last: nn.Conv2d,
-                 x: Tensor) -> Tensor | None: ...
+    def run_pipe(self, units: Sequence[nn.Module], slope: float, last: nn.Conv2d, x: Tensor,
+                 base: BilinearBase | None = None) -> Tensor | None: ...
 
 
 @runtime_checkable
@@ -224,23 +227,24 @@ def run_units(units: Sequence[nn.Module], x: Tensor, *, consume: bool = False,
     return x if last is None else last(x)
 
 
-def run_upsampler(units: Sequence[nn.Module], lrelu: nn.LeakyReLU, last: nn.Conv2d, x: Tensor) -> Tensor:
-    """``last(lrelu(units[-1](... units[0](x))))``: binary upsampling units, a 1x unit with the
-    activation (BBCU-M's conv_hr) and the float last convolution.
+def run_upsampler(units: Sequence[nn.Module], lrelu: nn.LeakyReLU, last: nn.Conv2d, x: Tensor,
+                  base: BilinearBase) -> Tensor:
+    """``base.apply(last(lrelu(units[-1](... units[0](x)))))``: binary upsampling units, a 1x unit
+    with the activation (BBCU-M's conv_hr), the float last convolution and the network's output.
 
     A kernel backend may run it all as one call (``pipe`` in csrc/bitpacked.c: rows in a wavefront,
     nothing of the output's size but the result written); bitwise the same as step by step.
     """
     if units and isinstance(units[0], PipeRunner):
-        out = units[0].run_pipe(units, float(lrelu.negative_slope), last, x)
+        out = units[0].run_pipe(units, float(lrelu.negative_slope), last, x, base)
         if out is not None:
             return out
     for unit in units[:-1]:
         x = unit(x)
-    return last(unit_lrelu(units[-1], x, lrelu))
+    return base.apply(last(unit_lrelu(units[-1], x, lrelu)), consume=True)
 
 
-def _cpu_kernels_take(x: Tensor, *params: Tensor) -> bool:
+def cpu_kernels_take(x: Tensor, *params: Tensor) -> bool:
     """Whether a float-glue step may run in the CPU kernels: inference (no gradient wanted) on a CPU
     float32 tensor, with the extension built."""
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
@@ -266,7 +270,7 @@ class ThinConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, 3, 1, 1, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if not _cpu_kernels_take(x, self.weight) or self.out_channels > 16:
+        if not cpu_kernels_take(x, self.weight) or self.out_channels > 16:
             return super().forward(x)
         from models.kernels.bitpacked import thin_conv
 
@@ -285,7 +289,7 @@ def shuffle_lrelu(x: Tensor, upscale: int, lrelu: nn.LeakyReLU, out: Tensor | No
     bitwise the same result.
     """
     slope = float(lrelu.negative_slope)
-    if upscale == 1 or not _cpu_kernels_take(x) or not x.is_contiguous(memory_format=torch.channels_last):
+    if upscale == 1 or not cpu_kernels_take(x) or not x.is_contiguous(memory_format=torch.channels_last):
         y = x if upscale == 1 else F.pixel_shuffle(x, upscale)
         return F.leaky_relu(y, slope) if out is None else torch.ops.aten.leaky_relu.out(y, slope, out=out)
     from models.kernels.bitpacked import shuffle_lrelu as fused

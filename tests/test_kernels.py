@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import os
 import platform
 
@@ -452,6 +453,78 @@ def test_shuffle_lrelu_is_bitwise_pixel_shuffle_then_leaky_relu(c: int, r: int) 
         kernels.set_isa(before)
 
 
+@pytest.mark.parametrize("n,c,h,w", [(1, 3, 40, 57), (2, 3, 23, 50), (1, 1, 31, 60), (1, 3, 2, 70)])
+@pytest.mark.parametrize("r", [2, 3, 4])
+def test_bilinear_base_is_torchs_upsampling_then_add_and_divide(n: int, c: int, h: int, w: int,
+                                                                 r: int) -> None:
+    """(y + F.interpolate(x, r, bilinear)) / k bitwise, whole and by bands of rows, on every core,
+    where torch takes its generic kernel (2 threads, outputs of more than 128 rows + columns)."""
+    from models.kernels.bitpacked import add_base, base_rows
+
+    g = torch.Generator().manual_seed(n * h + w + r)
+    x = (torch.randn(n, c, h, w, generator=g) * 100).contiguous(memory_format=torch.channels_last)
+    y = (torch.randn(n, c, h * r, w * r, generator=g) * 30).contiguous(memory_format=torch.channels_last)
+    k = 130.0
+    threads = torch.get_num_threads()
+    before = kernels.isa()
+    try:
+        torch.set_num_threads(2)
+        ref = (y + F.interpolate(x, scale_factor=r, mode="bilinear", align_corners=False)) / k
+        for core in ISAS:
+            kernels.set_isa(core)
+            rows = base_rows(x, r)
+            out = torch.empty_like(y)
+            add_base(y, rows, r, k, out)
+            assert torch.equal(out, ref), core
+            band = y[:, :, 3:3 + r + 2].clone(memory_format=torch.channels_last)
+            add_base(band, rows, r, k, band, row0=3, threads=1)  # in place
+            assert torch.equal(band, ref[:, :, 3:3 + r + 2]), core
+    finally:
+        kernels.set_isa(before)
+        torch.set_num_threads(threads)
+
+
+def test_the_base_entries_refuse_what_does_not_fit() -> None:
+    import numpy as np
+
+    rows = np.zeros((1, 4, 10, 3), np.float32)
+    y, out = np.zeros((1, 3, 10, 3), np.float32), np.zeros((1, 3, 10, 3), np.float32)
+    with pytest.raises(ValueError, match=r"y: rows 6..8 outside the 8 rows of the upsampled image"):
+        kernels._ext.add_base(y, rows, out, upscale=2, k=1.0, row0=6)
+    with pytest.raises(ValueError, match=r"y: expected shape \(1, \*, 10, 3\), got \(1, 3, 9, 3\)"):
+        kernels._ext.add_base(np.zeros((1, 3, 9, 3), np.float32), rows, out, upscale=2, k=1.0)
+    with pytest.raises(ValueError, match="out: expected an array, got None"):
+        kernels._ext.add_base(y, rows, None, upscale=2, k=1.0)
+    with pytest.raises(ValueError, match="upscale: expected 1..8, got 0"):
+        kernels._ext.add_base(y, rows, out, k=1.0)
+    with pytest.raises(ValueError, match=r"out: expected shape \(1, 4, 10, 3\)"):
+        kernels._ext.base_rows(np.zeros((1, 4, 5, 3), np.float32), np.zeros((1, 4, 5, 3), np.float32),
+                               upscale=2)
+
+
+def test_the_network_output_no_longer_depends_on_torchs_thread_count() -> None:
+    """torch's bilinear upsampling takes another kernel on one thread (other rounding); the SR output
+    through the kernels is the same on 1 and 2 threads, and the same as the torch expression on 2."""
+    from models.bilinear_base import BilinearBase
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(1, 3, 30, 41, generator=g).contiguous(memory_format=torch.channels_last) * 130
+    y = torch.randn(1, 3, 120, 164, generator=g).contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    try:
+        outs = []
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            outs.append(BilinearBase(x, 4, 130.0).apply(y))
+        ref = (y + F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)) / 130.0
+        torch.set_num_threads(1)
+        one = (y + F.interpolate(x, scale_factor=4, mode="bilinear", align_corners=False)) / 130.0
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[1], ref)
+    assert not torch.equal(one, ref)  # torch's own: why the kernel computes it
+
+
 def _counts_in_child(queue, act, wp, expected) -> None:  # type: ignore[no-untyped-def]
     import numpy as np
 
@@ -586,6 +659,15 @@ def test_pipe_equals_units_then_thin_conv(isa: str, c: int, h: int, w: int, ups:
             call()
         return
     call()
+    assert torch.equal(got, ref.permute(0, 2, 3, 1))
+    # with the network's output (y + bilinear(img)) / k applied to each row as it is computed
+    from models.kernels.bitpacked import add_base, base_rows
+
+    scale = math.prod(ups)
+    rows = base_rows(torch.randn(1, 3, h, w, generator=g), scale)
+    kernels._ext.pipe(as_array(x), as_array(act0), as_array(got), params, as_array(weight),
+                      bias=None if b is None else as_array(b), base=rows.numpy(), k=1.7, threads=threads)
+    add_base(ref, rows, scale, 1.7, ref)
     assert torch.equal(got, ref.permute(0, 2, 3, 1))
 
 

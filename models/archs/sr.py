@@ -11,13 +11,12 @@ from __future__ import annotations
 import math
 import re
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models import bands
 from models.archs.architecture import Architecture
+from models.bilinear_base import BilinearBase
 from models.blocks import (
     BinaryBlock,
     BinaryConv2d,
@@ -76,35 +75,34 @@ class BBCUSR(nn.Module):
             feat = self.lrelu(self.conv_first(x))
         out = run_units([unit for block in self.body for unit in block.body], feat,  # type: ignore[union-attr]
                         consume=True)
-        base = F.interpolate(x, scale_factor=self.upscale, mode="bilinear", align_corners=False)
+        base = BilinearBase(x, self.upscale, self.k)  # the output is (conv_last(...) + base) / k
         ups = [getattr(self, f"upconv{i}") for i in range(1, len(self.steps) + 1)]
         if "up" in self.config.binary and "tail" not in self.config.binary:
             # BBCU-M: binary upsampling and conv_hr, float conv_last (one kernel call on the CPU)
             assert isinstance(self.conv_last, nn.Conv2d)
-            return (run_upsampler([*ups, self.conv_hr], self.lrelu, self.conv_last, out) + base) / self.k
+            return run_upsampler([*ups, self.conv_hr], self.lrelu, self.conv_last, out, base)
         stages = self._float_stages(ups, base)
         if stages is not None and bands.can_run(stages, out):
             # the float upsampler and tail in bands of rows, bitwise the same as below (models.bands)
-            result = torch.empty((1, self.config.out_nc, *base.shape[2:]), memory_format=torch.channels_last)
+            size = (x.shape[2] * self.upscale, x.shape[3] * self.upscale)
+            result = torch.empty((1, self.config.out_nc, *size), memory_format=torch.channels_last)
             return bands.run(stages, out, result)
         for up, r in zip(ups, self.steps, strict=True):
             out = up(out) if "up" in self.config.binary else shuffle_lrelu(up(out), r, self.lrelu)
         out = unit_lrelu(self.conv_hr, out, self.lrelu)
         if "tail" in self.config.binary:
-            out = self.conv_last(out, residual=base)
-        else:
-            out = self.conv_last(out) + base
-        return out / self.k
+            return self.conv_last(out, residual=base.base) / self.k
+        return base.apply(self.conv_last(out), consume=True)
 
-    def _float_stages(self, ups: list[nn.Module], base: Tensor) -> list[bands.Stage] | None:
+    def _float_stages(self, ups: list[nn.Module], base: BilinearBase) -> list[bands.Stage] | None:
         """The float upsampler, conv_hr and conv_last as banded stages, when all of them are float and
         no gradient is wanted from them (training runs them whole); else None."""
-        if self.config.binary & {"up", "tail"} or base.shape[0] != 1:
+        if self.config.binary & {"up", "tail"} or base.x.shape[0] != 1:
             return None
-        wants_grad = base.requires_grad or any(p.requires_grad for p in self.parameters())
+        wants_grad = base.x.requires_grad or any(p.requires_grad for p in self.parameters())
         if torch.is_grad_enabled() and wants_grad:
             return None
-        nf, lrelu, k = self.config.nf, self.lrelu, self.k
+        nf, lrelu = self.config.nf, self.lrelu
 
         def shuffle(r: int) -> bands.Post:
             # the kernel on the calling thread only: between a band's convolutions torch's OpenMP thread
@@ -115,12 +113,7 @@ class BBCUSR(nn.Module):
                   for up, r in zip(ups, self.steps, strict=True)]
         stages.append(bands.Stage(bands.RowConv(self.conv_hr), shuffle(1), nf))  # by 1: the activation
 
-        def tail(y: Tensor, dest: Tensor, row: int) -> None:  # (conv_last(out) + base) / k, as below
-            out = bands.nhwc(dest)
-            np.add(bands.nhwc(y), bands.nhwc(base[:, :, row:row + dest.shape[2]]), out=out)
-            np.divide(out, k, out=out)
-
-        stages.append(bands.Stage(bands.RowConv(self.conv_last), tail, self.config.out_nc))
+        stages.append(bands.Stage(bands.RowConv(self.conv_last), base.apply_rows, self.config.out_nc))
         return stages
 
 

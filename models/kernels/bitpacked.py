@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from models.deploy import DeployUnit
 from models.kernels import PIPE_ISAS
 from models.kernels import _bitpacked as _ext  # type: ignore[attr-defined]
 from models.kernels.chain import KernelUnit, chain_names, link_chain, replace_units
+
+if TYPE_CHECKING:
+    from models.bilinear_base import BilinearBase
 
 GROUP = 16
 
@@ -91,6 +95,24 @@ def thin_conv(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
     _ext.thin_conv(as_array(xl, nchw=False), as_array(weight.contiguous()), as_array(out, nchw=False),
                    bias=None if bias is None else as_array(bias), threads=torch.get_num_threads())
     return out
+
+
+def base_rows(x: Tensor, upscale: int) -> Tensor:
+    """The first pass of x's bilinear upsampling by ``upscale``: each row interpolated along its
+    width, NHWC [N][H][W*upscale][C] (``models.bilinear_base``)."""
+    n, c, h, w = (int(s) for s in x.shape)
+    rows = torch.empty((n, h, w * upscale, c))
+    _ext.base_rows(as_array(x.contiguous(memory_format=torch.channels_last), nchw=False), rows.numpy(),
+                   upscale=upscale, threads=torch.get_num_threads())
+    return rows
+
+
+def add_base(y: Tensor, rows: Tensor, upscale: int, k: float, out: Tensor, row0: int = 0,
+             threads: int | None = None) -> None:
+    """``out = (y + bilinear) / k`` for the rows ``row0 ..`` of an upsampled image that the
+    channels_last ``y`` and ``out`` hold (``out`` may be ``y``), from ``base_rows``'s ``rows``."""
+    _ext.add_base(as_array(y, nchw=False), rows.numpy(), as_array(out, nchw=False), upscale=upscale, k=k,
+                  row0=row0, threads=threads or torch.get_num_threads())
 
 
 def shuffle_lrelu(x: Tensor, upscale: int, slope: float, out: Tensor | None = None,
@@ -163,7 +185,7 @@ class BitUnit(KernelUnit):
         with the same row functions as ``forward`` (and ``thin_conv``), so the result is bitwise
         the same.
         """
-        from models.blocks import ThinConv2d, _cpu_kernels_take
+        from models.blocks import ThinConv2d, cpu_kernels_take
 
         if len(units) < 2 or not _is_chain(units):
             return None
@@ -184,7 +206,7 @@ class BitUnit(KernelUnit):
             next_act = torch.empty((n, h + 2, w + 2, 2 * words(c)), dtype=torch.int64)
         tail = tail_w = tail_b = None
         if (isinstance(last, ThinConv2d) and last.in_channels == c and last.out_channels <= 16
-                and _cpu_kernels_take(xl, last.weight)):
+                and cpu_kernels_take(xl, last.weight)):
             tail = torch.empty((n, last.out_channels, h, w), memory_format=torch.channels_last)
             tail_w = as_array(last.weight.detach().contiguous())
             tail_b = None if last.bias is None else as_array(last.bias.detach())
@@ -204,17 +226,19 @@ class BitUnit(KernelUnit):
             end.link_out.tensor, end.link_out.act, end.link_out.nchw = out, next_act, entry_nchw
         return out if last is None else last(out)
 
-    def run_pipe(self, units: Sequence[nn.Module], slope: float, last: nn.Conv2d, x: Tensor) -> Tensor | None:
+    def run_pipe(self, units: Sequence[nn.Module], slope: float, last: nn.Conv2d, x: Tensor,
+                 base: BilinearBase | None = None) -> Tensor | None:
         """``last(leaky_relu(units[-1](... units[0](x)), slope))`` in one kernel call (``pipe``), or
-        None where the kernel cannot (the caller then goes step by step, with the same result).
+        None where the kernel cannot (the caller then goes step by step, with the same result); with
+        ``base``, ``base.apply`` of that, each row as soon as it is computed.
 
         ``units``: C -> C bit-packed units (upsampling or not); ``last`` a ThinConv2d."""
-        from models.blocks import ThinConv2d, _cpu_kernels_take
+        from models.blocks import ThinConv2d, cpu_kernels_take
 
         c = self.cin
         if (not isinstance(last, ThinConv2d) or last.in_channels != c or last.out_channels > 16
                 or c % 16 or _ext.isa()[0] not in PIPE_ISAS or x.ndim != 4 or x.shape[0] != 1
-                or not _cpu_kernels_take(x, last.weight)
+                or not cpu_kernels_take(x, last.weight)
                 or not all(isinstance(u, BitUnit) and u.cin == c and u.channels == c for u in units)):
             return None
         x = self._accept(x)
@@ -237,11 +261,13 @@ class BitUnit(KernelUnit):
             scale *= u.upscale
         _, _, h, w = (int(s) for s in xl.shape)
         out = torch.empty((1, last.out_channels, h * scale, w * scale), memory_format=torch.channels_last)
+        rows = base.rows if base is not None and base.upscale == scale else None
         _ext.pipe(as_array(xl, nchw=False), as_array(act), as_array(out, nchw=False), params,
                   as_array(last.weight.detach().contiguous()),
                   bias=None if last.bias is None else as_array(last.bias.detach()),
+                  base=None if rows is None else rows.numpy(), k=1.0 if base is None else base.k,
                   threads=torch.get_num_threads())
-        return out
+        return out if base is None or rows is not None else base.apply(out, consume=True)
 
     def _chain_params(self) -> tuple[np.ndarray | None, ...]:
         """(weights, alpha, pre, slope, post, shift) as the chain kernel takes them."""
