@@ -749,11 +749,16 @@ static inline void pack_px(const float *v, const float *shift, int C, uint64_t *
         pack_px_avx512(v, shift, C, o);
         return;
     }
+    const int vec = g_isa >= ISA_AVX2;
 #endif
     for (int k = 0; 64 * k < C; k++) {
         const int c0 = 64 * k, c1 = C < c0 + 64 ? C : c0 + 64;
         uint64_t sw = 0, nw = 0;
-        pack_bits_scalar(v + c0, shift + c0, c1 - c0, &sw, &nw, 0);
+        int c = c0;
+#if BP_X86
+        if (vec) c = pack8_avx2(v, shift, c0, c1, &sw, &nw); /* 8 channels at a time, the rest below */
+#endif
+        pack_bits_scalar(v + c, shift + c, c1 - c, &sw, &nw, c - c0);
         o[2 * k] = sw;
         o[2 * k + 1] = nw;
     }
