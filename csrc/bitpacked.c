@@ -1864,6 +1864,13 @@ static void *hold(held_t *h, PyObject *obj, const char *name, kind_t kind, int w
     return v->buf;
 }
 
+/* the upscale argument of the float-glue entries: 1..8, else a ValueError */
+static int upscale_ok(int r) {
+    if (r >= 1 && r <= 8) return 1;
+    PyErr_Format(PyExc_ValueError, "upscale: expected 1..8, got %d", r);
+    return 0;
+}
+
 /* hold() for an array a call cannot do without: None is a ValueError naming it */
 static void *hold_required(held_t *h, PyObject *obj, const char *name, kind_t kind, int writable, int ndim,
                            const Py_ssize_t *shape) {
@@ -2547,10 +2554,7 @@ static PyObject *py_base_rows(PyObject *self, PyObject *args, PyObject *kw) {
     lin_tap *tw = NULL;
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$ii:base_rows", names, &xo, &oo, &r, &nthreads)) return NULL;
-    if (r < 1 || r > 8) {
-        PyErr_Format(PyExc_ValueError, "upscale: expected 1..8, got %d", r);
-        return NULL;
-    }
+    if (!upscale_ok(r)) return NULL;
     int d[4];
     const float *x = hold_nhwc(&h, xo, 1 << 20, d);
     if (!x) goto fail;
@@ -2607,10 +2611,7 @@ static PyObject *py_add_base(PyObject *self, PyObject *args, PyObject *kw) {
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OOO|$ifii:add_base", names, &yo, &ro, &oo, &r, &k, &row0,
                                      &nthreads))
         return NULL;
-    if (r < 1 || r > 8) {
-        PyErr_Format(PyExc_ValueError, "upscale: expected 1..8, got %d", r);
-        return NULL;
-    }
+    if (!upscale_ok(r)) return NULL;
     const Py_ssize_t any4[4] = {ANY, ANY, ANY, ANY};
     const float *rows = hold_required(&h, ro, "rows", F32, 0, 4, any4);
     if (!rows) goto fail;
@@ -2760,10 +2761,7 @@ static PyObject *py_shuffle_lrelu(PyObject *self, PyObject *args, PyObject *kw) 
     (void)self;
     if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$ifi:shuffle_lrelu", names, &xo, &oo, &r, &slope, &nthreads))
         return NULL;
-    if (r < 1 || r > 8) {
-        PyErr_Format(PyExc_ValueError, "upscale: expected 1..8, got %d", r);
-        return NULL;
-    }
+    if (!upscale_ok(r)) return NULL;
     int d[4];
     const float *x = hold_nhwc(&h, xo, 1 << 20, d);
     if (!x) goto fail;
