@@ -2333,14 +2333,54 @@ T_AVX2 static inline AI void thin_px_avx2(const thin_job *j, int n, int y, int x
     }
 }
 
+/* P interior pixels, cin == cpad, one 8-lane half of every 16-lane sum at a time: a half's lanes
+ * never meet the other's before thin_reduce, so each lane adds the same products in the same order
+ * as thin_px_avx2. With one half live, P * OUT accumulators and the OUT weights of a step fit the
+ * 16 registers with 4 pixels sharing each weight load (3 outputs: 2 pixels at a time with both
+ * halves, and the loads, two for each three multiply-adds, were the bound). */
+T_AVX2 static inline AI void thin_px_halves_avx2(const thin_job *j, int n, int y, int x, const int P, const int OUT) {
+    const int W = j->W, cin = j->cin, cpad = j->cpad;
+    __m256 half[2][4][4];
+#pragma GCC unroll 2
+    for (int h = 0; h < 2; h++) {
+        __m256 acc[4][4];
+        for (int p = 0; p < P; p++)
+            for (int o = 0; o < OUT; o++) acc[p][o] = _mm256_setzero_ps();
+        for (int t = 0; t < 9; t++) {
+            const float *px = thin_at(j, n, y + t / 3 - 1, x + t % 3 - 1);
+            const float *wt = j->wt + (size_t)t * OUT * cpad;
+            for (int c8 = 8 * h; c8 < cpad; c8 += 16) {
+                __m256 w[4];
+                for (int o = 0; o < OUT; o++) w[o] = _mm256_loadu_ps(wt + (size_t)o * cpad + c8);
+                for (int p = 0; p < P; p++) {
+                    const __m256 v = _mm256_loadu_ps(px + (size_t)p * cin + c8);
+                    for (int o = 0; o < OUT; o++) acc[p][o] = _mm256_fmadd_ps(v, w[o], acc[p][o]);
+                }
+            }
+        }
+        for (int p = 0; p < P; p++)
+            for (int o = 0; o < OUT; o++) half[h][p][o] = acc[p][o];
+    }
+    for (int p = 0; p < P; p++) {
+        float *dst = j->out + (((size_t)n * j->H + y) * W + x + p) * OUT;
+        for (int o = 0; o < OUT; o++) {
+            const float v = thin_reduce_avx2(half[0][p][o], half[1][p][o]);
+            dst[o] = j->bias ? v + j->bias[o] : v;
+        }
+    }
+}
+
 T_AVX2 static inline AI void thin_row_avx2_k(const thin_job *j, int n, int y, const int OUT) {
     const int W = j->W;
     const int P = OUT <= 2 ? 4 : OUT == 3 ? 2 : 1; /* P * OUT * 2 accumulators within 16 registers */
+    const int PH = OUT == 3 ? 4 : OUT == 4 ? 2 : 0; /* the same, one half at a time (0: not used) */
     int x = 0;
     thin_px_avx2(j, n, y, 0, 1, OUT, 0);
     x = 1;
     if (y > 0 && y < j->H - 1 && P > 1) {
-        if (j->cin == j->cpad)
+        if (j->cin == j->cpad && PH)
+            for (; x + PH <= W - 1; x += PH) thin_px_halves_avx2(j, n, y, x, PH, OUT);
+        else if (j->cin == j->cpad)
             for (; x + P <= W - 1; x += P) thin_px_avx2(j, n, y, x, P, OUT, 1);
         else
             for (; x + P <= W - 1; x += P) thin_px_avx2(j, n, y, x, P, OUT, 0);
