@@ -1864,6 +1864,15 @@ static void *hold(held_t *h, PyObject *obj, const char *name, kind_t kind, int w
     return v->buf;
 }
 
+/* the end of an entry point whose work is rows: run them without the GIL, release the arrays */
+static PyObject *rows_then_release(rowwork_fn fn, const void *job, int rows, int nthreads, held_t *h) {
+    Py_BEGIN_ALLOW_THREADS
+    parallel_rows(fn, job, rows, nthreads);
+    Py_END_ALLOW_THREADS
+    release_all(h);
+    Py_RETURN_NONE;
+}
+
 /* the upscale argument of the float-glue entries: 1..8, else a ValueError */
 static int upscale_ok(int r) {
     if (r >= 1 && r <= 8) return 1;
@@ -2675,11 +2684,7 @@ static PyObject *py_add_base(PyObject *self, PyObject *args, PyObject *kw) {
     if (!out) goto fail;
     const int n = (int)(rs[2] * rs[3]);
     const base_add_job job = {{rows, H, r, n, k}, y, out, hy, row0, (size_t)H * n};
-    Py_BEGIN_ALLOW_THREADS
-    parallel_rows(base_add_row, &job, N * hy, nthreads);
-    Py_END_ALLOW_THREADS
-    release_all(&h);
-    Py_RETURN_NONE;
+    return rows_then_release(base_add_row, &job, N * hy, nthreads, &h);
 fail:
     release_all(&h);
     return NULL;
@@ -2814,11 +2819,7 @@ static PyObject *py_shuffle_lrelu(PyObject *self, PyObject *args, PyObject *kw) 
     float *out = hold_required(&h, oo, "out", F32, 1, 4, oshape);
     if (!out) goto fail;
     const shuffle_job job = {x, out, H, W, CR / (r * r), r, slope};
-    Py_BEGIN_ALLOW_THREADS
-    parallel_rows(shuffle_row, &job, N * H, nthreads);
-    Py_END_ALLOW_THREADS
-    release_all(&h);
-    Py_RETURN_NONE;
+    return rows_then_release(shuffle_row, &job, N * H, nthreads, &h);
 fail:
     release_all(&h);
     return NULL;
