@@ -19,6 +19,8 @@ import torch.nn.functional as F
 import torch.nn.grad
 from torch import Tensor, nn
 
+from models.bands import ONEDNN_MIN_NUMEL
+
 if TYPE_CHECKING:
     from models.bilinear_base import BilinearBase
 
@@ -242,6 +244,26 @@ def run_upsampler(units: Sequence[nn.Module], lrelu: nn.LeakyReLU, last: nn.Conv
     for unit in units[:-1]:
         x = unit(x)
     return base.apply(last(unit_lrelu(units[-1], x, lrelu)), consume=True)
+
+
+def conv_relu(conv: nn.Module, x: Tensor) -> Tensor:
+    """``relu(conv(x))``: a network's float head and its activation.
+
+    For inference on the CPU where torch hands the convolution to oneDNN (float32, one channels_last
+    image of more than ``ONEDNN_MIN_NUMEL`` elements, a 3x3 'same' convolution), one oneDNN call with
+    the ReLU as its post-op: the same primitive, the activation applied to each finished sum, so the
+    same bits without a second pass over the 64-channel output (``tests/test_kernels.py``).
+    """
+    fused = (type(conv) is nn.Conv2d and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+             and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1
+             and x.shape[0] == 1 and x.numel() > ONEDNN_MIN_NUMEL
+             and x.is_contiguous(memory_format=torch.channels_last) and torch.backends.mkldnn.is_available()
+             and cpu_kernels_take(x, conv.weight) and conv.weight.dtype == torch.float32)
+    if not fused:
+        return torch.relu_(conv(x))
+    assert isinstance(conv, nn.Conv2d)
+    return torch.ops.mkldnn._convolution_pointwise(x, conv.weight, conv.bias, [1, 1], [1, 1], [1, 1], 1,
+                                                   "relu", [], "")
 
 
 def cpu_kernels_take(x: Tensor, *params: Tensor) -> bool:

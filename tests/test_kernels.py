@@ -433,6 +433,36 @@ def test_thin_conv_layer_falls_back_with_gradients() -> None:
     assert z.grad_fn is None and (z - y.detach()).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("cin,h,w,bias", [(1, 90, 250, True), (3, 120, 77, True), (3, 60, 90, False),
+                                           (3, 40, 50, True)])
+def test_the_float_head_and_its_relu_in_one_call_are_bitwise_conv_then_relu(
+        cin: int, h: int, w: int, bias: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The denoiser's head: oneDNN's convolution with the ReLU as its post-op where torch hands the
+    convolution to oneDNN (above ONEDNN_MIN_NUMEL elements: the first three), torch's two steps
+    below it: the same bits as conv then relu either way, negative zeros and all."""
+    from models.bands import ONEDNN_MIN_NUMEL
+    from models.blocks import conv_relu
+
+    g = torch.Generator().manual_seed(cin * h + w)
+    conv = torch.nn.Conv2d(cin, 64, 3, 1, 1, bias=bias).to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g))
+        x = torch.randn(1, cin, h, w, generator=g).contiguous(memory_format=torch.channels_last)
+        x[0, 0, :9, :9] = 0.0  # windows whose sum is a zero
+        calls = []
+        fused = torch.ops.mkldnn._convolution_pointwise
+
+        def spy(*args):  # type: ignore[no-untyped-def]
+            calls.append(args[-3])
+            return fused(*args)
+
+        monkeypatch.setattr(torch.ops.mkldnn, "_convolution_pointwise", spy)  # the real op, counted
+        got = conv_relu(conv, x)
+        ref = torch.relu(conv(x))
+    assert calls == (["relu"] if x.numel() > ONEDNN_MIN_NUMEL else [])
+    assert torch.equal(got.contiguous().view(torch.int32), ref.contiguous().view(torch.int32))
+
+
 @pytest.mark.parametrize("c,r", [(64, 2), (16, 2), (3, 3), (8, 2)])
 def test_shuffle_lrelu_is_bitwise_pixel_shuffle_then_leaky_relu(c: int, r: int) -> None:
     from models.blocks import shuffle_lrelu

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from models.archs.architecture import Architecture
-from models.blocks import BinaryConv2d, ThinConv2d, repeat_channels, run_units
+from models.blocks import BinaryConv2d, ThinConv2d, conv_relu, repeat_channels, run_units
 from models.config import NetworkConfig
 from models.vocab import Task, default_k
 
@@ -36,7 +36,7 @@ class BBCUDnCNN(nn.Module):
         x = img * self.k
         head, relu, *units, tail = self.model
         binary = self.config.binary
-        feat = relu(head(repeat_channels(x, self.config.nf)) if "head" in binary else head(x))
+        feat = relu(head(repeat_channels(x, self.config.nf))) if "head" in binary else conv_relu(head, x)
         if "tail" in binary:
             feat = run_units(units, feat, consume=True)
             noise = tail(feat, residual=feat.new_zeros(()))
