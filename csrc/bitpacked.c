@@ -2560,7 +2560,7 @@ T_AVX2 static void base_add_avx2(const float *a, const float *b, float l0, float
         const __m256 t = _mm256_fmadd_ps(_mm256_loadu_ps(a + e), v0, _mm256_mul_ps(_mm256_loadu_ps(b + e), v1));
         _mm256_storeu_ps(out + e, _mm256_div_ps(_mm256_add_ps(_mm256_loadu_ps(y + e), t), vk));
     }
-    for (; e < n; e++) out[e] = (y[e] + fmaf(a[e], l0, b[e] * l1)) / k;
+    base_add_scalar(a + e, b + e, l0, l1, k, y + e, out + e, n - e);
 }
 
 T_AVX512 static void base_add_avx512(const float *a, const float *b, float l0, float l1, float k, const float *y,

@@ -28,11 +28,17 @@ class BilinearBase:
     def __init__(self, x: Tensor, upscale: int, k: float) -> None:
         self.x, self.upscale, self.k = x, upscale, float(k)
         self._base: Tensor | None = None
-        self.rows: Tensor | None = None  # the kernel's first pass, NHWC [N][H][W*r][C]
-        if cpu_kernels_take(x):
+        self._rows: Tensor | None = None
+
+    @property
+    def rows(self) -> Tensor | None:
+        """The kernel's first pass, NHWC [N][H][W*r][C], made when first asked for; None where the
+        kernels do not take ``x``."""
+        if self._rows is None and cpu_kernels_take(self.x):
             from models.kernels.bitpacked import base_rows
 
-            self.rows = base_rows(x, upscale)
+            self._rows = base_rows(self.x, self.upscale)
+        return self._rows
 
     @property
     def base(self) -> Tensor:
@@ -43,7 +49,7 @@ class BilinearBase:
         return self._base
 
     def _kernel_takes(self, y: Tensor) -> bool:
-        return self.rows is not None and cpu_kernels_take(y) and y.shape[0] == self.rows.shape[0]
+        return cpu_kernels_take(y) and y.shape[0] == self.x.shape[0] and self.rows is not None
 
     def apply(self, y: Tensor, *, consume: bool = False) -> Tensor:
         """``(y + base) / k`` of the whole image; ``consume``: ``y`` is a temporary the result may
