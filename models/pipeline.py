@@ -29,7 +29,8 @@ from models import deblock_strength, noise
 from models.chroma import color_alone, restore_chroma
 from models.chroma import scale_for as chroma_scale
 from models.engine import DEFAULT_TILE_BYTES, RestorationModel
-from models.imageio import Image, luma, rgb_to_ycbcr, ycbcr_to_rgb
+from models.imageio import Image, rgb_to_ycbcr
+from models.kernels.color import luma, ycbcr_to_rgb_blend
 from models.stages import AUTO, DEBLOCK_TASK, STRENGTH_TASK, Strength
 from models.tiling import count_tiles
 
@@ -80,13 +81,15 @@ def _halves(progress: Progress | None) -> tuple[Progress | None, Progress | None
 
 
 def _network(model: RestorationModel, img: Image, tile: int | None, progress: Progress | None,
-             memory_bytes: int, chroma: RestorationModel | None = None) -> np.ndarray:
+             memory_bytes: int, chroma: RestorationModel | None = None, strength: float = 1.0) -> np.ndarray:
+    """The network's output blended with the input by ``strength`` (noise.blend)."""
     net_c = model.config.in_nc
     px = img.pixels
     if net_c == img.channels:
-        return _run(model, px, tile, progress, memory_bytes)
+        return noise.blend(px, _run(model, px, tile, progress, memory_bytes), strength)
     if net_c == 3:  # gray image, color network
-        return _run(model, np.repeat(px, 3, axis=2), tile, progress, memory_bytes).mean(axis=2, keepdims=True)
+        gray = _run(model, np.repeat(px, 3, axis=2), tile, progress, memory_bytes).mean(axis=2, keepdims=True)
+        return noise.blend(px, gray, strength)
     s = model.scale  # color image, luma network
     if chroma is not None:  # restore_image passes one only where takes_chroma holds
         luma_progress, chroma_progress = _halves(progress)
@@ -95,14 +98,15 @@ def _network(model: RestorationModel, img: Image, tile: int | None, progress: Pr
         def color_network(planes: np.ndarray) -> np.ndarray:
             return _run(chroma, planes, tile, chroma_progress, memory_bytes)
 
-        return ycbcr_to_rgb(y, restore_chroma(color_network, px, y, chroma_scale(img.jpeg)))
+        cbcr = restore_chroma(color_network, px, y, chroma_scale(img.jpeg))
+        return ycbcr_to_rgb_blend(y, cbcr, px, strength)
     ycc = rgb_to_ycbcr(px)
     y = _run(model, ycc[..., :1], tile, progress, memory_bytes)
     if s > 1:
         cbcr = np.stack([_resize_alpha(ycc[..., i], s) for i in (1, 2)], axis=-1)
     else:
         cbcr = ycc[..., 1:]
-    return ycbcr_to_rgb(y, cbcr)
+    return ycbcr_to_rgb_blend(y, cbcr, px, strength)
 
 
 def takes_chroma(model: RestorationModel, chroma: RestorationModel | None, img: Image) -> bool:
@@ -145,11 +149,11 @@ def restore_image(model: RestorationModel, img: Image, *, tile: int | None = Non
             progress(1, 1)
         return img
     net, partner = stage_networks(model, chroma, img)
-    out = noise.blend(img.pixels, _network(net, img, tile, progress, memory_bytes, partner), strength)
+    out = _network(net, img, tile, progress, memory_bytes, partner, strength)
     alpha = img.alpha
     if alpha is not None and model.scale > 1:
         alpha = _resize_alpha(alpha, model.scale)
-    return img.with_pixels(out.astype(np.float32), alpha)
+    return img.with_pixels(np.ascontiguousarray(out, dtype=np.float32), alpha)
 
 
 def run_stages(models: Sequence[RestorationModel], img: Image, *, tile: int | None = None,
