@@ -1602,11 +1602,23 @@ static void *chain_thread(void *p) {
 }
 
 #if BP_AMX
+/* Whether unit a's output signs can go to an int8 ring: only the fast epilogues write int8, and they
+ * compare against -shift, exact for a finite shift alone; the general epilogue (any other shift)
+ * writes bits, so the stages then pass bits. */
+static int signs8_ok(const unit_args *a) {
+    if (a->nshift)
+        for (int c = 0; c < a->C; c++)
+            if (!isfinite(a->nshift[c])) return 0;
+    return 1;
+}
+
 /* AMX with 64 channels: the stages pass int8 signs to each other (the layout amx_row reads, so a
  * row is never expanded again), all but the caller's act and next_act, which stay bits. Nothing
- * changes when there is no memory for it. */
+ * changes when there is no memory for it, or when a unit's next shift is not finite (signs8_ok). */
 static void chain_rings8(chain_state *c) {
     const int S = c->Su, H = c->H, R = c->R;
+    for (int s = c->pack; s + 1 < S; s++)
+        if (!signs8_ok(&c->ua[s])) return;
     const size_t rb = amx_row_bytes(c->W, 1);
     const size_t ring_bytes = ((size_t)(S - 1) * R + 1) * rb; /* the rings and one zero row */
     char *mem = (char *)aligned_alloc(64, ring_bytes + (size_t)(S - 1) * (H + 2) * sizeof(void *));
@@ -3178,9 +3190,12 @@ static void *pipe_thread(void *p) {
 
 #if BP_AMX
 /* AMX with 64 channels: units hand the next unit int8 signs (the layout amx_row reads) instead of
- * bits, so no row is expanded again; nothing changes when there is no memory for it */
+ * bits, so no row is expanded again; nothing changes when there is no memory for it, or when a
+ * unit's next shift is not finite (signs8_ok) */
 static void pipe_rings8(pipe_state *c) {
     if (c->st[0].u.C != 64) return;
+    for (int s = 0; s + 1 < c->S; s++)
+        if (!c->st[s + 1].thin && !signs8_ok(&c->st[s].u)) return;
     size_t bytes = 0;
     for (int s = 0; s + 1 < c->S; s++)
         if (!c->st[s + 1].thin) {
