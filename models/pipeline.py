@@ -55,7 +55,9 @@ class StageReport:
 
 def _run(model: RestorationModel, planes: np.ndarray, tile: int | None, progress: Progress | None,
          memory_bytes: int) -> np.ndarray:
-    x = torch.from_numpy(np.ascontiguousarray(planes.transpose(2, 0, 1)))[None]
+    # a view whatever the strides: a photo's H x W x C pixels as a channels_last image (the layout the
+    # kernels and oneDNN work in), not a transposed copy the network would convert back
+    x = torch.from_numpy(planes).permute(2, 0, 1)[None]
     y = model.restore(x, tile=tile, progress=progress, memory_bytes=memory_bytes).clamp_(0.0, 1.0)
     return y[0].permute(1, 2, 0).numpy()
 
