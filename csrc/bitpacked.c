@@ -2871,6 +2871,17 @@ static void ycc_row(const void *ctx, int row) {
     }
 }
 
+/* the first two sizes of the array held last (a plane or an HWC image): 1..2^30 each, else a
+ * ValueError naming it */
+static int plane_dims(const held_t *h, const char *name, Py_ssize_t *H, Py_ssize_t *W) {
+    const Py_buffer *v = &h->v[h->n - 1];
+    *H = v->shape[0];
+    *W = v->shape[1];
+    if (*H >= 1 && *W >= 1 && *H <= (1 << 30) && *W <= (1 << 30)) return 1;
+    PyErr_Format(PyExc_ValueError, "%s: sizes H=%zd W=%zd out of range", name, *H, *W);
+    return 0;
+}
+
 /* ycc_rgb(y, cb, cr, out, *, original=None, strength=1.0, threads=1)
  * y, cb, cr: float32 [H][W]; out, original: float32 [H][W][3] (out may be original) */
 static PyObject *py_ycc_rgb(PyObject *self, PyObject *args, PyObject *kw) {
@@ -2885,11 +2896,8 @@ static PyObject *py_ycc_rgb(PyObject *self, PyObject *args, PyObject *kw) {
     const Py_ssize_t any2[2] = {ANY, ANY};
     const float *y = hold_required(&h, yo, "y", F32, 0, 2, any2);
     if (!y) goto fail;
-    const Py_ssize_t H = h.v[0].shape[0], W = h.v[0].shape[1];
-    if (H < 1 || W < 1 || H > (1 << 30) || W > (1 << 30)) {
-        PyErr_Format(PyExc_ValueError, "y: sizes H=%zd W=%zd out of range", H, W);
-        goto fail;
-    }
+    Py_ssize_t H, W;
+    if (!plane_dims(&h, "y", &H, &W)) goto fail;
     const Py_ssize_t s2[2] = {H, W}, s3[3] = {H, W, 3};
     const float *cb = hold_required(&h, bo, "cb", F32, 0, 2, s2);
     if (!cb) goto fail;
@@ -2934,11 +2942,8 @@ static PyObject *py_rgb_luma(PyObject *self, PyObject *args, PyObject *kw) {
     const Py_ssize_t any3[3] = {ANY, ANY, 3};
     const float *rgb = hold_required(&h, io, "rgb", F32, 0, 3, any3);
     if (!rgb) goto fail;
-    const Py_ssize_t H = h.v[0].shape[0], W = h.v[0].shape[1];
-    if (H < 1 || W < 1 || H > (1 << 30) || W > (1 << 30)) {
-        PyErr_Format(PyExc_ValueError, "rgb: sizes H=%zd W=%zd out of range", H, W);
-        goto fail;
-    }
+    Py_ssize_t H, W;
+    if (!plane_dims(&h, "rgb", &H, &W)) goto fail;
     const Py_ssize_t s2[2] = {H, W};
     float *out = hold_required(&h, oo, "out", F32, 1, 2, s2);
     if (!out) goto fail;
