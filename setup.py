@@ -29,7 +29,8 @@ class OptionalBuildExt(build_ext):
 
 
 setup(
-    ext_modules=[Extension("models.kernels._bitpacked", sources=["csrc/bitpacked.c"], optional=True,
-                           extra_compile_args=FLAGS, extra_link_args=["-pthread"])],
+    ext_modules=[Extension("models.kernels._bitpacked", sources=["csrc/bitpacked.c"],
+                           depends=["csrc/color.inc"], optional=True, extra_compile_args=FLAGS,
+                           extra_link_args=["-pthread"])],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -2848,122 +2848,7 @@ fail:
     return NULL;
 }
 
-/* A color photo's conversions around a luma network, as models.imageio computes them in numpy,
- * operation for operation in float32 (this file is built with -ffp-contract=off: no product is fused
- * into a sum), so the bits are numpy's: the luma of the input, and at the end full-range YCbCr -> RGB,
- * clipped to 0..1 and blended with the input (models.noise.blend). One pass on the row threads each,
- * where numpy makes a dozen single-threaded passes over a 1080p photo's 25 MB. */
-typedef struct {
-    const float *y, *cb, *cr, *orig; /* orig: NULL to keep the converted pixels (a blend of strength 1) */
-    float *out;
-    int W;
-    float s;
-} ycc_job;
-
-static inline float clip01(float v) { return v < 0.0f ? 0.0f : v > 1.0f ? 1.0f : v; } /* np.clip's order */
-
-static void ycc_row(const void *ctx, int row) {
-    const ycc_job *j = (const ycc_job *)ctx;
-    const size_t W = (size_t)j->W, at = (size_t)row * W;
-    const float *y = j->y + at, *cbp = j->cb + at, *crp = j->cr + at;
-    float *o = j->out + 3 * at;
-    const float *in = j->orig ? j->orig + 3 * at : NULL;
-    for (size_t x = 0; x < W; x++) {
-        const float cb = cbp[x] - 0.5f, cr = crp[x] - 0.5f, l = y[x];
-        const float rgb[3] = {l + cr * 1.402f, (l - cb * 0.344136f) - cr * 0.714136f, l + cb * 1.772f};
-        for (int c = 0; c < 3; c++) {
-            float v = clip01(rgb[c]);
-            if (in) {
-                const float a = in[3 * x + c];
-                v = a + j->s * (v - a);
-            }
-            o[3 * x + c] = v;
-        }
-    }
-}
-
-/* the first two sizes of the array held last (a plane or an HWC image): 1..2^30 each, else a
- * ValueError naming it */
-static int plane_dims(const held_t *h, const char *name, Py_ssize_t *H, Py_ssize_t *W) {
-    const Py_buffer *v = &h->v[h->n - 1];
-    *H = v->shape[0];
-    *W = v->shape[1];
-    if (*H >= 1 && *W >= 1 && *H <= (1 << 30) && *W <= (1 << 30)) return 1;
-    PyErr_Format(PyExc_ValueError, "%s: sizes H=%zd W=%zd out of range", name, *H, *W);
-    return 0;
-}
-
-/* ycc_rgb(y, cb, cr, out, *, original=None, strength=1.0, threads=1)
- * y, cb, cr: float32 [H][W]; out, original: float32 [H][W][3] (out may be original) */
-static PyObject *py_ycc_rgb(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"y", "cb", "cr", "out", "original", "strength", "threads", NULL};
-    PyObject *yo, *bo, *ro, *oo, *io = Py_None;
-    float s = 1.0f;
-    int nthreads = 1;
-    held_t h = {.n = 0};
-    (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OOOO|$Ofi:ycc_rgb", names, &yo, &bo, &ro, &oo, &io, &s, &nthreads))
-        return NULL;
-    const Py_ssize_t any2[2] = {ANY, ANY};
-    const float *y = hold_required(&h, yo, "y", F32, 0, 2, any2);
-    if (!y) goto fail;
-    Py_ssize_t H, W;
-    if (!plane_dims(&h, "y", &H, &W)) goto fail;
-    const Py_ssize_t s2[2] = {H, W}, s3[3] = {H, W, 3};
-    const float *cb = hold_required(&h, bo, "cb", F32, 0, 2, s2);
-    if (!cb) goto fail;
-    const float *cr = hold_required(&h, ro, "cr", F32, 0, 2, s2);
-    if (!cr) goto fail;
-    float *out = hold_required(&h, oo, "out", F32, 1, 3, s3);
-    if (!out) goto fail;
-    const float *orig = hold(&h, io, "original", F32, 0, 3, s3);
-    if (!orig && PyErr_Occurred()) goto fail;
-    const ycc_job job = {y, cb, cr, orig, out, (int)W, s};
-    return rows_then_release(ycc_row, &job, (int)H, nthreads, &h);
-fail:
-    release_all(&h);
-    return NULL;
-}
-
-typedef struct {
-    const float *rgb;
-    float *out;
-    int W;
-} luma_job;
-
-static void luma_row(const void *ctx, int row) {
-    const luma_job *j = (const luma_job *)ctx;
-    const size_t W = (size_t)j->W;
-    const float *p = j->rgb + 3 * W * row;
-    float *o = j->out + W * row;
-    for (size_t x = 0; x < W; x++) {
-        const float y = p[3 * x] * 0.299f + p[3 * x + 1] * 0.587f;
-        o[x] = y + p[3 * x + 2] * 0.114f;
-    }
-}
-
-/* rgb_luma(rgb, out, *, threads=1)   rgb: float32 [H][W][3]; out: float32 [H][W] */
-static PyObject *py_rgb_luma(PyObject *self, PyObject *args, PyObject *kw) {
-    static char *names[] = {"rgb", "out", "threads", NULL};
-    PyObject *io, *oo;
-    int nthreads = 1;
-    held_t h = {.n = 0};
-    (void)self;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "OO|$i:rgb_luma", names, &io, &oo, &nthreads)) return NULL;
-    const Py_ssize_t any3[3] = {ANY, ANY, 3};
-    const float *rgb = hold_required(&h, io, "rgb", F32, 0, 3, any3);
-    if (!rgb) goto fail;
-    Py_ssize_t H, W;
-    if (!plane_dims(&h, "rgb", &H, &W)) goto fail;
-    const Py_ssize_t s2[2] = {H, W};
-    float *out = hold_required(&h, oo, "out", F32, 1, 2, s2);
-    if (!out) goto fail;
-    const luma_job job = {rgb, out, (int)W};
-    return rows_then_release(luma_row, &job, (int)H, nthreads, &h);
-fail:
-    release_all(&h);
-    return NULL;
-}
+#include "color.inc"
 
 /* Unit u of a chain or pipe from its tuple (weights, alpha, pre, slope, post, shift, ...): a C -> C*r*r
  * unit on an H x W image (N == 1), its arrays taken into ub[*nub...]; *shift gets its shift. -1 with an
@@ -3463,6 +3348,10 @@ static PyMethodDef methods[] = {
      "pixel_shuffle then leaky ReLU, NHWC, in one pass."},
     {"ycc_rgb", (PyCFunction)(void (*)(void))py_ycc_rgb, METH_VARARGS | METH_KEYWORDS,
      "RGB of full-range YCbCr planes, clipped to 0..1 and blended with the input (numpy's bits)."},
+    {"box_down", (PyCFunction)(void (*)(void))py_box_down, METH_VARARGS | METH_KEYWORDS,
+     "s x s averages of an HWC image, edges repeated (torch's avg_pool2d bits)."},
+    {"rgb_cbcr", (PyCFunction)(void (*)(void))py_rgb_cbcr, METH_VARARGS | METH_KEYWORDS,
+     "The Cb and Cr planes of RGB pixels (numpy's bits)."},
     {"rgb_luma", (PyCFunction)(void (*)(void))py_rgb_luma, METH_VARARGS | METH_KEYWORDS,
      "The full-range BT.601 luma of RGB pixels (numpy's bits)."},
     {"chain", (PyCFunction)(void (*)(void))py_chain, METH_VARARGS | METH_KEYWORDS,

@@ -22,8 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from models import kernels
 from models.imageio import rgb_to_ycbcr
 from models.jpeg_info import JpegInfo
+from models.kernels import color
 
 FULL, HALF, QUARTER = 1, 2, 4
 # by luma pixels per chroma sample (4:2:0, 4:2:2, 4:4:4): the highest quality that takes the
@@ -103,11 +105,12 @@ def restore_chroma(network: Planes, rgb: np.ndarray, luma: np.ndarray, scale: in
         raise ValueError(f"chroma scale must be {FULL}, {HALF} or {QUARTER}, got {scale}")
     h, w = rgb.shape[:2]
     with torch.no_grad():
-        # the photo's pixels as a channels_last view, and the network's input as an H x W x 3 view
-        # of the averages' planes: the same values as contiguous copies, without copying 25 MB
-        pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-        small = box_down(pixels, scale)[0].permute(1, 2, 0).numpy()
-        cbcr = _tensor(rgb_to_ycbcr(network(small))[..., 1:])
+        if kernels.available():  # the averages and the planes in one pass each, the same bits
+            small = color.box_down(rgb, scale)
+        else:  # a channels_last view of the photo: no 25 MB transposed copy
+            pixels = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
+            small = box_down(pixels, scale)[0].permute(1, 2, 0).numpy()
+        cbcr = torch.from_numpy(color.cbcr_planes(network(small)))[None]
         if scale == HALF:
             full = _up(cbcr, HALF, h, w)
         else:

@@ -102,3 +102,40 @@ def test_entries_name_what_does_not_fit() -> None:
         ext.rgb_luma(np.zeros((4, 5, 4), np.float32), y)
     with pytest.raises(ValueError, match=r"out: expected shape \(4, 5\)"):
         ext.rgb_luma(out, np.zeros((5, 4), np.float32))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (7, 5), (36, 20), (37, 21)])
+@pytest.mark.parametrize("s", [2, 4])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_box_down_is_torchs(size: tuple[int, int], s: int, channels: int) -> None:
+    """The chroma path's averages: chroma.box_down's bits (avg_pool2d of the edge-padded image)."""
+    from models import chroma
+
+    rgb = np.random.default_rng(size[0] * s).uniform(-1, 2, (*size, channels)).astype(np.float32)
+    want = chroma.box_down(torch.from_numpy(rgb.transpose(2, 0, 1).copy())[None], s)[0].permute(1, 2, 0)
+    got = color.box_down(rgb, s)
+    assert got.shape == (-(-size[0] // s), -(-size[1] // s), channels)
+    np.testing.assert_array_equal(_bits(got), _bits(want.numpy()))
+
+
+def test_cbcr_planes_are_numpys() -> None:
+    rgb = np.random.default_rng(5).uniform(-0.5, 1.5, (31, 17, 3)).astype(np.float32)
+    rgb[0, 0] = [np.nan, -0.0, 0.0]
+    want = imageio.rgb_to_ycbcr(rgb)[..., 1:].transpose(2, 0, 1)
+    got = color.cbcr_planes(rgb)
+    assert got.shape == (2, 31, 17) and got.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(_bits(got), _bits(want))
+
+
+def test_chroma_entries_name_what_does_not_fit() -> None:
+    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
+
+    x = np.zeros((5, 6, 3), np.float32)
+    with pytest.raises(ValueError, match="factor: expected 1..8, got 0"):
+        ext.box_down(x, np.zeros((5, 6, 3), np.float32), factor=0)
+    with pytest.raises(ValueError, match=r"out: expected shape \(3, 3, 3\), got \(2, 3, 3\)"):
+        ext.box_down(x, np.zeros((2, 3, 3), np.float32), factor=2)
+    with pytest.raises(ValueError, match=r"out: expected shape \(2, 5, 6\)"):
+        ext.rgb_cbcr(x, np.zeros((5, 6, 2), np.float32))
+    with pytest.raises(ValueError, match=r"rgb: expected shape \(\*, \*, 3\)"):
+        ext.rgb_cbcr(np.zeros((5, 6, 4), np.float32), np.zeros((2, 5, 6), np.float32))

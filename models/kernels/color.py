@@ -41,3 +41,25 @@ def ycbcr_to_rgb_blend(y: np.ndarray, cbcr: np.ndarray, original: np.ndarray, st
                 original=_plane(original) if blend else None, strength=strength if blend else 1.0,
                 threads=torch.get_num_threads())
     return out
+
+
+def box_down(rgb: np.ndarray, s: int) -> np.ndarray:
+    """``models.chroma.box_down`` of an H x W x C image as an H/s x W/s x C image (sizes rounded up,
+    the last row and column repeated): torch's avg_pool2d bits. Needs the extension."""
+    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
+
+    h, w, c = rgb.shape
+    out = np.empty((-(-h // s), -(-w // s), c), dtype=np.float32)
+    ext.box_down(_plane(rgb), out, factor=s, threads=torch.get_num_threads())
+    return out
+
+
+def cbcr_planes(rgb: np.ndarray) -> np.ndarray:
+    """The Cb and Cr of ``imageio.rgb_to_ycbcr(rgb)`` (H x W x 3) as two planes (2 x H x W)."""
+    if not kernels.available():
+        return np.ascontiguousarray(imageio.rgb_to_ycbcr(rgb)[..., 1:].transpose(2, 0, 1))
+    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
+
+    out = np.empty((2,) + rgb.shape[:2], dtype=np.float32)
+    ext.rgb_cbcr(_plane(rgb), out, threads=torch.get_num_threads())
+    return out
