@@ -6,10 +6,21 @@ over a 1080p photo's 25 MB. Without the extension, numpy's own."""
 
 from __future__ import annotations
 
+from types import ModuleType
+
 import numpy as np
 import torch
 
 from models import imageio, kernels, noise
+
+
+def _ext() -> ModuleType | None:
+    """The built extension, or None (the callers then take numpy's or torch's own path)."""
+    if not kernels.available():
+        return None
+    from models.kernels import _bitpacked  # type: ignore[attr-defined]
+
+    return _bitpacked
 
 
 def _plane(a: np.ndarray) -> np.ndarray:
@@ -18,10 +29,9 @@ def _plane(a: np.ndarray) -> np.ndarray:
 
 def luma(rgb: np.ndarray) -> np.ndarray:
     """``imageio.luma(rgb)``: the Y plane (H x W x 1) of float32 RGB pixels (H x W x 3)."""
-    if not kernels.available() or rgb.dtype != np.float32:
+    ext = _ext()
+    if ext is None or rgb.dtype != np.float32:
         return imageio.luma(rgb)
-    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
-
     out = np.empty(rgb.shape[:2], dtype=np.float32)
     ext.rgb_luma(_plane(rgb), out, threads=torch.get_num_threads())
     return out[..., None]
@@ -31,10 +41,9 @@ def ycbcr_to_rgb_blend(y: np.ndarray, cbcr: np.ndarray, original: np.ndarray, st
     """``noise.blend(original, imageio.ycbcr_to_rgb(y, cbcr), strength)`` for the Y plane ``y``
     (H x W x 1) and ``cbcr`` (H x W x 2, any strides); ``original`` (H x W x 3) is read only when
     ``0 < strength < 1``."""
-    if not kernels.available() or strength <= 0.0:
+    ext = _ext()
+    if ext is None or strength <= 0.0:
         return noise.blend(original, imageio.ycbcr_to_rgb(y, cbcr), strength)
-    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
-
     blend = strength < 1.0
     out = np.empty(y.shape[:2] + (3,), dtype=np.float32)
     ext.ycc_rgb(_plane(y[..., 0]), _plane(cbcr[..., 0]), _plane(cbcr[..., 1]), out,
@@ -46,8 +55,9 @@ def ycbcr_to_rgb_blend(y: np.ndarray, cbcr: np.ndarray, original: np.ndarray, st
 def box_down(rgb: np.ndarray, s: int) -> np.ndarray:
     """``models.chroma.box_down`` of an H x W x C image as an H/s x W/s x C image (sizes rounded up,
     the last row and column repeated): torch's avg_pool2d bits. Needs the extension."""
-    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
-
+    ext = _ext()
+    if ext is None:
+        raise RuntimeError(f"the C kernels are not available: {kernels.unavailable_reason()}")
     h, w, c = rgb.shape
     out = np.empty((-(-h // s), -(-w // s), c), dtype=np.float32)
     ext.box_down(_plane(rgb), out, factor=s, threads=torch.get_num_threads())
@@ -56,10 +66,9 @@ def box_down(rgb: np.ndarray, s: int) -> np.ndarray:
 
 def cbcr_planes(rgb: np.ndarray) -> np.ndarray:
     """The Cb and Cr of ``imageio.rgb_to_ycbcr(rgb)`` (H x W x 3) as two planes (2 x H x W)."""
-    if not kernels.available():
+    ext = _ext()
+    if ext is None:
         return np.ascontiguousarray(imageio.rgb_to_ycbcr(rgb)[..., 1:].transpose(2, 0, 1))
-    from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
-
     out = np.empty((2,) + rgb.shape[:2], dtype=np.float32)
     ext.rgb_cbcr(_plane(rgb), out, threads=torch.get_num_threads())
     return out
