@@ -128,7 +128,7 @@ def unit_cpu_table(repeats: int, clock: float) -> str:
     """One thread, CPU time (what other processes on a shared machine disturb least): a 64->64 unit
     on a 256x64 image (every operand in cache) per conv core, alone and inside a chain of 8, as
     cycles per output pixel and share of the popcount bound (72 XOR+POPCNT+ADD of 512 bits a pixel
-    at one a cycle)."""
+    at one a cycle); then the AVX-512 core's count loop alone, the ceiling its instruction mix leaves."""
     from models.kernels import _bitpacked as ext  # type: ignore[attr-defined]
     from models.kernels.bitpacked import as_array, pack_activations, pack_weights
 
@@ -171,6 +171,11 @@ def unit_cpu_table(repeats: int, clock: float) -> str:
             rows.append(f"| {isa} | {cu:.0f} | {100 * 72 / cu:.0f}% | {cc:.0f} | {100 * 72 / cc:.0f}% |")
     finally:
         kernels.set_isa(before)
+    loop = float(ext.count_loop_seconds()) * clock
+    if loop > 0:
+        rows.append(f"\nThe AVX-512 core's count loop alone (windows and weights in L1, no epilogue): "
+                    f"{loop:.0f} cycles / px, {100 * 72 / loop:.0f}% of the popcount bound: the ceiling "
+                    "of a fused unit of that core on this CPU.")
     return "\n".join(rows)
 
 

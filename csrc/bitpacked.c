@@ -1985,6 +1985,55 @@ static PyObject *py_clock_hz(PyObject *self, PyObject *args) {
 #endif
 }
 
+/* Seconds a pixel of the AVX-512 core's count loop alone (core64_avx512: 64 outputs, 72 XOR+POPCNT+ADD of
+ * 512 bits, windows and weights in L1, no epilogue), best of 3 in thread CPU time: the ceiling the
+ * instruction mix leaves a fused unit on this CPU; 0 without AVX-512 VPOPCNTDQ. */
+#if BP_X86
+T_AVX512 static double count_loop_seconds(void) {
+    enum { WINDOWS = 64, PASSES = 20000 };
+    static uint64_t act[WINDOWS][9][2], wts[4 * 9 * GROUP];
+    uint64_t z = 0x9e3779b97f4a7c15ull; /* a linear congruential sequence: any bits will do */
+#define NEXT_BITS (z = z * 6364136223846793005ull + 1442695040888963407ull)
+    for (size_t i = 0; i < sizeof wts / sizeof wts[0]; i++) wts[i] = NEXT_BITS;
+    for (int p = 0; p < WINDOWS; p++)
+        for (int t = 0; t < 9; t++) {
+            act[p][t][0] = NEXT_BITS;
+            act[p][t][1] = ~(uint64_t)0;
+        }
+#undef NEXT_BITS
+    double best = 0.0;
+    for (int rep = 0; rep < 3; rep++) {
+        __m512i sink = _mm512_setzero_si512();
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t0);
+        for (int i = 0; i < PASSES; i++)
+            for (int p = 0; p < WINDOWS; p++) {
+                const uint64_t *taps[9];
+                for (int t = 0; t < 9; t++) taps[t] = act[p][t];
+                __m512i c[4];
+                core64_avx512(wts, taps, c);
+                const __m512i c01 = _mm512_xor_si512(c[0], c[1]), c23 = _mm512_xor_si512(c[2], c[3]);
+                sink = _mm512_xor_si512(sink, _mm512_xor_si512(c01, c23));
+            }
+        clock_gettime(CLOCK_THREAD_CPUTIME_ID, &t1);
+        __asm__ volatile("" : : "v"(sink)); /* the counts are used */
+        const double dt = ((double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec)) /
+                          ((double)PASSES * WINDOWS);
+        if (rep == 0 || dt < best) best = dt;
+    }
+    return best;
+}
+#endif
+
+static PyObject *py_count_loop_seconds(PyObject *self, PyObject *args) {
+    (void)self;
+    (void)args;
+#if BP_X86
+    if (g_best >= ISA_AVX512) return PyFloat_FromDouble(count_loop_seconds());
+#endif
+    return PyFloat_FromDouble(0.0);
+}
+
 static PyObject *py_isa(PyObject *self, PyObject *args) {
     (void)self;
     (void)args;
@@ -3332,6 +3381,8 @@ static PyMethodDef methods[] = {
     {"set_isa", py_set_isa, METH_VARARGS, "Select the conv core: 'scalar', 'avx2', 'avx512' or 'amx'."},
     {"isa", py_isa, METH_NOARGS, "(selected ISA, best ISA this CPU supports)."},
     {"clock_hz", py_clock_hz, METH_NOARGS, "This thread's clock now in Hz, from a timed chain of adds (0: unknown)."},
+    {"count_loop_seconds", py_count_loop_seconds, METH_NOARGS,
+     "Seconds a pixel of the AVX-512 core's count loop alone (no epilogue; 0 without AVX-512 VPOPCNTDQ)."},
     {"pack_weights", (PyCFunction)(void (*)(void))py_pack_weights, METH_VARARGS | METH_KEYWORDS,
      "Pack the sign bits of a float32 (Cout, Cin, 3, 3) weight array; returns the number of zeros."},
     {"pack_act", (PyCFunction)(void (*)(void))py_pack_act, METH_VARARGS | METH_KEYWORDS,
